@@ -1,0 +1,36 @@
+"""The ``mucode`` command. Sub-commands live in one module each; heavy imports stay inside commands."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from app.cli import dashboard, data, db, experiment, models, ops, problems, relabel, sandbox, verifier
+
+root = typer.Typer(
+    name="mucode",
+    help="µCode-style multi-turn code generation: store, sandbox, rollouts, verifier, relabeling, rounds.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+for _module in (db, data, problems, sandbox, models, verifier, relabel, experiment, dashboard, ops):
+    _module.register(root)
+
+
+def main() -> None:
+    from app.errors import MucodeError
+
+    try:
+        root()
+    except MucodeError as exc:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

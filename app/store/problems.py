@@ -1,0 +1,7 @@
+"""Store queries: problems and datasets (issue 2)."""
+
+from __future__ import annotations
+
+
+class ProblemsMixin:
+    pass

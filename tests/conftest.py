@@ -1,0 +1,97 @@
+"""Shared fixtures: a fresh database per test session on SQLite and on Postgres, created and dropped here."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import text
+
+PG_ADMIN_URL = os.environ.get("MUCODE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("MUCODE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _pg_admin():
+    from app.db.engine import make_engine
+
+    return make_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """A new, empty Postgres database for this test session; dropped at the end."""
+    try:
+        admin = _pg_admin()
+    except Exception as exc:  # noqa: BLE001
+        pytest.fail(f"PostgreSQL is required for the tests and is not reachable: {exc}")
+    name = f"mucode_test_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    yield url
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def sqlite_url(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('db') / 'mucode.db'}"
+
+
+def _fresh_store(url: str):
+    from app.store import Store
+
+    store = Store(url)
+    store.upgrade()
+    return store
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request, tmp_path):
+    """A migrated, empty store on each backend (a new database per test)."""
+    if request.param == "sqlite":
+        s = _fresh_store(f"sqlite:///{tmp_path / 'store.db'}")
+        yield s
+        s.dispose()
+        return
+    admin = _pg_admin()
+    name = f"mucode_test_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    s = _fresh_store(url)
+    try:
+        yield s
+    finally:
+        s.dispose()
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def pg_store(tmp_path):
+    """A migrated, empty store on Postgres only."""
+    admin = _pg_admin()
+    name = f"mucode_test_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as c:
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
+    s = _fresh_store(url)
+    try:
+        yield s
+    finally:
+        s.dispose()
+        with admin.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def sqlite_store(tmp_path):
+    s = _fresh_store(f"sqlite:///{tmp_path / 'store.db'}")
+    yield s
+    s.dispose()

@@ -1,0 +1,1 @@
+"""Celery app, tasks (sample, execute, score, train) and sampling backends."""

@@ -1,0 +1,71 @@
+"""Submit a task by name: to the broker when one is configured, otherwise run it in-process.
+
+In-process jobs go through a FIFO drained by the outermost ``submit`` call, so a task that enqueues its
+successor (sample -> execute -> sample ...) runs as a loop, not as ever-deeper recursion.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from typing import Any
+
+from app.config import get_settings
+from app.errors import MucodeError
+
+_local = threading.local()
+
+
+class BrokerUnavailable(MucodeError):
+    pass
+
+
+def _queue() -> deque:
+    if not hasattr(_local, "queue"):
+        _local.queue = deque()
+        _local.draining = False
+    return _local.queue
+
+
+def in_process() -> bool:
+    return get_settings().broker_url is None
+
+
+def submit(name: str, **kwargs: Any) -> None:
+    from workers.celery_app import TASK_QUEUES, celery_app
+
+    if name not in TASK_QUEUES:
+        raise ValueError(f"unknown task {name!r}")
+    if not in_process():
+        try:
+            celery_app.send_task(name, kwargs=kwargs, queue=TASK_QUEUES[name])
+        except Exception as exc:  # kombu raises OperationalError subclasses for an unreachable broker
+            raise BrokerUnavailable(
+                f"cannot reach the broker at {get_settings().broker_url}: {exc}"
+            ) from exc
+        return
+    q = _queue()
+    q.append((name, kwargs))
+    if _local.draining:
+        return
+    _local.draining = True
+    try:
+        while q:
+            task_name, task_kwargs = q.popleft()
+            celery_app.tasks[task_name].run(**task_kwargs)
+    finally:
+        _local.draining = False
+        q.clear()
+
+
+def check_broker(timeout: float = 5.0) -> None:
+    """Raise BrokerUnavailable with a clear message when the configured broker cannot be reached."""
+    if in_process():
+        return
+    from workers.celery_app import celery_app
+
+    try:
+        with celery_app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout)
+    except Exception as exc:  # noqa: BLE001
+        raise BrokerUnavailable(f"cannot reach the broker at {get_settings().broker_url}: {exc}") from exc

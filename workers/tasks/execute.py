@@ -1,0 +1,3 @@
+"""Celery task module: execute."""
+
+from __future__ import annotations

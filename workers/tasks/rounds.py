@@ -1,0 +1,3 @@
+"""Celery task module: rounds."""
+
+from __future__ import annotations

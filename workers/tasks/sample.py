@@ -1,0 +1,3 @@
+"""Celery task module: sample."""
+
+from __future__ import annotations

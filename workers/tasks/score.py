@@ -1,0 +1,3 @@
+"""Celery task module: score."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""Celery task module: train."""
+
+from __future__ import annotations
