@@ -56,7 +56,7 @@ class Base(DeclarativeBase):
 
 
 def _now() -> Any:
-    return func.now()
+    return func.current_timestamp()
 
 
 class Dataset(Base):
@@ -258,6 +258,10 @@ class Candidate(Base):
     finish_reason: Mapped[str | None] = mapped_column(String(32))
     sampling: Mapped[dict[str, Any]] = mapped_column(default=dict)  # params and seed
     chosen: Mapped[bool] = mapped_column(Boolean, default=True)
+    # Verdicts copied from this code's executions when they are written (NULL = not executed yet), so the
+    # trainers, the selectors and the dashboard read labels without joining through the execution cache.
+    public_passed: Mapped[bool | None] = mapped_column(Boolean)
+    private_passed: Mapped[bool | None] = mapped_column(Boolean)  # the oracle label
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
 
     turn: Mapped[Turn] = relationship(back_populates="candidates")

@@ -22,7 +22,7 @@ def upgrade() -> None:
     sa.Column('source_path', sa.Text(), nullable=False),
     sa.Column('source_sha256', sa.String(length=64), nullable=False),
     sa.Column('num_problems', sa.Integer(), nullable=False),
-    sa.Column('loaded_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
+    sa.Column('loaded_at', sa.DateTime(timezone=True), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_datasets')),
     sa.UniqueConstraint('name', name=op.f('uq_datasets_name'))
     )
@@ -39,7 +39,7 @@ def upgrade() -> None:
     sa.Column('stdout', sa.Text(), nullable=False),
     sa.Column('stderr', sa.Text(), nullable=False),
     sa.Column('duration_ms', sa.Float(), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_executions')),
     sa.UniqueConstraint('code_hash', 'suite_hash', 'suite_kind', 'sandbox_version', name=op.f('uq_executions_code_hash_suite_hash_suite_kind_sandbox_version'))
     )
@@ -50,7 +50,7 @@ def upgrade() -> None:
     sa.Column('method', sa.String(length=32), nullable=False),
     sa.Column('base_model', sa.Text(), nullable=False),
     sa.Column('config', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_experiments')),
     sa.UniqueConstraint('name', name=op.f('uq_experiments_name'))
     )
@@ -65,7 +65,7 @@ def upgrade() -> None:
     sa.Column('training_set_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
     sa.Column('config', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('metrics', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
     sa.ForeignKeyConstraint(['parent_id'], ['model_versions.id'], name=op.f('fk_model_versions_parent_id_model_versions'), ondelete='SET NULL'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_model_versions')),
     sa.UniqueConstraint('name', name=op.f('uq_model_versions_name'))
@@ -104,7 +104,7 @@ def upgrade() -> None:
     sa.Column('generator_out_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
     sa.Column('steps', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('error', sa.Text(), nullable=True),
-    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
     sa.Column('started_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['experiment_id'], ['experiments.id'], name=op.f('fk_rounds_experiment_id_experiments'), ondelete='CASCADE'),
@@ -132,7 +132,7 @@ def upgrade() -> None:
     sa.Column('config', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('status', sa.String(length=16), nullable=False),
     sa.Column('metrics', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
     sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['experiment_id'], ['experiments.id'], name=op.f('fk_evaluations_experiment_id_experiments'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['generator_id'], ['model_versions.id'], name=op.f('fk_evaluations_generator_id_model_versions')),
@@ -150,7 +150,7 @@ def upgrade() -> None:
     sa.Column('round_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=True),
     sa.Column('config', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('stats', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
     sa.ForeignKeyConstraint(['experiment_id'], ['experiments.id'], name=op.f('fk_training_sets_experiment_id_experiments'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['round_id'], ['rounds.id'], name=op.f('fk_training_sets_round_id_rounds'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_training_sets')),
@@ -169,7 +169,7 @@ def upgrade() -> None:
     sa.Column('attempts', sa.Integer(), nullable=False),
     sa.Column('error', sa.Text(), nullable=True),
     sa.Column('worker', sa.String(length=255), nullable=True),
-    sa.Column('queued_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
+    sa.Column('queued_at', sa.DateTime(timezone=True), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
     sa.Column('started_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
     sa.ForeignKeyConstraint(['evaluation_id'], ['evaluations.id'], name=op.f('fk_jobs_evaluation_id_evaluations'), ondelete='CASCADE'),
@@ -191,7 +191,7 @@ def upgrade() -> None:
     sa.Column('num_turns', sa.Integer(), nullable=False),
     sa.Column('final_label', sa.Boolean(), nullable=True),
     sa.Column('public_passed', sa.Boolean(), nullable=True),
-    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), nullable=True),
     sa.CheckConstraint('(round_id IS NULL) <> (evaluation_id IS NULL)', name=op.f('ck_rollouts_owner')),
     sa.ForeignKeyConstraint(['evaluation_id'], ['evaluations.id'], name=op.f('fk_rollouts_evaluation_id_evaluations'), ondelete='CASCADE'),
@@ -210,7 +210,7 @@ def upgrade() -> None:
     sa.Column('index', sa.Integer(), nullable=False),
     sa.Column('messages', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('feedback', sa.Text(), nullable=True),
-    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
     sa.ForeignKeyConstraint(['rollout_id'], ['rollouts.id'], name=op.f('fk_turns_rollout_id_rollouts'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_turns')),
     sa.UniqueConstraint('rollout_id', 'index', name=op.f('uq_turns_rollout_id_index'))
@@ -227,7 +227,9 @@ def upgrade() -> None:
     sa.Column('finish_reason', sa.String(length=32), nullable=True),
     sa.Column('sampling', sa.JSON().with_variant(postgresql.JSONB(astext_type=sa.Text()), 'postgresql'), nullable=False),
     sa.Column('chosen', sa.Boolean(), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
+    sa.Column('public_passed', sa.Boolean(), nullable=True),
+    sa.Column('private_passed', sa.Boolean(), nullable=True),
+    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
     sa.ForeignKeyConstraint(['turn_id'], ['turns.id'], name=op.f('fk_candidates_turn_id_turns'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_candidates')),
     sa.UniqueConstraint('turn_id', 'sample_index', name=op.f('uq_candidates_turn_id_sample_index'))
@@ -285,7 +287,7 @@ def upgrade() -> None:
     sa.Column('candidate_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('verifier_id', sa.BigInteger().with_variant(sa.Integer(), 'sqlite'), nullable=False),
     sa.Column('score', sa.Float(), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('CURRENT_TIMESTAMP'), nullable=False),
     sa.ForeignKeyConstraint(['candidate_id'], ['candidates.id'], name=op.f('fk_verifier_scores_candidate_id_candidates'), ondelete='CASCADE'),
     sa.ForeignKeyConstraint(['verifier_id'], ['model_versions.id'], name=op.f('fk_verifier_scores_verifier_id_model_versions'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('candidate_id', 'verifier_id', name=op.f('pk_verifier_scores'))

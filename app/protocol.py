@@ -1,0 +1,85 @@
+"""The protocol: every value that decides what an experiment does, with the paper's defaults.
+
+An experiment freezes one ``ExperimentConfig`` (as JSON) at creation; rounds, trainers and evaluations read
+their settings from it, so a run can be repeated and compared exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SamplingConfig(_Frozen):
+    temperature: float = Field(0.7, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(1000, gt=0)
+
+
+class RolloutConfig(_Frozen):
+    turns: int = Field(3, ge=1, description="T: turns per trajectory")
+    rollouts_per_problem: int = Field(15, ge=1, description="M: trajectories per train problem")
+    stop_rule: Literal["public", "public_and_private"] = "public"
+    sampling: SamplingConfig = SamplingConfig()
+    batch_size: int = Field(32, ge=1, description="trajectories sampled together in one job")
+    seed: int = 0
+
+
+class VerifierConfig(_Frozen):
+    loss: Literal["bt", "bce"] = "bt"
+    pairs_per_problem: int = 32
+    l2_coeff: float = 1e-3  # reward centering: 1e-3 * mean(r^2)
+    learning_rate: float = 1e-6
+    epochs: float = 2.0
+    effective_batch_size: int = 64
+    per_device_batch_size: int = 4
+    max_length: int = 2048
+    use_lora: bool = False
+    seed: int = 0
+
+
+class RelabelConfig(_Frozen):
+    expert: Literal["both", "oracle", "learned"] = "both"  # score = LV + 100 * label
+    relabel_failed: int = 3  # K: failed trajectories relabeled per problem
+    keep_successful: bool = True
+    aggregate_rounds: bool = True  # train on the union of all rounds' examples
+
+
+class GeneratorConfig(_Frozen):
+    learning_rate: float = 5e-7
+    epochs: float = 2.0
+    effective_batch_size: int = 16
+    per_device_batch_size: int = 1
+    max_length: int = 8192
+    use_lora: bool = False
+    from_base_each_round: bool = True  # paper: retrain from the base model on the union of all rounds
+    seed: int = 0
+
+
+class EvalConfig(_Frozen):
+    datasets: list[str] = ["mbpp:test", "humaneval:test"]
+    turns: int = 3
+    bon_candidates: int = Field(5, ge=1, description="N candidates per turn")
+    bon_chains: int = Field(10, ge=1, description="C independent chains per problem")
+    selectors: list[Literal["random", "lv", "pt", "pt+lv"]] = ["pt+lv"]
+    greedy: bool = True
+    temperature: float = 0.7  # BoN sampling temperature; greedy uses 0
+    limit: int | None = None  # evaluate the first N problems of each dataset (None = all)
+
+
+class ExperimentConfig(_Frozen):
+    method: Literal["mucode", "multi_rft", "rft", "rft_lv"] = "mucode"
+    base_model: str
+    backend: Literal["transformers", "vllm"] = "transformers"
+    train_datasets: list[str] = ["mbpp:train"]
+    train_limit: int | None = None  # first N train problems (None = all)
+    rollout: RolloutConfig = RolloutConfig()
+    verifier: VerifierConfig = VerifierConfig()
+    relabel: RelabelConfig = RelabelConfig()
+    generator: GeneratorConfig = GeneratorConfig()
+    eval: EvalConfig = EvalConfig()
