@@ -6,7 +6,19 @@ import sys
 
 import typer
 
-from app.cli import dashboard, data, db, experiment, models, ops, problems, relabel, sandbox, verifier
+from app.cli import (
+    dashboard,
+    data,
+    db,
+    experiment,
+    models,
+    ops,
+    problems,
+    relabel,
+    rollouts,
+    sandbox,
+    verifier,
+)
 
 root = typer.Typer(
     name="mucode",
@@ -16,7 +28,7 @@ root = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for _module in (db, data, problems, sandbox, models, verifier, relabel, experiment, dashboard, ops):
+for _module in (db, data, problems, sandbox, models, rollouts, verifier, relabel, experiment, dashboard, ops):
     _module.register(root)
 
 

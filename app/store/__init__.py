@@ -1,6 +1,7 @@
 """The store: the one place that holds queries. Each area of the data model has its own mixin module."""
 
 from app.store.base import StoreBase
+from app.store.bulk import BulkMixin
 from app.store.dashboard import DashboardMixin
 from app.store.executions import ExecutionsMixin
 from app.store.experiments import ExperimentsMixin
@@ -20,6 +21,7 @@ class Store(
     RelabelMixin,
     ExperimentsMixin,
     DashboardMixin,
+    BulkMixin,
     StoreBase,
 ):
     """``Store(url)`` or ``Store.from_settings()``; methods open their own transaction unless given one."""

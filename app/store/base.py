@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Engine, Table, inspect
+from sqlalchemy import JSON, Engine, Table, inspect, select, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -48,6 +50,15 @@ class StoreBase:
         """One transaction: committed on success, rolled back on any error (nothing half written)."""
         with self.Session() as s, s.begin():
             yield s
+
+    @contextmanager
+    def _tx(self, s: Session | None = None) -> Iterator[Session]:
+        """The caller's transaction when one is given, else a new one (for methods taking ``s=None``)."""
+        if s is not None:
+            yield s
+        else:
+            with self.session() as new:
+                yield new
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -125,3 +136,103 @@ class StoreBase:
                 set_={c: getattr(stmt.excluded, c) for c in update},
             )
             s.execute(stmt)
+
+    def copy_insert_ignore(
+        self,
+        s: Session,
+        table: Table,
+        rows: Sequence[dict[str, Any]],
+        conflict: Sequence[str],
+        *,
+        conflict_where: str | None = None,
+        return_ids: bool = False,
+    ) -> dict[tuple[Any, ...], int]:
+        """Bulk ``INSERT ... ON CONFLICT (conflict) DO NOTHING`` of dict rows keyed by column name.
+
+        Postgres: COPY into a temporary table, then one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``.
+        SQLite: multi-row ``INSERT ... ON CONFLICT DO NOTHING``. A column a row leaves out takes the model's
+        Python default (else NULL, or the server default when no row names it); an unknown key is an error.
+        Duplicate keys within ``rows`` are fine (the first wins). ``conflict_where`` (SQL text) names a partial
+        unique index. With ``return_ids``: ``{conflict key tuple: id}`` for every row given, whether inserted
+        now or already there; otherwise ``{}``.
+        """
+        if not rows:
+            return {}
+        cols, values = _column_values(table, rows)
+        if self.is_postgres:
+            return _pg_copy_insert(s, table, cols, values, conflict, conflict_where, return_ids)
+        self.insert_ignore(
+            s, table, [dict(zip(cols, v)) for v in values], conflict,
+            index_where=text(conflict_where) if conflict_where else None,
+        )
+        if not return_ids:
+            return {}
+        key_cols = [table.c[k] for k in conflict]
+        idx = [cols.index(k) for k in conflict]
+        keys = list(dict.fromkeys(tuple(v[i] for i in idx) for v in values))
+        out: dict[tuple[Any, ...], int] = {}
+        for chunk in chunked(keys, max(1, _MAX_PARAMS["sqlite"] // len(key_cols))):
+            stmt = select(table.c.id, *key_cols).where(tuple_(*key_cols).in_(list(chunk)))
+            out.update({tuple(r[1:]): r[0] for r in s.execute(stmt)})
+        return out
+
+
+def _column_values(table: Table, rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """The columns to write (every key used, plus columns with a Python default) and one tuple per row."""
+    used: set[str] = set().union(*rows)
+    unknown = used - set(table.c.keys())
+    if unknown:
+        raise ValueError(f"{table.name}: unknown column(s) {', '.join(sorted(unknown))}")
+    # Python-side defaults (callables such as dict are called per row, so rows never share one value).
+    defaults = {
+        c.name: c.default for c in table.c
+        if getattr(c.default, "is_scalar", False) or getattr(c.default, "is_callable", False)
+    }
+    cols = [c.name for c in table.c if c.name in used or c.name in defaults]
+
+    def fill(c: str) -> Any:
+        d = defaults.get(c)
+        return None if d is None else d.arg(None) if d.is_callable else d.arg
+
+    return cols, [tuple(r[c] if c in r else fill(c) for c in cols) for r in rows]
+
+
+def _pg_copy_insert(
+    s: Session,
+    table: Table,
+    cols: list[str],
+    values: list[tuple[Any, ...]],
+    conflict: Sequence[str],
+    conflict_where: str | None,
+    return_ids: bool,
+) -> dict[tuple[Any, ...], int]:
+    json_ix = [i for i, c in enumerate(cols) if isinstance(table.c[c].type, JSON)]
+    tmp = f"_copy_{table.name}_{uuid.uuid4().hex[:8]}"
+    col_sql = ", ".join(f'"{c}"' for c in cols)
+    key_sql = ", ".join(f'"{c}"' for c in conflict)
+    where = f" WHERE {conflict_where}" if conflict_where else ""
+    raw = s.connection().connection.driver_connection  # the session's psycopg connection and transaction
+    out: dict[tuple[Any, ...], int] = {}
+    with raw.cursor() as cur:
+        # A bare copy of the columns: no defaults (no sequence calls), no constraints, no WAL.
+        cur.execute(
+            f'CREATE TEMP TABLE {tmp} ON COMMIT DROP AS SELECT {col_sql} FROM "{table.name}" WITH NO DATA'
+        )
+        with cur.copy(f"COPY {tmp} ({col_sql}) FROM STDIN") as copy:
+            for v in values:
+                if json_ix:
+                    v = list(v)
+                    for i in json_ix:
+                        if v[i] is not None:
+                            v[i] = json.dumps(v[i], ensure_ascii=False)
+                copy.write_row(v)
+        cur.execute(
+            f'INSERT INTO "{table.name}" ({col_sql}) SELECT {col_sql} FROM {tmp} '
+            f"ON CONFLICT ({key_sql}){where} DO NOTHING"
+        )
+        if return_ids:
+            keys = ", ".join(f't."{c}"' for c in conflict)
+            cur.execute(f'SELECT t.id, {keys} FROM "{table.name}" t JOIN {tmp} USING ({key_sql})')
+            out = {tuple(r[1:]): r[0] for r in cur}
+        cur.execute(f"DROP TABLE {tmp}")
+    return out

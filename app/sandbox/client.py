@@ -1,0 +1,297 @@
+"""The caller's side: ``Sandbox`` starts the executor process and sends it batches; ``run_suite`` for one."""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from app.sandbox import wire
+from app.sandbox.types import (
+    SUITE_KINDS,
+    Check,
+    ExecutionResult,
+    InfraError,
+    Limits,
+    SandboxUnavailable,
+)
+
+log = logging.getLogger("mucode.sandbox")
+
+START_TIMEOUT_S = 180.0
+CHUNK = 1024  # programs per request to the executor
+_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+def _get(obj: Any, name: str, default: Any = None) -> Any:
+    if isinstance(obj, dict):
+        return obj.get(name, default)
+    return getattr(obj, name, default)
+
+
+def suite_of(problem_like: Any, kind: str) -> dict[str, Any]:
+    """The parts of a problem one suite needs: code prefix, setup code and the suite's test statements."""
+    if kind not in SUITE_KINDS:
+        raise ValueError(f"suite kind must be one of {SUITE_KINDS}, not {kind!r}")
+    tests = _get(problem_like, "public_tests" if kind == "public" else "private_tests") or []
+    return {
+        "prefix": _get(problem_like, "code_prefix") or "",
+        "setup": _get(problem_like, "setup_code") or "",
+        "tests": [str(t) for t in tests],
+    }
+
+
+def executor_env() -> dict[str, str]:
+    """The executor's whole environment: nothing from ours (no MUCODE_*, no credentials), a fixed hash seed
+    (set and dict-of-str orders, hence verdicts, repeat exactly), single-threaded numeric libraries."""
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "PYTHONHASHSEED": "0",
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTHONPATH": _ROOT,
+        "OPENBLAS_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "NUMEXPR_NUM_THREADS": "1",
+    }
+
+
+class Sandbox:
+    """A long-lived executor. ``with Sandbox() as sb: sb.run_many([(problem, code, "public"), ...])``.
+
+    ``workers``: programs run in parallel (default: the ``sandbox_workers`` setting, 0 = CPUs).
+    ``allow_weak_isolation``: start even when a protection is missing (default: the setting); otherwise
+    ``start()`` raises :class:`SandboxUnavailable` naming what is missing.
+    """
+
+    def __init__(self, workers: int | None = None, *, limits: Limits | None = None,
+                 allow_weak_isolation: bool | None = None) -> None:
+        self.workers = workers
+        self.limits = limits or Limits()
+        self.allow_weak_isolation = allow_weak_isolation
+        self.info: dict[str, Any] = {}
+        self._proc: subprocess.Popen | None = None
+        self._sock: socket.socket | None = None
+        self._lock = threading.RLock()
+
+    # -- life cycle ---------------------------------------------------------------------------------------
+    def __enter__(self) -> Sandbox:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def weak(self) -> bool:
+        return not self.info.get("strong", False)
+
+    def _resolve(self) -> tuple[int, bool]:
+        workers, allow = self.workers, self.allow_weak_isolation
+        if workers is None or allow is None:
+            from app.config import get_settings
+
+            settings = get_settings()
+            if workers is None:
+                workers = settings.sandbox_workers
+            if allow is None:
+                allow = settings.allow_weak_isolation
+        if not workers:
+            workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return int(workers), bool(allow)
+
+    def start(self) -> Sandbox:
+        with self._lock:
+            if self.running:
+                return self
+            workers, allow = self._resolve()
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            cmd = [sys.executable, "-s", "-m", "app.sandbox.executor", "--fd", str(theirs.fileno()),
+                   "--workers", str(workers), "--limits", json.dumps(asdict(self.limits))]
+            if allow:
+                cmd.append("--allow-weak")
+            try:
+                proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], env=executor_env(), cwd="/",
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                        start_new_session=True, close_fds=True)
+            finally:
+                theirs.close()
+            try:
+                status, info = pickle.loads(wire.recv_frame(ours.fileno(), time.monotonic() + START_TIMEOUT_S))
+            except (wire.WireError, OSError, EOFError, pickle.PickleError) as exc:
+                proc.kill()
+                proc.wait()
+                ours.close()
+                raise InfraError(f"the sandbox executor did not start: {exc}") from exc
+            if status != "ready":
+                ours.close()
+                proc.wait(timeout=30)
+                if status == "refused":
+                    raise SandboxUnavailable(
+                        "the sandbox cannot isolate programs on this host; missing: "
+                        + "; ".join(info.get("missing", []))
+                        + ". Run as root on Linux with namespaces, or set MUCODE_ALLOW_WEAK_ISOLATION=1 to run "
+                        "untrusted code with weaker protection."
+                    )
+                raise InfraError(f"the sandbox executor failed to start: {info}")
+            self._proc, self._sock, self.info = proc, ours, info
+            if not info.get("strong"):
+                log.warning("sandbox running with WEAK isolation (allowed by setting); missing: %s",
+                            "; ".join(info.get("missing", [])))
+            return self
+
+    def close(self) -> None:
+        with self._lock:
+            proc, sock = self._proc, self._sock
+            self._proc = self._sock = None
+            if sock is not None:
+                try:
+                    wire.send_frame(sock.fileno(), pickle.dumps(("shutdown",)))
+                    wire.recv_frame(sock.fileno(), time.monotonic() + 10)
+                except (OSError, wire.WireError):
+                    pass
+                sock.close()
+            if proc is not None:
+                try:
+                    proc.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+
+    # -- running ------------------------------------------------------------------------------------------
+    def _request(self, msg: Any, timeout: float) -> Any:
+        assert self._sock is not None
+        fd = self._sock.fileno()
+        wire.send_frame(fd, pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
+        return pickle.loads(wire.recv_frame(fd, time.monotonic() + timeout))
+
+    def run_raw(self, items: Sequence[tuple[Any, str, str]], *, collect: bool = False) -> list[dict[str, Any]]:
+        """The executor's result dicts for (problem_like, code, kind) items; identical items run once."""
+        suites: list[dict[str, Any]] = []
+        suite_ix: dict[Any, int] = {}
+        by_obj: dict[tuple[int, str], int] = {}
+        jobs: list[dict[str, Any]] = []
+        job_ix: dict[tuple[int, str], int] = {}
+        order: list[int] = []
+        for problem_like, code, kind in items:
+            key_obj = (id(problem_like), kind)
+            si = by_obj.get(key_obj)
+            if si is None:
+                suite = suite_of(problem_like, kind)
+                skey = (suite["prefix"], suite["setup"], tuple(suite["tests"]))
+                si = suite_ix.get(skey)
+                if si is None:
+                    si = suite_ix[skey] = len(suites)
+                    suites.append(suite)
+                by_obj[key_obj] = si
+            jkey = (si, code)
+            ji = job_ix.get(jkey)
+            if ji is None:
+                ji = job_ix[jkey] = len(jobs)
+                jobs.append({"suite": si, "code": str(code), "collect": collect})
+            order.append(ji)
+        raw: list[dict[str, Any]] = []
+        with self._lock:
+            for start in range(0, len(jobs), CHUNK):
+                chunk = jobs[start:start + CHUNK]
+                raw.extend(self._run_chunk(suites, chunk))
+        return [raw[j] for j in order]
+
+    def _run_chunk(self, suites: list[dict[str, Any]], chunk: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        used = sorted({j["suite"] for j in chunk})
+        remap = {s: i for i, s in enumerate(used)}
+        sub_suites = [suites[s] for s in used]
+        sub_jobs = [{**j, "suite": remap[j["suite"]]} for j in chunk]
+        if not self.running:
+            self.start()
+        # Generous: every program may take its whole time limit, spread over the slots.
+        budget = 120.0 + (self.limits.timeout_s + 10.0) * (len(chunk) / max(1, self.info.get("slots", 1)) + 1)
+        try:
+            status, payload = self._request(("run", sub_suites, sub_jobs), budget)
+        except (OSError, wire.WireError, EOFError, pickle.PickleError) as exc:
+            self._abort()
+            return [{"status": "sandbox_error", "error": f"the sandbox executor failed: {exc}"}] * len(chunk)
+        if status != "results":
+            return [{"status": "sandbox_error", "error": str(payload)}] * len(chunk)
+        return payload
+
+    def _abort(self) -> None:
+        proc, sock = self._proc, self._sock
+        self._proc = self._sock = None
+        if sock is not None:
+            sock.close()
+        if proc is not None:
+            try:
+                os.killpg(proc.pid, 9)
+            except (ProcessLookupError, PermissionError):
+                proc.kill()
+            proc.wait()
+
+    def run_many(self, items: Iterable[tuple[Any, str, str]]) -> list[ExecutionResult]:
+        """Run each (problem_like, code, kind) — kind "public" or "private" — and return one result each, in
+        order. A result with status ``sandbox_error`` is an infrastructure failure, never a verdict."""
+        items = list(items)
+        if not items:
+            return []
+        out = []
+        for (_, _, kind), r in zip(items, self.run_raw(items)):
+            if r.get("status") == "sandbox_error":
+                out.append(ExecutionResult.infra_error(r.get("error", "unknown")))
+            else:
+                out.append(ExecutionResult.from_dict(r))
+        return out
+
+    def run(self, problem_like: Any, code: str, kind: str = "public") -> ExecutionResult:
+        return self.run_many([(problem_like, code, kind)])[0]
+
+    def protections(self) -> list[Check]:
+        """What the executor found at start-up (static; ``probe_protections`` tries each one for real)."""
+        caps = self.info.get("capabilities", {})
+        errors = caps.get("errors", {})
+        return [Check(k, bool(caps.get(k)), errors.get(k, "")) for k in ("root", "netns", "mntns", "pidns",
+                                                                        "uid_drop")]
+
+
+_shared: Sandbox | None = None
+_shared_lock = threading.Lock()
+
+
+def get_sandbox() -> Sandbox:
+    """The process-wide sandbox (started on first use, closed at exit)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = Sandbox()
+            atexit.register(_close_shared)
+        if not _shared.running:
+            _shared.start()
+        return _shared
+
+
+def _close_shared() -> None:
+    global _shared
+    if _shared is not None:
+        _shared.close()
+        _shared = None
+
+
+def run_suite(problem_like: Any, code: str, kind: str = "public") -> ExecutionResult:
+    """Run one program against one suite of ``problem_like`` (an ORM Problem or anything with code_prefix,
+    setup_code, public_tests, private_tests, entry_point)."""
+    return get_sandbox().run_many([(problem_like, code, kind)])[0]

@@ -1,0 +1,613 @@
+"""The judge: the trusted process that runs a suite's test code against a candidate living in another process.
+
+One judge per program, forked from the zygote, parent of the candidate's process. It runs the problem's prefix
+(trusted helpers), the setup code and each test statement in its own interpreter, where every name the
+candidate's program defined is a :class:`ProgramObject`: calling it, reading an attribute or iterating it is a
+request to the candidate's process, whose answer comes back as plain data (``app.sandbox.wire``). So the test
+code, the expected values and the comparisons all stay here, where the candidate cannot reach; the candidate's
+process only ever sees the arguments the tests pass to its functions.
+"""
+
+from __future__ import annotations
+
+import builtins
+import importlib
+import marshal
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from app.sandbox import feedback as fb
+from app.sandbox import wire
+from app.sandbox.child import convert
+from app.sandbox.types import Limits
+from app.sandbox.verdict import Run, status_of
+
+SETUP_FAILED = 71  # the candidate's process could not isolate itself (see executor)
+MAX_REPLY = 64 << 20  # bytes of one answer from the candidate
+TEST_TEXT_CHARS = 1000  # of each test's source kept in the result
+NOT_PLAIN_HINT = ("only None, bool, int, float, complex, str, bytes, list, tuple, dict, set and frozenset values "
+                  "(and nestings of them) can be compared")
+_SAFE_STDLIB = frozenset(getattr(sys, "stdlib_module_names", ())) - {
+    "antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "webbrowser", "pydoc", "ensurepip",
+    "venv", "lib2to3", "pdb", "code", "pty", "tty", "curses",
+}
+
+
+class ProgramGone(BaseException):
+    """The candidate's process can no longer answer (timed out, exited, crashed, or broke the protocol)."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        super().__init__(reason, detail)
+        self.reason = reason
+        self.detail = detail
+
+
+class ProgramExit(BaseException):
+    """The program raised SystemExit (or another BaseException) instead of returning."""
+
+    def __init__(self, info: dict[str, Any]) -> None:
+        super().__init__(info.get("type"))
+        self.info = info
+
+
+class _Deadline(BaseException):
+    pass
+
+
+def _clean_info(raw: Any) -> dict[str, Any]:
+    """The candidate's description of an exception, checked field by field (it is plain data it chose)."""
+    d = raw if isinstance(raw, dict) else {}
+
+    def s(v: Any, default: str = "") -> str:
+        return v if isinstance(v, str) else default
+
+    frames = []
+    for f in d.get("frames") if isinstance(d.get("frames"), list) else []:
+        if isinstance(f, list) and len(f) == 3 and isinstance(f[0], int):
+            frames.append([f[0], s(f[1], "?")[:100], s(f[2])[:200]])
+    info: dict[str, Any] = {
+        "type": s(d.get("type"), "Exception")[:100] or "Exception",
+        "bases": [b for b in d.get("bases", []) if isinstance(b, str)][:20] if isinstance(d.get("bases"), list)
+        else [],
+        "message": s(d.get("message"))[:2000],
+        "frames": frames[:20],
+        "omitted": d["omitted"] if isinstance(d.get("omitted"), int) else 0,
+        "exit": d.get("exit") is True,
+    }
+    syn = d.get("syntax")
+    if isinstance(syn, list) and len(syn) == 3:
+        info["syntax"] = [syn[0] if isinstance(syn[0], int) else None, syn[1] if isinstance(syn[1], int) else None,
+                          s(syn[2])[:200]]
+    if "exit_code" in d and isinstance(d["exit_code"], (int, str, type(None))):
+        info["exit_code"] = d["exit_code"]
+    return info
+
+
+_dynamic_classes: dict[tuple[str, type], type] = {}
+
+
+def remote_exception(info: dict[str, Any]) -> BaseException:
+    """A judge-side exception for one the program raised: the builtin class of the same name (or its nearest
+    builtin ancestor, subclassed under the program's class name), so tests that catch by type still work."""
+    if info["exit"]:
+        return ProgramExit(info)
+    message = info["message"]
+    exc: BaseException | None = None
+    chosen: type = Exception
+    for name in info["bases"]:
+        cls = getattr(builtins, name, None)
+        if isinstance(cls, type) and issubclass(cls, Exception):
+            try:
+                exc = cls(message)
+                chosen = cls
+                break
+            except Exception:  # noqa: BLE001 - e.g. UnicodeDecodeError needs 5 arguments
+                continue
+    if exc is None:
+        exc = Exception(message)
+    if chosen.__name__ != info["type"]:
+        key = (info["type"], chosen)
+        sub = _dynamic_classes.get(key)
+        if sub is None:
+            sub = _dynamic_classes[key] = type(info["type"], (chosen,), {"__module__": "program"})
+        try:
+            exc = sub(message)
+        except Exception:  # noqa: BLE001
+            pass
+    exc.__mucode_remote__ = info  # type: ignore[attr-defined]
+    return exc
+
+
+class ProgramObject:
+    """An object that lives in the candidate's process. Calls, attributes, items, ``len`` and iteration are
+    requests; comparing it (other than by identity), hashing by value or asking its truth value is not
+    possible: the answer would come from the candidate's code."""
+
+    __slots__ = ("_conn", "_ref", "_tname")
+
+    def __init__(self, conn: Conn, ref: tuple[bytes, Any], type_name: str) -> None:
+        object.__setattr__(self, "_conn", conn)
+        object.__setattr__(self, "_ref", ref)
+        object.__setattr__(self, "_tname", type_name)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._conn.request(("call", self, args, kwargs))
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        return self._conn.request(("getattr", self, name))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self._conn.request(("setattr", self, name, value))
+
+    def __getitem__(self, key: Any) -> Any:
+        return self._conn.request(("getitem", self, key))
+
+    def __len__(self) -> int:
+        n = self._conn.request(("len", self))
+        if type(n) is not int or n < 0:
+            raise TypeError(f"len() of a {self._tname} object from the program is not a non-negative int")
+        return n
+
+    def __iter__(self) -> _RemoteIterator:
+        it = self._conn.request(("iter", self))
+        if not isinstance(it, ProgramObject):
+            raise TypeError("iter() of a program object did not give an iterator")
+        return _RemoteIterator(self._conn, it)
+
+    def __bool__(self) -> bool:
+        raise TypeError(f"the truth value of a {self._tname} object returned by the program cannot be used: "
+                        f"{NOT_PLAIN_HINT}")
+
+    __hash__ = object.__hash__
+
+    def __repr__(self) -> str:
+        return f"<{self._tname} object from the program>"
+
+
+class _RemoteIterator:
+    __slots__ = ("_conn", "_it", "_buf", "_done")
+
+    def __init__(self, conn: Conn, it: ProgramObject) -> None:
+        self._conn, self._it, self._buf, self._done = conn, it, [], False
+
+    def __iter__(self) -> _RemoteIterator:
+        return self
+
+    def __next__(self) -> Any:
+        if not self._buf:
+            if self._done:
+                raise StopIteration
+            reply = self._conn.request(("next", self._it, 256))
+            if not (isinstance(reply, list) and len(reply) == 2 and isinstance(reply[0], list)):
+                raise TypeError("malformed iteration reply from the program")
+            self._buf = reply[0][::-1]
+            self._done = reply[1] is True
+            if not self._buf:
+                raise StopIteration
+        return self._buf.pop()
+
+
+class Conn:
+    """The judge's end of the connection to the candidate's process."""
+
+    def __init__(self, fd: int, deadline: float) -> None:
+        self.fd = fd
+        self.deadline = deadline
+        self.encoder = wire.Encoder(self._to_ref, convert=self._convert)
+        self.not_plain: list[str] = []  # type names of non-plain results in the current test
+        self.gone: ProgramGone | None = None
+        self.memory_error = False
+
+    @staticmethod
+    def _convert(v: Any) -> Any:
+        if type(v) is ProgramObject:
+            return wire.NOT_PLAIN  # sent as its reference
+        return convert(v)  # NOT_PLAIN for anything else: _to_ref refuses it
+
+    @staticmethod
+    def _to_ref(obj: Any) -> tuple[bytes, Any]:
+        if type(obj) is ProgramObject:
+            return object.__getattribute__(obj, "_ref")
+        raise TypeError(f"a {type(obj).__name__} object cannot be passed to the program: {NOT_PLAIN_HINT}")
+
+    def _from_ref(self, tag: bytes, ident: Any) -> ProgramObject:
+        if tag != b"R":
+            raise wire.WireError("unexpected name reference from the program")
+        number, type_name = ident
+        self.not_plain.append(type_name)
+        return ProgramObject(self, (b"R", (number, type_name)), type_name)
+
+    def global_ref(self, name: str, type_name: str) -> ProgramObject:
+        return ProgramObject(self, (b"G", name), type_name)
+
+    def request(self, msg: Any) -> Any:
+        if self.gone is not None:
+            raise self.gone
+        payload = self.encoder.encode(msg)  # TypeError for values that cannot be sent: a test error
+        try:
+            wire.send_frame(self.fd, payload)
+            buf = wire.recv_frame(self.fd, self.deadline, max_size=MAX_REPLY)
+            reply = wire.decode(buf, self._from_ref)
+        except wire.Timeout:
+            self.gone = ProgramGone("timeout")
+        except (wire.Closed, BrokenPipeError, ConnectionResetError):
+            self.gone = ProgramGone("died")
+        except wire.TooLarge as exc:
+            self.gone = ProgramGone("broken", f"the program's answer is too large ({exc})")
+        except (wire.WireError, OSError, ValueError, TypeError, OverflowError) as exc:
+            self.gone = ProgramGone("broken", f"the program corrupted its connection to the tests ({exc})")
+        if self.gone is not None:
+            raise self.gone
+        if not (isinstance(reply, tuple) and len(reply) == 2 and isinstance(reply[0], str)):
+            self.gone = ProgramGone("broken", "the program corrupted its connection to the tests")
+            raise self.gone
+        op, value = reply
+        if op == "ok":
+            return value
+        if op == "raise":
+            info = _clean_info(value)
+            if info["type"] == "MemoryError":
+                self.memory_error = True
+            raise remote_exception(info)
+        if op in ("loaded", "loaderr"):
+            return reply
+        self.gone = ProgramGone("broken", "the program corrupted its connection to the tests")
+        raise self.gone
+
+
+def _module_for(name: str) -> Any:
+    """The judge's own copy of a module the program imported (only stdlib and already-imported modules)."""
+    if name in sys.modules:
+        return sys.modules[name]
+    if name.split(".")[0] in _SAFE_STDLIB:
+        try:
+            return importlib.import_module(name)
+        except Exception:  # noqa: BLE001
+            return None
+    return None
+
+
+def _exc_line(exc: BaseException) -> str:
+    name = type(exc).__name__
+    msg = str(exc)
+    return f"{name}: {msg}" if msg else name
+
+
+class Judge:
+    def __init__(self, job: dict[str, Any], conn: Conn, limits: Limits) -> None:
+        self.job = job
+        self.conn = conn
+        self.limits = limits
+        self.run = Run()
+        self.details: list[str] = []  # per test: the feedback block when it did not pass
+        self.collected: list[Any] = []
+        self._armed = False
+
+    def _alarm(self, signum: int, frame: Any) -> None:
+        if self._armed:
+            self._armed = False
+            raise _Deadline()
+
+    def judge(self) -> Run:
+        job = self.job
+        tests_src: list[str] = job["tests"]
+        deadline = self.conn.deadline
+        signal.signal(signal.SIGALRM, self._alarm)
+        self._armed = True
+        signal.setitimer(signal.ITIMER_REAL, max(0.001, deadline - time.monotonic()))
+        try:
+            self._judge(tests_src)
+        except _Deadline:
+            self._fatal("timeout", len(self.run.tests))
+        finally:
+            self._armed = False
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        # Tests never reached (a fatal stop): listed as errors, so every test has an outcome.
+        reason = {"timeout": "not run: the time limit was reached", "memory": "not run: out of memory"}.get(
+            self.run.fatal or "", "not run: the program stopped")
+        while len(self.run.tests) < len(tests_src):
+            self._record(tests_src[len(self.run.tests)], "error", reason, "")
+        return self.run
+
+    def _fatal(self, reason: str, index: int | None) -> None:
+        if self.run.fatal is None:
+            self.run.fatal = reason
+            self.run.fatal_test = index
+            if reason == "timeout":
+                self.run.timed_out = True
+
+    def _record(self, test: str, outcome: str, message: str, detail: str) -> None:
+        text = test if len(test) <= TEST_TEXT_CHARS else test[: TEST_TEXT_CHARS - 3] + "..."
+        self.run.tests.append({"test": text, "outcome": outcome, "message": fb.sanitize(message)[:500]})
+        self.details.append(detail)
+
+    def _judge(self, tests_src: list[str]) -> None:
+        job = self.job
+        conn = self.conn
+        try:
+            reply = conn.request(("load", job["prefix"], job["code"], job["setup_imports"]))
+        except ProgramGone as gone:
+            self._fatal(gone.reason, None)
+            self.run.load_error = {"gone": gone.reason, "detail": gone.detail}
+            return
+        op, payload = reply
+        if op == "loaderr":
+            info = _clean_info(payload)
+            self.run.load_error = info
+            if info["type"] == "MemoryError":
+                self.run.memory = True
+            return
+        ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
+        code = job["compiled"]
+        for part in ("prefix", "setup"):
+            if isinstance(code[part], str):  # the dataset's own code does not compile
+                self.run.setup_error = code[part]
+                return
+        if code["prefix"] is not None:
+            try:
+                exec(marshal.loads(code["prefix"]), ns)  # trusted helpers: the judge keeps its own copies
+            except _Deadline:
+                raise
+            except BaseException as exc:  # noqa: BLE001 - a broken prefix in the dataset
+                self.run.setup_error = "the problem's code prefix failed: " + _exc_line(exc)
+                return
+        trusted = set(ns)
+        for entry in payload if isinstance(payload, list) else []:
+            if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)):
+                continue
+            name, kind, value = entry
+            if name in trusted or not name.isidentifier():
+                continue
+            if kind == "module" and isinstance(value, str):
+                mod = _module_for(value)
+                ns[name] = mod if mod is not None else conn.global_ref(name, "module")
+            elif kind == "value":
+                ns[name] = value
+            else:
+                ns[name] = conn.global_ref(name, value if isinstance(value, str) else "object")
+        if job.get("collect"):
+            ns["__collect__"] = self.collected.append
+        if code["setup"] is not None:
+            try:
+                exec(marshal.loads(code["setup"]), ns)
+            except ProgramGone as gone:
+                self._fatal(gone.reason, None)
+                self.run.setup_error = gone.detail or gone.reason
+                return
+            except _Deadline:
+                raise
+            except BaseException as exc:  # noqa: BLE001
+                info = getattr(exc, "__mucode_remote__", None)
+                self.run.setup_error = fb.summary(info) if info else _exc_line(exc)
+                self.details_setup = fb.traceback_text(info) if info else _exc_line(exc)
+                return
+        for i, src in enumerate(tests_src):
+            if self.run.fatal is not None:
+                return
+            blob = code["tests"][i]
+            if isinstance(blob, str):  # the test did not compile (a dataset problem)
+                self._record(src, "error", blob, blob)
+                continue
+            conn.not_plain = []
+            try:
+                exec(marshal.loads(blob), ns)
+            except ProgramGone as gone:
+                self._fatal(gone.reason, i)
+                self._record(src, "error", _gone_text(gone, self.limits), "")
+                return
+            except ProgramExit as ex:
+                line = _exit_text(ex.info)
+                self._record(src, "error", line, line)
+            except AssertionError as exc:
+                info = getattr(exc, "__mucode_remote__", None)
+                if info is not None:
+                    self._record(src, "error", fb.summary(info), fb.traceback_text(info))
+                else:
+                    msg = _exc_line(exc)
+                    detail = msg
+                    if conn.not_plain:
+                        detail += (f"\nNote: the program returned a {conn.not_plain[0]} object; "
+                                   f"{NOT_PLAIN_HINT}.")
+                    self._record(src, "fail", msg, detail)
+            except (_Deadline, KeyboardInterrupt):
+                raise
+            except BaseException as exc:  # noqa: BLE001 - anything else the test statement raised
+                info = getattr(exc, "__mucode_remote__", None)
+                if info is not None:
+                    if info["type"] == "MemoryError":
+                        self.run.memory = True
+                    self._record(src, "error", fb.summary(info), fb.traceback_text(info))
+                else:
+                    self._record(src, "error", _exc_line(exc), _exc_line(exc))
+            else:
+                self._record(src, "pass", "", "")
+            if conn.memory_error:
+                self.run.memory = True
+
+
+def _exit_text(info: dict[str, Any]) -> str:
+    code = info.get("exit_code")
+    if info["type"] == "SystemExit":
+        return f"The program exited (SystemExit: {code!r}) instead of returning"
+    return f"The program raised {info['type']} instead of returning"
+
+
+def _gone_text(gone: ProgramGone, limits: Limits) -> str:
+    if gone.reason == "timeout":
+        return f"timed out (limit {limits.timeout_s:g} s)"
+    if gone.reason == "died":
+        return "the program's process ended before the test finished"
+    return gone.detail or "the program broke its connection to the tests"
+
+
+# -- the judge process --------------------------------------------------------------------------------------
+def _read_output(fd: int, limit_chars: int) -> tuple[str, int]:
+    try:
+        size = os.fstat(fd).st_size
+        raw = os.pread(fd, limit_chars * 4, 0)
+    except OSError:
+        return "", 0
+    text = raw.decode("utf-8", "replace")
+    if len(text) > limit_chars or size > len(raw):
+        text = text[:limit_chars] + f"\n... ({size} bytes in all)"
+    return text, size
+
+
+def finish(judge: Judge | None, run: Run, limits: Limits, *, c_pid: int, out_fd: int, err_fd: int,
+           weak: bool, started: float) -> dict[str, Any]:
+    """Kill the candidate's process (its whole pid namespace, or process group in weak mode), reap it and
+    build the result."""
+    died_alone = None
+    try:
+        pid, status = os.waitpid(c_pid, os.WNOHANG)
+        if pid:
+            died_alone = status
+    except ChildProcessError:
+        pass
+    if died_alone is None:
+        try:
+            if weak:
+                os.killpg(c_pid, signal.SIGKILL)
+            else:
+                os.kill(c_pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        try:
+            _, status = os.waitpid(c_pid, 0)
+        except ChildProcessError:
+            status = 0
+    else:
+        status = died_alone
+        if weak:
+            try:
+                os.killpg(c_pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    if died_alone is not None:
+        if os.WIFSIGNALED(died_alone):
+            run.exit_signal = os.WTERMSIG(died_alone)
+        elif os.WIFEXITED(died_alone):
+            run.exit_code = os.WEXITSTATUS(died_alone)
+    stdout, n_out = _read_output(out_fd, limits.capture_chars)
+    stderr, n_err = _read_output(err_fd, limits.capture_chars)
+    if run.load_error is not None and "gone" in run.load_error and run.exit_code == SETUP_FAILED:
+        return {"status": "sandbox_error", "error": f"the program's process could not be isolated: {stderr}"}
+    run.output_bytes = max(n_out, n_err)
+    status_name = status_of(run, limits)
+    text = compose_feedback(judge, run, status_name, limits)
+    return {
+        "status": status_name,
+        "passed": status_name == "passed",
+        "tests": run.tests,
+        "feedback": text,
+        "stdout": fb.sanitize(stdout),
+        "stderr": fb.sanitize(stderr),
+        "duration_ms": round((time.monotonic() - started) * 1000.0, 3),
+        "collected": judge.collected if judge is not None else [],
+    }
+
+
+def _signal_name(sig: int) -> str:
+    try:
+        return signal.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
+def compose_feedback(judge: Judge | None, run: Run, status: str, limits: Limits) -> str:
+    if status == "passed":
+        return fb.PASSED
+    tests = run.tests
+    details = judge.details if judge is not None else [""] * len(tests)
+    first = next((i for i, t in enumerate(tests) if t["outcome"] != "pass"), None)
+    where = ""
+    if run.fatal_test is not None and run.fatal_test < len(tests):
+        where = "\n" + fb.failed_test_header(tests[run.fatal_test]["test"])
+    elif first is not None and run.load_error is None:
+        where = "\n" + fb.failed_test_header(tests[first]["test"])
+    if status == "output_limit":
+        text = (f"Code execution produced too much output: the limit is {limits.output_bytes // 1024} KiB "
+                "for stdout, stderr and each file it writes" + where)
+    elif status == "timeout":
+        text = f"Code execution timed out: the limit is {limits.timeout_s:g} s for loading and all tests" + where
+    else:
+        parts = []
+        if status == "memory":
+            parts.append(f"Code execution ran out of memory (the limit is {limits.memory_mb} MB)")
+        le = run.load_error
+        if le is not None and "gone" in le:
+            if run.exit_signal is not None:
+                parts.append(f"The program crashed while it was being loaded (killed by "
+                             f"{_signal_name(run.exit_signal)}), before any test ran")
+            else:
+                code = run.exit_code if run.exit_code is not None else 0
+                parts.append(f"The program exited (status {code}) while it was being loaded, before any test "
+                             "ran")
+        elif le is not None:
+            if le.get("syntax"):
+                parts.append("Your code has a syntax error:\n" + fb.traceback_text(le))
+            elif le.get("exit"):
+                parts.append(_exit_text(le).replace("instead of returning",
+                                                    "while it was being loaded, before any test ran"))
+            else:
+                parts.append("The program raised an exception while it was being loaded, before any test ran:\n"
+                             + fb.traceback_text(le))
+        elif run.setup_error is not None:
+            parts.append("The test setup failed: " + run.setup_error)
+            extra = getattr(judge, "details_setup", "") if judge is not None else ""
+            if extra and extra != run.setup_error:
+                parts.append(extra)
+        elif run.fatal in ("died", "broken") and run.fatal_test is not None:
+            i = run.fatal_test
+            parts.append(fb.failed_test_header(tests[i]["test"]))
+            if run.exit_signal is not None:
+                parts.append(f"The program crashed (killed by {_signal_name(run.exit_signal)})")
+            elif run.fatal == "died":
+                code = run.exit_code if run.exit_code is not None else 0
+                parts.append(f"The program's process exited (status {code}) instead of returning")
+            else:
+                parts.append(tests[i]["message"])
+        elif first is not None:
+            parts.append(fb.failed_test_header(tests[first]["test"]))
+            parts.append(details[first] or tests[first]["message"] or "AssertionError")
+        elif not tests:
+            parts.append("The test suite is empty")
+        text = "\n".join(p for p in parts if p)
+    return fb.cap(fb.sanitize(text))
+
+
+def compile_suite(prefix: str, setup: str, tests: list[str]) -> dict[str, Any]:
+    """Compile the trusted code once (in the executor) for every judge: marshalled code objects."""
+    def comp(src: str, name: str) -> bytes | str | None:
+        if not src.strip():
+            return None
+        try:
+            return marshal.dumps(compile(src, name, "exec", dont_inherit=True))
+        except SyntaxError as exc:
+            return f"the {name.strip('<>')} code does not compile: SyntaxError: {exc.msg} (line {exc.lineno})"
+
+    out: dict[str, Any] = {"prefix": comp(prefix, "<prefix>"), "setup": comp(setup, "<setup>"), "tests": []}
+    for i, t in enumerate(tests):
+        try:
+            out["tests"].append(marshal.dumps(compile(t, f"<test {i + 1}>", "exec", dont_inherit=True)))
+        except SyntaxError as exc:
+            out["tests"].append(f"the test does not compile: SyntaxError: {exc.msg}")
+    return out
+
+
+def setup_imports(setup: str) -> str:
+    """The import statements of the setup code: they also run in the program's process, after its code, as
+    they would in one file (a program may use a module that only the tests import)."""
+    import ast
+
+    try:
+        tree = ast.parse(setup)
+    except SyntaxError:
+        return ""
+    lines = [ast.unparse(n) for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+    return "\n".join(lines)

@@ -1,0 +1,157 @@
+"""``probe_protections()``: run a real program through the sandbox that tries to break each protection.
+
+Nothing is taken from configuration: the probe program connects to the database port, reads its environment,
+looks at its uid, limits, working directory and file system, and the checks compare what it saw with what the
+sandbox promises.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.sandbox.types import Check, Limits
+
+PROBE_CODE = r'''
+import os, socket, resource
+
+def probe(host_file, db_port):
+    seen = {}
+    for port in (db_port, 6379):
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        s.settimeout(1.0)
+        try:
+            s.connect(("127.0.0.1", port))
+            seen["connect_%d" % port] = "connected"
+        except OSError as exc:
+            seen["connect_%d" % port] = "refused: %s" % exc
+        finally:
+            s.close()
+    seen["uid"] = [os.getuid(), os.geteuid(), os.getgid(), os.getegid()]
+    seen["groups"] = os.getgroups()
+    seen["env"] = dict(os.environ)
+    seen["pid"] = os.getpid()
+    names = {"cpu": resource.RLIMIT_CPU, "as": resource.RLIMIT_AS, "nproc": resource.RLIMIT_NPROC,
+             "fsize": resource.RLIMIT_FSIZE, "nofile": resource.RLIMIT_NOFILE}
+    seen["rlimits"] = {k: list(resource.getrlimit(v)) for k, v in names.items()}
+    seen["cwd_entries"] = os.listdir(".")
+    with open("probe.txt", "w") as f:
+        f.write("x")
+    seen["cwd_writable"] = os.path.exists("probe.txt")
+    outside = {}
+    for path in ("/etc/mucode-probe", "/usr/mucode-probe", "/mucode-probe", "/var/tmp/mucode-probe",
+                 "/dev/shm/mucode-probe"):
+        try:
+            with open(path, "w") as f:
+                f.write("x")
+            outside[path] = "written"
+        except OSError as exc:
+            outside[path] = type(exc).__name__
+    seen["write_outside"] = outside
+    try:
+        with open(host_file, "rb") as f:
+            f.read(1)
+        seen["host_file"] = "readable"
+    except OSError as exc:
+        seen["host_file"] = type(exc).__name__
+    try:
+        with open("/proc/self/status") as f:
+            seen["no_new_privs"] = [l.split()[1] for l in f if l.startswith("NoNewPrivs")][0]
+    except OSError as exc:
+        seen["no_new_privs"] = type(exc).__name__
+    try:
+        seen["visible_pids"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())[:20]
+    except OSError:
+        seen["visible_pids"] = []
+    return seen
+'''
+
+
+def _db_port() -> int:
+    try:
+        from sqlalchemy.engine import make_url
+
+        from app.config import get_settings
+
+        url = make_url(get_settings().database_url)
+        if url.get_backend_name() == "postgresql":
+            return int(url.port or 5432)
+    except Exception:  # noqa: BLE001
+        pass
+    return 5432
+
+
+def _host_file() -> str:
+    """A file of this checkout: readable on the host, must not be from inside the sandbox."""
+    from pathlib import Path
+
+    return str(Path(__file__).resolve())
+
+
+def evaluate(seen: dict[str, Any], info: dict[str, Any], limits: Limits, *, db_port: int, host_uid: int
+             ) -> list[Check]:
+    checks: list[Check] = []
+    strong = bool(info.get("strong"))
+    conn = seen.get(f"connect_{db_port}", "?")
+    checks.append(Check("network", not str(conn).startswith("connected"),
+                        f"connect to 127.0.0.1:{db_port} from inside: {conn}"))
+    uid = seen.get("uid", [None] * 4)
+    checks.append(Check("unprivileged uid", bool(uid[0]) and uid[0] != host_uid and not seen.get("groups"),
+                        f"uid/euid/gid/egid {uid}, groups {seen.get('groups')}"))
+    env = seen.get("env", {})
+    checks.append(Check("empty environment", env == {}, f"{len(env)} variables" + (
+        f" ({', '.join(sorted(env)[:8])})" if env else "")))
+    rl = seen.get("rlimits", {})
+    want = {"cpu": limits.cpu_s, "fsize": limits.output_bytes, "nofile": limits.nofile}
+    if strong:
+        want["nproc"] = limits.nproc
+    bad = [k for k, v in want.items() if rl.get(k, [None])[0] != v]
+    as_ok = rl.get("as", [-1])[0] not in (-1, None)
+    checks.append(Check("resource limits", not bad and as_ok,
+                        "cpu %ss, address space %s MiB, processes %s, file size %s KiB, open files %s" % (
+                            rl.get("cpu", ["?"])[0],
+                            (rl.get("as", [0])[0] >> 20) if as_ok else "unlimited",
+                            rl.get("nproc", ["?"])[0], (rl.get("fsize", [0])[0] or 0) >> 10,
+                            rl.get("nofile", ["?"])[0]) + (f"; not as configured: {bad}" if bad else "")))
+    checks.append(Check("private working directory",
+                        seen.get("cwd_entries") == [] and seen.get("cwd_writable") is True,
+                        f"started empty: {seen.get('cwd_entries') == []}, writable: {seen.get('cwd_writable')}"))
+    outside = seen.get("write_outside", {})
+    written = [p for p, r in outside.items() if r == "written"]
+    checks.append(Check("file system", not written and seen.get("host_file") != "readable",
+                        ("wrote " + ", ".join(written) if written else "writes outside the working directory "
+                         "fail") + f"; a host file of the checkout: {seen.get('host_file')}"))
+    pids = seen.get("visible_pids", [])
+    checks.append(Check("process isolation", seen.get("pid") == 1 and pids == [1],
+                        f"pid {seen.get('pid')} in its own namespace; sees pids {pids[:5]}"))
+    checks.append(Check("no new privileges", seen.get("no_new_privs") == "1",
+                        f"NoNewPrivs {seen.get('no_new_privs')}"))
+    checks.append(Check("cgroup limits", bool(info.get("cgroups")),
+                        "per-slot memory and process cgroups" if info.get("cgroups")
+                        else "not available (rlimits still apply)", required=False))
+    return checks
+
+
+def probe_protections(limits: Limits | None = None) -> list[Check]:
+    """Start a sandbox (allowed to be weak, so it can report what is missing), run the probe program in it and
+    return one Check per protection. ``ok`` is what was observed, not what was configured."""
+    import os
+
+    from app.sandbox.client import Sandbox
+    from app.sandbox.types import InfraError
+
+    limits = limits or Limits(timeout_s=10.0)
+    port = _db_port()
+    problem = {"public_tests": [f"__collect__(probe({_host_file()!r}, {port}))"], "private_tests": []}
+    with Sandbox(workers=1, limits=limits, allow_weak_isolation=True) as sb:
+        info = sb.info
+        raw = sb.run_raw([(problem, PROBE_CODE, "public")], collect=True)[0]
+    checks = [Check("isolation", bool(info.get("strong")),
+                    "all protections available" if info.get("strong")
+                    else "WEAK, missing: " + "; ".join(info.get("missing", [])))]
+    if raw.get("status") == "sandbox_error" or not raw.get("collected"):
+        detail = raw.get("error") or raw.get("feedback") or "no observation"
+        if raw.get("status") == "sandbox_error":
+            raise InfraError(f"the sandbox probe could not run: {detail}")
+        checks.append(Check("probe", False, f"the probe program did not report: {detail[:300]}"))
+        return checks
+    return checks + evaluate(raw["collected"][0], info, limits, db_port=port, host_uid=os.getuid())

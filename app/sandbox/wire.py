@@ -1,0 +1,279 @@
+"""What crosses between a candidate's process and its judge: length-prefixed frames of plain data.
+
+Plain data is None, bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset and any nesting
+of these (complex because MBPP's expected values use it).
+Decoding never runs code and builds only objects of those exact builtin types, so a value that comes back from
+a candidate compares, hashes and prints with trusted code. Anything else travels as a *reference*: a number
+naming an object that stays in the candidate's process (the judge can call it, read attributes, iterate it,
+but never compare it or ask its truth value).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+MAX_FRAME = 256 << 20  # one message; a bigger one is a protocol violation
+MAX_NODES = 5_000_000  # values in one message
+
+_I32 = struct.Struct(">I")
+_Q = struct.Struct(">q")
+_UQ = struct.Struct(">Q")
+_D = struct.Struct(">d")
+
+
+class WireError(Exception):
+    """A malformed, oversized or truncated message."""
+
+
+class TooLarge(WireError):
+    pass
+
+
+class Closed(WireError):
+    """The other side closed the connection."""
+
+
+class Timeout(WireError):
+    pass
+
+
+# -- framing -------------------------------------------------------------------------------------------------
+def send_frame(fd: int, payload: bytes, *, _write=os.write) -> None:
+    if len(payload) > MAX_FRAME:
+        raise TooLarge(f"message of {len(payload)} bytes is over the {MAX_FRAME} byte limit")
+    data = memoryview(_I32.pack(len(payload)) + payload)
+    while data:
+        n = _write(fd, data)
+        data = data[n:]
+
+
+def _read_exact(fd: int, n: int, deadline: float | None, _read=os.read) -> bytes:
+    chunks = []
+    while n:
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Timeout("deadline passed")
+            r, _, _ = select.select([fd], [], [], left)
+            if not r:
+                raise Timeout("deadline passed")
+        b = _read(fd, min(n, 1 << 20))
+        if not b:
+            raise Closed("connection closed")
+        chunks.append(b)
+        n -= len(b)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def recv_frame(fd: int, deadline: float | None = None, *, max_size: int = MAX_FRAME) -> bytes:
+    (n,) = _I32.unpack(_read_exact(fd, 4, deadline))
+    if n > max_size:
+        raise TooLarge(f"message of {n} bytes is over the {max_size} byte limit")
+    return _read_exact(fd, n, deadline) if n else b""
+
+
+# -- plain-data codec ----------------------------------------------------------------------------------------
+PLAIN_TYPES = (type(None), bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset)
+
+
+class Encoder:
+    """Encode a value. ``to_ref(obj)`` turns a non-plain object into ``(b"R", id)`` or ``(b"G", name)``, or raises
+    TypeError; ``convert`` (candidate side) maps subclasses of plain types to their plain contents first."""
+
+    def __init__(self, to_ref: Callable[[Any], tuple[bytes, Any]], *, convert: Callable[[Any], Any] | None = None,
+                 max_nodes: int = MAX_NODES) -> None:
+        self.to_ref = to_ref
+        self.convert = convert
+        self.max_nodes = max_nodes
+
+    def encode(self, value: Any) -> bytes:
+        out: list[bytes] = []
+        self._nodes = 0
+        self._path: set[int] = set()
+        self._enc(value, out)
+        return b"".join(out)
+
+    def _ref(self, v: Any, out: list[bytes]) -> None:
+        tag, ident = self.to_ref(v)
+        if tag == b"R":
+            number, type_name = ident
+            raw = type_name.encode("utf-8", "surrogatepass")[:200]
+            out.append(b"R" + _UQ.pack(number) + _I32.pack(len(raw)) + raw)
+        else:
+            raw = ident.encode("utf-8", "surrogatepass")
+            out.append(b"G" + _I32.pack(len(raw)) + raw)
+
+    def _enc(self, v: Any, out: list[bytes]) -> None:
+        self._nodes += 1
+        if self._nodes > self.max_nodes:
+            raise TooLarge(f"value has more than {self.max_nodes} parts")
+        t = type(v)
+        if t is int:
+            if -(1 << 63) <= v < (1 << 63):
+                out.append(b"i" + _Q.pack(v))
+            else:
+                raw = v.to_bytes((v.bit_length() + 8) // 8, "big", signed=True)
+                out.append(b"I" + _I32.pack(len(raw)) + raw)
+        elif t is str:
+            raw = v.encode("utf-8", "surrogatepass")
+            out.append(b"s" + _I32.pack(len(raw)) + raw)
+        elif t is float:
+            out.append(b"d" + _D.pack(v))
+        elif v is None:
+            out.append(b"N")
+        elif v is True:
+            out.append(b"T")
+        elif v is False:
+            out.append(b"F")
+        elif t is list or t is tuple or t is set or t is frozenset:
+            key = id(v)
+            if key in self._path:  # a cycle: the container itself stays behind as a reference
+                self._ref(v, out)
+                return
+            self._path.add(key)
+            out.append((b"L" if t is list else b"U" if t is tuple else b"S" if t is set else b"Z")
+                       + _I32.pack(len(v)))
+            for item in v:
+                self._enc(item, out)
+            self._path.discard(key)
+        elif t is dict:
+            key = id(v)
+            if key in self._path:
+                self._ref(v, out)
+                return
+            self._path.add(key)
+            out.append(b"D" + _I32.pack(len(v)))
+            for k, item in v.items():
+                self._enc(k, out)
+                self._enc(item, out)
+            self._path.discard(key)
+        elif t is bytes:
+            out.append(b"b" + _I32.pack(len(v)) + v)
+        elif t is complex:
+            out.append(b"c" + _D.pack(v.real) + _D.pack(v.imag))
+        elif self.convert is not None:
+            c = self.convert(v)
+            if c is NOT_PLAIN:
+                self._ref(v, out)
+            else:
+                self._enc(c, out)
+        else:
+            self._ref(v, out)
+
+
+NOT_PLAIN = object()
+
+
+def decode(buf: bytes, from_ref: Callable[[bytes, Any], Any], *, max_nodes: int = MAX_NODES) -> Any:
+    """Decode one value; the whole buffer must be consumed. Raises WireError on anything malformed."""
+    mv = memoryview(buf)
+    end = len(buf)
+    count = [0]
+
+    def need(pos: int, n: int) -> None:
+        if pos + n > end:
+            raise WireError("truncated value")
+
+    def dec(pos: int) -> tuple[Any, int]:
+        count[0] += 1
+        if count[0] > max_nodes:
+            raise TooLarge("value has too many parts")
+        need(pos, 1)
+        tag = buf[pos]
+        pos += 1
+        if tag == 0x69:  # i
+            need(pos, 8)
+            return _Q.unpack_from(buf, pos)[0], pos + 8
+        if tag == 0x73:  # s
+            need(pos, 4)
+            (n,) = _I32.unpack_from(buf, pos)
+            pos += 4
+            need(pos, n)
+            return str(mv[pos:pos + n], "utf-8", "surrogatepass"), pos + n
+        if tag == 0x64:  # d
+            need(pos, 8)
+            return _D.unpack_from(buf, pos)[0], pos + 8
+        if tag == 0x4E:  # N
+            return None, pos
+        if tag == 0x54:  # T
+            return True, pos
+        if tag == 0x46:  # F
+            return False, pos
+        if tag in (0x4C, 0x55, 0x53, 0x5A):  # L U S Z
+            need(pos, 4)
+            (n,) = _I32.unpack_from(buf, pos)
+            pos += 4
+            if n > end - pos:
+                raise WireError("truncated container")
+            items = []
+            append = items.append
+            for _ in range(n):
+                item, pos = dec(pos)
+                append(item)
+            if tag == 0x4C:
+                return items, pos
+            if tag == 0x55:
+                return tuple(items), pos
+            try:
+                return (set(items) if tag == 0x53 else frozenset(items)), pos
+            except TypeError as exc:
+                raise WireError(f"unhashable set member: {exc}") from None
+        if tag == 0x44:  # D
+            need(pos, 4)
+            (n,) = _I32.unpack_from(buf, pos)
+            pos += 4
+            if n > end - pos:
+                raise WireError("truncated dict")
+            d = {}
+            for _ in range(n):
+                k, pos = dec(pos)
+                v, pos = dec(pos)
+                try:
+                    d[k] = v
+                except TypeError as exc:
+                    raise WireError(f"unhashable dict key: {exc}") from None
+            return d, pos
+        if tag == 0x62:  # b
+            need(pos, 4)
+            (n,) = _I32.unpack_from(buf, pos)
+            pos += 4
+            need(pos, n)
+            return bytes(mv[pos:pos + n]), pos + n
+        if tag == 0x49:  # I
+            need(pos, 4)
+            (n,) = _I32.unpack_from(buf, pos)
+            pos += 4
+            need(pos, n)
+            return int.from_bytes(mv[pos:pos + n], "big", signed=True), pos + n
+        if tag == 0x63:  # c
+            need(pos, 16)
+            return complex(_D.unpack_from(buf, pos)[0], _D.unpack_from(buf, pos + 8)[0]), pos + 16
+        if tag == 0x52:  # R
+            need(pos, 12)
+            number = _UQ.unpack_from(buf, pos)[0]
+            (n,) = _I32.unpack_from(buf, pos + 8)
+            pos += 12
+            need(pos, n)
+            return from_ref(b"R", (number, str(mv[pos:pos + n], "utf-8", "replace"))), pos + n
+        if tag == 0x47:  # G
+            need(pos, 4)
+            (n,) = _I32.unpack_from(buf, pos)
+            pos += 4
+            need(pos, n)
+            return from_ref(b"G", str(mv[pos:pos + n], "utf-8", "surrogatepass")), pos + n
+        raise WireError(f"unknown tag {tag!r}")
+
+    try:
+        value, pos = dec(0)
+    except RecursionError:
+        raise TooLarge("value is nested too deeply") from None
+    except UnicodeDecodeError as exc:
+        raise WireError(f"invalid text: {exc}") from None
+    if pos != end:
+        raise WireError("trailing bytes after value")
+    return value

@@ -1,0 +1,257 @@
+"""Benchmark: tokens/s through the whole collection pipeline against bare ``backend.generate``.
+
+One run measures both on the same prompts and seeds:
+
+- **pipeline**: a collection of ``--problems`` MBPP train problems x ``-M`` rollouts x ``-T`` turns through the
+  real system -- store (Postgres, or SQLite with ``--db sqlite``), broker (a private Redis database), a
+  ``sample`` worker and an ``execute`` worker as separate Celery processes, the sandbox, feedback, next turns
+  (``--mode embedded`` runs the same jobs in-process instead: no broker, no overlap). The workers are warmed
+  up first (model loaded, sandbox started) by a small collection, so neither side pays the model load. Time runs
+  from ``start`` to the last job's end.
+- **bare**: the same conversations (every sampled turn, read back from the store) with the same seeds, grouped
+  exactly as the pipeline grouped them (one call per batch and turn), through ``backend.generate`` in this
+  process -- nothing else. The generated token counts must match (same prompts + same seeds = same tokens).
+
+Prints both rates and their ratio (goal: pipeline >= 0.95 x bare with the transformers backend on CPU).
+
+    python bench/collect.py                       # SmolLM2-135M if pulled, else the tiny model
+    python bench/collect.py --problems 16 -M 2 -T 2 --max-new-tokens 96 --batch-size 8 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SMOLLM = Path.home() / ".cache" / "mucode" / "models" / "smollm2-135m-instruct"
+PG_ADMIN = os.environ.get("MUCODE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default=None, help="model folder (default: SmolLM2-135M if pulled, else tiny)")
+    p.add_argument("--problems", type=int, default=16)
+    p.add_argument("-M", type=int, default=2)
+    p.add_argument("-T", type=int, default=1)
+    p.add_argument("--max-new-tokens", type=int, default=96)
+    p.add_argument("--batch-size", type=int, default=8, help="rollouts per batch (one generate call per turn)")
+    p.add_argument("--temperature", type=float, default=0.7)
+    p.add_argument("--mode", choices=["celery", "embedded"], default="celery")
+    p.add_argument("--db", choices=["postgres", "sqlite"], default="postgres")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    return p.parse_args()
+
+
+def pick_model(arg: str | None, workdir: Path) -> tuple[str, str]:
+    if arg:
+        from app.model_registry import resolve_model
+
+        return resolve_model(arg), arg
+    if (SMOLLM / "config.json").exists():
+        return str(SMOLLM), "SmolLM2-135M-Instruct (pulled)"
+    from app.tiny_model import build_tiny_model
+
+    return str(build_tiny_model(workdir / "tiny")), "tiny random Llama (SmolLM2 not pulled)"
+
+
+class Database:
+    """A throw-away database for the run: a new Postgres database (dropped at the end) or a SQLite file."""
+
+    def __init__(self, kind: str, workdir: Path) -> None:
+        self.kind, self.name = kind, None
+        if kind == "sqlite":
+            self.url = f"sqlite:///{workdir / 'bench.db'}"
+        else:
+            from sqlalchemy import text
+
+            from app.db.engine import make_engine
+
+            self.admin = make_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
+            self.name = f"mucode_bench_{uuid.uuid4().hex[:8]}"
+            with self.admin.connect() as c:
+                c.execute(text(f'CREATE DATABASE "{self.name}"'))
+            self.url = PG_ADMIN.rsplit("/", 1)[0] + f"/{self.name}"
+
+    def drop(self) -> None:
+        if self.name:
+            from sqlalchemy import text
+
+            with self.admin.connect() as c:
+                c.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
+            self.admin.dispose()
+
+
+def make_collection(store, model: str, name: str, problems: int, M: int, T: int, max_new: int, batch: int,
+                    temperature: float):
+    from app.store.rollouts import Owner
+    from workers.collect import CollectSpec, create_collection, dataset_problem_ids
+
+    gen = store.ensure_model_version(model, "generator", model, model)
+    spec = CollectSpec(turns=T, samples_per_problem=M, temperature=temperature, max_new_tokens=max_new,
+                       batch_size=batch, seed=1)
+    ev = store.create_evaluation(name, generator_id=gen, dataset="mbpp", split="train", mode="collect",
+                                 num_chains=M, max_turns=T, config=spec.model_dump(mode="json"))
+    owner = Owner(evaluation_id=ev)
+    create_collection(store, owner, dataset_problem_ids(store, "mbpp", "train", problems), spec, generator_id=gen)
+    return owner, spec
+
+
+def run_pipeline(store, owner, mode: str) -> dict:
+    from workers import collect
+
+    t0 = datetime.now(UTC)
+    w0 = time.perf_counter()
+    collect.start(store, owner)
+    if mode == "celery":
+        polls = 0
+        while store.collection_counts(owner)["active"] != 0:
+            time.sleep(0.25)
+            polls += 1
+            if polls % 8 == 0 and (failed := collect.status(store, owner)["failed_jobs"]):
+                raise SystemExit(f"pipeline jobs failed: {failed}")
+        jobs = store.list_jobs(key_prefix=collect.collect_key(owner) + "/")
+        end = max(j.finished_at for j in jobs if j.finished_at is not None)
+        seconds = (end - t0).total_seconds()
+    else:
+        seconds = time.perf_counter() - w0
+    jobs = store.list_jobs(key_prefix=collect.collect_key(owner) + "/", kinds=["sample"])
+    counts = store.collection_counts(owner)
+    return {
+        "seconds": seconds,
+        "tokens": counts["completion_tokens"],
+        "candidates": counts["candidates"],
+        "turns": counts["turns"],
+        "solved": counts["solved"],
+        "sample_job_seconds": round(sum((j.result or {}).get("seconds", 0.0) for j in jobs), 2),
+    }
+
+
+def run_bare(store, owner, spec, model: str) -> dict:
+    """Replay every sampled turn through backend.generate, grouped by (batch, turn) as the pipeline did."""
+    from workers.backends import get_backend
+    from workers.backends.base import SamplingParams
+    from workers.collect import batches
+
+    by_turn: dict[tuple[int, int], list[dict]] = {}
+    batch_of = {}
+    for b, (ids, _) in enumerate(batches(store, owner, spec.batch_size)):
+        for rid in ids:
+            batch_of[rid] = b
+    for s in store.collection_samples(owner):
+        by_turn.setdefault((batch_of[s["rollout_id"]], s["index"]), []).append(s)
+    backend = get_backend(spec.backend, model)
+    params = SamplingParams(temperature=spec.temperature, top_p=spec.top_p, max_tokens=spec.max_new_tokens,
+                            n=spec.candidates)
+    backend.generate([[{"role": "user", "content": "warm up"}]], SamplingParams(temperature=0.7, max_tokens=4),
+                     [0])
+    tokens = 0
+    seconds = 0.0
+    expected = 0
+    mismatched = 0
+    # the pipeline's order: every batch's first turn, then second turns...
+    for key in sorted(by_turn, key=lambda k: (k[1], k[0])):
+        group = by_turn[key]
+        convs = [g["messages"] for g in group]
+        seeds = [int(g["sampling"]["seed"]) for g in group]
+        t = time.perf_counter()
+        out = backend.generate(convs, params, seeds)
+        seconds += time.perf_counter() - t
+        for g, outs in zip(group, out, strict=True):
+            got = [o.completion_tokens for o in outs]
+            tokens += sum(got)
+            expected += sum(g["completion_tokens"])
+            mismatched += got != g["completion_tokens"]
+    backend.close()
+    return {"seconds": seconds, "tokens": tokens, "calls": len(by_turn), "pipeline_tokens": expected,
+            "turns_with_other_lengths": mismatched}
+
+
+def main() -> None:
+    args = parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="mucode-bench-collect-"))
+    db = Database(args.db, workdir)
+    os.environ["MUCODE_DATABASE_URL"] = db.url
+    os.environ.pop("MUCODE_BROKER_URL", None)
+    from contextlib import ExitStack
+
+    stack = ExitStack()
+    store = None
+    try:
+        if args.mode == "celery":
+            from tests.helpers.workers import celery_workers, redis_db
+
+            broker = stack.enter_context(redis_db())
+            os.environ["MUCODE_BROKER_URL"] = broker  # before workers.celery_app is imported
+        from app.config import get_settings
+
+        get_settings.cache_clear()
+        from app.datasets.registry import load_dataset
+        from app.store import Store
+
+        model, model_label = pick_model(args.model, workdir)
+        store = Store(db.url)
+        store.upgrade()
+        load_dataset(store, "mbpp")
+        if args.mode == "celery":
+            workers = stack.enter_context(celery_workers(db.url, broker, log_dir=workdir))
+            workers.start("sample")
+            workers.start("execute")
+        warm, _ = make_collection(store, model, "warmup", 2, 1, 1, 8, args.batch_size, args.temperature)
+        run_pipeline(store, warm, args.mode)  # loads the model in the sample worker, starts the sandbox
+        owner, spec = make_collection(store, model, "bench", args.problems, args.M, args.T, args.max_new_tokens,
+                                      args.batch_size, args.temperature)
+        pipe = run_pipeline(store, owner, args.mode)
+        if args.mode == "celery":
+            stack.close()  # stop the workers: the bare run gets the whole machine
+            stack = ExitStack()
+        bare = run_bare(store, owner, spec, model)
+        pipe_rate = pipe["tokens"] / pipe["seconds"]
+        bare_rate = bare["tokens"] / bare["seconds"]
+        result = {
+            "model": model_label,
+            "backend": spec.backend,
+            "mode": args.mode,
+            "db": args.db,
+            "problems": args.problems,
+            "M": args.M,
+            "T": args.T,
+            "max_new_tokens": args.max_new_tokens,
+            "batch_size": args.batch_size,
+            "cpus": os.cpu_count(),
+            "bare": {**bare, "tokens_per_s": round(bare_rate, 2), "seconds": round(bare["seconds"], 2)},
+            "pipeline": {**pipe, "tokens_per_s": round(pipe_rate, 2), "seconds": round(pipe["seconds"], 2)},
+            "ratio": round(pipe_rate / bare_rate, 3),
+        }
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            print(f"model {model_label}; {args.problems} MBPP train problems x M={args.M}, T={args.T}, "
+                  f"max_new_tokens={args.max_new_tokens}, batch {args.batch_size}; mode {args.mode}, db {args.db}")
+            print(f"bare generate : {bare['tokens']:6d} tokens in {bare['seconds']:7.2f} s = {bare_rate:8.2f} tok/s "
+                  f"({bare['calls']} calls)")
+            print(f"pipeline      : {pipe['tokens']:6d} tokens in {pipe['seconds']:7.2f} s = {pipe_rate:8.2f} tok/s "
+                  f"({pipe['candidates']} candidates, {pipe['turns']} turns, {pipe['solved']} solved; sample jobs "
+                  f"{pipe['sample_job_seconds']} s)")
+            print(f"ratio pipeline/bare: {result['ratio']:.3f} (goal >= 0.95)")
+            if bare["tokens"] != pipe["tokens"]:
+                print(f"note: token counts differ ({bare['turns_with_other_lengths']} turns): same seeds should "
+                      "give the same tokens")
+    finally:
+        stack.close()
+        if store is not None:
+            store.dispose()
+        db.drop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""The mucode dashboard: ``mucode dashboard`` (or ``streamlit run dashboard/app.py``).
+
+Pages: Overview (rounds, accuracy, gaps, queue, timings), Trajectories (a problem's rollouts turn by turn),
+Failures (error types, limits, never-solved problems) and Rankings (verifier rankings, verifier metrics,
+relabeled targets). The database is ``MUCODE_DATABASE_URL``; every read goes through ``app.store.Store``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+_HERE = Path(__file__).resolve().parent
+_ROOT = _HERE.parent
+# `streamlit run dashboard/app.py` puts dashboard/ first on sys.path, where this very file would shadow the
+# `app` package; the repository root must come first instead.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() not in (_HERE, _ROOT)]
+sys.path.insert(0, str(_ROOT))
+if "app" in sys.modules and not hasattr(sys.modules["app"], "__path__"):
+    del sys.modules["app"]
+
+import streamlit as st  # noqa: E402
+
+from dashboard import common  # noqa: E402
+
+st.set_page_config(page_title="mucode dashboard", page_icon=":material/science:", layout="wide")
+
+common.PAGES.update(
+    overview=st.Page(_HERE / "pages" / "overview.py", title="Overview", icon=":material/monitoring:", url_path="overview",
+                     default=True),
+    trajectories=st.Page(_HERE / "pages" / "trajectories.py", title="Trajectories", icon=":material/timeline:",
+                         url_path="trajectories"),
+    failures=st.Page(_HERE / "pages" / "failures.py", title="Failures", icon=":material/bug_report:", url_path="failures"),
+    rankings=st.Page(_HERE / "pages" / "rankings.py", title="Rankings", icon=":material/leaderboard:", url_path="rankings"),
+)
+nav = st.navigation(list(common.PAGES.values()))
+
+with st.sidebar:
+    st.markdown("### µCode runs")
+problem = common.check_store()
+if problem is not None:
+    st.title(nav.title)
+    st.error(problem)
+    common.footer()
+    st.stop()
+common.experiment_picker()
+common.sidebar()
+nav.run()

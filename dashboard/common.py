@@ -1,0 +1,229 @@
+"""Shared pieces of the dashboard pages: the store, cached queries, the sidebar, paging, links, formatting.
+
+Every read goes through ``app.store.Store`` (the ``dash_*`` methods of ``app/store/dashboard.py``); the store
+is one ``st.cache_resource`` per database URL and query results are ``st.cache_data`` with a short TTL, so a
+page that researchers keep open while a run goes on stays current without hammering the database.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+CACHE_TTL_S = 15
+PAGE_SIZE = 25
+FOOTER_MARKER = "mucode dashboard ·"
+EMPTY_HINT = (
+    "Nothing here yet. Load data and start a run: `mucode db upgrade`, `mucode data load mbpp humaneval`, "
+    "then `mucode demo` for a small CPU round, or `mucode experiment create …` and `mucode round run NAME`."
+)
+
+# The st.Page objects of the app, filled by app.py on every run (so pages can link to each other).
+PAGES: dict[str, Any] = {}
+
+
+class StoreUnavailable(RuntimeError):
+    pass
+
+
+def database_url() -> str:
+    from app.config import Settings
+
+    return Settings().database_url  # read fresh: the environment decides, not a process-wide cache
+
+
+@st.cache_resource(show_spinner=False)
+def _store(url: str):
+    from app.store import Store
+
+    return Store(url)
+
+
+def store():
+    return _store(database_url())
+
+
+def check_store() -> str | None:
+    """None when the store is reachable and migrated, else a message telling the user what to do."""
+    from app.db.engine import redact
+
+    url = database_url()
+    try:
+        s = _store(url)
+        if not s.is_migrated():
+            return (f"The database at `{redact(url)}` is not migrated to the current schema. "
+                    "Run `mucode db upgrade`, then refresh this page.")
+    except Exception as exc:  # noqa: BLE001 - shown to the user, never raised
+        _store.clear()
+        return (f"Cannot open the database at `{redact(url)}`: {exc}. "
+                "Set `MUCODE_DATABASE_URL` (and run `mucode db upgrade`).")
+    return None
+
+
+@st.cache_data(ttl=CACHE_TTL_S, show_spinner=False)
+def _query(url: str, name: str, args: tuple, kwargs: tuple) -> Any:
+    return getattr(_store(url), name)(*args, **dict(kwargs))
+
+
+def q(name: str, *args: Any, **kwargs: Any) -> Any:
+    """A cached call of ``Store.<name>(*args, **kwargs)`` (keyed by database URL and arguments)."""
+    return _query(database_url(), name, tuple(args), tuple(sorted(kwargs.items())))
+
+
+def df(rows: list[dict[str, Any]] | None, columns: list[str] | None = None) -> pd.DataFrame:
+    frame = pd.DataFrame(rows or [])
+    if columns is not None:
+        for c in columns:
+            if c not in frame:
+                frame[c] = None
+        frame = frame[columns]
+    return frame
+
+
+# -- layout ---------------------------------------------------------------------------------------
+def sidebar() -> None:
+    """Database, experiment picker (shared by every page) and a refresh button."""
+    from app.db.engine import redact
+
+    with st.sidebar:
+        st.caption(f"Database: `{redact(database_url())}`")
+        if st.button("Refresh data", help=f"Query results are cached for {CACHE_TTL_S} s."):
+            st.cache_data.clear()
+            st.rerun()
+
+
+def experiment_picker() -> int | None:
+    """The experiment every page is about (sidebar; rendered by app.py on every run so the choice survives
+    page switches; ``?experiment=NAME`` preselects). None = all experiments."""
+    exps = q("dash_experiments")
+    if not exps:
+        st.session_state["experiment_id"] = None
+        return None
+    names = [e["name"] for e in exps]
+    options = names + ["(all experiments)"]
+    wanted = st.query_params.get("experiment")
+    if wanted in names:
+        st.session_state["experiment"] = wanted
+    elif st.session_state.get("experiment") not in options:
+        st.session_state["experiment"] = names[0]
+    with st.sidebar:
+        choice = st.selectbox("Experiment", options, key="experiment",
+                              help="Newest first. Pages show this experiment's rounds and evaluations.")
+    exp_id = next((e["id"] for e in exps if e["name"] == choice), None)
+    st.session_state["experiment_id"] = exp_id
+    return exp_id
+
+
+def current_experiment() -> int | None:
+    return st.session_state.get("experiment_id")
+
+
+def footer() -> None:
+    from app.db.engine import redact
+
+    st.divider()
+    st.caption(f"{FOOTER_MARKER} {redact(database_url())} · data cached {CACHE_TTL_S} s")
+
+
+def pager(key: str, total: int, page_size: int = PAGE_SIZE) -> int:
+    """Page controls for a list of ``total`` rows; returns the OFFSET of the current page."""
+    pages = max(1, math.ceil(total / page_size))
+    if pages <= 1:
+        return 0
+    page = st.pagination(pages, key=key)
+    st.caption(f"page {page} of {pages} · {total} rows")
+    return (int(page) - 1) * page_size
+
+
+def link(page: str, label: str, **params: Any) -> None:
+    """A link to another page of the app with query parameters (``page``: a key of ``PAGES``)."""
+    target = PAGES.get(page)
+    if target is None:
+        st.caption(label)
+        return
+    st.page_link(target, label=label, query_params={k: str(v) for k, v in params.items() if v is not None})
+
+
+# -- formatting -----------------------------------------------------------------------------------
+def pct(x: float | None, digits: int = 1) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    return f"{100.0 * x:.{digits}f}%"
+
+
+def mark(v: bool | None) -> str:
+    """A verdict in a table cell (plain glyphs that every font has)."""
+    return "–" if v is None else ("✓" if v else "✗")
+
+
+def badge(v: bool | None) -> str:
+    """A verdict in markdown text."""
+    return "–" if v is None else (":green[**✓ pass**]" if v else ":red[**✗ fail**]")
+
+
+def seconds(s: float | None) -> str:
+    if s is None or (isinstance(s, float) and math.isnan(s)):
+        return "–"
+    s = float(s)
+    if s < 120:
+        return f"{s:.1f} s"
+    if s < 7200:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.2f} h"
+
+
+def find_metric(obj: Any, names: tuple[str, ...]) -> Any:
+    """The first value under a key in ``names`` anywhere in a nested metrics dict (breadth first)."""
+    queue = [obj]
+    while queue:
+        cur = queue.pop(0)
+        if isinstance(cur, dict):
+            for n in names:
+                if n in cur and not isinstance(cur[n], (dict, list)):
+                    return cur[n]
+            queue.extend(v for v in cur.values() if isinstance(v, (dict, list)))
+        elif isinstance(cur, list):
+            queue.extend(v for v in cur if isinstance(v, (dict, list)))
+    return None
+
+
+def find_key(obj: Any, names: tuple[str, ...]) -> Any:
+    """The first value (of any type) under a key in ``names`` anywhere in a nested dict."""
+    queue = [obj]
+    while queue:
+        cur = queue.pop(0)
+        if isinstance(cur, dict):
+            for n in names:
+                if n in cur:
+                    return cur[n]
+            queue.extend(v for v in cur.values() if isinstance(v, dict))
+    return None
+
+
+def step_rows(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Flatten ``rounds.steps`` (``{step: {state, started_at, finished_at, seconds|duration_s, error}}``)."""
+    out = []
+    for r in rounds:
+        steps = r.get("steps") or {}
+        if not isinstance(steps, dict):
+            continue
+        for order, (name, rec) in enumerate(steps.items()):
+            rec = rec if isinstance(rec, dict) else {"state": rec}
+            secs = None
+            for k in ("seconds", "duration_s", "duration_seconds", "elapsed_s", "elapsed"):
+                if isinstance(rec.get(k), (int, float)):
+                    secs = float(rec[k])
+                    break
+            if secs is None and rec.get("started_at") and rec.get("finished_at"):
+                try:
+                    secs = (pd.Timestamp(rec["finished_at"]) - pd.Timestamp(rec["started_at"])).total_seconds()
+                except (ValueError, TypeError):
+                    secs = None
+            out.append({"round": r.get("round"), "step": name, "order": order,
+                        "state": rec.get("state") or rec.get("status"), "seconds": secs,
+                        "started_at": rec.get("started_at"), "finished_at": rec.get("finished_at"),
+                        "error": rec.get("error")})
+    return out

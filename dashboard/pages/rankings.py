@@ -1,0 +1,184 @@
+"""Rankings: per problem, candidates ranked by a verifier's score with their labels; verifier metrics per
+version (stored AUC / pair accuracy / calibration and the same measured live from the store); the relabeled
+target of each state. ``?problem=mbpp/601`` opens a problem directly."""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from dashboard import common as c
+from dashboard.common import df, q
+
+st.title("Rankings")
+params = st.query_params
+
+# -- problem ------------------------------------------------------------------------------------------
+left, right = st.columns([3, 1])
+search = left.text_input("Find a problem", key="rank_search", placeholder="id or text")
+total = q("dash_count_problems", search, with_rollouts=True)
+off = c.pager("rank_problem_page", total, c.PAGE_SIZE)
+found = q("dash_search_problems", search, with_rollouts=True, limit=c.PAGE_SIZE, offset=off)
+options = [p["external_id"] for p in found]
+wanted = params.get("problem")
+if wanted and wanted not in options:
+    options.insert(0, wanted)
+
+verifiers = q("dash_verifiers")
+
+if not options:
+    st.info("No problems with rollouts yet. " + c.EMPTY_HINT)
+else:
+    if st.session_state.get("rank_problem") not in options:
+        st.session_state["rank_problem"] = wanted if wanted in options else options[0]
+    ext = right.selectbox("Problem", options, key="rank_problem")
+    if ext != wanted:
+        st.query_params["problem"] = ext
+    problem = q("dash_problem", ext)
+    if problem is None:
+        st.error(f"Problem `{ext}` is not in the store.")
+    else:
+        st.header(f"{ext}: candidates ranked by verifier score")
+        st.caption(problem["prompt"][:300])
+        pv = q("dash_problem_verifiers", problem["id"])
+        if not pv:
+            st.info("No candidate of this problem has a verifier score yet (the round's `score` step writes them).")
+        else:
+            v_names = {v["id"]: f"{v['name']} ({v['scored']} scored)" for v in pv}
+            vid = st.selectbox("Verifier", list(v_names), format_func=v_names.get, key="rank_verifier")
+            n_scored = next(v["scored"] for v in pv if v["id"] == vid)
+            r_off = c.pager("rank_page", n_scored, 50)
+            ranking = q("dash_problem_ranking", problem["id"], vid, limit=50, offset=r_off)
+            rf = df(ranking)
+            correct = rf[rf["private_passed"] == True]  # noqa: E712
+            m = st.columns(4)
+            m[0].metric("Scored candidates", n_scored)
+            m[1].metric("Correct (oracle) on this page", int(len(correct)))
+            best = correct["rank"].min() if not correct.empty else None
+            m[2].metric("Rank of best correct", "–" if best is None else int(best))
+            m[3].metric("Incorrect above it", "–" if correct.empty else int(correct.iloc[0]["wrong_above"] or 0))
+            rf["from"] = rf.apply(lambda r: f"round {r['round']}" if pd.notna(r["round_id"])
+                                  else f"eval {r['evaluation']}", axis=1)
+            rf["label"] = rf["private_passed"].map({True: "correct", False: "incorrect"}).fillna("not executed")
+            ch = (alt.Chart(rf).mark_circle(size=80)
+                  .encode(x=alt.X("rank:Q"), y=alt.Y("score:Q"),
+                          color=alt.Color("label:N", scale=alt.Scale(domain=["correct", "incorrect", "not executed"],
+                                                                     range=["#2ca02c", "#d62728", "#999999"])),
+                          tooltip=["rank", "score", "label", "from", "turn", "candidate_id"])
+                  .properties(height=220))
+            st.altair_chart(ch)
+            show = pd.DataFrame({
+                "rank": rf["rank"], "score": rf["score"].round(4), "private": rf["private_passed"].map(c.mark),
+                "public": rf["public_passed"].map(c.mark), "chosen": rf["chosen"].map(lambda v: "✔" if v else ""),
+                "from": rf["from"], "rollout": rf["rollout_id"], "turn": rf["turn"], "n": rf["sample_index"],
+                "code": rf["code"].str.replace("\n", " ⏎ ", regex=False).str.slice(0, 120),
+            })
+            st.dataframe(show, hide_index=True, key="ranking")
+            top = ranking[0] if ranking else None
+            if top:
+                c.link("trajectories", f"Open the top-ranked candidate (rollout #{top['rollout_id']}, turn "
+                       f"{top['turn']}) →", problem=ext, rollout=top["rollout_id"], turn=top["turn"])
+
+        # -- relabeled targets ------------------------------------------------------------------------
+        st.header(f"{ext}: relabeled targets")
+        targets = q("dash_relabel_targets", problem["id"], limit=100)
+        if not targets:
+            st.info("No SFT examples for this problem yet (the round's `relabel` step writes them).")
+        else:
+            tf = pd.DataFrame([{
+                "example": t["id"], "training set": t["training_set"], "rollout": t["rollout_id"],
+                "state (turn)": t["turn_index"], "rollout label": c.mark(t["rollout_label"]),
+                "source": t["source"], "target": f"#{t['target_candidate_id']} (rollout {t['target_rollout_id']}, "
+                                                 f"turn {t['target_turn']})",
+                "target label": c.mark(t["target_label"]), "target score": t["target_score"],
+                "verifier": t["verifier"],
+            } for t in targets])
+            st.dataframe(tf, hide_index=True, key="targets")
+            st.caption("Each state = a rollout's history before turn t; the target is the expert answer y* "
+                       "(the highest R(x, y) + 100·label final-turn response of the problem), or the trajectory's "
+                       "own answer for successful ones.")
+            ex_ids = [t["id"] for t in targets]
+            ex_id = st.selectbox("Show example", ex_ids, key="rank_example",
+                                 format_func=lambda i: next(f"#{t['id']} · rollout {t['rollout_id']} · state "
+                                                            f"{t['turn_index']} · {t['source']}"
+                                                            for t in targets if t["id"] == i))
+            ex = q("dash_sft_state", ex_id)
+            if ex:
+                sc = st.columns(2)
+                with sc[0]:
+                    st.markdown("**State (what the model sees)**")
+                    for msg in ex["messages"] or []:
+                        st.caption(msg.get("role", "?"))
+                        st.code(msg.get("content", ""), language=None, wrap_lines=True)
+                with sc[1]:
+                    st.markdown(f"**Target** (label {c.mark(ex['target_label'])})")
+                    st.code(ex["target_code"], language="python")
+
+# -- verifier metrics ---------------------------------------------------------------------------------
+st.header("Verifier metrics per version")
+if not verifiers:
+    st.info("No verifier trained yet (the round's `train_verifier` step registers one).")
+else:
+    agree = q("dash_verifier_agreement", c.current_experiment())
+    per_v: dict[int, dict[str, float]] = {}
+    for a in agree:
+        d = per_v.setdefault(a["verifier_id"], {"pairs": 0.0, "right": 0.0, "solvable": 0, "miss": 0})
+        d["pairs"] += a["pairs"] or 0
+        d["right"] += a["pairs_right"] or 0
+        d["solvable"] += a["solvable"] or 0
+        d["miss"] += a["top1_misses"] or 0
+    vt = pd.DataFrame([{
+        "verifier": v["name"], "round": v["round"], "scored": v["scored"],
+        "AUC (stored)": c.find_metric(v["metrics"], ("auc", "roc_auc", "AUC")),
+        "pair accuracy (stored)": c.find_metric(v["metrics"], ("pair_accuracy", "pair_acc", "pairwise_accuracy")),
+        "ECE (stored)": c.find_metric(v["metrics"], ("ece", "calibration_error", "expected_calibration_error")),
+        "pair accuracy in problem (live)": (per_v[v["id"]]["right"] / per_v[v["id"]]["pairs"]
+                                            if v["id"] in per_v and per_v[v["id"]]["pairs"] else None),
+        "top-1 miss (live)": (per_v[v["id"]]["miss"] / per_v[v["id"]]["solvable"]
+                              if v["id"] in per_v and per_v[v["id"]]["solvable"] else None),
+    } for v in verifiers])
+    st.dataframe(vt.round(3), hide_index=True, key="verifier_metrics")
+    st.caption("*Stored* = what the trainer recorded in `model_versions.metrics` (held-out data). *Live* = measured "
+               "now on every scored, executed candidate of the selected experiment: within-problem pair accuracy and "
+               "the share of solvable problems whose top-scored candidate is wrong.")
+    names = {v["id"]: v["name"] for v in verifiers}
+    vsel = st.selectbox("Calibration of", list(names), index=len(names) - 1, format_func=names.get,
+                        key="calib_verifier")
+    v = next(x for x in verifiers if x["id"] == vsel)
+    cc = st.columns(2)
+    stored = c.find_key(v["metrics"], ("calibration", "reliability"))
+    with cc[0]:
+        st.markdown("**Stored calibration**")
+        sf = pd.DataFrame(stored) if isinstance(stored, list) and stored and isinstance(stored[0], dict) else None
+        xcol = next((k for k in ("mean_predicted", "predicted", "confidence", "mean_score", "prob")
+                     if sf is not None and k in sf), None)
+        ycol = next((k for k in ("observed", "accuracy", "fraction_positive", "empirical")
+                     if sf is not None and k in sf), None)
+        if sf is not None and xcol and ycol:
+            diag = pd.DataFrame({xcol: [0.0, 1.0], ycol: [0.0, 1.0]})
+            st.altair_chart(alt.Chart(diag).mark_line(strokeDash=[4, 4], color="gray").encode(x=xcol, y=ycol)
+                            + alt.Chart(sf).mark_line(point=True).encode(x=alt.X(f"{xcol}:Q", title="predicted"),
+                                                                          y=alt.Y(f"{ycol}:Q", title="observed"))
+                            .properties(height=220))
+        elif stored:
+            st.json(stored)
+        else:
+            st.info("The trainer stored no calibration for this version.")
+    with cc[1]:
+        st.markdown("**Live: correct share by score decile**")
+        cal = q("dash_verifier_calibration", vsel)
+        live = q("dash_verifier_live_metrics", (vsel,))
+        if not cal:
+            st.info("This verifier has not scored any executed candidate.")
+        else:
+            cf = df(cal)
+            st.altair_chart(alt.Chart(cf).mark_bar().encode(
+                x=alt.X("bin:O", title="score decile (low → high)"), y=alt.Y("observed:Q", title="share correct",
+                                                                            scale=alt.Scale(domain=[0, 1])),
+                tooltip=["bin", "candidates", alt.Tooltip("mean_score:Q", format=".3f"),
+                         alt.Tooltip("observed:Q", format=".3f")]).properties(height=220))
+            if live and live[0]["auc"] is not None:
+                st.caption(f"Pooled AUC over {live[0]['candidates']:,} scored candidates: {live[0]['auc']:.3f}")
+
+c.footer()

@@ -1,0 +1,365 @@
+"""Generator SFT: tokenization with an exact label mask, TRL's SFTTrainer, registration in the store.
+
+The label mask (what the reference code got wrong, METHOD §5 / B5):
+- the loss covers exactly the target assistant message's tokens plus the end-of-turn token that closes it, and
+  nothing of the state (the prompt, earlier responses and feedback);
+- no marker token: the model is trained on exactly the text it sees at inference (the chat template's rendering);
+- the end-of-turn token is in the loss even when ``pad == eos`` (labels are built here and padded with -100 by
+  the collator, never derived from pad ids);
+- no doubled BOS: the conversation is rendered and tokenized by ``apply_chat_template`` in one step, which
+  tokenizes without special tokens, so the only BOS is the one the template writes; a doubled BOS is an error.
+Where the template marks assistant text with ``{% generation %}`` the mask is the template's assistant mask
+restricted to the target (the last message); otherwise it is the token boundary between the rendered prompt
+(``add_generation_prompt=True``) and the full conversation, up to and including the end-of-turn token (a
+newline the template writes after it is left out).
+
+We tokenize ourselves and hand TRL a dataset with ``input_ids`` and ``labels`` (used as is by TRL 1.16): TRL's
+built-in ``assistant_only_loss`` trains every assistant message of a multi-turn state (earlier responses too),
+and its ``completion_only_loss`` keeps the template's trailing newline after the end-of-turn token; the test
+suite checks that on a template with markers our labels equal TRL's prompt-completion + assistant-mask labels.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from trainers.sft.config import GeneratorTrainConfig
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+# End-of-turn tokens of common chat templates; only those the tokenizer has as special tokens count.
+EOT_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|end_of_turn|>", "<|endoftext|>", "</s>")
+_GENERATION = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+class MaskError(ValueError):
+    """An example whose label mask cannot be built exactly (a broken template or tokenizer)."""
+
+
+def has_generation_markers(template: str | None) -> bool:
+    return bool(template) and bool(_GENERATION.search(template))
+
+
+def end_of_turn_ids(tokenizer, extra: Iterable[int] = ()) -> set[int]:
+    """Token ids that close an assistant turn: eos, the model's generation eos ids, known EOT special tokens."""
+    ids = {int(i) for i in extra if i is not None}
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    special = set(getattr(tokenizer, "all_special_tokens", []) or [])
+    added = getattr(tokenizer, "get_added_vocab", dict)() or {}
+    for tok in EOT_TOKENS:
+        if tok in special or tok in added:
+            tid = tokenizer.convert_tokens_to_ids(tok)
+            if isinstance(tid, int) and tid >= 0:
+                ids.add(tid)
+    bos = tokenizer.bos_token_id
+    if bos is not None and bos != tokenizer.eos_token_id:
+        ids.discard(int(bos))
+    return ids
+
+
+@dataclass
+class Tokenized:
+    input_ids: list[int]
+    labels: list[int]
+    boundary: int  # first token of the assistant target (after the generation prompt)
+    prompt_is_prefix: bool  # the rendered prompt is a token prefix of the full conversation
+    method: str  # "assistant_mask" | "boundary"
+
+    @property
+    def num_target_tokens(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE_INDEX)
+
+
+def tokenize_example(
+    tokenizer,
+    messages: list[dict[str, str]],
+    *,
+    eot_ids: set[int] | None = None,
+    chat_template: str | None = None,
+) -> Tokenized:
+    """``messages`` = state + the assistant target (last). Labels: the target's tokens + its end-of-turn token."""
+    if not messages or messages[-1].get("role") != "assistant":
+        raise MaskError("the last message of an SFT example must be the assistant target")
+    eot = eot_ids if eot_ids is not None else end_of_turn_ids(tokenizer)
+    template = chat_template or tokenizer.chat_template
+    markers = has_generation_markers(template)
+    full = tokenizer.apply_chat_template(
+        messages, chat_template=chat_template, tokenize=True, return_dict=True,
+        return_assistant_tokens_mask=markers,
+    )
+    ids = list(full["input_ids"])
+    prompt_ids = list(
+        tokenizer.apply_chat_template(
+            messages[:-1], chat_template=chat_template, tokenize=True, return_dict=True,
+            add_generation_prompt=True,
+        )["input_ids"]
+    )
+    bos = tokenizer.bos_token_id
+    if bos is not None and len(ids) > 1 and ids[0] == bos and ids[1] == bos:
+        raise MaskError("the tokenized conversation starts with two BOS tokens")
+    b = 0
+    for a, c in zip(prompt_ids, ids, strict=False):
+        if a != c:
+            break
+        b += 1
+    prompt_is_prefix = b == len(prompt_ids)
+    n = len(ids)
+
+    start = end = None
+    method = "boundary"
+    if markers:
+        amask = list(full["assistant_masks"])
+        positions = [i for i in range(b, n) if amask[i]]
+        if positions:
+            method = "assistant_mask"
+            start, end = positions[0], positions[-1]
+            # A template that leaves the end-of-turn token outside {% generation %}: take it in.
+            if ids[end] not in eot and end + 1 < n and ids[end + 1] in eot:
+                end += 1
+    if start is None:
+        start = b
+        closing = [i for i in range(b, n) if ids[i] in eot]
+        if not closing:
+            raise MaskError(
+                "no end-of-turn token after the target: the chat template does not close assistant turns with a "
+                f"known end-of-turn token (eos/eot ids {sorted(eot)})"
+            )
+        end = closing[-1]
+    if ids[end] not in eot:
+        raise MaskError("the target's label span does not end with the end-of-turn token")
+    if start > end:
+        raise MaskError("empty target")
+    labels = [IGNORE_INDEX] * n
+    labels[start : end + 1] = ids[start : end + 1]
+    return Tokenized(ids, labels, b, prompt_is_prefix, method)
+
+
+def tokenize_records(
+    tokenizer, records: Iterable[dict[str, Any]], *, max_length: int | None, eot_ids: set[int] | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Tokenize SFT records (``messages`` = state + target). Over-long examples are left out and counted."""
+    eot = eot_ids if eot_ids is not None else end_of_turn_ids(tokenizer)
+    rows: list[dict[str, Any]] = []
+    stats = {"examples": 0, "too_long": 0, "prompt_not_prefix": 0, "target_tokens": 0, "tokens": 0,
+             "mask_method": None}
+    for rec in records:
+        stats["examples"] += 1
+        tok = tokenize_example(tokenizer, rec["messages"], eot_ids=eot)
+        stats["mask_method"] = tok.method
+        if not tok.prompt_is_prefix:
+            stats["prompt_not_prefix"] += 1
+        if max_length is not None and len(tok.input_ids) > max_length:
+            stats["too_long"] += 1
+            continue
+        stats["target_tokens"] += tok.num_target_tokens
+        stats["tokens"] += len(tok.input_ids)
+        rows.append({"input_ids": tok.input_ids, "labels": tok.labels})
+    stats["kept"] = len(rows)
+    return rows, stats
+
+
+# -- training ------------------------------------------------------------------------------------------
+def model_name_for(training_set_name: str) -> str:
+    """The default generator version name of a training set: ``exp/r0/sft-mucode-both-1a2b`` -> ``.../gen-...``."""
+    if "/sft-" in training_set_name:
+        return training_set_name.replace("/sft-", "/gen-", 1)
+    return f"{training_set_name}/gen"
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "generator"
+
+
+def _resolve_model(arg: str) -> str:
+    """A local path as is; otherwise the model registry's answer when it knows the name; else the hub name."""
+    if Path(arg).expanduser().exists():
+        return str(Path(arg).expanduser())
+    try:
+        from app.model_registry import resolve_model  # issue 4a; absent in a bare checkout
+    except Exception:  # noqa: BLE001
+        return arg
+    try:
+        out = resolve_model(arg)
+    except Exception:  # noqa: BLE001  unknown to the registry: a hub name
+        return arg
+    for attr in ("path", "uri"):
+        if hasattr(out, attr):
+            out = getattr(out, attr)
+    return str(out)
+
+
+def _world_size() -> int:
+    """Processes of this run, from the launcher's environment (torchrun / accelerate launch set WORLD_SIZE).
+
+    Read before the trainer exists: creating accelerate's shared state here would fix its device choice
+    (a CPU multi-process run needs ``use_cpu`` from the training arguments).
+    """
+    import os
+
+    return max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+
+
+def _losses(log_history: list[dict[str, Any]]) -> list[float]:
+    return [float(h["loss"]) for h in log_history if "loss" in h and "train_loss" not in h]
+
+
+def train_generator(cfg: GeneratorTrainConfig, store=None) -> dict[str, Any]:
+    """Train a generator on an SFT training set and register it. Returns the model version (as a dict).
+
+    Runs the same under ``accelerate launch`` (every process trains; the main one saves and registers).
+    Idempotent: a registered version with the same name is returned as is unless ``cfg.overwrite``.
+    """
+    from app.config import get_settings
+    from app.errors import MucodeError
+    from trainers.relabel import example_records
+
+    settings = get_settings()
+    if store is None:
+        from app.store import Store
+
+        store = Store(cfg.database_url) if cfg.database_url else Store.from_settings()
+    if cfg.training_set is None:
+        raise MucodeError("--training-set is required")
+    ts = store.sft_training_set(cfg.training_set)
+    rnd, exp = ts["round"], ts["experiment"]
+    name = cfg.name or model_name_for(ts["name"])
+    if not cfg.overwrite:
+        existing = store.sft_model_version(name)
+        if existing is not None:
+            log.info("generator %s already registered (id %s): nothing to do", name, existing["id"])
+            return existing
+
+    base_model = cfg.base_model or (exp or {}).get("base_model")
+    if not base_model:
+        raise MucodeError("no base model: pass --base-model (the training set has no experiment to take it from)")
+    parent = None
+    if rnd is not None and rnd.get("generator_id"):
+        parent = store.sft_model_version_by_id(rnd["generator_id"])
+    if cfg.init_model:
+        init_from = cfg.init_model
+    elif cfg.init == "parent" and parent is not None:
+        init_from = parent["uri"]
+    else:
+        init_from = base_model
+    init_path = _resolve_model(init_from)
+
+    records = list(example_records(store, ts["id"]))
+    if not records:
+        raise MucodeError(f"training set {ts['name']} has no examples")
+
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTTrainer
+
+    world_size = _world_size()
+    tokenizer = AutoTokenizer.from_pretrained(init_path)
+    if tokenizer.chat_template is None:
+        raise MucodeError(f"the tokenizer of {init_from} has no chat template")
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # labels carry the EOT explicitly: pad == eos masks nothing
+    load_kwargs: dict[str, Any] = {"dtype": torch.float32}
+    if cfg.attn_implementation:
+        load_kwargs["attn_implementation"] = cfg.attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(init_path, **load_kwargs)
+    gen_eos = getattr(model.generation_config, "eos_token_id", None)
+    extra_eot = gen_eos if isinstance(gen_eos, list) else [gen_eos]
+    eot = end_of_turn_ids(tokenizer, extra_eot)
+
+    rows, tok_stats = tokenize_records(tokenizer, records, max_length=cfg.max_length, eot_ids=eot)
+    if not rows:
+        raise MucodeError(f"every example is longer than max_length={cfg.max_length}")
+    dataset = Dataset.from_list(rows)
+
+    safe = _safe(name)
+    out_dir = Path(cfg.output_dir) if cfg.output_dir else Path(settings.artifacts_dir) / "models" / safe
+    run_dir = Path(settings.artifacts_dir) / "runs" / safe
+    args = cfg.to_sft_config(str(run_dir), world_size=world_size)
+    peft_config = None
+    if cfg.use_lora:
+        from peft import LoraConfig
+
+        targets: Any = cfg.lora_target_modules
+        if targets != "all-linear":
+            targets = [x.strip() for x in targets.split(",") if x.strip()]
+        peft_config = LoraConfig(
+            task_type="CAUSAL_LM", r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+            target_modules=targets,
+        )
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
+    )
+    t0 = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - t0
+    losses = _losses(trainer.state.log_history)
+
+    metrics = {
+        "train_loss": float(result.training_loss),
+        "train_loss_first": losses[0] if losses else None,
+        "train_loss_last": losses[-1] if losses else None,
+        "train_losses": losses[:2000],
+        "global_steps": int(trainer.state.global_step),
+        "epochs": float(trainer.state.epoch or 0.0),
+        "train_seconds": round(seconds, 2),
+        "world_size": trainer.accelerator.num_processes,
+        "gradient_accumulation_steps": args.gradient_accumulation_steps,
+        "effective_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size,
+        "training_set_examples": len(records),
+        **{f"data_{k}": v for k, v in tok_stats.items()},
+    }
+    acc = trainer.accelerator
+    mv: dict[str, Any] = {"name": name, "uri": str(out_dir), "metrics": metrics}
+    tmp = out_dir.with_name(out_dir.name + ".partial")  # written whole, then renamed into place
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    acc.wait_for_everyone()
+    if cfg.use_lora and cfg.merge_lora:
+        if acc.is_main_process:
+            merged = acc.unwrap_model(trainer.model).merge_and_unload()
+            merged.save_pretrained(tmp, safe_serialization=True)
+    else:
+        trainer.save_model(str(tmp))  # every process (ZeRO-3/FSDP gather the weights); the main one writes
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        tokenizer.save_pretrained(tmp)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        tmp.rename(out_dir)
+        config = {
+            **cfg.to_dict(),
+            "database_url": None,
+            "init_from": init_from,
+            "base_model": base_model,
+            "training_set_id": ts["id"],
+            "training_set_name": ts["name"],
+            "relabel": ts["config"],
+            "effective_batch_size_actual": metrics["effective_batch_size"],
+            "adapter_only": bool(cfg.use_lora and not cfg.merge_lora),
+        }
+        if cfg.register:
+            mv_id = store.sft_register_generator(
+                name=name,
+                base_model=base_model,
+                uri=str(out_dir.resolve()),
+                parent_id=parent["id"] if parent else None,
+                round_id=ts["round_id"],
+                training_set_id=ts["id"],
+                config=config,
+                metrics=metrics,
+            )
+            if cfg.set_round_output and ts["round_id"] is not None:
+                store.sft_set_round_generator(ts["round_id"], mv_id)
+            mv = store.sft_model_version_by_id(mv_id) or mv
+        shutil.rmtree(run_dir, ignore_errors=True)
+    acc.wait_for_everyone()
+    return mv

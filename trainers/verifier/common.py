@@ -1,0 +1,83 @@
+"""What the BT and BCE trainers share: TrainingArguments values, the precision rule, the run summary."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from trainers.verifier.config import VerifierTrainingConfig
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def use_bf16(config: VerifierTrainingConfig) -> bool:
+    if config.bf16 is not None:
+        return config.bf16
+    import torch
+
+    return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+
+
+def use_gradient_checkpointing(config: VerifierTrainingConfig) -> bool:
+    if config.gradient_checkpointing is not None:
+        return config.gradient_checkpointing
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def training_args_kwargs(config: VerifierTrainingConfig, output_dir: str, *, progress: bool) -> dict[str, Any]:
+    """TrainingArguments values common to both losses (paper defaults come from ``config``)."""
+    import torch
+
+    return {
+        "output_dir": output_dir,
+        "per_device_train_batch_size": config.per_device_batch_size,
+        "gradient_accumulation_steps": config.gradient_accumulation_steps(world_size()),
+        "learning_rate": config.learning_rate,
+        "num_train_epochs": config.epochs,
+        "max_steps": config.max_steps,
+        "lr_scheduler_type": config.lr_scheduler_type,
+        "warmup_steps": config.warmup_ratio,
+        "adam_epsilon": config.adam_epsilon,
+        "weight_decay": config.weight_decay,
+        "max_grad_norm": config.max_grad_norm,
+        "bf16": use_bf16(config),
+        "fp16": False,
+        "gradient_checkpointing": use_gradient_checkpointing(config),
+        "logging_steps": config.logging_steps,
+        "logging_first_step": True,
+        "save_strategy": "no",
+        "report_to": "none",
+        "seed": config.seed,
+        "data_seed": config.seed,
+        "disable_tqdm": not progress,
+        "dataloader_num_workers": 0,
+        "use_cpu": not torch.cuda.is_available(),
+        "remove_unused_columns": False,
+    }
+
+
+def summarize(trainer, *, started: float, examples: int, dropped: int, unit: str) -> dict[str, Any]:
+    """Loss curve and timing from a finished Trainer, JSON-ready for ModelVersion.metrics["train"]."""
+    hist = [h for h in trainer.state.log_history if "loss" in h]
+    curve = [{"step": h.get("step"), "loss": h["loss"], **({"accuracy": h["accuracy"]} if "accuracy" in h else {})}
+             for h in hist]
+    seconds = time.perf_counter() - started
+    epochs = trainer.state.epoch or 0.0
+    passes = examples * epochs
+    return {
+        unit: examples,
+        f"dropped_{unit}_over_max_length": dropped,
+        "steps": trainer.state.global_step,
+        "epochs": epochs,
+        "first_loss": curve[0]["loss"] if curve else None,
+        "final_loss": curve[-1]["loss"] if curve else None,
+        "loss_curve": curve,
+        "seconds": round(seconds, 3),
+        f"seconds_per_1k_{unit}": round(1000 * seconds / passes, 3) if passes else None,
+        "world_size": world_size(),
+    }

@@ -1,0 +1,121 @@
+"""The sampling interface every backend implements (no heavy imports here).
+
+A backend takes a batch of conversations (lists of chat messages), one set of sampling parameters and one seed
+per conversation, and returns ``n`` samples per conversation. Sample ``j`` of a conversation with seed ``s``
+uses the seed ``sample_seed(s, j)`` (``s`` itself for ``j == 0``), so ``n = 5`` with seed ``s`` gives the same
+five responses as five conversations with the seeds ``sample_seed(s, 0..4)``. On one backend the same
+prompt and seed give the same response whatever else is in the batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+FinishReason = Literal["stop", "length"]
+SEED_MASK = (1 << 63) - 1  # seeds are non-negative 63-bit integers (torch and vLLM both take them)
+
+# Pinned for templates that print a date (Llama 3.x: "Today Date: ..."), so a prompt renders the same every day.
+# It is Llama 3's own fallback date; templates that do not use it ignore it.
+CHAT_TEMPLATE_KWARGS: dict[str, Any] = {"date_string": "26 Jul 2024"}
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float
+    top_p: float = 1.0
+    max_tokens: int = 1000
+    n: int = 1
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0:
+            raise ValueError("temperature must be >= 0 (0 = greedy)")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if self.max_tokens < 1 or self.n < 1:
+            raise ValueError("max_tokens and n must be positive")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Sample:
+    text: str  # the decoded response, without the end-of-turn token
+    prompt_tokens: int
+    completion_tokens: int  # generated tokens, the end-of-turn token included when the response ended on it
+    finish_reason: FinishReason  # "stop": ended on an end-of-turn token; "length": hit max_tokens
+    seed: int | None = None  # the seed this sample used (None for greedy)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    kind: str
+    model_uri: str
+
+    def generate(
+        self, conversations: list[list[dict]], params: SamplingParams, seeds: list[int]
+    ) -> list[list[Sample]]:
+        """``params.n`` samples per conversation, in order; ``seeds[i]`` seeds conversation ``i``."""
+        ...
+
+    def close(self) -> None:
+        """Free the model (GPU memory) before another one is loaded."""
+        ...
+
+
+def sample_seed(seed: int, index: int) -> int:
+    """The seed of sample ``index`` of a request seeded ``seed``: ``seed`` for the first, then a hash."""
+    if seed < 0:
+        raise ValueError("seeds are non-negative")
+    if index == 0:
+        return seed & SEED_MASK
+    digest = hashlib.sha256(f"mucode-sample:{seed}:{index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & SEED_MASK
+
+
+def expand_requests(
+    conversations: list[list[dict]], params: SamplingParams, seeds: list[int]
+) -> list[tuple[int, int, int]]:
+    """One (conversation index, sample index, seed) row per sample, in output order."""
+    if len(seeds) != len(conversations):
+        raise ValueError(f"{len(conversations)} conversations but {len(seeds)} seeds")
+    return [(i, j, sample_seed(seeds[i], j)) for i in range(len(conversations)) for j in range(params.n)]
+
+
+def group_samples(samples: list[Sample], n: int) -> list[list[Sample]]:
+    return [samples[i : i + n] for i in range(0, len(samples), n)]
+
+
+def render_prompt(tokenizer: Any, messages: list[dict]) -> list[int]:
+    """The token ids a model sees for ``messages``: the tokenizer's chat template with the generation prompt.
+
+    The template is rendered to text and tokenized without adding special tokens (the template writes its own
+    BOS where it wants one), so no second BOS sneaks in. Both backends use this, so they see identical tokens.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("the model's tokenizer has no chat template")
+    text = tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, **CHAT_TEMPLATE_KWARGS
+    )
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def eos_token_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:
+    """Every token that ends a response: the generation config's EOS ids and the tokenizer's EOS."""
+    ids: list[int] = []
+    gen_eos = getattr(generation_config, "eos_token_id", None) if generation_config is not None else None
+    for value in (gen_eos, tokenizer.eos_token_id):
+        if value is None:
+            continue
+        for v in value if isinstance(value, (list, tuple)) else [value]:
+            if int(v) not in ids:
+                ids.append(int(v))
+    if not ids:
+        raise ValueError("the model defines no end-of-sequence token")
+    return ids

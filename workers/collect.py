@@ -1,0 +1,631 @@
+"""The collection pipeline: rollouts of a round or an evaluation, pipelined per batch (DESIGN.md "Flow of a round").
+
+Shape. A *collection* is every rollout of one owner (a round, or an evaluation: greedy/BoN chains or a
+standalone ``mucode rollouts collect``). ``create_collection`` writes the rollouts (problem x M, a seed each)
+and a ``collect/<owner>`` job row whose payload is the frozen ``CollectSpec``. The rollouts are cut into
+fixed batches (consecutive chunks of ``batch_size`` in (problem, sample index) order), and each batch is an
+independent chain of jobs::
+
+    sample(batch) -> execute(candidates) [-> score(candidates)] -> sample(batch) -> ... until no rollout is active
+
+``sample`` is the *advance* step (``advance_batch``), and it derives everything from the store:
+
+1. every active rollout whose last turn is fully executed (and scored, when the selector needs scores) gets its
+   pick (``app.selection``), the pick's public feedback on the turn, and then either finishes (stop rule or T
+   reached: ``final_label`` = the pick's private verdict) or gets turn t+1 with the exact messages
+   (``append_turn`` of turn t's messages) -- one transaction for the whole batch;
+2. every open turn without candidates is sampled in ONE backend call (one seed per rollout and turn,
+   ``turn_seed(rollout.seed, t)``), and the N candidates per turn are written in one batch (code extracted,
+   code hash), ``chosen`` already true when N = 1;
+3. the successor is queued: ``mucode.execute`` for every candidate still without verdicts (with ``then`` =
+   score, when needed, then this batch's next ``sample``), or ``mucode.score`` for executed but unscored ones;
+   a batch with no active rollout left checks whether the whole collection is done.
+
+Because each step reads its inputs from the store and writes with natural keys, a redelivered or repeated job
+changes nothing: sampled candidates are never sampled again (a crash between sample and execute re-queues
+only the execution), and executions are cached per code. Batches are never synchronised with each other, so
+with several batches in flight the sampling worker always has a queued job while the sandbox executes
+another batch.
+
+Resume. ``resume`` increments the collection's *generation* (the ``attempts`` of its ``collect/`` job) and
+queues a ``sample`` job for every batch that still has active rollouts. A job carries the generation it was
+queued in; a job of an older generation finds it superseded and returns at once, so chains that survived the
+crash stop at their next step instead of running twice beside the new ones. ``start`` is the first ``resume``.
+
+Jobs. Every sample, execute and score job is recorded in the ``jobs`` table under a deterministic key
+``collect/<owner>/g<generation>/b<batch>/<kind>/t<turn>``: state, attempts, worker, timings, error.
+With no broker configured, ``workers.dispatch.submit`` runs the same tasks in-process (a FIFO), so the embedded
+mode runs exactly this code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from app.errors import ConfigError, MucodeError, NotFound
+from app.store.rollouts import Owner, RolloutState
+
+log = logging.getLogger("mucode.collect")
+
+SEED_MASK = (1 << 63) - 1
+MAX_RESUBMITS = 3  # the same execute/score step queued again this many times in a generation -> failed
+
+
+class CollectError(MucodeError):
+    pass
+
+
+class CollectSpec(BaseModel):
+    """Everything that decides what a collection does; frozen into its ``collect/`` job at creation."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    backend: Literal["transformers", "vllm"] = "transformers"
+    turns: int = Field(3, ge=1, description="T: turns per trajectory / chain")
+    samples_per_problem: int = Field(1, ge=1, description="M rollouts (or C chains) per problem")
+    candidates: int = Field(1, ge=1, description="N candidates per turn (Best-of-N)")
+    selector: Literal["first", "random", "lv", "pt", "pt+lv", "oracle"] = "first"
+    verifier_id: int | None = None  # scores for the lv and pt+lv selectors
+    temperature: float = Field(0.7, ge=0.0)
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    max_new_tokens: int = Field(1000, gt=0)
+    stop_rule: Literal["public", "public_and_private"] = "public"
+    batch_size: int = Field(32, ge=1, description="rollouts per batch (one backend call per turn)")
+    seed: int = 0
+    # Queued once when the whole collection is done, e.g. {"task": "mucode.round_step", "kwargs": {...}}.
+    then: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> CollectSpec:
+        from app.selection import needs_scores
+
+        if self.candidates > 1 and self.selector == "first":
+            raise ValueError("N > 1 candidates per turn needs a selector (random, lv, pt, pt+lv or oracle)")
+        if needs_scores(self.selector) and self.verifier_id is None:
+            raise ValueError(f"the {self.selector} selector needs a verifier (verifier_id)")
+        if self.then is not None and "task" not in self.then:
+            raise ValueError("then must be {'task': name, 'kwargs': {...}}")
+        return self
+
+    @classmethod
+    def from_rollout_config(cls, rollout: Any, *, backend: str = "transformers", **extra: Any) -> CollectSpec:
+        """The spec of a training collection from an experiment's ``RolloutConfig``."""
+        return cls(
+            backend=backend,
+            turns=rollout.turns,
+            samples_per_problem=rollout.rollouts_per_problem,
+            stop_rule=rollout.stop_rule,
+            temperature=rollout.sampling.temperature,
+            top_p=rollout.sampling.top_p,
+            max_new_tokens=rollout.sampling.max_new_tokens,
+            batch_size=rollout.batch_size,
+            seed=rollout.seed,
+            **extra,
+        )
+
+    @property
+    def scored(self) -> bool:
+        from app.selection import needs_scores
+
+        return needs_scores(self.selector)
+
+
+# -- seeds ---------------------------------------------------------------------------------------------
+def _hash_seed(text: str) -> int:
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") & SEED_MASK
+
+
+def rollout_seed(collection_seed: int, external_id: str, sample_index: int) -> int:
+    """A rollout's seed: a function of the collection seed, the problem's external id and the sample index
+    (not of database ids), so the same collection on another database samples the same responses."""
+    return _hash_seed(f"rollout/{int(collection_seed)}/{external_id}/{int(sample_index)}")
+
+
+def turn_seed(rollout_seed_: int, turn_index: int) -> int:
+    """The seed of one backend request: one rollout at one turn (its N samples derive from it)."""
+    return _hash_seed(f"turn/{int(rollout_seed_)}/{int(turn_index)}")
+
+
+# -- keys -------------------------------------------------------------------------------------------------
+def collect_key(owner: Owner) -> str:
+    return f"collect/{owner.key}"
+
+
+def step_key(owner: Owner, generation: int, batch: int, kind: str, turn: int) -> str:
+    return f"{collect_key(owner)}/g{generation}/b{batch}/{kind}/t{turn}"
+
+
+def _worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+# -- backends (kept loaded between jobs, one model at a time) --------------------------------------------------
+_BACKEND: dict[str, Any] = {"key": None, "backend": None}
+
+
+def load_backend(kind: str, uri: str):
+    """The backend for (kind, uri), loaded once per process and kept between jobs; another model replaces it."""
+    key = (kind, uri)
+    if _BACKEND["key"] == key and _BACKEND["backend"] is not None:
+        return _BACKEND["backend"]
+    old = _BACKEND["backend"]
+    if old is not None:
+        try:
+            old.close()
+        except Exception:
+            log.exception("closing the previous backend failed")
+        _BACKEND.update(key=None, backend=None)
+    from workers.backends import get_backend
+
+    t0 = time.perf_counter()
+    backend = get_backend(kind, uri)
+    log.info("loaded %s backend for %s in %.1f s", kind, uri, time.perf_counter() - t0)
+    _BACKEND.update(key=key, backend=backend)
+    return backend
+
+
+def loaded_backend():
+    return _BACKEND["backend"]
+
+
+# -- the spec and the batches of a collection ---------------------------------------------------------------
+def get_spec(store, owner: Owner) -> tuple[CollectSpec, int, str]:
+    """(spec, current generation, state of the collect job) of a collection."""
+    job = store.get_job(collect_key(owner))
+    if job is None:
+        raise NotFound(f"no collection for {owner.as_dict()} (create_collection was never called)")
+    return CollectSpec(**job.payload["spec"]), int(job.attempts), job.state
+
+
+def batches(store, owner: Owner, batch_size: int) -> list[tuple[list[int], bool]]:
+    """[(rollout ids, has active rollouts)] for each batch of the collection, in batch order."""
+    rows = store.collection_rollouts(owner)
+    out = []
+    for i in range(0, len(rows), batch_size):
+        chunk = rows[i : i + batch_size]
+        out.append(([rid for rid, _ in chunk], any(st == "active" for _, st in chunk)))
+    return out
+
+
+def dataset_problem_ids(store, dataset: str, split: str | None, limit: int | None = None) -> list[int]:
+    """The ids of a loaded dataset's problems (file order), the first ``limit`` of them."""
+    problems = store.list_problems(dataset, split, limit=limit)
+    if not problems:
+        where = f"{dataset}:{split}" if split else dataset
+        raise NotFound(f"no problems in {where}: load the dataset with `mucode data load {dataset}`")
+    return [p.id for p in problems]
+
+
+def check_generators(store, generator_ids: Sequence[int]) -> dict[int, str]:
+    """{generator id: uri}, checking that each model can be found (a clear error before anything is queued)."""
+    from app.model_registry import resolve_model
+
+    uris: dict[int, str] = {}
+    for gid in sorted(set(generator_ids)):
+        mv = store.get_model_version(int(gid))
+        resolve_model(mv.uri)  # raises a clear error for a missing local path or an unknown name
+        uris[gid] = mv.uri
+    return uris
+
+
+def create_collection(
+    store,
+    owner: Owner | dict[str, int],
+    problem_ids: Sequence[int],
+    spec: CollectSpec | dict[str, Any],
+    *,
+    generator_id: int,
+) -> dict[str, Any]:
+    """Create the rollouts (problem x M, one seed each) and the collection's job row. Idempotent: a second
+    call creates nothing and keeps the first spec (it raises if the spec differs)."""
+    owner = Owner.of(owner)
+    spec = spec if isinstance(spec, CollectSpec) else CollectSpec(**spec)
+    check_generators(store, [generator_id])
+    if spec.verifier_id is not None:
+        store.get_model_version(int(spec.verifier_id))
+    problems = store.collection_problems(problem_ids)
+    missing = sorted(set(problem_ids) - set(problems))
+    if missing:
+        raise NotFound(f"problems not in the store: {missing[:10]}")
+    if not problem_ids:
+        raise ConfigError("a collection needs at least one problem")
+    payload = {"spec": spec.model_dump(mode="json"), "generator_id": generator_id, "problems": len(problems)}
+    key = collect_key(owner)
+    existing = store.get_job(key)
+    if existing is not None and existing.payload.get("spec") != payload["spec"]:
+        raise ConfigError(f"collection {owner.as_dict()} already exists with another spec")
+    rows = [
+        {
+            "problem_id": pid,
+            "sample_index": m,
+            "seed": rollout_seed(spec.seed, problems[pid].external_id, m),
+            "generator_id": generator_id,
+        }
+        for pid in sorted(set(problem_ids))
+        for m in range(spec.samples_per_problem)
+    ]
+    created = store.create_rollouts(owner, rows)
+    store.record_job(key, "collect", "control", payload, requeue=False, **owner.as_dict())
+    return {"owner": owner.as_dict(), "rollouts": len(rows), "created": created}
+
+
+def start(store, owner: Owner | dict[str, int]) -> dict[str, Any]:
+    """Queue the collection (the first generation). The same as ``resume``."""
+    return resume(store, owner)
+
+
+def resume(store, owner: Owner | dict[str, int]) -> dict[str, Any]:
+    """Queue exactly the missing work: a ``sample`` job (new generation) for every batch with active rollouts;
+    when nothing is active, finish the collection (and queue its ``then`` again)."""
+    from workers.dispatch import check_broker
+
+    owner = Owner.of(owner)
+    check_broker()
+    spec, _, _ = get_spec(store, owner)
+    job = store.get_job(collect_key(owner))
+    check_generators(store, [job.payload["generator_id"]])
+    todo = [(b, ids) for b, (ids, active) in enumerate(batches(store, owner, spec.batch_size)) if active]
+    generation = store.bump_job_attempts(collect_key(owner))
+    # Jobs of older generations that never finished (a killed worker's) are marked, not left "running".
+    for j in store.unfinished_jobs(key_prefix=collect_key(owner) + "/"):
+        if j.state in ("queued", "running") and not j.key.startswith(f"{collect_key(owner)}/g{generation}/"):
+            store.claim_job(j.key, from_states=("queued", "running"), to_state="failed")
+            store.update_job(j.key, error=f"superseded: resumed as generation {generation}")
+    if not todo:
+        finished = _finish_collection(store, owner, spec, force=True)
+        return {"generation": generation, "queued_batches": 0, "finished": finished}
+    store.update_job(collect_key(owner), state="running", error=None, finished_at=None)
+    if owner.evaluation_id is not None and spec.then is None:
+        store.set_evaluation_status(owner.evaluation_id, "running")
+    jobs = []
+    for b, ids in todo:
+        jobs.append(_sample_job(owner, generation, b, ids, step=0))
+    for name, kwargs, key in jobs:
+        _queue(store, owner, name, kwargs, key)
+    return {"generation": generation, "queued_batches": len(todo), "finished": False}
+
+
+def _sample_job(owner: Owner, generation: int, batch: int, rollout_ids: Sequence[int], step: int):
+    kwargs = {
+        "owner": owner.as_dict(),
+        "batch": batch,
+        "rollout_ids": list(rollout_ids),
+        "generation": generation,
+        "step": step,
+    }
+    return "mucode.sample", kwargs, step_key(owner, generation, batch, "sample", step)
+
+
+def _queue(store, owner: Owner, name: str, kwargs: dict[str, Any], key: str) -> None:
+    from workers.celery_app import TASK_QUEUES
+    from workers.dispatch import in_process, submit
+
+    kind = name.split(".", 1)[1]
+    store.record_job(key, kind, TASK_QUEUES[name], _brief(kwargs), **owner.as_dict())
+    try:
+        submit(name, **kwargs)
+    except Exception as exc:
+        if not in_process():  # in-process, the error is the job's own and already recorded by it
+            store.job_failed(key, f"could not queue: {type(exc).__name__}: {exc}")
+        raise
+
+
+def _brief(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The payload recorded with a job (long id lists summarised)."""
+    out: dict[str, Any] = {}
+    for k, v in kwargs.items():
+        if k == "then":
+            out[k] = {"task": v.get("task")} if isinstance(v, dict) else v
+        elif isinstance(v, list) and len(v) > 16:
+            out[k] = {"count": len(v), "first": v[:4]}
+        else:
+            out[k] = v
+    return out
+
+
+# -- the sample (advance) job -------------------------------------------------------------------------------------
+def run_sample_job(
+    store,
+    *,
+    owner: dict[str, int],
+    batch: int,
+    rollout_ids: Sequence[int],
+    generation: int,
+    step: int = 0,
+    backend_loader: Callable[[str, str], Any] | None = None,
+) -> dict[str, Any]:
+    """The body of ``mucode.sample``: advance one batch and queue its successor. Idempotent."""
+    owner = Owner.of(owner)
+    spec, current, _state = get_spec(store, owner)
+    key = step_key(owner, generation, batch, "sample", step)
+    if generation < current:
+        log.info("%s superseded by generation %d", key, current)
+        store.job_done(key, {"superseded_by": current})
+        return {"superseded_by": current}
+    store.job_started(
+        key,
+        worker=_worker_name(),
+        kind="sample",
+        queue="sample",
+        payload=_brief({"batch": batch, "rollout_ids": list(rollout_ids), "generation": generation, "step": step}),
+        **owner.as_dict(),
+    )
+    if step > 0:  # the execute (and score) step this job follows has finished
+        for kind in ("execute", "score"):
+            store.claim_job(step_key(owner, generation, batch, kind, step), from_states=("queued", "running"),
+                            to_state="done")
+    t0 = time.perf_counter()
+    try:
+        result = advance_batch(
+            store,
+            owner,
+            spec,
+            batch=batch,
+            rollout_ids=rollout_ids,
+            generation=generation,
+            backend_loader=backend_loader or load_backend,
+        )
+    except Exception as exc:
+        store.job_failed(key, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+        raise
+    result["seconds"] = round(time.perf_counter() - t0, 3)
+    store.job_done(key, result)
+    return result
+
+
+def advance_batch(
+    store,
+    owner: Owner,
+    spec: CollectSpec,
+    *,
+    batch: int,
+    rollout_ids: Sequence[int],
+    generation: int,
+    backend_loader: Callable[[str, str], Any],
+) -> dict[str, Any]:
+    """Finish executed turns, open next turns, sample open turns, and queue what comes next (see module doc)."""
+    from app.env import append_turn, feedback_text, initial_messages, is_done
+    from app.selection import select, selection_seed
+
+    verifier_id = spec.verifier_id if spec.scored else None
+    states = store.batch_state(rollout_ids, verifier_id=verifier_id)
+    active = [r for r in states if r.status == "active"]
+    result: dict[str, Any] = {"finished": 0, "opened": 0, "sampled": 0, "tokens": 0}
+
+    # 1. decisions on executed turns, and first turns -----------------------------------------------------------
+    to_finalize = []
+    fresh: list[RolloutState] = []
+    for r in active:
+        t = r.last_turn
+        if t is None:
+            fresh.append(r)
+        elif _turn_complete(t, spec):
+            to_finalize.append(r)
+    chosen_map: dict[int, int] = {}
+    feedback_map: dict[int, str] = {}
+    finish: list[dict[str, Any]] = []
+    open_turns: list[dict[str, Any]] = []
+    if to_finalize:
+        picks = {}
+        for r in to_finalize:
+            t = r.last_turn
+            picks[r.id] = select(spec.selector, t.candidates, seed=selection_seed(r.seed, t.index))
+        executions = store.public_feedback([c.id for c in picks.values()])
+        for r in to_finalize:
+            t, c = r.last_turn, picks[r.id]
+            if c.id not in executions:
+                raise CollectError(f"candidate {c.id} has verdicts but no public execution in the store")
+            fb = feedback_text(executions[c.id])
+            feedback_map[t.id] = fb
+            if spec.candidates > 1 or not c.chosen or any(o.chosen for o in t.candidates if o.id != c.id):
+                chosen_map[t.id] = c.id
+            if is_done(t.index, spec.turns, c.public_passed, c.private_passed, rule=spec.stop_rule):
+                finish.append(
+                    {"rollout_id": r.id, "final_label": bool(c.private_passed), "public_passed": bool(c.public_passed)}
+                )
+            else:
+                open_turns.append(
+                    {"rollout_id": r.id, "index": t.index + 1, "messages": append_turn(t.messages, c.response, fb)}
+                )
+    if fresh:
+        problems = store.collection_problems(r.problem_id for r in fresh)
+        for r in fresh:
+            open_turns.append({"rollout_id": r.id, "index": 1, "messages": initial_messages(problems[r.problem_id])})
+    if chosen_map or feedback_map or finish or open_turns:
+        store.advance_batch(chosen=chosen_map, feedback=feedback_map, finish=finish, open_turns=open_turns)
+        result["finished"] = len(finish)
+        result["opened"] = len(open_turns)
+        states = store.batch_state(rollout_ids, verifier_id=verifier_id)
+        active = [r for r in states if r.status == "active"]
+
+    # 2. sample every open turn that has fewer than N candidates: one backend call per generator --------------
+    to_sample = [r for r in active if r.last_turn is not None and len(r.last_turn.candidates) < spec.candidates]
+    if to_sample:
+        sampled, tokens = _sample(store, spec, to_sample, backend_loader)
+        result["sampled"], result["tokens"] = sampled, tokens
+        states = store.batch_state(rollout_ids, verifier_id=verifier_id)
+        active = [r for r in states if r.status == "active"]
+
+    # 3. the successor ----------------------------------------------------------------------------------------
+    unexecuted = [c.id for r in active for c in r.last_turn.candidates if not c.executed]
+    unscored = (
+        [c.id for r in active for c in r.last_turn.candidates if c.score is None] if spec.scored else []
+    )
+    turn = max((r.last_turn.index for r in active), default=0)
+    result["active"] = len(active)
+    if unexecuted or unscored:
+        then = _sample_job(owner, generation, batch, rollout_ids, step=turn)
+        then_ref = {"task": then[0], "kwargs": then[1]}
+        if spec.scored and unscored:
+            score_kwargs = {"verifier_id": spec.verifier_id, "candidate_ids": unscored, "then": then_ref}
+            score_key = step_key(owner, generation, batch, "score", turn)
+            if unexecuted:
+                score_ref = {"task": "mucode.score", "kwargs": score_kwargs}
+                _resubmit_guard(store, owner, step_key(owner, generation, batch, "execute", turn))
+                store.record_job(score_key, "score", "score", _brief(score_kwargs), **owner.as_dict())
+                _queue(store, owner, "mucode.execute", {"candidate_ids": unexecuted, "then": score_ref},
+                       step_key(owner, generation, batch, "execute", turn))
+                result["queued"] = "execute+score"
+            else:
+                _resubmit_guard(store, owner, score_key)
+                _queue(store, owner, "mucode.score", score_kwargs, score_key)
+                result["queued"] = "score"
+        else:
+            key = step_key(owner, generation, batch, "execute", turn)
+            _resubmit_guard(store, owner, key)
+            _queue(store, owner, "mucode.execute", {"candidate_ids": unexecuted, "then": then_ref}, key)
+            result["queued"] = "execute"
+        return result
+    if active:  # active rollouts with nothing to do would stall the chain: say so
+        raise CollectError(f"batch {batch} of {owner.as_dict()} has {len(active)} active rollouts but no work")
+    result["queued"] = None
+    result["collection_finished"] = _finish_collection(store, owner, spec)
+    return result
+
+
+def _turn_complete(t, spec: CollectSpec) -> bool:
+    if len(t.candidates) < spec.candidates:
+        return False
+    if not all(c.executed for c in t.candidates):
+        return False
+    return not (spec.scored and any(c.score is None for c in t.candidates))
+
+
+def _resubmit_guard(store, owner: Owner, key: str) -> None:
+    """An execute/score step queued again in the same generation means its job ran without giving every
+    candidate a verdict (or a score); after MAX_RESUBMITS the chain stops with a clear error."""
+    job = store.get_job(key)
+    if job is None:
+        return
+    n = int((job.result or {}).get("resubmits", 0)) + 1
+    if n > MAX_RESUBMITS:
+        raise CollectError(
+            f"{key} was queued {n} times and its candidates still have no verdict/score: "
+            "check the execute/score workers (`mucode rollouts status` shows their errors)"
+        )
+    store.update_job(key, result={"resubmits": n})
+
+
+def _sample(store, spec: CollectSpec, rollouts: list[RolloutState], backend_loader) -> tuple[int, int]:
+    """Sample N candidates for each rollout's open turn (one backend call per generator) and write them."""
+    from app.env import extract_code
+    from app.hashing import code_hash
+    from workers.backends.base import SamplingParams
+
+    params = SamplingParams(
+        temperature=spec.temperature, top_p=spec.top_p, max_tokens=spec.max_new_tokens, n=spec.candidates
+    )
+    by_gen: dict[int | None, list[RolloutState]] = {}
+    for r in rollouts:
+        by_gen.setdefault(r.generator_id, []).append(r)
+    written = tokens = 0
+    for gid, group in by_gen.items():
+        if gid is None:
+            raise CollectError(f"rollouts {[r.id for r in group][:5]} have no generator")
+        uri = store.get_model_version(int(gid)).uri
+        backend = backend_loader(spec.backend, uri)
+        conversations = [r.last_turn.messages for r in group]
+        seeds = [turn_seed(r.seed, r.last_turn.index) for r in group]
+        outputs = backend.generate(conversations, params, seeds)
+        if len(outputs) != len(group):
+            raise CollectError(f"the backend returned {len(outputs)} results for {len(group)} conversations")
+        rows = []
+        for r, seed, samples in zip(group, seeds, outputs, strict=True):
+            for j, s in enumerate(samples):
+                code = extract_code(s.text)
+                rows.append(
+                    {
+                        "turn_id": r.last_turn.id,
+                        "sample_index": j,
+                        "response": s.text,
+                        "code": code,
+                        "code_hash": code_hash(code),
+                        "prompt_tokens": s.prompt_tokens,
+                        "completion_tokens": s.completion_tokens,
+                        "finish_reason": s.finish_reason,
+                        "sampling": {
+                            "backend": spec.backend,
+                            "model": uri,
+                            "temperature": spec.temperature,
+                            "top_p": spec.top_p,
+                            "max_new_tokens": spec.max_new_tokens,
+                            "n": spec.candidates,
+                            "seed": seed,
+                            "sample_seed": s.seed,
+                        },
+                        "chosen": spec.candidates == 1,
+                    }
+                )
+                tokens += int(s.completion_tokens or 0)
+        store.add_candidates(rows)
+        written += len(rows)
+    return written, tokens
+
+
+def _finish_collection(store, owner: Owner, spec: CollectSpec, *, force: bool = False) -> bool:
+    """When no rollout of the collection is active: mark it done and queue its ``then`` (once; ``force``
+    queues it again, for resume). Returns whether the collection is finished."""
+    counts = store.collection_counts(owner)
+    if counts["active"]:
+        return False
+    key = collect_key(owner)
+    won = store.claim_job(key, from_states=("queued", "running", "failed"), to_state="done")
+    if won or force:
+        store.update_job(key, state="done", result=counts)
+        if spec.then is not None:
+            from workers.dispatch import submit
+
+            submit(spec.then["task"], **(spec.then.get("kwargs") or {}))
+        elif owner.evaluation_id is not None:
+            store.set_evaluation_status(owner.evaluation_id, "done", finished=True)
+    return True
+
+
+# -- status ---------------------------------------------------------------------------------------------------------
+def status(store, owner: Owner | dict[str, int]) -> dict[str, Any]:
+    owner = Owner.of(owner)
+    spec, generation, state = get_spec(store, owner)
+    counts = store.collection_counts(owner)
+    prefix = collect_key(owner) + "/"
+    jobs = store.job_counts(key_prefix=prefix)
+    failed = [
+        {"key": j.key, "error": ((j.error or "").strip().splitlines() or [""])[0]}
+        for j in store.list_jobs(key_prefix=f"{prefix}g{generation}/", states=("failed",), limit=20)
+    ]
+    return {
+        "owner": owner.as_dict(),
+        "state": state,
+        "generation": generation,
+        "spec": spec.model_dump(mode="json"),
+        "counts": counts,
+        "jobs": jobs,
+        "failed_jobs": failed,
+        "done": counts["rollouts"] > 0 and counts["active"] == 0,
+    }
+
+
+def wait(store, owner: Owner | dict[str, int], *, timeout: float = 3600.0, poll: float = 1.0,
+         on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Poll the store until every rollout is done (or a job failed, or ``timeout``)."""
+    owner = Owner.of(owner)
+    deadline = time.monotonic() + timeout
+    while True:
+        st = status(store, owner)
+        if on_progress is not None:
+            on_progress(st)
+        if st["done"]:
+            return st
+        if st["failed_jobs"]:
+            raise CollectError(f"collection {owner.as_dict()} has failed jobs: {st['failed_jobs'][:3]}")
+        if time.monotonic() > deadline:
+            raise CollectError(f"collection {owner.as_dict()} not done after {timeout:.0f} s: {st['counts']}")
+        time.sleep(poll)

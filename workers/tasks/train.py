@@ -1,3 +1,0 @@
-"""Celery task module: train."""
-
-from __future__ import annotations
