@@ -21,6 +21,7 @@ app it uses to talk to the workers. Heavy imports (torch, vllm, transformers) ha
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -323,12 +324,28 @@ def _try_import(module: str, *, timeout: float = 180.0) -> tuple[bool, str]:
     return True, proc.stdout.strip().splitlines()[-1] if proc.stdout.strip() else "?"
 
 
+_GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
+
+
+def _dist_version(name: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
 def check_gpu(*, required: bool = False) -> Check:
-    """torch sees at least one CUDA device (torch imported here, lazily)."""
+    """torch sees at least one CUDA device (torch imported here, lazily, when the host has a GPU device)."""
     import importlib.util
 
     if importlib.util.find_spec("torch") is None:
         return Check("gpu", False, "torch is not installed (install the gpu or cpu extra)", required=required)
+    if not any(os.path.exists(p) for p in _GPU_DEVICE_NODES):
+        # No device node, no CUDA: say so without the seconds that importing torch takes.
+        return Check("gpu", False, f"no GPU device on this host (no {', '.join(_GPU_DEVICE_NODES)}; torch "
+                     f"{_dist_version('torch') or '?'})", required=required)
     try:
         import torch
     except Exception as exc:  # noqa: BLE001
@@ -350,6 +367,15 @@ def check_gpu(*, required: bool = False) -> Check:
 
 
 def check_backend(module: str, label: str, *, required: bool = False, timeout: float = 180.0) -> Check:
+    """A sampling backend: imported for real (in a child interpreter) where this host needs it, otherwise only
+    looked up (an informational row should not cost the seconds an import of vLLM takes)."""
+    if not required:
+        import importlib.util
+
+        if importlib.util.find_spec(module) is None:
+            return Check(label, False, "not installed", required=False)
+        return Check(label, True, f"{module} {_dist_version(module) or '?'} installed (not needed here)",
+                     required=False)
     ok, detail = _try_import(module, timeout=timeout)
     return Check(label, ok, f"{module} {detail}" if ok else detail, required=required)
 

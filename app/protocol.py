@@ -6,9 +6,9 @@ their settings from it, so a run can be repeated and compared exactly.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _Frozen(BaseModel):
@@ -70,6 +70,9 @@ class EvalConfig(_Frozen):
     greedy: bool = True
     temperature: float = 0.7  # BoN sampling temperature; greedy uses 0
     limit: int | None = None  # evaluate the first N problems of each dataset (None = all)
+    max_new_tokens: int | None = Field(None, gt=0, description="None: the rollouts' sampling.max_new_tokens")
+    baseline: bool = True  # round 0 also evaluates the base generator G0 (with RM0): the paper's "Instruct" rows
+    seed: int = 0
 
 
 class ExperimentConfig(_Frozen):
@@ -83,3 +86,15 @@ class ExperimentConfig(_Frozen):
     relabel: RelabelConfig = RelabelConfig()
     generator: GeneratorConfig = GeneratorConfig()
     eval: EvalConfig = EvalConfig()
+    # Trainer knobs outside the paper's protocol, frozen with the experiment like everything else:
+    # {"verifier": VerifierTrainingConfig fields, "generator": GeneratorTrainConfig fields} (e.g. max_steps,
+    # evaluate, bf16). Empty = the trainers' defaults.
+    trainer_overrides: dict[str, dict[str, Any]] = {}
+
+    @field_validator("trainer_overrides")
+    @classmethod
+    def _known_trainers(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        unknown = set(v) - {"verifier", "generator"}
+        if unknown:
+            raise ValueError(f"trainer_overrides keys are 'verifier' and 'generator', not {sorted(unknown)}")
+        return v

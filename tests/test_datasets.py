@@ -171,8 +171,8 @@ def test_humaneval_protocol():
     # Docstring lines that contradict the reference are not used.
     assert "assert tri(1) == 3" not in he["HumanEval/130"]["shown_tests"]
     # The hidden tests never appear among the shown ones.
-    assert all("check(" not in t for p in he.values() if not p["meta"].get("public_fallback")
-               for t in p["shown_tests"])
+    assert all(not t.startswith("check(") and "def check" not in t
+               for p in he.values() if not p["meta"].get("public_fallback") for t in p["shown_tests"])
 
 
 def test_plus_datasets():
@@ -205,13 +205,13 @@ def test_suite_hashes_cover_what_decides_a_verdict():
 _RUNNER = r"""
 import json, signal, sys
 def _alarm(*_):
-    raise TimeoutError("over 60 s")
+    raise TimeoutError("over 240 s")
 signal.signal(signal.SIGALRM, _alarm)
 failed = []
 for p in json.load(sys.stdin):
     for kind in ("shown_tests", "public_tests", "private_tests"):
         for test in p[kind]:
-            signal.alarm(60)
+            signal.alarm(240)  # MBPP+ has inputs that take a minute on a busy machine
             try:
                 exec(p["code_prefix"] + p["code"] + "\n" + p["setup_code"] + "\n" + test, {"__name__": "__main__"})
             except BaseException as exc:

@@ -34,7 +34,7 @@ def _spec(rng, good: bool) -> dict:
     return {"response": _response(rng, good), "public": good, "private": good}
 
 
-def seed_separable(store, n_problems: int = 20) -> dict:
+def seed_separable(store, n_problems: int = 16) -> dict:
     """Train rollouts where correctness is visible in the text, and a Best-of-N MBPP-test evaluation."""
     rng = random.Random(0)
     gen = seed.add_model(store, "gen")
@@ -80,7 +80,7 @@ def test_tiny_verifier_learns_separable_set(sqlite_store, tiny, tmp_path, loss):
 
     store = sqlite_store
     w = seed_separable(store)
-    cfg = _fast(loss=loss, max_steps=90 if loss == "bt" else 120)
+    cfg = _fast(loss=loss, max_steps=40 if loss == "bt" else 60, learning_rate=3e-3 if loss == "bt" else 2e-3)
     ts_id = build_training_set(store, [w["round_id"]], cfg)
     vid = train_verifier(store, training_set_id=ts_id, base_model=tiny, config=cfg, name=f"sep-{loss}",
                          output_dir=tmp_path / f"sep-{loss}", progress=False)
@@ -93,10 +93,11 @@ def test_tiny_verifier_learns_separable_set(sqlite_store, tiny, tmp_path, loss):
     assert tr["steps"] == cfg.max_steps
     ev = v["metrics"]["eval"]
     hold = ev["holdout"]
-    assert hold["holdout_problems"] == 5 and hold["unscored"] == 0 and hold["rows"] == 5 * 9
+    # 4 of 16 problems held out; per problem 8 responses (3 correct, 5 incorrect incl. intermediate turns)
+    assert hold["holdout_problems"] == 4 and hold["unscored"] == 0 and hold["rows"] == 4 * 8
     assert hold["roc_auc"] >= 0.95, hold
-    assert hold["pair_accuracy"] >= 0.95 and hold["pairs"] == 5 * 3 * 6
-    assert hold["bon_accuracy"] >= 0.8 and hold["bon_groups"] >= 4
+    assert hold["pair_accuracy"] >= 0.95 and hold["pairs"] == 4 * 3 * 5
+    assert hold["bon_accuracy"] >= 0.75 and hold["bon_groups"] >= 3
     test = ev["mbpp_test"]
     assert test["rows"] == 24 and test["bon_groups_from"] == "turn_id" and test["bon_groups"] == 6
     assert test["roc_auc"] >= 0.9 and test["bon_accuracy"] >= 0.8
@@ -134,7 +135,7 @@ def test_lora_verifier_is_saved_merged(sqlite_store, tiny, tmp_path):
     assert not any("lora" in n for n, _ in model.named_parameters())
     from workers.tasks.score import score_candidates
 
-    assert score_candidates(store, vid, round_id=w["round_id"]) == 6 * 9
+    assert score_candidates(store, vid, round_id=w["round_id"]) == 6 * 8
     assert store.get_verifier(vid)["config"]["use_lora"] is True
 
 
@@ -158,42 +159,66 @@ def test_bad_base_model_is_a_clear_error(sqlite_store, tmp_path):
     assert not any(tmp_path.glob("**/*.partial"))
 
 
-def _cli(db_url: str, *args: str, tmp: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MUCODE_DATABASE_URL": db_url, "MUCODE_ARTIFACTS_DIR": str(tmp / "artifacts"),
-           "MUCODE_BROKER_URL": ""}
-    return subprocess.run([sys.executable, "-m", "app.cli.main", "verifier", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600, check=False)
+def test_cli_bad_base_model_exits_with_a_message(tmp_path):
+    from app.store import Store
+
+    url = f"sqlite:///{tmp_path / 'cli.db'}"
+    store = Store(url)
+    store.upgrade()
+    w = seed_separable(store, n_problems=2)
+    store.dispose()
+    env = {**os.environ, "MUCODE_DATABASE_URL": url, "MUCODE_BROKER_URL": ""}
+    bad = subprocess.run(
+        [sys.executable, "-m", "app.cli.main", "verifier", "train", "--rounds", str(w["round_id"]),
+         "--base-model", str(tmp_path / "nope")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert bad.returncode == 2 and "nope" in bad.stderr and "Traceback" not in bad.stderr, bad.stderr
 
 
-def test_cli_train_score_metrics(tmp_path, tiny):
+def test_cli_train_score_metrics(tmp_path, tiny, monkeypatch):
+    from typer.testing import CliRunner
+
+    from app.cli.main import root
+    from app.config import get_settings
     from app.store import Store
 
     url = f"sqlite:///{tmp_path / 'cli.db'}"
     store = Store(url)
     store.upgrade()
     w = seed_separable(store, n_problems=8)
-    bad = _cli(url, "train", "--rounds", str(w["round_id"]), "--base-model", str(tmp_path / "nope"), tmp=tmp_path)
-    assert bad.returncode == 2 and "nope" in bad.stderr and "Traceback" not in bad.stderr
-    res = _cli(url, "train", "--rounds", str(w["round_id"]), "--base-model", tiny, "--loss", "bce", "--lr", "3e-3",
-               "--max-steps", "30", "--per-device-batch-size", "8", "--effective-batch-size", "8",
-               "--max-length", "512", "--holdout-fraction", "0.25", "--name", "cli-bce", tmp=tmp_path)
-    assert res.returncode == 0, res.stderr[-3000:]
-    assert "ROC-AUC" in res.stdout and "calibration" in res.stdout
-    v = store.get_verifier("cli-bce")
-    assert Path(v["uri"]).is_relative_to(tmp_path / "artifacts" / "models")
-    first = _cli(url, "score", "cli-bce", "--round", str(w["round_id"]), tmp=tmp_path)
-    assert first.returncode == 0 and "candidates/s" in first.stdout, first.stderr[-2000:]
-    n = store.count_verifier_scores(v["id"])
-    with store.session() as s:
-        total = len(s.execute(select(m.Candidate.id).join(m.Turn).join(m.Rollout)
-                              .where(m.Rollout.round_id == w["round_id"])).all())
-    assert n >= total
-    again = _cli(url, "score", "cli-bce", "--round", str(w["round_id"]), tmp=tmp_path)
-    assert again.returncode == 0 and "nothing to score" in again.stdout
-    assert store.count_verifier_scores(v["id"]) == n
-    met = _cli(url, "metrics", "cli-bce", "--stored", tmp=tmp_path)
-    assert met.returncode == 0 and "pair accuracy" in met.stdout and "BoN selection accuracy" in met.stdout
-    assert "calibration" in met.stdout
-    lst = _cli(url, "list", tmp=tmp_path)
-    assert "cli-bce" in lst.stdout
-    store.dispose()
+    monkeypatch.setenv("MUCODE_DATABASE_URL", url)
+    monkeypatch.setenv("MUCODE_ARTIFACTS_DIR", str(tmp_path / "artifacts"))
+    monkeypatch.delenv("MUCODE_BROKER_URL", raising=False)
+    get_settings.cache_clear()
+    runner = CliRunner()
+
+    def cli(*args: str):
+        res = runner.invoke(root, ["verifier", *args], catch_exceptions=False)
+        assert res.exit_code == 0, res.output[-3000:]
+        return res.output
+
+    try:
+        out = cli("train", "--rounds", str(w["round_id"]), "--base-model", tiny, "--loss", "bce", "--lr", "3e-3",
+                  "--max-steps", "20", "--per-device-batch-size", "8", "--effective-batch-size", "8",
+                  "--max-length", "512", "--holdout-fraction", "0.25", "--name", "cli-bce")
+        assert "ROC-AUC" in out and "calibration" in out
+        v = store.get_verifier("cli-bce")
+        assert Path(v["uri"]).is_relative_to(tmp_path / "artifacts" / "models")
+        out = cli("score", "cli-bce", "--round", str(w["round_id"]))
+        assert "candidates/s" in out
+        n = store.count_verifier_scores(v["id"])
+        with store.session() as s:
+            total = len(s.execute(select(m.Candidate.id).join(m.Turn).join(m.Rollout)
+                                  .where(m.Rollout.round_id == w["round_id"])).all())
+        assert n == total + 24  # the round, plus the MBPP-test candidates scored for the metrics
+        assert "nothing to score" in cli("score", "cli-bce", "--round", str(w["round_id"]))
+        assert store.count_verifier_scores(v["id"]) == n
+        out = cli("metrics", "cli-bce")
+        assert "pair accuracy" in out and "BoN selection accuracy" in out and "calibration" in out
+        assert "cli-bce" in cli("list")
+        ds = cli("dataset", "--rounds", str(w["round_id"]), "--loss", "bce", "--holdout-fraction", "0.25")
+        assert "holdout_problems: 2" in ds
+    finally:
+        get_settings.cache_clear()
+        store.dispose()

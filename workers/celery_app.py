@@ -15,6 +15,8 @@ TASK_QUEUES: dict[str, str] = {
     "mucode.train_verifier": "train",
     "mucode.train_generator": "train",
     "mucode.round_step": "control",
+    "mucode.round_score": "score",  # a round's score steps (workers/tasks/rounds.py)
+    "mucode.round_train": "train",  # a round's verifier and generator trainings
 }
 QUEUES = ("sample", "execute", "score", "train", "control")
 # Queues whose jobs hold a GPU: their workers use the solo pool (one process, model kept loaded, no fork after
@@ -36,6 +38,8 @@ TASK_TIME_LIMITS: dict[str, int] = {
     "mucode.train_verifier": LONGEST_JOB_S,
     "mucode.train_generator": LONGEST_JOB_S,
     "mucode.round_step": 3600,  # orchestration: queues other jobs
+    "mucode.round_score": 6 * 3600,
+    "mucode.round_train": LONGEST_JOB_S,
 }
 SOFT_MARGIN_S = 300
 assert max(TASK_TIME_LIMITS.values()) < VISIBILITY_TIMEOUT_S

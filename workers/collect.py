@@ -148,33 +148,13 @@ def _worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-# -- backends (kept loaded between jobs, one model at a time) --------------------------------------------------
-_BACKEND: dict[str, Any] = {"key": None, "backend": None}
-
-
+# -- backends ---------------------------------------------------------------------------------------------------
 def load_backend(kind: str, uri: str):
-    """The backend for (kind, uri), loaded once per process and kept between jobs; another model replaces it."""
-    key = (kind, uri)
-    if _BACKEND["key"] == key and _BACKEND["backend"] is not None:
-        return _BACKEND["backend"]
-    old = _BACKEND["backend"]
-    if old is not None:
-        try:
-            old.close()
-        except Exception:
-            log.exception("closing the previous backend failed")
-        _BACKEND.update(key=None, backend=None)
+    """The process's backend for (kind, uri): ``workers.backends.get_backend`` loads a model once and keeps it
+    between jobs (another model replaces it)."""
     from workers.backends import get_backend
 
-    t0 = time.perf_counter()
-    backend = get_backend(kind, uri)
-    log.info("loaded %s backend for %s in %.1f s", kind, uri, time.perf_counter() - t0)
-    _BACKEND.update(key=key, backend=backend)
-    return backend
-
-
-def loaded_backend():
-    return _BACKEND["backend"]
+    return get_backend(kind, uri)
 
 
 # -- the spec and the batches of a collection ---------------------------------------------------------------

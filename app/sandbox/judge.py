@@ -10,6 +10,7 @@ process only ever sees the arguments the tests pass to its functions.
 
 from __future__ import annotations
 
+import ast
 import builtins
 import importlib
 import marshal
@@ -226,11 +227,23 @@ class Conn:
         return ProgramObject(self, (b"G", name), type_name)
 
     def request(self, msg: Any) -> Any:
+        self.send(msg)
+        return self.reply()
+
+    def send(self, msg: Any) -> None:
         if self.gone is not None:
             raise self.gone
         payload = self.encoder.encode(msg)  # TypeError for values that cannot be sent: a test error
         try:
             wire.send_frame(self.fd, payload)
+        except (BrokenPipeError, ConnectionResetError):
+            self.gone = ProgramGone("died")
+            raise self.gone from None
+
+    def reply(self) -> Any:
+        if self.gone is not None:
+            raise self.gone
+        try:
             buf = wire.recv_frame(self.fd, self.deadline, max_size=MAX_REPLY)
             reply = wire.decode(buf, self._from_ref)
         except wire.Timeout:
@@ -329,19 +342,6 @@ class Judge:
     def _judge(self, tests_src: list[str]) -> None:
         job = self.job
         conn = self.conn
-        try:
-            reply = conn.request(("load", job["prefix"], job["code"], job["setup_imports"]))
-        except ProgramGone as gone:
-            self._fatal(gone.reason, None)
-            self.run.load_error = {"gone": gone.reason, "detail": gone.detail}
-            return
-        op, payload = reply
-        if op == "loaderr":
-            info = _clean_info(payload)
-            self.run.load_error = info
-            if info["type"] == "MemoryError":
-                self.run.memory = True
-            return
         ns: dict[str, Any] = {"__name__": "__main__", "__builtins__": builtins}
         code = job["compiled"]
         for part in ("prefix", "setup"):
@@ -357,6 +357,24 @@ class Judge:
                 self.run.setup_error = "the problem's code prefix failed: " + _exc_line(exc)
                 return
         trusted = set(ns)
+        # Calls of the tests' asserts with literal arguments, made in one batch (see prefetch_sites).
+        sites = [(k, site) for k, site in enumerate(code["sites"]) if site[0] not in trusted]
+        calls = [site for _, site in sites]
+        try:
+            conn.send(("load", job["prefix"], job["code"], job["setup_imports"]))
+            if calls and code["pipeline"]:
+                conn.send(("batch", calls))
+            op, payload = conn.reply()
+        except ProgramGone as gone:
+            self._fatal(gone.reason, None)
+            self.run.load_error = {"gone": gone.reason, "detail": gone.detail}
+            return
+        if op == "loaderr":
+            info = _clean_info(payload)
+            self.run.load_error = info
+            if info["type"] == "MemoryError":
+                self.run.memory = True
+            return
         for entry in payload if isinstance(payload, list) else []:
             if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)):
                 continue
@@ -372,6 +390,31 @@ class Judge:
                 ns[name] = conn.global_ref(name, value if isinstance(value, str) else "object")
         if job.get("collect"):
             ns["__collect__"] = self.collected.append
+        targets = {k: ns.get(site[0]) for k, site in sites}
+        prefetched: dict[int, tuple[Any, ...]] = {}
+
+        def fetch() -> None:
+            for k, _ in sites:
+                conn.not_plain = []
+                try:
+                    prefetched[k] = ("ok", conn.reply(), conn.not_plain)
+                except ProgramGone:
+                    return  # the tests that need the missing answers will report it
+                except BaseException as exc:  # noqa: BLE001 - the program's exception, raised at the call
+                    prefetched[k] = ("raise", exc, [])
+
+        def use(k: int, fn: Any, *args: Any, **kwargs: Any) -> Any:
+            entry = prefetched.pop(k, None)
+            if entry is None or fn is not targets.get(k) or type(fn) is not ProgramObject:
+                return fn(*args, **kwargs)
+            if entry[0] == "raise":
+                raise entry[1]
+            conn.not_plain.extend(entry[2])
+            return entry[1]
+
+        ns[PREFETCH] = use
+        if calls and code["pipeline"]:
+            fetch()
         if code["setup"] is not None:
             try:
                 exec(marshal.loads(code["setup"]), ns)
@@ -386,6 +429,13 @@ class Judge:
                 self.run.setup_error = fb.summary(info) if info else _exc_line(exc)
                 self.details_setup = fb.traceback_text(info) if info else _exc_line(exc)
                 return
+        if calls and not code["pipeline"]:
+            try:
+                conn.send(("batch", calls))
+            except ProgramGone as gone:
+                self._fatal(gone.reason, 0)
+                return
+            fetch()
         for i, src in enumerate(tests_src):
             if self.run.fatal is not None:
                 return
@@ -581,8 +631,132 @@ def compose_feedback(judge: Judge | None, run: Run, status: str, limits: Limits)
     return fb.cap(fb.sanitize(text))
 
 
+PREFETCH = "__mucode_prefetched__"
+
+
+def _literal(node: ast.AST) -> tuple[bool, Any]:
+    try:
+        return True, ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return False, None
+
+
+def _collect_calls(node: ast.AST | None, out: list[tuple[ast.Call, tuple[Any, ...]]]) -> None:
+    """Calls ``name(<literals>)`` that evaluating ``node`` makes exactly once, whatever the values (no
+    short-circuit branch, loop, comprehension or lambda), in evaluation order."""
+    if node is None:
+        return
+    if isinstance(node, ast.Call):
+        if isinstance(node.func, ast.Name) and not any(isinstance(a, ast.Starred) for a in node.args) \
+                and all(k.arg is not None for k in node.keywords):
+            args, kwargs, ok = [], {}, True
+            for a in node.args:
+                good, v = _literal(a)
+                ok = ok and good
+                args.append(v)
+            for kw in node.keywords:
+                good, v = _literal(kw.value)
+                ok = ok and good
+                kwargs[kw.arg] = v
+            if ok:
+                out.append((node, (node.func.id, tuple(args), kwargs)))
+                return
+        else:
+            _collect_calls(node.func, out)
+        for a in node.args:
+            _collect_calls(a.value if isinstance(a, ast.Starred) else a, out)
+        for kw in node.keywords:
+            _collect_calls(kw.value, out)
+    elif isinstance(node, ast.Compare):
+        _collect_calls(node.left, out)
+        _collect_calls(node.comparators[0], out)  # a chain stops early: only the first pair is certain
+    elif isinstance(node, ast.BoolOp):
+        _collect_calls(node.values[0], out)
+    elif isinstance(node, ast.UnaryOp):
+        _collect_calls(node.operand, out)
+    elif isinstance(node, ast.BinOp):
+        _collect_calls(node.left, out)
+        _collect_calls(node.right, out)
+    elif isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+        for e in node.elts:
+            _collect_calls(e.value if isinstance(e, ast.Starred) else e, out)
+    elif isinstance(node, ast.Dict):
+        for k, v in zip(node.keys, node.values):
+            _collect_calls(k, out)
+            _collect_calls(v, out)
+    elif isinstance(node, ast.Subscript):
+        _collect_calls(node.value, out)
+        _collect_calls(node.slice, out)
+    elif isinstance(node, ast.Attribute):
+        _collect_calls(node.value, out)
+    elif isinstance(node, ast.IfExp):
+        _collect_calls(node.test, out)
+    elif isinstance(node, ast.Slice):
+        for part in (node.lower, node.upper, node.step):
+            _collect_calls(part, out)
+
+
+class _UsePrefetched(ast.NodeTransformer):
+    def __init__(self, numbers: dict[int, int]) -> None:
+        self.numbers = numbers
+
+    def visit_Call(self, node: ast.Call) -> ast.AST:
+        k = self.numbers.get(id(node))
+        if k is None:
+            return self.generic_visit(node)
+        new = ast.Call(func=ast.Name(id=PREFETCH, ctx=ast.Load()),
+                       args=[ast.Constant(k), node.func, *node.args], keywords=node.keywords)
+        return ast.copy_location(new, node)
+
+
+def prefetch_sites(test: str, first: int, bound: set[str]) -> tuple[ast.Module | None, list[Any]]:
+    """Rewrite the module-level asserts of one test so their ``name(<literals>)`` calls read answers fetched in
+    one batch; returns the new tree (None when nothing changed) and the (name, args, kwargs) of each call.
+    The calls are made in the same order as the test would make them; a call whose name turns out not to be
+    the program's (a builtin, a helper of the tests) is made normally."""
+    tree = ast.parse(test)
+    found: list[tuple[ast.Call, tuple[Any, ...]]] = []
+    for stmt in tree.body:
+        if isinstance(stmt, ast.Assert):
+            _collect_calls(stmt.test, found)
+    found = [(node, site) for node, site in found if site[0] not in bound and site[0] != PREFETCH]
+    if not found:
+        return None, []
+    numbers = {id(node): first + i for i, (node, _) in enumerate(found)}
+    tree = ast.fix_missing_locations(_UsePrefetched(numbers).visit(tree))
+    return tree, [site for _, site in found]
+
+
+def _bound_names(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            names.add(node.id)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return names
+
+
+def _runs_calls(tree: ast.Module) -> bool:
+    """Whether running the module calls anything (outside function and class bodies)."""
+    todo: list[ast.AST] = list(tree.body)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.Call):
+            return True
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+            todo.extend(node.decorator_list if not isinstance(node, ast.Lambda) else [])
+            todo.extend(d for d in (node.args.defaults + node.args.kw_defaults) if d is not None)
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+    return False
+
+
 def compile_suite(prefix: str, setup: str, tests: list[str]) -> dict[str, Any]:
-    """Compile the trusted code once (in the executor) for every judge: marshalled code objects."""
+    """Compile the trusted code once (in the executor) for every judge: marshalled code objects, and the calls
+    to fetch in one batch."""
     def comp(src: str, name: str) -> bytes | str | None:
         if not src.strip():
             return None
@@ -591,10 +765,27 @@ def compile_suite(prefix: str, setup: str, tests: list[str]) -> dict[str, Any]:
         except SyntaxError as exc:
             return f"the {name.strip('<>')} code does not compile: SyntaxError: {exc.msg} (line {exc.lineno})"
 
-    out: dict[str, Any] = {"prefix": comp(prefix, "<prefix>"), "setup": comp(setup, "<setup>"), "tests": []}
-    for i, t in enumerate(tests):
+    out: dict[str, Any] = {"prefix": comp(prefix, "<prefix>"), "setup": comp(setup, "<setup>"), "tests": [],
+                           "sites": [], "pipeline": True}
+    bound: set[str] = set()
+    if setup.strip():
         try:
-            out["tests"].append(marshal.dumps(compile(t, f"<test {i + 1}>", "exec", dont_inherit=True)))
+            tree = ast.parse(setup)
+            bound = _bound_names(tree)
+            out["pipeline"] = not _runs_calls(tree)
+        except SyntaxError:
+            pass
+    for i, t in enumerate(tests):
+        name = f"<test {i + 1}>"
+        try:
+            tree = None
+            try:
+                tree, sites = prefetch_sites(t, len(out["sites"]), bound)
+            except (SyntaxError, RecursionError, ValueError):
+                sites = []
+            source: Any = tree if tree is not None else t
+            out["tests"].append(marshal.dumps(compile(source, name, "exec", dont_inherit=True)))
+            out["sites"].extend(sites)
         except SyntaxError as exc:
             out["tests"].append(f"the test does not compile: SyntaxError: {exc.msg}")
     return out

@@ -6,6 +6,7 @@ import json
 import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import JSON, Engine, Table, inspect, select, text, tuple_
@@ -13,6 +14,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.engine import make_engine
+
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # one encoder: json.dumps builds one per call
 
 # Postgres caps bind parameters at 65535 per statement; SQLite's default is 32766.
 _MAX_PARAMS = {"postgresql": 60000, "sqlite": 30000}
@@ -194,7 +197,15 @@ def _column_values(table: Table, rows: Sequence[dict[str, Any]]) -> tuple[list[s
         d = defaults.get(c)
         return None if d is None else d.arg(None) if d.is_callable else d.arg
 
-    return cols, [tuple(r[c] if c in r else fill(c) for c in cols) for r in rows]
+    # itemgetter is the fast path for complete rows (the usual case); a row with gaps takes the slow one.
+    get = itemgetter(*cols) if len(cols) > 1 else (lambda r: (r[cols[0]],))
+    values = []
+    for r in rows:
+        try:
+            values.append(get(r))
+        except KeyError:
+            values.append(tuple(r[c] if c in r else fill(c) for c in cols))
+    return cols, values
 
 
 def _pg_copy_insert(
@@ -207,6 +218,7 @@ def _pg_copy_insert(
     return_ids: bool,
 ) -> dict[tuple[Any, ...], int]:
     json_ix = [i for i, c in enumerate(cols) if isinstance(table.c[c].type, JSON)]
+    dumps = _JSON.encode
     tmp = f"_copy_{table.name}_{uuid.uuid4().hex[:8]}"
     col_sql = ", ".join(f'"{c}"' for c in cols)
     key_sql = ", ".join(f'"{c}"' for c in conflict)
@@ -224,7 +236,7 @@ def _pg_copy_insert(
                     v = list(v)
                     for i in json_ix:
                         if v[i] is not None:
-                            v[i] = json.dumps(v[i], ensure_ascii=False)
+                            v[i] = dumps(v[i])
                 copy.write_row(v)
         cur.execute(
             f'INSERT INTO "{table.name}" ({col_sql}) SELECT {col_sql} FROM {tmp} '
@@ -233,6 +245,6 @@ def _pg_copy_insert(
         if return_ids:
             keys = ", ".join(f't."{c}"' for c in conflict)
             cur.execute(f'SELECT t.id, {keys} FROM "{table.name}" t JOIN {tmp} USING ({key_sql})')
-            out = {tuple(r[1:]): r[0] for r in cur}
+            out = {tuple(r[1:]): r[0] for r in cur.fetchall()}
         cur.execute(f"DROP TABLE {tmp}")
     return out

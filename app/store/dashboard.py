@@ -78,14 +78,22 @@ def _like_escape(s: str) -> str:
 class DashboardMixin:
     """Read-only queries behind every page of the dashboard (names start with ``dash_``)."""
 
+    DASH_WORK_MEM = "64MB"
+
     # -- plumbing ---------------------------------------------------------------------------------
     def _dash_rows(self, sql: str, params: dict[str, Any] | None = None, expanding: Iterable[str] = (),
                    *, error_type: bool = False) -> list[dict[str, Any]]:
         stmt = text(sql)
+        expanding = set(expanding) | {k for k, v in (params or {}).items() if isinstance(v, (list, tuple))}
         if expanding:
             stmt = stmt.bindparams(*(bindparam(n, expanding=True) for n in expanding))
         with self.session() as s:  # type: ignore[attr-defined]
-            if error_type and not self.is_postgres:  # type: ignore[attr-defined]
+            if self.is_postgres:  # type: ignore[attr-defined]
+                # Analytical reads: sort and hash in memory, and skip JIT compilation (it costs more than it
+                # saves on these sub-second queries). SET LOCAL ends with the transaction.
+                s.execute(text(f"SET LOCAL work_mem = '{self.DASH_WORK_MEM}'"))
+                s.execute(text("SET LOCAL jit = off"))
+            elif error_type:
                 dbapi = s.connection().connection.driver_connection
                 dbapi.create_function("mucode_error_type", 1, _error_type_py, deterministic=True)
             return [{k: _norm(k, v) for k, v in r.items()} for r in s.execute(stmt, params or {}).mappings()]
@@ -114,19 +122,44 @@ class DashboardMixin:
         )
 
     @staticmethod
-    def _dash_scope(experiment_id: int | None, alias: str = "rd") -> tuple[str, dict[str, Any]]:
-        if experiment_id is None:
-            return "", {}
-        return f" AND {alias}.experiment_id = :exp", {"exp": int(experiment_id)}
+    def _dash_scope(experiment_id: int | None, alias: str = "rd",
+                    round_ids: Sequence[int] | None = None) -> tuple[str, dict[str, Any]]:
+        """SQL (`` AND ...``) restricting rounds ``alias`` to an experiment and/or a set of round ids."""
+        sql, params = "", {}
+        if experiment_id is not None:
+            sql += f" AND {alias}.experiment_id = :exp"
+            params["exp"] = int(experiment_id)
+        if round_ids is not None:
+            ids = [int(r) for r in round_ids] or [-1]
+            sql += f" AND {alias}.id IN :rids"
+            params["rids"] = ids
+        return sql, params
 
     # -- overview ---------------------------------------------------------------------------------
-    def dash_summary(self) -> dict[str, int]:
-        """Row counts of the main tables (the dashboard's 'is there anything yet' check)."""
+    def dash_summary(self, *, exact_below: int = 200_000) -> dict[str, int]:
+        """Row counts of the main tables (the dashboard's 'is there anything yet' check).
+
+        On Postgres a table whose planner estimate (``pg_class.reltuples``, kept by autovacuum/ANALYZE) is
+        above ``exact_below`` rows reports that estimate instead of a COUNT(*) scan; the keys of such
+        estimates are listed under ``"_estimated"``.
+        """
         tables = ("problems", "experiments", "rounds", "rollouts", "turns", "candidates", "executions",
                   "verifier_scores", "evaluations", "evaluation_results", "sft_examples", "jobs")
-        sql = "SELECT " + ", ".join(f"(SELECT COUNT(*) FROM {t}) AS {t}" for t in tables)
-        row = self._dash_one(sql) or {}
-        return {k: int(v or 0) for k, v in row.items()}
+        estimates: dict[str, int] = {}
+        if self.is_postgres:  # type: ignore[attr-defined]
+            for r in self._dash_rows(
+                "SELECT relname, reltuples FROM pg_class WHERE relkind = 'r' AND relname IN :names "
+                "AND relnamespace = to_regnamespace(current_schema())::oid",
+                {"names": list(tables)}, ("names",),
+            ):
+                if r["reltuples"] is not None and r["reltuples"] > exact_below:
+                    estimates[r["relname"]] = int(r["reltuples"])
+        exact = [t for t in tables if t not in estimates]
+        row = self._dash_one("SELECT " + ", ".join(f"(SELECT COUNT(*) FROM {t}) AS {t}" for t in exact)) or {}
+        out: dict[str, Any] = {k: int(v or 0) for k, v in row.items()}
+        out.update(estimates)
+        out["_estimated"] = sorted(estimates)  # type: ignore[assignment]
+        return out
 
     def dash_experiments(self) -> list[dict[str, Any]]:
         return self._dash_rows(
@@ -178,30 +211,35 @@ class DashboardMixin:
             params,
         )
 
-    def dash_round_candidates(self, experiment_id: int | None = None) -> list[dict[str, Any]]:
+    def dash_round_candidates(self, experiment_id: int | None = None,
+                              round_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
         """Per round, the labels of its training candidates: the public-vs-private gap.
 
         ``public_only`` counts candidates that pass the public tests but fail the private ones (a false
-        public pass ends a trajectory with a wrong answer); ``private_only`` the reverse.
+        public pass ends a trajectory with a wrong answer); ``private_only`` the reverse. The aggregate runs
+        over the training rollouts of the experiment's rounds only (evaluation chains are not scanned);
+        ``round_ids`` restricts it further (the dashboard asks per round and caches finished rounds).
         """
-        where, params = self._dash_scope(experiment_id)
+        where, params = self._dash_scope(experiment_id, round_ids=round_ids)
         return self._dash_rows(
             f"""
-            SELECT rd.id AS round_id, rd."index" AS round, ex.name AS experiment,
-                   COUNT(*) AS candidates,
-                   SUM(CASE WHEN c.private_passed IS NOT NULL THEN 1 ELSE 0 END) AS executed,
-                   SUM(CASE WHEN c.public_passed THEN 1 ELSE 0 END) AS public_pass,
-                   SUM(CASE WHEN c.private_passed THEN 1 ELSE 0 END) AS private_pass,
-                   SUM(CASE WHEN c.public_passed AND NOT c.private_passed THEN 1 ELSE 0 END) AS public_only,
-                   SUM(CASE WHEN c.private_passed AND NOT c.public_passed THEN 1 ELSE 0 END) AS private_only,
-                   SUM(CASE WHEN c.chosen THEN 1 ELSE 0 END) AS chosen_count
-            FROM rounds rd
-            JOIN experiments ex ON ex.id = rd.experiment_id
-            JOIN rollouts ro ON ro.round_id = rd.id
-            JOIN turns t ON t.rollout_id = ro.id
-            JOIN candidates c ON c.turn_id = t.id
-            WHERE 1 = 1 {where}
-            GROUP BY rd.id, rd."index", ex.name
+            WITH agg AS (
+                SELECT ro.round_id,
+                       COUNT(*) AS candidates,
+                       SUM(CASE WHEN c.private_passed IS NOT NULL THEN 1 ELSE 0 END) AS executed,
+                       SUM(CASE WHEN c.public_passed THEN 1 ELSE 0 END) AS public_pass,
+                       SUM(CASE WHEN c.private_passed THEN 1 ELSE 0 END) AS private_pass,
+                       SUM(CASE WHEN c.public_passed AND NOT c.private_passed THEN 1 ELSE 0 END) AS public_only,
+                       SUM(CASE WHEN c.private_passed AND NOT c.public_passed THEN 1 ELSE 0 END) AS private_only,
+                       SUM(CASE WHEN c.chosen THEN 1 ELSE 0 END) AS chosen_count
+                FROM rollouts ro
+                JOIN turns t ON t.rollout_id = ro.id
+                JOIN candidates c ON c.turn_id = t.id
+                WHERE ro.round_id IN (SELECT rd.id FROM rounds rd WHERE 1 = 1 {where})
+                GROUP BY ro.round_id
+            )
+            SELECT agg.*, rd."index" AS round, ex.name AS experiment
+            FROM agg JOIN rounds rd ON rd.id = agg.round_id JOIN experiments ex ON ex.id = rd.experiment_id
             ORDER BY ex.name, rd."index"
             """,
             params,
@@ -290,27 +328,36 @@ class DashboardMixin:
                 SELECT er.evaluation_id, er.problem_id, er.chain_index,
                        MIN(CASE WHEN er.solved THEN er.turn_index END) AS first_solved,
                        MIN(CASE WHEN er.public_passed THEN er.turn_index END) AS first_public
-                FROM evaluation_results er JOIN ev ON ev.id = er.evaluation_id
+                FROM evaluation_results er
+                WHERE er.evaluation_id IN (SELECT id FROM ev)
                 GROUP BY er.evaluation_id, er.problem_id, er.chain_index
             ),
-            probs AS (
-                SELECT evaluation_id, problem_id, MIN(first_solved) AS first_solved
-                FROM chains GROUP BY evaluation_id, problem_id
+            -- histograms of "first turn solved / public-passed" (a few rows per evaluation) ...
+            hc AS (
+                SELECT evaluation_id, first_solved, first_public, COUNT(*) AS n
+                FROM chains GROUP BY evaluation_id, first_solved, first_public
             ),
+            hp AS (
+                SELECT evaluation_id, first_solved, COUNT(*) AS n
+                FROM (SELECT evaluation_id, problem_id, MIN(first_solved) AS first_solved
+                      FROM chains GROUP BY evaluation_id, problem_id) per_problem
+                GROUP BY evaluation_id, first_solved
+            ),
+            -- ... made cumulative over turns 1..max_turns
             c AS (
-                SELECT ch.evaluation_id, tn.t, COUNT(*) AS chains,
-                       SUM(CASE WHEN ch.first_solved <= tn.t THEN 1 ELSE 0 END) AS solved,
-                       SUM(CASE WHEN ch.first_public <= tn.t THEN 1 ELSE 0 END) AS public
-                FROM chains ch JOIN ev ON ev.id = ch.evaluation_id
+                SELECT hc.evaluation_id, tn.t, SUM(hc.n) AS chains,
+                       SUM(CASE WHEN hc.first_solved <= tn.t THEN hc.n ELSE 0 END) AS solved,
+                       SUM(CASE WHEN hc.first_public <= tn.t THEN hc.n ELSE 0 END) AS public
+                FROM hc JOIN ev ON ev.id = hc.evaluation_id
                 JOIN tn ON tn.t <= COALESCE(ev.max_turns, 1)
-                GROUP BY ch.evaluation_id, tn.t
+                GROUP BY hc.evaluation_id, tn.t
             ),
             p AS (
-                SELECT pr.evaluation_id, tn.t, COUNT(*) AS problems,
-                       SUM(CASE WHEN pr.first_solved <= tn.t THEN 1 ELSE 0 END) AS any_solved
-                FROM probs pr JOIN ev ON ev.id = pr.evaluation_id
+                SELECT hp.evaluation_id, tn.t, SUM(hp.n) AS problems,
+                       SUM(CASE WHEN hp.first_solved <= tn.t THEN hp.n ELSE 0 END) AS any_solved
+                FROM hp JOIN ev ON ev.id = hp.evaluation_id
                 JOIN tn ON tn.t <= COALESCE(ev.max_turns, 1)
-                GROUP BY pr.evaluation_id, tn.t
+                GROUP BY hp.evaluation_id, tn.t
             )
             SELECT c.evaluation_id, c.t AS turn, c.chains, c.solved, c.public, p.problems, p.any_solved,
                    1.0 * c.solved / c.chains AS true_success,
@@ -322,56 +369,72 @@ class DashboardMixin:
             params,
         )
 
-    def dash_verifier_agreement(self, experiment_id: int | None = None,
-                                verifier_id: int | None = None) -> list[dict[str, Any]]:
+    def dash_verifier_agreement(self, experiment_id: int | None = None, verifier_id: int | None = None,
+                                source: str | None = None,
+                                round_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
         """How often each verifier disagrees with the oracle, per verifier and round/evaluation.
 
-        Within each problem (and round or evaluation), candidates are ranked by the verifier's score
-        (window functions; ties count half). Then:
+        Within each problem (and round or evaluation), candidates are ranked by the verifier's score with
+        one window (mid-ranks for ties: the mean of RANK() and the count of rows scoring at most as much).
+        Then:
         - ``pair_accuracy``: share of (correct, incorrect) candidate pairs of the same problem that the
-          verifier orders correctly; ``1 - pair_accuracy`` is the disagreement with the oracle;
-        - ``top1_miss``: among problems with at least one correct candidate, the share where the
-          verifier's top-scored candidate is incorrect (it would pick a wrong answer though a right one
-          exists) - what hurts Best-of-N and relabeling.
+          verifier orders correctly (Mann-Whitney; ties count half); ``1 - pair_accuracy`` is the
+          disagreement with the oracle;
+        - ``top1_miss``: among problems with at least one correct candidate, the share where the highest
+          score belongs to incorrect candidates only (the verifier would pick a wrong answer though a right
+          one exists) - what hurts Best-of-N and relabeling.
+        ``source``: ``train`` (training rollouts only), ``eval`` (evaluation chains only) or None (both).
+        ``round_ids``: only those rounds (their training rollouts and their evaluations).
         """
         conds = []
         params: dict[str, Any] = {}
+        if round_ids is not None:
+            owners = []
+            if source != "eval":
+                owners.append("ro.round_id IN :rids")
+            if source != "train":
+                owners.append("ro.evaluation_id IN (SELECT e.id FROM evaluations e WHERE e.round_id IN :rids)")
+            conds.append("(" + " OR ".join(owners) + ")")
+            params["rids"] = [int(r) for r in round_ids] or [-1]
+        if source == "train":
+            conds.append("ro.round_id IS NOT NULL")
+        elif source == "eval":
+            conds.append("ro.evaluation_id IS NOT NULL")
         if verifier_id is not None:
             conds.append("vs.verifier_id = :vid")
             params["vid"] = int(verifier_id)
         if experiment_id is not None:
-            conds.append(
-                "(ro.round_id IN (SELECT id FROM rounds WHERE experiment_id = :exp) OR ro.evaluation_id IN "
-                "(SELECT e.id FROM evaluations e LEFT JOIN rounds r ON r.id = e.round_id "
-                "WHERE e.experiment_id = :exp OR r.experiment_id = :exp))"
-            )
+            owners = []
+            if source != "eval":
+                owners.append("ro.round_id IN (SELECT id FROM rounds WHERE experiment_id = :exp)")
+            if source != "train":
+                owners.append("ro.evaluation_id IN (SELECT e.id FROM evaluations e LEFT JOIN rounds r "
+                              "ON r.id = e.round_id WHERE e.experiment_id = :exp OR r.experiment_id = :exp)")
+            conds.append("(" + " OR ".join(owners) + ")")
             params["exp"] = int(experiment_id)
         where = (" AND " + " AND ".join(conds)) if conds else ""
         return self._dash_rows(
             f"""
             WITH scored AS (
-                SELECT vs.verifier_id, ro.round_id, ro.evaluation_id, ro.problem_id, c.id AS cid,
+                SELECT vs.verifier_id, ro.round_id, ro.evaluation_id, ro.problem_id,
                        CASE WHEN c.private_passed THEN 1 ELSE 0 END AS y, vs.score
-                FROM verifier_scores vs
-                JOIN candidates c ON c.id = vs.candidate_id
-                JOIN turns t ON t.id = c.turn_id
-                JOIN rollouts ro ON ro.id = t.rollout_id
+                FROM rollouts ro
+                JOIN turns t ON t.rollout_id = ro.id
+                JOIN candidates c ON c.turn_id = t.id
+                JOIN verifier_scores vs ON vs.candidate_id = c.id
                 WHERE c.private_passed IS NOT NULL {where}
             ),
             ranked AS (
                 SELECT verifier_id, round_id, evaluation_id, problem_id, y, score,
-                       RANK() OVER w_asc + (COUNT(*) OVER (PARTITION BY verifier_id, round_id, evaluation_id,
-                                                           problem_id, score) - 1) / 2.0 AS rk,
-                       ROW_NUMBER() OVER (PARTITION BY verifier_id, round_id, evaluation_id, problem_id
-                                          ORDER BY score DESC, cid) AS top
+                       (RANK() OVER w + COUNT(*) OVER w) / 2.0 AS midrank
                 FROM scored
-                WINDOW w_asc AS (PARTITION BY verifier_id, round_id, evaluation_id, problem_id ORDER BY score)
+                WINDOW w AS (PARTITION BY verifier_id, round_id, evaluation_id, problem_id ORDER BY score)
             ),
             per_problem AS (
                 SELECT verifier_id, round_id, evaluation_id, problem_id,
                        COUNT(*) AS n, SUM(y) AS npos,
-                       SUM(CASE WHEN y = 1 THEN rk ELSE 0 END) AS rank_pos,
-                       MAX(CASE WHEN top = 1 THEN y END) AS top_label
+                       SUM(CASE WHEN y = 1 THEN midrank ELSE 0 END) AS rank_pos,
+                       MAX(score) AS top_score, MAX(CASE WHEN y = 1 THEN score END) AS top_pos_score
                 FROM ranked GROUP BY verifier_id, round_id, evaluation_id, problem_id
             )
             SELECT pp.verifier_id, mv.name AS verifier, pp.round_id, rd."index" AS round,
@@ -381,7 +444,7 @@ class DashboardMixin:
                    SUM(1.0 * pp.npos * (pp.n - pp.npos)) AS pairs,
                    SUM(pp.rank_pos - pp.npos * (pp.npos + 1) / 2.0) AS pairs_right,
                    SUM(CASE WHEN pp.npos > 0 THEN 1 ELSE 0 END) AS solvable,
-                   SUM(CASE WHEN pp.npos > 0 AND pp.top_label = 0 THEN 1 ELSE 0 END) AS top1_misses
+                   SUM(CASE WHEN pp.npos > 0 AND pp.top_pos_score < pp.top_score THEN 1 ELSE 0 END) AS top1_misses
             FROM per_problem pp
             JOIN model_versions mv ON mv.id = pp.verifier_id
             LEFT JOIN rounds rd ON rd.id = pp.round_id
@@ -603,33 +666,40 @@ class DashboardMixin:
         return "ro.round_id", ""
 
     def dash_error_types(self, experiment_id: int | None = None, *, suite: str = "private",
-                         source: str = "train") -> list[dict[str, Any]]:
+                         source: str = "train", round_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
         """Per round: candidates by execution status and exception type on the ``suite`` tests.
 
-        ``source`` is ``train`` (training rollouts of the round) or ``eval`` (the round's evaluations).
-        Candidates are first grouped by (round, problem, code) so each distinct execution is looked at once;
-        the mean duration is weighted by candidates.
+        ``source`` is ``train`` (training rollouts of the round) or ``eval`` (the round's evaluation chains).
+        Candidates are counted per (round, execution) with a hash join on the execution cache first; the
+        exception type is then extracted once per distinct execution. The mean duration is weighted by
+        candidates.
         """
         owner, join = self._dash_owner(source)
-        where, params = self._dash_scope(experiment_id)
+        where, params = self._dash_scope(experiment_id, round_ids=round_ids)
         params["kind"] = "public" if suite == "public" else "private"
         hash_col = "p.public_suite_hash" if suite == "public" else "p.private_suite_hash"
+        if source == "eval":
+            scope = f"ro.evaluation_id IN (SELECT ev.id FROM evaluations ev JOIN rounds rd ON rd.id = ev.round_id " \
+                    f"WHERE 1 = 1 {where})"
+        else:
+            scope = f"ro.round_id IN (SELECT rd.id FROM rounds rd WHERE 1 = 1 {where})"
         etype = self._dash_error_type("e.status", "e.feedback")
         return self._dash_rows(
             f"""
             WITH g AS (
-                SELECT {owner} AS round_id, ro.problem_id, c.code_hash, COUNT(*) AS n
-                FROM candidates c JOIN turns t ON t.id = c.turn_id JOIN rollouts ro ON ro.id = t.rollout_id
-                {join}
-                JOIN rounds rd ON rd.id = {owner}
-                WHERE 1 = 1 {where}
-                GROUP BY {owner}, ro.problem_id, c.code_hash
+                SELECT {owner} AS round_id, e.id AS execution_id, COUNT(*) AS n
+                FROM rollouts ro {join}
+                JOIN turns t ON t.rollout_id = ro.id
+                JOIN candidates c ON c.turn_id = t.id
+                JOIN problems p ON p.id = ro.problem_id
+                JOIN executions e ON e.code_hash = c.code_hash AND e.suite_hash = {hash_col}
+                                  AND e.suite_kind = :kind
+                WHERE {scope}
+                GROUP BY {owner}, e.id
             ),
             typed AS (
                 SELECT g.round_id, e.status, {etype} AS error_type, g.n, e.duration_ms
-                FROM g JOIN problems p ON p.id = g.problem_id
-                JOIN executions e ON e.code_hash = g.code_hash AND e.suite_hash = {hash_col}
-                                  AND e.suite_kind = :kind
+                FROM g JOIN executions e ON e.id = g.execution_id
             )
             SELECT typed.round_id, rd."index" AS round, typed.status, typed.error_type,
                    SUM(typed.n) AS candidates, COUNT(*) AS executions,

@@ -10,10 +10,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 
 from app.db import models as m
-from app.errors import NotFound
+from app.errors import MucodeError, NotFound
 
 # Evaluation modes: greedy and bon are evaluations proper; "collect" is a standalone rollout collection
 # (`mucode rollouts collect`), kept out of every training table because its rollouts hang off an evaluation.
@@ -184,3 +184,253 @@ class ExperimentsMixin:
             values["finished_at"] = _utcnow()
         with self.session() as s:
             s.execute(update(m.Evaluation).where(m.Evaluation.id == evaluation_id).values(**values))
+
+    # -- experiments: listing -------------------------------------------------------------------------
+    def list_experiments(self) -> list[dict[str, Any]]:
+        """Every experiment with its round count and the status of its latest round."""
+        with self.session() as s:
+            exps = s.execute(select(m.Experiment).order_by(m.Experiment.id)).scalars().all()
+            rounds = s.execute(
+                select(m.Round.experiment_id, m.Round.index, m.Round.status).order_by(m.Round.index)
+            ).all()
+        by_exp: dict[int, list[tuple[int, str]]] = {}
+        for eid, idx, status in rounds:
+            by_exp.setdefault(eid, []).append((idx, status))
+        out = []
+        for e in exps:
+            rs = by_exp.get(e.id, [])
+            out.append(
+                {
+                    "id": e.id,
+                    "name": e.name,
+                    "method": e.method,
+                    "base_model": e.base_model,
+                    "created_at": e.created_at,
+                    "rounds": len(rs),
+                    "rounds_done": sum(1 for _, st in rs if st == "done"),
+                    "latest_round": rs[-1][0] if rs else None,
+                    "latest_status": rs[-1][1] if rs else None,
+                }
+            )
+        return out
+
+    def experiment_rounds(self, experiment_id: int) -> list[m.Round]:
+        """The experiment's rounds in index order (detached rows)."""
+        with self.session() as s:
+            return list(
+                s.execute(
+                    select(m.Round).where(m.Round.experiment_id == experiment_id).order_by(m.Round.index)
+                ).scalars()
+            )
+
+    def round_by_index(self, experiment_id: int, index: int) -> m.Round | None:
+        with self.session() as s:
+            return s.execute(
+                select(m.Round).where(m.Round.experiment_id == experiment_id, m.Round.index == index)
+            ).scalar_one_or_none()
+
+    # -- round state ------------------------------------------------------------------------------------
+    def update_round_step(
+        self,
+        round_id: int,
+        step: str,
+        *,
+        expect: tuple[str, ...] | None = None,
+        expect_attempt: int | None = None,
+        bump_attempt: bool = False,
+        **fields: Any,
+    ) -> dict[str, Any] | None:
+        """Change one step's record in ``rounds.steps`` atomically (the round row is locked on Postgres;
+        SQLite serialises writers). A compare-and-set: with ``expect`` (states) or ``expect_attempt`` the
+        update happens only when the current record matches, else None is returned and nothing changes.
+        ``bump_attempt`` increments ``attempt``. Returns the new record."""
+        with self.session() as s:
+            q = select(m.Round).where(m.Round.id == round_id)
+            if self.is_postgres:
+                q = q.with_for_update()
+            rnd = s.execute(q).scalar_one_or_none()
+            if rnd is None:
+                raise NotFound(f"no round {round_id}")
+            steps = {k: dict(v) for k, v in (rnd.steps or {}).items()}
+            rec = dict(steps.get(step) or {})
+            rec.setdefault("state", "pending")
+            rec.setdefault("attempt", 0)
+            if expect is not None and rec["state"] not in expect:
+                return None
+            if expect_attempt is not None and int(rec["attempt"]) != int(expect_attempt):
+                return None
+            if bump_attempt:
+                rec["attempt"] = int(rec["attempt"]) + 1
+            rec.update(fields)
+            steps[step] = rec
+            s.execute(update(m.Round).where(m.Round.id == round_id).values(steps=steps))
+            return rec
+
+    def set_round(self, round_id: int, **values: Any) -> None:
+        """Update round columns: status, error, verifier_out_id, generator_out_id, started_at, finished_at."""
+        allowed = {"status", "error", "verifier_out_id", "generator_out_id", "verifier_in_id", "generator_id",
+                   "started_at", "finished_at"}
+        unknown = set(values) - allowed
+        if unknown:
+            raise ValueError(f"cannot set round column(s) {sorted(unknown)}")
+        if not values:
+            return
+        with self.session() as s:
+            s.execute(update(m.Round).where(m.Round.id == round_id).values(**values))
+
+    def mark_round_started(self, round_id: int) -> None:
+        """status running (from pending or failed), started_at once, error cleared."""
+        with self.session() as s:
+            rnd = s.get(m.Round, round_id)
+            if rnd is None:
+                raise NotFound(f"no round {round_id}")
+            values: dict[str, Any] = {"status": "running", "error": None, "finished_at": None}
+            if rnd.started_at is None:
+                values["started_at"] = _utcnow()
+            s.execute(update(m.Round).where(m.Round.id == round_id).values(**values))
+
+    def round_candidate_count(self, round_id: int) -> int:
+        """Candidates of the round's training rollouts."""
+        with self.session() as s:
+            return int(
+                s.execute(
+                    select(func.count())
+                    .select_from(m.Candidate)
+                    .join(m.Turn, m.Turn.id == m.Candidate.turn_id)
+                    .join(m.Rollout, m.Rollout.id == m.Turn.rollout_id)
+                    .where(m.Rollout.round_id == round_id)
+                ).scalar_one()
+            )
+
+    def round_scored_count(self, round_id: int, verifier_id: int) -> int:
+        """Candidates of the round's rollouts that ``verifier_id`` has scored."""
+        with self.session() as s:
+            return int(
+                s.execute(
+                    select(func.count())
+                    .select_from(m.VerifierScore)
+                    .join(m.Candidate, m.Candidate.id == m.VerifierScore.candidate_id)
+                    .join(m.Turn, m.Turn.id == m.Candidate.turn_id)
+                    .join(m.Rollout, m.Rollout.id == m.Turn.rollout_id)
+                    .where(m.Rollout.round_id == round_id, m.VerifierScore.verifier_id == verifier_id)
+                ).scalar_one()
+            )
+
+    # -- evaluations: results and metrics --------------------------------------------------------------------
+    def round_evaluations(self, round_id: int) -> list[m.Evaluation]:
+        with self.session() as s:
+            return list(
+                s.execute(
+                    select(m.Evaluation).where(m.Evaluation.round_id == round_id).order_by(m.Evaluation.id)
+                ).scalars()
+            )
+
+    def experiment_evaluations(self, experiment_id: int) -> list[m.Evaluation]:
+        """Evaluations of the experiment's rounds and the ones attached to the experiment itself."""
+        with self.session() as s:
+            rids = select(m.Round.id).where(m.Round.experiment_id == experiment_id)
+            return list(
+                s.execute(
+                    select(m.Evaluation)
+                    .where((m.Evaluation.experiment_id == experiment_id) | m.Evaluation.round_id.in_(rids))
+                    .order_by(m.Evaluation.id)
+                ).scalars()
+            )
+
+    def evaluation_picks(self, evaluation_id: int) -> list[dict[str, Any]]:
+        """The pick of every executed turn of the evaluation's finished chains: (problem, chain, turn,
+        candidate, public, private). A turn with no chosen candidate, or two, is an error (the chain's
+        feedback came from exactly one pick)."""
+        q = (
+            select(
+                m.Rollout.problem_id,
+                m.Rollout.sample_index,
+                m.Turn.index,
+                m.Candidate.id,
+                m.Candidate.public_passed,
+                m.Candidate.private_passed,
+            )
+            .join(m.Turn, m.Turn.rollout_id == m.Rollout.id)
+            .join(m.Candidate, m.Candidate.turn_id == m.Turn.id)
+            .where(m.Rollout.evaluation_id == evaluation_id, m.Rollout.status == "done", m.Candidate.chosen.is_(True))
+            .order_by(m.Rollout.problem_id, m.Rollout.sample_index, m.Turn.index)
+        )
+        with self.session() as s:
+            rows = s.execute(q).all()
+            n_turns = s.execute(
+                select(func.count())
+                .select_from(m.Turn)
+                .join(m.Rollout, m.Rollout.id == m.Turn.rollout_id)
+                .where(m.Rollout.evaluation_id == evaluation_id, m.Rollout.status == "done")
+            ).scalar_one()
+        if len(rows) != int(n_turns):
+            raise MucodeError(
+                f"evaluation {evaluation_id}: {len(rows)} chosen candidates for {n_turns} executed turns "
+                "(every turn of a finished chain must have exactly one pick)"
+            )
+        out = []
+        for pid, chain, turn, cid, pub, priv in rows:
+            if pub is None or priv is None:
+                raise MucodeError(f"evaluation {evaluation_id}: pick {cid} was never executed")
+            out.append(
+                {"problem_id": pid, "chain_index": chain, "turn_index": turn, "candidate_id": cid,
+                 "public_passed": bool(pub), "private_passed": bool(priv)}
+            )
+        return out
+
+    def write_evaluation_results(self, evaluation_id: int, rows: list[dict[str, Any]]) -> int:
+        """Insert ``evaluation_results`` rows (idempotent on (evaluation, problem, chain, turn)); returns the
+        number of rows the evaluation has afterwards."""
+        full = [{"evaluation_id": evaluation_id, **r} for r in rows]
+        with self.session() as s:
+            self.insert_ignore(
+                s, m.EvaluationResult.__table__, full, ["evaluation_id", "problem_id", "chain_index", "turn_index"]
+            )
+            return int(
+                s.execute(
+                    select(func.count())
+                    .select_from(m.EvaluationResult)
+                    .where(m.EvaluationResult.evaluation_id == evaluation_id)
+                ).scalar_one()
+            )
+
+    def evaluation_results(self, evaluation_id: int) -> list[dict[str, Any]]:
+        cols = (
+            m.EvaluationResult.problem_id,
+            m.EvaluationResult.chain_index,
+            m.EvaluationResult.turn_index,
+            m.EvaluationResult.candidate_id,
+            m.EvaluationResult.public_passed,
+            m.EvaluationResult.private_passed,
+            m.EvaluationResult.solved,
+        )
+        with self.session() as s:
+            rows = s.execute(
+                select(*cols)
+                .where(m.EvaluationResult.evaluation_id == evaluation_id)
+                .order_by(m.EvaluationResult.problem_id, m.EvaluationResult.chain_index,
+                          m.EvaluationResult.turn_index)
+            ).all()
+        return [
+            {"problem_id": r[0], "chain_index": r[1], "turn_index": r[2], "candidate_id": r[3],
+             "public_passed": bool(r[4]), "private_passed": bool(r[5]), "solved": bool(r[6])}
+            for r in rows
+        ]
+
+    def set_evaluation_metrics(self, evaluation_id: int, metrics: dict[str, Any], *, status: str = "done") -> None:
+        with self.session() as s:
+            s.execute(
+                update(m.Evaluation)
+                .where(m.Evaluation.id == evaluation_id)
+                .values(metrics=metrics, status=status, finished_at=_utcnow())
+            )
+
+    def evaluation_problem_count(self, evaluation_id: int) -> int:
+        with self.session() as s:
+            return int(
+                s.execute(
+                    select(func.count(func.distinct(m.Rollout.problem_id))).where(
+                        m.Rollout.evaluation_id == evaluation_id
+                    )
+                ).scalar_one()
+            )

@@ -9,10 +9,11 @@ Shape of the chain (``_ctes``):
     scope   finished rollouts of the rounds in scope, train split only, with their label and their round's verifier
     final   each trajectory's final-turn chosen candidate and its verifier score under that round's verifier
     traj    one row per trajectory (a guard against a turn with two chosen candidates) with its expert score
-    ranked  per (round, problem): expert rank (score desc), relabel rank (label asc, score desc), any correct?
-    expert  rank 1 per (round, problem): y*
-    kept    the method's trajectories with their target candidate and source
-then ``INSERT INTO sft_examples SELECT ... FROM kept JOIN turns`` (state t = the messages shown at turn t).
+    ranked  per (round, problem): y* (FIRST_VALUE by score desc), expert rank, relabel rank (label asc, score
+            desc), any correct? -- window functions only, no self-join
+``ranked`` is computed once into a temporary table (one row per trajectory); the stats read it, and
+``kept`` (the method's trajectories with their target candidate and source, ``_kept_sql``) feeds
+``INSERT INTO sft_examples SELECT ... FROM kept JOIN turns`` (state t = the messages shown at turn t).
 """
 
 from __future__ import annotations
@@ -159,17 +160,23 @@ class RelabelMixin:
 
         # Methods that use no verifier record none on their examples (and read no scores).
         used = verifiers if uses_lv else {r: None for r in verifiers}
-        ctes = _ctes(method, expert, used, relabel_failed, keep_successful, top_k)
+        chain = _ctes(method, expert, used)
+        kept = _kept_sql(method, relabel_failed, keep_successful, top_k, source=_RANKED)
         with self.session() as s:
             existing = s.scalars(select(m.TrainingSet).where(m.TrainingSet.name == name)).one_or_none()
             if existing is not None and not rebuild:
                 return _ts_dict(existing, created=False)
+            if self.is_postgres:
+                s.execute(text("SET LOCAL jit = off"))  # compiling costs more than it saves at this size
+            # The ranking runs once, into a temporary table (one row per trajectory in scope) that the stats,
+            # the insert and the counts read; it is dropped before the transaction ends.
+            s.execute(text(f"DROP TABLE IF EXISTS {_RANKED}"))
+            s.execute(text(f"CREATE TEMPORARY TABLE {_RANKED} AS WITH {chain} SELECT * FROM ranked"))
+            if self.is_postgres:
+                s.execute(text(f"ANALYZE {_RANKED}"))
 
             # Stats of the trajectories in scope, before writing anything (also the missing-score check).
-            per_round = {
-                int(r.round_id): dict(r._mapping)
-                for r in s.execute(text(f"WITH {ctes} {_STATS_SQL}")).all()
-            }
+            per_round = {int(r.round_id): dict(r._mapping) for r in s.execute(text(_STATS_SQL)).all()}
             if uses_lv:
                 missing_lv = sum(int(v["missing_lv"] or 0) for v in per_round.values())
                 if missing_lv:
@@ -178,12 +185,9 @@ class RelabelMixin:
                         f"({_fmt_verifiers(scope, verifiers)}): run the score step first"
                     )
             no_correct = [
-                {"round_index": ri, "problem": ext}
-                for ri, ext in s.execute(text(f"WITH {ctes} {_NO_CORRECT_SQL}")).all()
+                {"round_index": ri, "problem": ext} for ri, ext in s.execute(text(_NO_CORRECT_SQL)).all()
             ]
-            excluded = s.execute(
-                text(_EXCLUDED_SQL.format(rounds=_in_list(verifiers)))
-            ).one()._mapping
+            excluded = s.execute(text(_EXCLUDED_SQL.format(rounds=_in_list(verifiers)))).one()._mapping
 
             if existing is not None:  # rebuild: same row, new examples
                 s.execute(delete(m.SftExample).where(m.SftExample.training_set_id == existing.id))
@@ -200,24 +204,21 @@ class RelabelMixin:
                 )
                 s.add(ts)
                 s.flush()
-            s.execute(text(f"WITH {ctes} {_INSERT_SQL}"), {"ts": ts.id})
+            inserted = s.execute(text(f"WITH kept AS ({kept}) {_INSERT_SQL}"), {"ts": ts.id}).rowcount
 
-            counts = s.execute(
-                text(
-                    "SELECT ro.round_id, e.source, COUNT(*) AS n, COUNT(DISTINCT e.rollout_id) AS traj, "
-                    "COUNT(DISTINCT e.problem_id) AS problems "
-                    "FROM sft_examples e JOIN rollouts ro ON ro.id = e.rollout_id "
-                    "WHERE e.training_set_id = :ts GROUP BY ro.round_id, e.source"
-                ),
-                {"ts": ts.id},
-            ).all()
-            totals = s.execute(
-                text(
-                    "SELECT COUNT(*), COUNT(DISTINCT problem_id), COUNT(DISTINCT rollout_id) "
-                    "FROM sft_examples WHERE training_set_id = :ts"
-                ),
-                {"ts": ts.id},
-            ).one()
+            # Counts from the kept trajectories (k turns -> k examples), checked against the insert's row count.
+            counts = s.execute(text(
+                f"WITH kept AS ({kept}) SELECT round_id, source, SUM(last_turn) AS n, COUNT(*) AS traj, "
+                "COUNT(DISTINCT problem_id) AS problems FROM kept GROUP BY round_id, source"
+            )).all()
+            totals = s.execute(text(
+                f"WITH kept AS ({kept}) SELECT SUM(last_turn), COUNT(DISTINCT problem_id), COUNT(*) FROM kept"
+            )).one()
+            if inserted is not None and inserted >= 0 and int(totals[0] or 0) != inserted:
+                # A trajectory with a missing turn row: count what was written instead.
+                counts = s.execute(text(_COUNTS_SQL), {"ts": ts.id}).all()
+                totals = s.execute(text(_TOTALS_SQL), {"ts": ts.id}).one()
+            s.execute(text(f"DROP TABLE {_RANKED}"))
             ts.stats = _stats(
                 scope, per_round, counts, totals, no_correct, dict(excluded), time.perf_counter() - t0
             )
@@ -346,15 +347,8 @@ def _in_list(verifiers: dict[int, int | None]) -> str:
     return ", ".join(str(int(r)) for r in verifiers)
 
 
-def _ctes(
-    method: str,
-    expert: str,
-    verifiers: dict[int, int | None],
-    relabel_failed: int,
-    keep_successful: bool,
-    top_k: int,
-) -> str:
-    """The CTE chain for one build. Only integers from the database and fixed fragments are inlined."""
+def _ctes(method: str, expert: str, verifiers: dict[int, int | None]) -> str:
+    """The CTE chain up to ``ranked``. Only integers from the database and fixed fragments are inlined."""
     rounds = _in_list(verifiers)
     whens = " ".join(
         f"WHEN {int(r)} THEN {int(v)}" for r, v in verifiers.items() if v is not None
@@ -398,22 +392,19 @@ traj AS (
 ),
 ranked AS (
     SELECT r.*,
-           ROW_NUMBER() OVER (PARTITION BY r.round_id, r.problem_id
-                              ORDER BY r.score DESC NULLS LAST, r.final_id) AS expert_rank,
+           ROW_NUMBER() OVER expert_order AS expert_rank,
+           FIRST_VALUE(r.final_id) OVER expert_order AS expert_id,
            ROW_NUMBER() OVER (PARTITION BY r.round_id, r.problem_id
                               ORDER BY r.label, r.score DESC NULLS LAST, r.final_id) AS fail_rank,
            MAX(r.label) OVER (PARTITION BY r.round_id, r.problem_id) AS any_correct
     FROM traj r
-),
-expert AS (
-    SELECT round_id, problem_id, final_id AS expert_id, label AS expert_label
-    FROM ranked WHERE expert_rank = 1
-),
-kept AS ({_kept_sql(method, relabel_failed, keep_successful, top_k)})"""
+    WINDOW expert_order AS (PARTITION BY r.round_id, r.problem_id ORDER BY r.score DESC NULLS LAST, r.final_id)
+)"""
     return chain
 
 
-def _kept_sql(method: str, relabel_failed: int, keep_successful: bool, top_k: int) -> str:
+def _kept_sql(method: str, relabel_failed: int, keep_successful: bool, top_k: int, *, source: str) -> str:
+    """The kept trajectories (target candidate, source, last state) of a method, read from ``source``."""
     cols = "r.rollout_id, r.problem_id, r.round_id"
     if method == "mucode":
         keep = f"(r.label = 0 AND r.fail_rank <= {int(relabel_failed)})"
@@ -421,26 +412,25 @@ def _kept_sql(method: str, relabel_failed: int, keep_successful: bool, top_k: in
             keep += " OR r.label = 1"
         return f"""
     SELECT {cols}, r.num_turns AS last_turn, r.verifier_id,
-           CASE WHEN r.label = 1 THEN r.final_id ELSE e.expert_id END AS target_id,
+           CASE WHEN r.label = 1 THEN r.final_id ELSE r.expert_id END AS target_id,
            CASE WHEN r.label = 1 THEN '{SOURCE_POSITIVE}' ELSE '{SOURCE_RELABELED}' END AS source
-    FROM ranked r
-    JOIN expert e ON e.round_id = r.round_id AND e.problem_id = r.problem_id
+    FROM {source} r
     WHERE {keep}"""
     if method == "multi_rft":
         return f"""
     SELECT {cols}, r.num_turns AS last_turn, CAST(NULL AS BIGINT) AS verifier_id,
            r.final_id AS target_id, '{SOURCE_POSITIVE}' AS source
-    FROM ranked r WHERE r.label = 1"""
+    FROM {source} r WHERE r.label = 1"""
     if method == "rft":
         return f"""
     SELECT {cols}, 1 AS last_turn, CAST(NULL AS BIGINT) AS verifier_id,
            r.final_id AS target_id, '{SOURCE_POSITIVE}' AS source
-    FROM ranked r WHERE r.label = 1"""
+    FROM {source} r WHERE r.label = 1"""
     if method == "rft_lv":
         return f"""
     SELECT {cols}, r.num_turns AS last_turn, r.verifier_id,
            r.final_id AS target_id, '{SOURCE_TOP_LV}' AS source
-    FROM ranked r WHERE r.expert_rank <= {int(top_k)}"""
+    FROM {source} r WHERE r.expert_rank <= {int(top_k)}"""
     raise MucodeError(f"unknown relabel method {method!r}")
 
 
@@ -452,7 +442,9 @@ FROM kept k
 JOIN turns t ON t.rollout_id = k.rollout_id AND t."index" <= k.last_turn
 """
 
-_STATS_SQL = """
+_RANKED = "mucode_relabel_ranked"  # a temporary table, private to the build's connection
+
+_STATS_SQL = f"""
 SELECT r.round_id,
        COUNT(*) AS trajectories,
        COUNT(DISTINCT r.problem_id) AS problems,
@@ -460,18 +452,29 @@ SELECT r.round_id,
        SUM(CASE WHEN r.lv IS NULL THEN 1 ELSE 0 END) AS missing_lv,
        SUM(CASE WHEN r.expert_rank = 1 AND r.any_correct = 0 THEN 1 ELSE 0 END) AS problems_without_correct,
        SUM(CASE WHEN r.expert_rank = 1 AND r.label = 0 THEN 1 ELSE 0 END) AS expert_incorrect
-FROM ranked r
+FROM {_RANKED} r
 GROUP BY r.round_id
 """
 
-_NO_CORRECT_SQL = """
+_NO_CORRECT_SQL = f"""
 SELECT rd."index", p.external_id
-FROM ranked r
+FROM {_RANKED} r
 JOIN problems p ON p.id = r.problem_id
 JOIN rounds rd ON rd.id = r.round_id
 WHERE r.expert_rank = 1 AND r.any_correct = 0
 ORDER BY rd."index", p.external_id
 LIMIT 1000
+"""
+
+_COUNTS_SQL = """
+SELECT ro.round_id, e.source, COUNT(*) AS n, COUNT(DISTINCT e.rollout_id) AS traj,
+       COUNT(DISTINCT e.problem_id) AS problems
+FROM sft_examples e JOIN rollouts ro ON ro.id = e.rollout_id
+WHERE e.training_set_id = :ts GROUP BY ro.round_id, e.source
+"""
+
+_TOTALS_SQL = """
+SELECT COUNT(*), COUNT(DISTINCT problem_id), COUNT(DISTINCT rollout_id) FROM sft_examples WHERE training_set_id = :ts
 """
 
 # What the train-split and finished-rollout filters left out (reported, never used).

@@ -42,7 +42,7 @@ else:
     chart = (
         alt.Chart(failures)
         .mark_bar()
-        .encode(x=alt.X("round:O"), y=alt.Y("sum(candidates):Q", title="candidates"),
+        .encode(x=alt.X("round:O", axis=alt.Axis(labelAngle=0)), y=alt.Y("sum(candidates):Q", title="candidates"),
                 color=alt.Color("error_type:N", title="error type"),
                 opacity=alt.condition(pick, alt.value(1.0), alt.value(0.5)),
                 tooltip=["round", "error_type", "status", "candidates", alt.Tooltip("share (%):Q", format=".1f")])

@@ -66,7 +66,7 @@ else:
     chart = (
         alt.Chart(final)
         .mark_line(point=True)
-        .encode(x=alt.X("round:O", title="round (-1 = no round)"),
+        .encode(x=alt.X("round:O", title="round (-1 = no round)", axis=alt.Axis(labelAngle=0)),
                 y=alt.Y("true success:Q", title="true success at T (%)", scale=alt.Scale(domain=[0, 100])),
                 color=alt.Color("series:N", title="dataset · mode"),
                 tooltip=["evaluation", "round", "dataset", "mode", "selector", "N", "chains",
@@ -92,7 +92,7 @@ else:
         ch = (
             alt.Chart(part)
             .mark_line(point=True)
-            .encode(x=alt.X("turn:O"), y=alt.Y("true success:Q", title="true success by turn (%)",
+            .encode(x=alt.X("turn:O", axis=alt.Axis(labelAngle=0)), y=alt.Y("true success:Q", title="true success by turn (%)",
                                                 scale=alt.Scale(domain=[0, 100])),
                     color=alt.Color("round:N"),
                     tooltip=["evaluation", "turn", alt.Tooltip("true success:Q", format=".1f"),
@@ -128,7 +128,7 @@ else:
                            "trajectories": total})
     tf = pd.DataFrame(filled)
     ch = (alt.Chart(tf).mark_line(point=True)
-          .encode(x="turn:O", y=alt.Y("solved by turn (%):Q", scale=alt.Scale(domain=[0, 100])),
+          .encode(x=alt.X("turn:O", axis=alt.Axis(labelAngle=0)), y=alt.Y("solved by turn (%):Q", scale=alt.Scale(domain=[0, 100])),
                   color="round:N", tooltip=list(tf.columns))
           .properties(height=220))
     st.altair_chart(ch)
@@ -150,7 +150,7 @@ else:
     melted = g.melt(id_vars=["round"], value_vars=["public pass (%)", "private pass (%)"], var_name="suite",
                     value_name="pass rate (%)")
     ch = (alt.Chart(melted).mark_bar()
-          .encode(x=alt.X("round:O"), xOffset="suite:N", y="pass rate (%):Q", color="suite:N",
+          .encode(x=alt.X("round:O", axis=alt.Axis(labelAngle=0)), xOffset="suite:N", y="pass rate (%):Q", color="suite:N",
                   tooltip=["round", "suite", alt.Tooltip("pass rate (%):Q", format=".1f")])
           .properties(height=220))
     st.altair_chart(ch)
@@ -218,9 +218,10 @@ if steps:
         timed["round"] = timed["round"].astype(str)
         ch = (alt.Chart(timed).mark_bar()
               .encode(y=alt.Y("round:N"), x=alt.X("sum(minutes):Q", title="minutes"),
-                      color=alt.Color("step:N", sort=alt.SortField("order")), order="order:Q",
+                      color=alt.Color("step:N", sort=alt.SortField("order"), legend=alt.Legend(orient="bottom")),
+                      order="order:Q",
                       tooltip=["round", "step", "state", alt.Tooltip("minutes:Q", format=".1f")])
-              .properties(height=40 + 30 * timed["round"].nunique()))
+              .properties(height=max(160, 40 * timed["round"].nunique())))
         st.altair_chart(ch)
     sf["took"] = sf["seconds"].map(c.seconds)
     st.dataframe(sf[["round", "step", "state", "took", "started_at", "finished_at", "error"]],

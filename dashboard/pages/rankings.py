@@ -62,7 +62,7 @@ else:
                                   else f"eval {r['evaluation']}", axis=1)
             rf["label"] = rf["private_passed"].map({True: "correct", False: "incorrect"}).fillna("not executed")
             ch = (alt.Chart(rf).mark_circle(size=80)
-                  .encode(x=alt.X("rank:Q"), y=alt.Y("score:Q"),
+                  .encode(x=alt.X("rank:Q", axis=alt.Axis(tickMinStep=1, format="d")), y=alt.Y("score:Q"),
                           color=alt.Color("label:N", scale=alt.Scale(domain=["correct", "incorrect", "not executed"],
                                                                      range=["#2ca02c", "#d62728", "#999999"])),
                           tooltip=["rank", "score", "label", "from", "turn", "candidate_id"])
@@ -72,7 +72,7 @@ else:
                 "rank": rf["rank"], "score": rf["score"].round(4), "private": rf["private_passed"].map(c.mark),
                 "public": rf["public_passed"].map(c.mark), "chosen": rf["chosen"].map(lambda v: "✔" if v else ""),
                 "from": rf["from"], "rollout": rf["rollout_id"], "turn": rf["turn"], "n": rf["sample_index"],
-                "code": rf["code"].str.replace("\n", " ⏎ ", regex=False).str.slice(0, 120),
+                "code": rf["code"].str.replace("\n", " ↵ ", regex=False).str.slice(0, 120),
             })
             st.dataframe(show, hide_index=True, key="ranking")
             top = ranking[0] if ranking else None
@@ -174,7 +174,7 @@ else:
         else:
             cf = df(cal)
             st.altair_chart(alt.Chart(cf).mark_bar().encode(
-                x=alt.X("bin:O", title="score decile (low → high)"), y=alt.Y("observed:Q", title="share correct",
+                x=alt.X("bin:O", title="score decile (low → high)", axis=alt.Axis(labelAngle=0)), y=alt.Y("observed:Q", title="share correct",
                                                                             scale=alt.Scale(domain=[0, 1])),
                 tooltip=["bin", "candidates", alt.Tooltip("mean_score:Q", format=".3f"),
                          alt.Tooltip("observed:Q", format=".3f")]).properties(height=220))

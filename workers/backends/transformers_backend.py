@@ -1,14 +1,21 @@
 """Sampling with transformers ``generate`` (CPU or GPU): batched, left-padded, reproducible per sample.
 
 Determinism per sample. Plain sampled ``generate`` draws every row's token from one global RNG, so a response
-depends on everything else in its batch. Here the sampling step is a logits processor: at step ``t`` row ``i``
-takes one uniform number ``u(seed_i, t)`` from a counter-based hash (splitmix64, computed up front with numpy
-for all rows and steps) and picks its token by inverse-CDF over the temperature/top-p distribution; the
-processor returns a one-hot score and ``generate`` runs in greedy mode, so it takes that token. A response
-thus depends only on its prompt and its seed, not on its batch neighbours or its row. The extra work per step
-(a softmax, a cumulative sum and a search over the vocabulary, plus a sort when top_p < 1) is what plain
-sampling does anyway (softmax + multinomial), so the cost against plain batched ``generate`` is small:
-see ``bench/gpu_smoke.py`` and the numbers in ``tests/test_backends.py``.
+depends on everything else in its batch. Here sampling is a logits processor doing the Gumbel-max trick with
+counter-based noise: at step ``t`` row ``i`` adds to its tempered logits the Gumbel noise
+``-log(-log(u))``, where ``u = hash(key(seed_i, t), token)`` (splitmix64 for the key, a 32-bit integer hash per
+token, computed on the device), and takes the argmax; the processor returns a one-hot score and ``generate``
+runs in greedy mode, so it takes that token. A response thus depends only on its prompt and its seed, not on
+its batch neighbours or its row. This is vLLM's own seeded sampling in spirit (an exponential race with one
+generator per request) without a Python loop over rows.
+
+Gumbel-max rather than inverse-CDF with one uniform per row: a batch of another shape can move logits by
+float rounding; with Gumbel-max a different token needs two perturbed scores within that rounding of each
+other, while a cumulative sum over the vocabulary lets every boundary move at once.
+
+Cost: about twenty element-wise passes over a [rows, vocab] tensor per step, the same order as the softmax +
+multinomial of plain sampling (cheaper on CPU, where ``torch.multinomial`` is slow); measured against plain
+batched ``generate`` in ``bench/gpu_smoke.py`` and in the report of tests/test_backends.py's author.
 
 ``temperature == 0`` is greedy decoding (no processor, seeds unused).
 
@@ -33,6 +40,10 @@ _GOLDEN = 0x9E3779B97F4A7C15
 _M1 = 0xBF58476D1CE4E5B9
 _M2 = 0x94D049BB133111EB
 _SALT = 0x6D75636F64652D31  # "mucode-1"
+# The 32-bit token hash (Chris Wellons' "lowbias32" finalizer) and the token stride (32-bit golden ratio).
+_TOKEN_STRIDE = 0x9E3779B9
+_H1 = 0x7FEB352D
+_H2 = 0x846CA68B
 
 
 def _splitmix64(x):
@@ -44,10 +55,10 @@ def _splitmix64(x):
     return x ^ (x >> np.uint64(31))
 
 
-def seeded_uniforms(seeds: list[int], steps: int):
-    """``u[i, t]`` in (0, 1): the uniform number row ``i`` (seed ``seeds[i]``) uses at generation step ``t``.
+def step_keys(seeds: list[int], steps: int):
+    """``keys[i, t]``: the 32-bit key (as uint32) of row ``i`` (seed ``seeds[i]``) at generation step ``t``.
 
-    A pure function of (seed, step), identical on every device and platform (numpy uint64 arithmetic).
+    A pure function of (seed, step), identical on every platform (numpy uint64 arithmetic).
     """
     import numpy as np
 
@@ -55,35 +66,74 @@ def seeded_uniforms(seeds: list[int], steps: int):
         s = _splitmix64(np.asarray(seeds, dtype=np.uint64) ^ np.uint64(_SALT))[:, None]
         t = np.arange(steps, dtype=np.uint64)[None, :]
         x = _splitmix64(s + t * np.uint64(_GOLDEN))
-    return ((x >> np.uint64(11)).astype(np.float64) + 0.5) * (2.0**-53)
+    return (x >> np.uint64(32)).astype(np.uint32)
 
 
-def _make_sampler(uniforms, prompt_len: int, temperature: float, top_p: float):
+def _as_int32(value: int) -> int:
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def token_uniforms(keys, vocab_size: int, token_offsets=None):
+    """``u[i, j]`` in (0, 1) for rows with 32-bit ``keys`` (an int32 tensor [rows, 1]) and tokens 0..V-1.
+
+    int32 arithmetic that wraps on overflow (as it does on CPU and CUDA); right shifts are masked so they act
+    as logical shifts. ``tests/test_backends.py`` checks it against a pure-Python reference.
+    """
+    import torch
+
+    if token_offsets is None:
+        token_offsets = torch.arange(vocab_size, dtype=torch.int32, device=keys.device) * _as_int32(_TOKEN_STRIDE)
+    x = keys + token_offsets
+    x = x ^ ((x >> 16) & 0xFFFF)
+    x = x * _as_int32(_H1)
+    x = x ^ ((x >> 15) & 0x1FFFF)
+    x = x * _as_int32(_H2)
+    x = x ^ ((x >> 16) & 0xFFFF)
+    # 23 bits: (k + 0.5) is exact in float32, so u is never 0 or 1 (Gumbel noise stays finite, |g| < 17).
+    return ((x >> 9) & 0x7FFFFF).float().add_(0.5).mul_(2.0**-23)
+
+
+def token_uniform_reference(key: int, token: int) -> float:
+    """Pure-Python ``token_uniforms`` for one (uint32 key, token): the specification the tensor code follows."""
+    m = 0xFFFFFFFF
+    x = (key + token * _TOKEN_STRIDE) & m
+    x ^= x >> 16
+    x = (x * _H1) & m
+    x ^= x >> 15
+    x = (x * _H2) & m
+    x ^= x >> 16
+    return ((x >> 9) + 0.5) * 2.0**-23
+
+
+def _make_sampler(keys, prompt_len: int, temperature: float, top_p: float):
+    """A logits processor sampling row ``i`` at step ``t`` with the noise of ``keys[i, t]`` (int32 [B, T])."""
     import torch
     from transformers import LogitsProcessor
 
+    cache: dict[str, torch.Tensor] = {}
+
     class SeededSampler(LogitsProcessor):
-        """Picks each row's next token from its own (seed, step) uniform; returns a one-hot score."""
+        """Gumbel-max over the tempered (and nucleus-filtered) logits; returns a one-hot score."""
 
         def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
             step = input_ids.shape[1] - prompt_len
-            u = uniforms[:, step : step + 1]  # [B, 1] float64
+            vocab = scores.shape[-1]
+            if "offsets" not in cache:
+                cache["offsets"] = torch.arange(vocab, dtype=torch.int32, device=scores.device) * _as_int32(
+                    _TOKEN_STRIDE
+                )
             logits = scores.float()
             if temperature != 1.0:
                 logits = logits / temperature
             if top_p < 1.0:
-                logits, order = torch.sort(logits, dim=-1, descending=True)
-                probs = logits.softmax(dim=-1)
-                mass_before = probs.cumsum(dim=-1) - probs
-                probs = probs.masked_fill(mass_before >= top_p, 0.0)  # smallest prefix with mass >= top_p
-            else:
-                order = None
-                probs = logits.softmax(dim=-1)
-            cdf = probs.double().cumsum_(dim=-1)
-            target = u * cdf[:, -1:]
-            pick = torch.searchsorted(cdf, target, right=True).clamp_(max=cdf.shape[-1] - 1)
-            if order is not None:
-                pick = order.gather(1, pick)
+                sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+                probs = sorted_logits.softmax(dim=-1)
+                drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p  # keep the smallest prefix with mass >= p
+                drop = torch.zeros_like(drop_sorted).scatter_(1, order, drop_sorted)
+                logits = logits.masked_fill(drop, float("-inf"))
+            u = token_uniforms(keys[:, step : step + 1], vocab, cache["offsets"])
+            gumbel = u.log_().neg_().log_().neg_()
+            pick = (logits + gumbel).argmax(dim=-1, keepdim=True)
             out = torch.full_like(scores, float("-inf"))
             return out.scatter_(1, pick, 0.0)
 
@@ -177,8 +227,8 @@ class TransformersBackend:
 
         processors = LogitsProcessorList()
         if not params.greedy:
-            uniforms = torch.from_numpy(seeded_uniforms(seeds, params.max_tokens)).to(self.device)
-            processors.append(_make_sampler(uniforms, width, params.temperature, params.top_p))
+            keys = torch.from_numpy(step_keys(seeds, params.max_tokens).view("int32")).to(self.device)
+            processors.append(_make_sampler(keys, width, params.temperature, params.top_p))
         with torch.inference_mode():
             out = self.model.generate(
                 input_ids=input_ids,

@@ -1,3 +1,701 @@
-"""Celery task module: rounds."""
+"""Round orchestration tasks: ``mucode.round_step`` (queue ``control``) and the wrapper jobs of the GPU steps.
+
+``round_step(round_id)`` reads the round's state from the store, asks ``app.rounds.next_action`` what to do,
+does it, and loops until it has to wait:
+
+- ``collect`` and ``evaluate`` become collections (workers/collect.py) whose ``then`` is ``round_step`` again;
+- ``score_old``, ``score_new`` go to the ``score`` queue as ``mucode.round_score``, ``train_verifier`` and
+  ``train_generator`` to the ``train`` queue as ``mucode.round_train``: thin wrappers that run the owners'
+  functions (``score_candidates``, ``run_train_verifier``, ``run_train_generator``), record the step's
+  outcome, error and timing in ``rounds.steps`` and the ``jobs`` table, and queue ``round_step`` again;
+- ``relabel`` is one SQL build, run here.
+
+Idempotent everywhere: a step is started with a compare-and-set on its record (pending -> running, attempt
+n+1), so two ``round_step`` messages never start it twice; a wrapper job of an older attempt (a redelivered
+message after ``round resume``) finds itself superseded and does nothing; trainers and scorers are themselves
+idempotent by name. A failed step records its error and the round stops there; ``resume_round`` puts the
+first unfinished step back to pending, and ``round_step`` starts it again (a collection as a new generation:
+finished rollouts are kept, only the missing work is queued).
+
+``round_step(evaluation_id=...)`` finishes a standalone evaluation (``mucode eval``): its
+``evaluation_results`` rows and metrics.
+"""
 
 from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import traceback
+from typing import Any
+
+from app import rounds as R
+from app.errors import MucodeError
+from workers.celery_app import celery_app
+
+log = logging.getLogger("mucode.rounds")
+MAX_ITERATIONS = 64
+
+
+def _store():
+    from workers.tasks.sample import worker_store
+
+    return worker_store()
+
+
+def _worker() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+# -- facts -----------------------------------------------------------------------------------------------
+def load_facts(store, round_id: int) -> R.RoundFacts:
+    from app.protocol import ExperimentConfig
+
+    rnd = store.get_round(int(round_id))
+    exp = store.get_experiment(int(rnd.experiment_id))
+    rounds = store.experiment_rounds(exp.id)
+    return R.RoundFacts(
+        round_id=rnd.id,
+        experiment=exp.name,
+        experiment_id=exp.id,
+        index=rnd.index,
+        config=ExperimentConfig(**exp.config),
+        base_model=exp.base_model,
+        status=rnd.status,
+        steps=dict(rnd.steps or {}),
+        generator_id=rnd.generator_id,
+        verifier_in_id=rnd.verifier_in_id,
+        verifier_out_id=rnd.verifier_out_id,
+        generator_out_id=rnd.generator_out_id,
+        round_ids_upto=tuple(r.id for r in rounds if r.index <= rnd.index),
+    )
+
+
+def _then(round_id: int) -> dict[str, Any]:
+    return {"task": "mucode.round_step", "kwargs": {"round_id": int(round_id)}}
+
+
+# -- the state machine's driver ------------------------------------------------------------------------------
+def advance(store, round_id: int) -> dict[str, Any]:
+    """Do every action that can be done now for the round; returns where it stopped."""
+    for _ in range(MAX_ITERATIONS):
+        facts = load_facts(store, round_id)
+        action = R.next_action(facts)
+        if action.kind == "finish":
+            if facts.status != "done":
+                store.set_round(round_id, status="done", error=None, finished_at=_now())
+                log.info("round %s/%d finished", facts.experiment, facts.index)
+            return {"round_id": round_id, "state": "done"}
+        if action.kind == "blocked":
+            if facts.status != "failed":
+                store.set_round(round_id, status="failed", error=f"{action.step}: {action.reason}")
+            return {"round_id": round_id, "state": "failed", "step": action.step, "error": action.reason}
+        step = action.step
+        assert step is not None
+        if action.kind == "skip":
+            store.update_round_step(round_id, step, expect=("pending",), state="skipped", reason=action.reason,
+                                    finished_at=R.utcnow_iso())
+            continue
+        if action.kind == "start":
+            if facts.status != "running":
+                store.mark_round_started(round_id)
+            if _start(store, facts, step):
+                continue
+            return {"round_id": round_id, "state": "running", "step": step}
+        if action.kind == "check":
+            if _check(store, facts, step):
+                continue
+            return {"round_id": round_id, "state": "running", "step": step}
+        raise MucodeError(f"unknown action {action.kind!r}")
+    raise MucodeError(f"round {round_id}: no progress after {MAX_ITERATIONS} actions")
+
+
+def _now():
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC)
+
+
+def _fail(store, round_id: int, step: str, attempt: int | None, error: str, *, seconds: float | None = None) -> None:
+    fields: dict[str, Any] = {"state": "failed", "error": error[-4000:], "finished_at": R.utcnow_iso()}
+    if seconds is not None:
+        fields["seconds"] = round(seconds, 3)
+    store.update_round_step(round_id, step, expect=("running",), expect_attempt=attempt, **fields)
+    store.set_round(round_id, status="failed", error=f"{step}: {error.splitlines()[0] if error else ''}"[:2000])
+
+
+def _done(store, round_id: int, step: str, attempt: int | None, result: dict[str, Any]) -> bool:
+    rec = store.update_round_step(round_id, step, expect=("running",), expect_attempt=attempt, state="done",
+                                  result=result, error=None, finished_at=R.utcnow_iso())
+    if rec is not None:
+        secs = R.step_seconds(rec)
+        if secs is not None:
+            store.update_round_step(round_id, step, seconds=round(secs, 3))
+    return rec is not None
+
+
+def _start(store, facts: R.RoundFacts, step: str) -> bool:
+    """Start ``step`` (pending -> running). Returns True when it finished inline (continue the loop)."""
+    rid = facts.round_id
+    rec = store.update_round_step(rid, step, expect=("pending",), bump_attempt=True, state="running",
+                                  started_at=R.utcnow_iso(), finished_at=None, error=None, seconds=None)
+    if rec is None:  # another round_step started it first
+        return False
+    attempt = int(rec["attempt"])
+    t0 = time.perf_counter()
+    try:
+        if step == "collect":
+            _start_collect(store, facts, attempt)
+            return False
+        if step == "evaluate":
+            _start_evaluate(store, facts, attempt)
+            return False
+        if step in R.JOB_TASKS:
+            _queue_job(store, facts, step, attempt)
+            return False
+        if step == "relabel":
+            result = _run_relabel(store, facts, attempt)
+            _done(store, rid, step, attempt, result)
+            return True
+        raise MucodeError(f"no runner for step {step!r}")
+    except Exception as exc:  # noqa: BLE001 -- recorded on the step; `round resume` retries it
+        log.exception("round %s/%d: starting %s failed", facts.experiment, facts.index, step)
+        _fail(store, rid, step, attempt, _short(exc) + "\n" + traceback.format_exc(), seconds=time.perf_counter() - t0)
+        return True  # the loop sees the failure and stops
+
+
+def _check(store, facts: R.RoundFacts, step: str) -> bool:
+    """A running step: are its outputs complete? (True: marked done, continue.)"""
+    rid = facts.round_id
+    attempt = int(facts.record(step)["attempt"])
+    if step == "collect":
+        from app.store.rollouts import Owner
+        from workers import collect
+
+        st = collect.status(store, Owner(round_id=rid))
+        if st["done"]:
+            return _done(store, rid, step, attempt, {"counts": st["counts"], "generation": st["generation"]})
+        return False
+    if step in ("score_old", "score_new"):
+        vid = R.score_inputs(step, facts)
+        total = store.round_candidate_count(rid)
+        if total and store.round_scored_count(rid, vid) >= total:
+            return _done(store, rid, step, attempt, {"verifier_id": vid, "candidates": total})
+        return False
+    if step == "train_verifier":
+        name = R.verifier_inputs(facts)["name"]
+        v = store.get_verifier(name, required=False)
+        if v is not None and _verifier_complete(v["uri"]):
+            store.set_round(rid, verifier_out_id=v["id"])
+            return _done(store, rid, step, attempt, {"verifier_id": v["id"], "name": v["name"]})
+        return False
+    if step == "train_generator":
+        if facts.generator_out_id is not None:
+            return _done(store, rid, step, attempt, {"generator_id": facts.generator_out_id})
+        return False
+    if step == "relabel":  # a relabel that died mid-way: run it again (the build is idempotent)
+        store.update_round_step(rid, step, expect=("running",), state="pending")
+        return True
+    if step == "evaluate":
+        return _check_evaluate(store, facts, attempt)
+    raise MucodeError(f"no check for step {step!r}")
+
+
+def _verifier_complete(uri: str) -> bool:
+    from trainers.verifier.model import is_complete
+
+    return is_complete(uri)
+
+
+# -- collect ---------------------------------------------------------------------------------------------------
+def _problem_ids(store, datasets, limit) -> list[int]:
+    from workers.collect import dataset_problem_ids
+
+    ids: list[int] = []
+    for ds, split in datasets:
+        ids += dataset_problem_ids(store, ds, split, limit)
+    return ids
+
+
+def _start_collect(store, facts: R.RoundFacts, attempt: int) -> None:
+    from app.store.rollouts import Owner
+    from workers import collect
+
+    inp = R.collect_inputs(facts)
+    problem_ids = _problem_ids(store, inp["datasets"], inp["limit"])
+    spec = collect.CollectSpec(**inp["spec"], then=_then(facts.round_id))
+    owner = Owner(round_id=facts.round_id)
+    created = collect.create_collection(store, owner, problem_ids, spec, generator_id=inp["generator_id"])
+    store.update_round_step(facts.round_id, "collect", result={
+        "problems": len(problem_ids), "rollouts": created["rollouts"], "generator_id": inp["generator_id"]})
+    collect.start(store, owner)  # = resume: a new generation that queues only batches with active rollouts
+
+
+# -- score and train: wrapper jobs on the GPU queues ------------------------------------------------------------
+def _queue_job(store, facts: R.RoundFacts, step: str, attempt: int) -> None:
+    from workers.celery_app import TASK_QUEUES
+    from workers.dispatch import in_process, submit
+
+    task = R.JOB_TASKS[step]
+    key = R.job_key(facts.round_id, step, attempt)
+    store.record_job(key, step, TASK_QUEUES[task], {"round_id": facts.round_id, "step": step, "attempt": attempt},
+                     round_id=facts.round_id)
+    store.update_round_step(facts.round_id, step, job=key)
+    try:
+        submit(task, round_id=facts.round_id, step=step, attempt=attempt)
+    except Exception as exc:
+        if not in_process():
+            store.job_failed(key, f"could not queue: {_short(exc)}")
+        raise
+
+
+def run_round_job(store, round_id: int, step: str, attempt: int) -> dict[str, Any]:
+    """The body of ``mucode.round_score`` / ``mucode.round_train``: run one attempt of a GPU step."""
+    from workers.celery_app import TASK_QUEUES
+    from workers.dispatch import submit
+
+    facts = load_facts(store, round_id)
+    rec = facts.record(step)
+    if rec["state"] != "running" or int(rec["attempt"]) != int(attempt):
+        log.info("round %s step %s attempt %s superseded (now %s, attempt %s)", round_id, step, attempt,
+                 rec["state"], rec["attempt"])
+        return {"superseded": True, "state": rec["state"], "attempt": rec["attempt"]}
+    key = R.job_key(round_id, step, attempt)
+    store.job_started(key, worker=_worker(), kind=step, queue=TASK_QUEUES[R.JOB_TASKS[step]], round_id=round_id,
+                      payload={"round_id": round_id, "step": step, "attempt": attempt})
+    t0 = time.perf_counter()
+    try:
+        result = _RUNNERS[step](store, facts)
+    except Exception as exc:  # noqa: BLE001 -- recorded; the round waits for `round resume`
+        log.exception("round %s/%d: %s failed", facts.experiment, facts.index, step)
+        err = _short(exc)
+        store.job_failed(key, err + "\n" + traceback.format_exc())
+        _fail(store, round_id, step, attempt, err, seconds=time.perf_counter() - t0)
+        return {"error": err}
+    result["seconds"] = round(time.perf_counter() - t0, 3)
+    store.job_done(key, result)
+    _done(store, round_id, step, attempt, result)
+    submit("mucode.round_step", round_id=round_id)
+    return result
+
+
+def _run_score(step: str):
+    def run(store, facts: R.RoundFacts) -> dict[str, Any]:
+        from workers.tasks.score import score_candidates
+
+        vid = R.score_inputs(step, facts)
+        stats: dict[str, Any] = {}
+        written = score_candidates(store, vid, round_id=facts.round_id, stats=stats)
+        total = store.round_candidate_count(facts.round_id)
+        scored = store.round_scored_count(facts.round_id, vid)
+        if scored < total:
+            raise MucodeError(f"{scored} of {total} candidates scored by verifier {vid} after the job")
+        return {"verifier_id": vid, "candidates": total, "written": written,
+                **{k: v for k, v in stats.items() if k in ("seconds", "candidates_per_s", "truncated")}}
+
+    return run
+
+
+def _run_train_verifier(store, facts: R.RoundFacts) -> dict[str, Any]:
+    from workers.tasks.train_verifier import run_train_verifier
+
+    inp = R.verifier_inputs(facts)
+    vid = run_train_verifier(
+        store, base_model=inp["base_model"], round_ids=inp["round_ids"], protocol=inp["protocol"],
+        config=inp["config"], name=inp["name"], round_id=inp["round_id"], experiment_id=inp["experiment_id"],
+        progress=False,
+    )  # fmt: skip
+    store.set_round(facts.round_id, verifier_out_id=vid)
+    v = store.get_verifier(vid)
+    train = (v.get("metrics") or {}).get("train") or {}
+    return {"verifier_id": vid, "name": v["name"], "training_set_id": v.get("training_set_id"),
+            "pairs": train.get("examples") or train.get("pairs"), "final_loss": train.get("final_loss")}
+
+
+def _run_train_generator(store, facts: R.RoundFacts) -> dict[str, Any]:
+    from workers.tasks.train_generator import run_train_generator
+
+    ts_id = (facts.record("relabel").get("result") or {}).get("training_set_id")
+    if ts_id is None:
+        raise MucodeError("the relabel step recorded no training set")
+    inp = R.generator_inputs(facts, int(ts_id))
+    out = run_train_generator(training_set=inp["training_set"], set_round_output=True, config=inp["config"],
+                              store=store)
+    gid = out.get("model_version_id")
+    if gid is None:
+        raise MucodeError(f"generator training registered no model version ({out.get('name')})")
+    store.set_round(facts.round_id, generator_out_id=int(gid))
+    mv = store.sft_model_version_by_id(int(gid)) or {}
+    metrics = mv.get("metrics") or {}
+    return {"generator_id": int(gid), "name": out.get("name"), "training_set_id": out.get("training_set_id"),
+            "train_loss": metrics.get("train_loss"), "steps": metrics.get("global_steps")}
+
+
+_RUNNERS = {
+    "score_old": _run_score("score_old"),
+    "score_new": _run_score("score_new"),
+    "train_verifier": _run_train_verifier,
+    "train_generator": _run_train_generator,
+}
+
+
+# -- relabel (inline) -----------------------------------------------------------------------------------------
+def _run_relabel(store, facts: R.RoundFacts, attempt: int) -> dict[str, Any]:
+    from trainers.relabel import build_training_set
+
+    key = R.job_key(facts.round_id, "relabel", attempt)
+    store.job_started(key, worker=_worker(), kind="relabel", queue="control", round_id=facts.round_id,
+                      payload={"round_id": facts.round_id, "step": "relabel", "attempt": attempt})
+    try:
+        ts = build_training_set(store, facts.round_id)
+    except Exception as exc:
+        store.job_failed(key, _short(exc) + "\n" + traceback.format_exc())
+        raise
+    stats = ts.get("stats") or {}
+    result = {"training_set_id": ts["id"], "name": ts["name"], "examples": stats.get("examples"),
+              "problems": stats.get("problems"), "trajectories": stats.get("trajectories")}
+    store.job_done(key, result)
+    return result
+
+
+# -- evaluate -------------------------------------------------------------------------------------------------
+def create_evaluation(store, spec: R.EvalSpec, *, then: dict[str, Any] | str | None, experiment_id: int | None,
+                      round_id: int | None) -> int:
+    """Create (idempotently) the evaluation and its collection (C chains per problem). ``then="self"``: when
+    the chains are done, ``round_step(evaluation_id=...)`` writes the results (a standalone evaluation)."""
+    from app.store.rollouts import Owner
+    from workers import collect
+
+    problem_ids = _problem_ids(store, [(spec.dataset, spec.split)], spec.limit)
+    ev_id = store.create_evaluation(spec.name, experiment_id=experiment_id, round_id=round_id,
+                                    config=spec.collect_spec(), **spec.evaluation_row())
+    if then == "self":
+        then = {"task": "mucode.round_step", "kwargs": {"evaluation_id": ev_id}}
+    cspec = collect.CollectSpec(**spec.collect_spec(), then=then)
+    collect.create_collection(store, Owner(evaluation_id=ev_id), problem_ids, cspec, generator_id=spec.generator_id)
+    return ev_id
+
+
+def start_evaluation(store, evaluation_id: int) -> None:
+    """Queue the missing work of an unfinished evaluation (its first start, or a resume)."""
+    from app.store.rollouts import Owner
+    from workers import collect
+
+    ev = store.get_evaluation(evaluation_id)
+    if ev.status == "done":
+        return
+    store.set_evaluation_status(evaluation_id, "running")
+    collect.start(store, Owner(evaluation_id=evaluation_id))
+
+
+def finalize_evaluation(store, evaluation_id: int) -> dict[str, Any] | None:
+    """When every chain is done: write ``evaluation_results`` and the metrics (idempotent). None otherwise."""
+    from app import evaluation as E
+    from app.store.rollouts import Owner
+
+    ev = store.get_evaluation(evaluation_id)
+    if ev.status == "done" and ev.metrics:
+        return dict(ev.metrics)
+    owner = Owner(evaluation_id=evaluation_id)
+    counts = store.collection_counts(owner)
+    if not counts["rollouts"] or counts["active"]:
+        return None
+    picks = store.evaluation_picks(evaluation_id)
+    rows = E.result_rows(picks)
+    n = store.write_evaluation_results(evaluation_id, rows)
+    if n != len(rows):
+        raise MucodeError(f"evaluation {ev.name}: {n} result rows stored for {len(rows)} picks")
+    problems = store.evaluation_problem_count(evaluation_id)
+    metrics = E.compute_metrics(picks, ev.max_turns, expected_problems=problems, expected_chains=ev.num_chains)
+    metrics["results"] = n
+    metrics["candidates"] = counts["candidates"]
+    metrics["completion_tokens"] = counts["completion_tokens"]
+    store.set_evaluation_metrics(evaluation_id, metrics, status="done")
+    return metrics
+
+
+def _start_evaluate(store, facts: R.RoundFacts, attempt: int) -> None:
+    specs = R.eval_plan(facts)
+    ids = []
+    for spec in specs:
+        ids.append(create_evaluation(store, spec, then=_then(facts.round_id), experiment_id=facts.experiment_id,
+                                     round_id=facts.round_id))
+    store.update_round_step(facts.round_id, "evaluate", result={"evaluations": ids})
+    for ev_id in ids:
+        start_evaluation(store, ev_id)
+
+
+def _check_evaluate(store, facts: R.RoundFacts, attempt: int) -> bool:
+    from app.store.rollouts import Owner
+    from workers import collect
+
+    ids = (facts.record("evaluate").get("result") or {}).get("evaluations") or []
+    if not ids:
+        return False
+    summary = {}
+    for ev_id in ids:
+        metrics = finalize_evaluation(store, ev_id)
+        if metrics is None:
+            st = collect.status(store, Owner(evaluation_id=ev_id))
+            if st["failed_jobs"]:
+                f = st["failed_jobs"][0]
+                _fail(store, facts.round_id, "evaluate", attempt,
+                      f"evaluation {ev_id}: job {f['key']} failed: {f['error']}")
+                return True
+            return False
+        ev = store.get_evaluation(ev_id)
+        summary[ev.name] = {"true_success": metrics["true_success"], "any_success": metrics["any_success"]}
+    return _done(store, facts.round_id, "evaluate", attempt, {"evaluations": ids, "metrics": summary})
+
+
+# -- new rounds and resume (called by the CLI) -------------------------------------------------------------------
+def base_generator_id(store, base_model: str) -> int:
+    """The model version of the experiment's base model (a local folder is named by its absolute path)."""
+    from pathlib import Path
+
+    from app.model_registry import resolve_model
+
+    uri = resolve_model(base_model)
+    name = uri if Path(base_model).expanduser().exists() else base_model
+    return store.ensure_model_version(name, "generator", base_model, uri)
+
+
+def preflight(store, config) -> None:
+    """Clear errors before anything is queued: the base model resolves and every dataset is loaded."""
+    from app.model_registry import resolve_model
+
+    resolve_model(config.base_model)
+    for spec in [*config.train_datasets, *config.eval.datasets]:
+        ds, split = R.parse_dataset(spec)
+        _problem_ids(store, [(ds, split)], 1)
+
+
+def create_round(store, experiment_name: str) -> int:
+    """Create the experiment's next round (not queued yet) with its input models; returns its id."""
+    from app.protocol import ExperimentConfig
+
+    exp = store.get_experiment(experiment_name)
+    cfg = ExperimentConfig(**exp.config)
+    preflight(store, cfg)
+    prior = [R.PriorRound(r.index, r.status, r.generator_out_id, r.verifier_out_id)
+             for r in store.experiment_rounds(exp.id)]
+    try:
+        plan = R.plan_next_round(prior, base_generator_id(store, exp.base_model))
+    except ValueError as exc:
+        raise MucodeError(str(exc)) from exc
+    return store.create_round(exp.id, plan["index"], generator_id=plan["generator_id"],
+                              verifier_in_id=plan["verifier_in_id"])
+
+
+def queue_round(round_id: int) -> None:
+    from workers.dispatch import submit
+
+    submit("mucode.round_step", round_id=int(round_id))
+
+
+def resume_round(store, round_id: int) -> dict[str, Any]:
+    """Put the first unfinished step back to pending (failed, or stuck after a crash) and queue the round.
+    Finished steps are kept; a collection resumes as a new generation (its finished rollouts are kept)."""
+    facts = load_facts(store, round_id)
+    plan = R.resume_plan(facts)
+    if plan is None:
+        if facts.status != "done":
+            store.set_round(round_id, status="done", error=None)
+        return {"round_id": round_id, "resumed": None}
+    step, how = plan
+    if how == "retry":
+        store.update_round_step(round_id, step, expect=("running", "failed"), state="pending", retried=True)
+    store.mark_round_started(round_id)
+    queue_round(round_id)
+    return {"round_id": round_id, "resumed": step, "how": how}
+
+
+# -- status ------------------------------------------------------------------------------------------------------
+def queue_depths(timeout: float = 2.0) -> dict[str, Any] | None:
+    """Messages waiting per queue on the broker (None in embedded mode)."""
+    from workers.dispatch import in_process
+
+    if in_process():
+        return None
+    from workers.celery_app import QUEUES, celery_app
+
+    out: dict[str, Any] = {}
+    try:
+        with celery_app.connection_for_read() as conn:
+            conn.ensure_connection(max_retries=1, timeout=timeout)
+            ch = conn.default_channel
+            for q in QUEUES:
+                try:
+                    out[q] = int(ch.queue_declare(queue=q, passive=True).message_count)
+                except Exception:  # noqa: BLE001 -- a queue nobody declared yet holds nothing
+                    out[q] = 0
+    except Exception as exc:  # noqa: BLE001
+        return {"error": _short(exc)}
+    return out
+
+
+def _model_name(store, mid: int | None) -> str | None:
+    if mid is None:
+        return None
+    try:
+        return store.get_model_version(int(mid)).name
+    except Exception:  # noqa: BLE001
+        return f"#{mid}"
+
+
+def round_status(store, round_id: int, *, queues: bool = False) -> dict[str, Any]:
+    """Everything `mucode round status` shows: each step (state, attempt, timing, error, progress), models,
+    job counts, failed jobs, queue depths and the round's evaluations."""
+    from app.store.rollouts import Owner
+    from workers import collect
+    from workers.dispatch import in_process
+
+    facts = load_facts(store, round_id)
+    rnd = store.get_round(round_id)
+    steps = []
+    failed_jobs: list[dict[str, Any]] = []
+    failed_step = None
+    for step, shown in R.progress(facts):
+        rec = facts.record(step)
+        row: dict[str, Any] = {
+            "step": step, "state": shown, "attempt": rec.get("attempt") or 0, "queue": R.STEP_QUEUES[step],
+            "started_at": rec.get("started_at"), "finished_at": rec.get("finished_at"),
+            "seconds": rec.get("seconds") if rec.get("seconds") is not None else R.step_seconds(rec),
+            "error": rec.get("error"), "reason": rec.get("reason") or (
+                R.skip_reason(step, facts) if shown == "skipped" else None),
+            "result": rec.get("result") or {}, "progress": None, "info": "",
+        }
+        if step == "collect" and rec["state"] != "pending":
+            try:
+                st = collect.status(store, Owner(round_id=round_id))
+            except Exception:  # noqa: BLE001 -- not created yet
+                st = None
+            if st is not None:
+                c = st["counts"]
+                row["progress"] = {"done": c["done"], "total": c["rollouts"], "unit": "rollouts"}
+                row["info"] = (f"{c['candidates']} candidates ({c['executed']} executed), solved "
+                               f"{c['solved']}/{c['done']}, {c['completion_tokens']} tokens")
+                row["counts"] = c
+                if rec["state"] == "running" and st["failed_jobs"]:
+                    row["state"] = "failed"
+                    row["error"] = f"job {st['failed_jobs'][0]['key']}: {st['failed_jobs'][0]['error']}"
+                failed_jobs += st["failed_jobs"]
+        elif step in ("score_old", "score_new") and shown not in ("skipped", "pending"):
+            vid = facts.verifier_in_id if step == "score_old" else facts.verifier_out_id
+            total = store.round_candidate_count(round_id)
+            done = store.round_scored_count(round_id, vid) if vid is not None else 0
+            row["progress"] = {"done": done, "total": total, "unit": "candidates"}
+            row["info"] = f"verifier {_model_name(store, vid)}" if vid is not None else ""
+        elif step in ("train_verifier", "train_generator") and rec["state"] != "pending":
+            res = rec.get("result") or {}
+            if step == "train_verifier" and res:
+                row["info"] = f"{res.get('name')} (loss {res.get('final_loss')})"
+            elif res:
+                row["info"] = f"{res.get('name')} (loss {res.get('train_loss')}, {res.get('steps')} steps)"
+            elif rec.get("job"):
+                job = store.get_job(rec["job"])
+                if job is not None:
+                    row["info"] = f"job {job.state}" + (f" on {job.worker}" if job.worker else "")
+        elif step == "relabel" and rec.get("result"):
+            res = rec["result"]
+            row["info"] = f"{res.get('examples')} examples from {res.get('problems')} problems"
+        elif step == "evaluate" and rec["state"] != "pending":
+            ids = (rec.get("result") or {}).get("evaluations") or []
+            done = total = 0
+            for ev_id in ids:
+                owner = Owner(evaluation_id=ev_id)
+                c = store.collection_counts(owner)
+                done += c["done"]
+                total += c["rollouts"]
+                try:
+                    st = collect.status(store, owner)
+                except Exception:  # noqa: BLE001
+                    continue
+                if rec["state"] == "running" and st["failed_jobs"]:
+                    row["state"] = "failed"
+                    row["error"] = f"job {st['failed_jobs'][0]['key']}: {st['failed_jobs'][0]['error']}"
+                failed_jobs += st["failed_jobs"]
+            row["progress"] = {"done": done, "total": total, "unit": "chains"}
+            row["info"] = f"{len(ids)} evaluations"
+        if row["state"] == "failed" and failed_step is None:
+            failed_step = step
+        steps.append(row)
+    for j in store.list_jobs(round_id=round_id, states=("failed",)):
+        if j.key.startswith("round/") and not any(f["key"] == j.key for f in failed_jobs):
+            latest = facts.record(j.key.split("/")[2])
+            if f"a{latest.get('attempt')}" == j.key.rsplit("/", 1)[-1] and latest.get("state") == "failed":
+                failed_jobs.append({"key": j.key, "error": _first_line(j.error)})
+    status = rnd.status
+    if status == "running" and failed_step is not None:
+        status = "failed"
+    secs = None
+    if rnd.started_at is not None:
+        from datetime import UTC
+
+        end = rnd.finished_at or _now()
+        start = rnd.started_at if rnd.started_at.tzinfo else rnd.started_at.replace(tzinfo=UTC)
+        end = end if end.tzinfo else end.replace(tzinfo=UTC)
+        secs = max(0.0, (end - start).total_seconds())
+    error = rnd.error
+    if failed_step is not None and not error:
+        error = next((s["error"] for s in steps if s["step"] == failed_step), None)
+    return {
+        "round_id": round_id,
+        "experiment": facts.experiment,
+        "index": facts.index,
+        "method": facts.method,
+        "status": status,
+        "error": error,
+        "failed_step": failed_step,
+        "started_at": rnd.started_at,
+        "finished_at": rnd.finished_at,
+        "seconds": secs,
+        "models": {
+            "generator": _model_name(store, facts.generator_id),
+            "verifier_in": _model_name(store, facts.verifier_in_id),
+            "verifier_out": _model_name(store, facts.verifier_out_id),
+            "generator_out": _model_name(store, facts.generator_out_id),
+        },
+        "steps": steps,
+        "jobs": store.job_counts(round_id=round_id),
+        "failed_jobs": failed_jobs,
+        "queues": queue_depths() if queues else None,
+        "embedded": in_process(),
+        "evaluations": [
+            {"id": e.id, "name": e.name, "status": e.status, "true_success": (e.metrics or {}).get("true_success")}
+            for e in store.round_evaluations(round_id)
+        ],
+    }
+
+
+def _first_line(text: str | None) -> str:
+    lines = [ln for ln in str(text or "").strip().splitlines() if ln.strip()]
+    return lines[0][:300] if lines else ""
+
+
+# -- tasks -----------------------------------------------------------------------------------------------------
+@celery_app.task(name="mucode.round_step")
+def round_step(round_id: int | None = None, evaluation_id: int | None = None) -> dict[str, Any]:
+    store = _store()
+    if evaluation_id is not None:
+        metrics = finalize_evaluation(store, int(evaluation_id))
+        return {"evaluation_id": evaluation_id, "done": metrics is not None}
+    if round_id is None:
+        raise MucodeError("round_step needs round_id or evaluation_id")
+    return advance(store, int(round_id))
+
+
+@celery_app.task(name="mucode.round_score")
+def round_score(round_id: int, step: str, attempt: int) -> dict[str, Any]:
+    return run_round_job(_store(), int(round_id), step, int(attempt))
+
+
+@celery_app.task(name="mucode.round_train")
+def round_train(round_id: int, step: str, attempt: int) -> dict[str, Any]:
+    return run_round_job(_store(), int(round_id), step, int(attempt))

