@@ -73,8 +73,9 @@ def generate(conn, *, train_problems: int, test_problems: int, rollouts: int, tu
     counts = {"problems": n_problems, "rollouts": 0, "turns": 0, "candidates": 0, "scores": 0,
               "train_trajectories": 0}
     rollout_rows, turn_rows = [], []
-    cand_file = tempfile.TemporaryFile("w+", encoding="utf-8")  # candidates and scores: streamed, not held
-    score_file = tempfile.TemporaryFile("w+", encoding="utf-8")
+    # Candidates and scores are streamed through temporary files (closed after their COPY), not held in memory.
+    cand_file = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115
+    score_file = tempfile.TemporaryFile("w+", encoding="utf-8")  # noqa: SIM115
     rid = tid = cid = 0
     sampling = json.dumps({"temperature": 0.7, "top_p": 1.0, "max_tokens": 1000})
     for p in range(1, n_problems + 1):
@@ -118,8 +119,8 @@ def generate(conn, *, train_problems: int, test_problems: int, rollouts: int, tu
         for row in turn_rows:
             cp.write_row(row)
     for f, sql in (
-        (cand_file, "COPY candidates (id, turn_id, sample_index, response, code, code_hash, completion_tokens, "
-                    "finish_reason, sampling, chosen, public_passed, private_passed) FROM STDIN"),
+        (cand_file, ("COPY candidates (id, turn_id, sample_index, response, code, code_hash, completion_tokens, "
+                     "finish_reason, sampling, chosen, public_passed, private_passed) FROM STDIN")),
         (score_file, "COPY verifier_scores (candidate_id, verifier_id, score) FROM STDIN"),
     ):
         f.seek(0)
@@ -172,8 +173,6 @@ def main() -> int:
             )
         finally:
             raw.close()
-        with admin.connect() as c:
-            pass
         with store.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
             c.execute(text("VACUUM ANALYZE"))
         load_s = time.perf_counter() - t0

@@ -19,9 +19,9 @@ sys.path.insert(0, str(_ROOT))
 if "app" in sys.modules and not hasattr(sys.modules["app"], "__path__"):
     del sys.modules["app"]
 
-import streamlit as st  # noqa: E402
+import streamlit as st
 
-from dashboard import common  # noqa: E402
+from dashboard import common
 
 st.set_page_config(page_title="mucode dashboard", page_icon=":material/science:", layout="wide")
 
@@ -44,5 +44,6 @@ if problem is not None:
     common.footer()
     st.stop()
 common.experiment_picker()
+common.rounds_window_picker()
 common.sidebar()
 nav.run()

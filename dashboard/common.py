@@ -14,6 +14,9 @@ import pandas as pd
 import streamlit as st
 
 CACHE_TTL_S = 15
+# Aggregates of a finished round do not change: they are kept this long (keyed by the round's finish time).
+FINISHED_TTL_S = 3600
+ROUND_WINDOWS = {"last 3 rounds": 3, "last 5 rounds": 5, "last 10 rounds": 10, "all rounds": None}
 PAGE_SIZE = 25
 FOOTER_MARKER = "mucode dashboard ·"
 EMPTY_HINT = (
@@ -73,6 +76,49 @@ def q(name: str, *args: Any, **kwargs: Any) -> Any:
     return _query(database_url(), name, tuple(args), tuple(sorted(kwargs.items())))
 
 
+@st.cache_data(ttl=FINISHED_TTL_S, show_spinner=False, max_entries=2000)
+def _query_finished(url: str, name: str, args: tuple, kwargs: tuple, version: str) -> Any:
+    return getattr(_store(url), name)(*args, **dict(kwargs))
+
+
+def q_finished(name: str, version: str, *args: Any, **kwargs: Any) -> Any:
+    """Like ``q`` for results that cannot change any more (cached an hour, keyed by ``version``)."""
+    return _query_finished(database_url(), name, tuple(args), tuple(sorted(kwargs.items())), version)
+
+
+def eval_turn_success(evals: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per-turn success of these evaluations: finished ones from the long cache, the others fresh."""
+    done = sorted(e["id"] for e in evals if e.get("status") == "done" and e.get("finished_at") is not None)
+    live = sorted(e["id"] for e in evals if e["id"] not in set(done))
+    out: list[dict[str, Any]] = []
+    if done:
+        stamp = max(str(e["finished_at"]) for e in evals if e["id"] in set(done))
+        out += q_finished("dash_eval_turn_success", f"{len(done)}@{stamp}", evaluation_ids=tuple(done))
+    if live:
+        out += q("dash_eval_turn_success", evaluation_ids=tuple(live))
+    return out
+
+
+def round_finished(r: dict[str, Any]) -> bool:
+    return r.get("status") in ("done", "failed", "cancelled") and r.get("finished_at") is not None
+
+
+def q_per_round(name: str, rounds: list[dict[str, Any]], **kwargs: Any) -> list[dict[str, Any]]:
+    """``Store.<name>(round_ids=(id,), **kwargs)`` for each round, concatenated. A finished round's result
+    is cached for an hour (keyed by its finish time), a running one's for ``CACHE_TTL_S``: while a run goes
+    on, a refresh recomputes only the rounds that can still change."""
+    out: list[dict[str, Any]] = []
+    url = database_url()
+    kw = tuple(sorted(kwargs.items()))
+    for r in rounds:
+        args_kw = kw + (("round_ids", (r["id"],)),)
+        if round_finished(r):
+            out.extend(_query_finished(url, name, (), args_kw, f"{r['status']}@{r['finished_at']}"))
+        else:
+            out.extend(_query(url, name, (), args_kw))
+    return out
+
+
 def df(rows: list[dict[str, Any]] | None, columns: list[str] | None = None) -> pd.DataFrame:
     frame = pd.DataFrame(rows or [])
     if columns is not None:
@@ -119,6 +165,28 @@ def experiment_picker() -> int | None:
 
 def current_experiment() -> int | None:
     return st.session_state.get("experiment_id")
+
+
+def rounds_window_picker() -> None:
+    """How many recent rounds the per-candidate sections cover (sidebar, shared by the pages)."""
+    if st.session_state.get("rounds_window") not in ROUND_WINDOWS:
+        st.session_state["rounds_window"] = "last 5 rounds"
+    with st.sidebar:
+        st.selectbox("Candidate-level sections cover", list(ROUND_WINDOWS), key="rounds_window",
+                     help="Error types, the public-vs-private gap and verifier disagreement scan every candidate "
+                          "of a round; on a long run, keep this to the recent rounds. Charts from evaluations and "
+                          "trajectories always cover every round.")
+
+
+def window_rounds(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The most recent rounds of each experiment, as chosen by the sidebar's window."""
+    n = ROUND_WINDOWS.get(st.session_state.get("rounds_window", "last 5 rounds"), 5)
+    if n is None:
+        return list(rounds)
+    last: dict[Any, int] = {}
+    for r in rounds:
+        last[r["experiment_id"]] = max(last.get(r["experiment_id"], -1), r["round"])
+    return [r for r in rounds if r["round"] > last[r["experiment_id"]] - n]
 
 
 def footer() -> None:
@@ -188,6 +256,19 @@ def find_metric(obj: Any, names: tuple[str, ...]) -> Any:
         elif isinstance(cur, list):
             queue.extend(v for v in cur if isinstance(v, (dict, list)))
     return None
+
+
+def metric_parts(metrics: Any) -> dict[str, Any]:
+    """The measured parts of a verifier's stored metrics: ``{"holdout": {...}, "mbpp_test": {...}}`` from
+    ``metrics["eval"]`` (trainers/verifier/evaluate.py), else the whole dict as one part."""
+    metrics = metrics if isinstance(metrics, dict) else {}
+    ev = metrics.get("eval") if isinstance(metrics.get("eval"), dict) else None
+    if ev:
+        parts = {k: v for k, v in ev.items() if isinstance(v, dict)}
+        if parts:
+            return parts
+        return {"eval": ev}
+    return {"stored": metrics} if metrics else {"–": {}}
 
 
 def find_key(obj: Any, names: tuple[str, ...]) -> Any:

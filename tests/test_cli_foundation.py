@@ -1,5 +1,5 @@
-"""The foundation commands as a user runs them (a real process): db upgrade, data load|list, problems list|show,
-and the errors a user can act on, printed without a stack trace."""
+"""The foundation commands as a user runs them (a real process): db upgrade, data load|list,
+problems list|show, and the errors a user can act on, printed without a stack trace."""
 
 from __future__ import annotations
 
@@ -18,9 +18,20 @@ DATA = get_settings().data_dir
 
 
 def mucode(db_url: str, *args: str, data_dir: Path | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MUCODE_DATABASE_URL": db_url, "MUCODE_DATA_DIR": str(data_dir or DATA), "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "app.cli.main", *args], capture_output=True, text=True, env=env,
-                          timeout=300)
+    env = {
+        **os.environ,
+        "MUCODE_DATABASE_URL": db_url,
+        "MUCODE_DATA_DIR": str(data_dir or DATA),
+        "COLUMNS": "200",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        check=False,
+    )
 
 
 @pytest.fixture
@@ -39,7 +50,9 @@ def test_load_list_show(url):
     listed = mucode(url, "data", "list")
     assert listed.returncode == 0 and "not loaded" in listed.stdout and "mbpp_plus" in listed.stdout
 
-    rows = mucode(url, "problems", "list", "--dataset", "mbpp", "--split", "train", "-n", "3", "--offset", "1")
+    rows = mucode(
+        url, "problems", "list", "--dataset", "mbpp", "--split", "train", "-n", "3", "--offset", "1"
+    )
     assert rows.returncode == 0
     assert "mbpp/602" in rows.stdout and "mbpp/604" in rows.stdout and "mbpp/601" not in rows.stdout
     assert "2–4 of 374" in rows.stdout
@@ -65,7 +78,10 @@ def test_changed_file_exits_nonzero_until_forced(url, tmp_path):
     (tmp_path / "mbpp" / "mbpp.jsonl").write_text("\n".join(lines) + "\n")
     blocked = mucode(url, "data", "load", "mbpp", data_dir=tmp_path)
     assert blocked.returncode == 1 and "mbpp/701" in blocked.stdout and "--force" in blocked.stderr
-    assert "!=" not in json.loads(mucode(url, "problems", "show", "mbpp/701", "--json").stdout)["public_tests"][0]
+    assert (
+        "!="
+        not in json.loads(mucode(url, "problems", "show", "mbpp/701", "--json").stdout)["public_tests"][0]
+    )
     forced = mucode(url, "data", "load", "mbpp", "--force", data_dir=tmp_path)
     assert forced.returncode == 0 and "updated" in forced.stdout
     assert "!=" in json.loads(mucode(url, "problems", "show", "mbpp/701", "--json").stdout)["public_tests"][0]

@@ -184,6 +184,16 @@ def test_store_problem_queries(store):
     assert live[ids["v0"]]["auc"] == pytest.approx(20 / 21)
     cal = store.dash_verifier_calibration(ids["v0"], bins=5)
     assert sum(b["candidates"] for b in cal) == 10 and cal[-1]["observed"] == 1.0
+    assert cal[0]["auc"] == pytest.approx(20 / 21) and cal[0]["total"] == 10 and cal[0]["correct"] == 3
+
+    # per-round restriction (what the dashboard asks for, round by round)
+    only_r1 = store.dash_round_candidates(round_ids=[ids["r1"]])
+    assert [r["round"] for r in only_r1] == [1] and only_r1[0]["candidates"] == 6
+    assert {r["round"] for r in store.dash_error_types(round_ids=[ids["r0"]])} == {0}
+    assert {a["round"] for a in store.dash_verifier_agreement(source="train", round_ids=[ids["r1"]])} == {1}
+    ev_only = store.dash_verifier_agreement(source="eval", round_ids=[ids["r1"]])
+    assert [a["evaluation"] for a in ev_only] == ["exp-demo/r1/mbpp/bon"]
+    assert store.dash_round_candidates(round_ids=[]) == []
 
 
 def test_store_on_an_empty_database(store):
@@ -345,11 +355,13 @@ def test_rankings_page(seeded_sqlite, monkeypatch):
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Rank of best correct"] == "2" and metrics["Incorrect above it"] == "1"
 
-    vm = _frame(at, "AUC (stored)").set_index("verifier")
-    assert vm.loc["exp-demo/r0/verifier", "AUC (stored)"] == 0.81
-    assert vm.loc["exp-demo/r1/verifier", "AUC (stored)"] == 0.86  # found under metrics["eval"]
-    assert vm.loc["exp-demo/r0/verifier", "pair accuracy in problem (live)"] == 0.8
-    assert vm.loc["exp-demo/r0/verifier", "top-1 miss (live)"] == 0.5
+    vm = _frame(at, "AUC")
+    got = {(r["verifier"], r["measured on"]): (r["AUC"], r["pair accuracy"]) for _, r in vm.iterrows()}
+    assert got == {("exp-demo/r0/verifier", "holdout"): (0.81, 0.77),
+                   ("exp-demo/r0/verifier", "mbpp_test"): (0.79, 0.74),
+                   ("exp-demo/r1/verifier", "stored"): (0.86, 0.83)}
+    assert vm[vm["measured on"] == "holdout"]["ECE"].iloc[0] == 0.12
+    assert vm[vm["verifier"] == "exp-demo/r1/verifier"]["scored"].iloc[0] == 8
 
     targets = _frame(at, "state (turn)")
     assert len(targets) == 4 and sorted(targets["source"]) == ["positive", "relabeled", "relabeled", "relabeled"]
@@ -357,9 +369,12 @@ def test_rankings_page(seeded_sqlite, monkeypatch):
     assert any("first repeated character" in c.value for c in at.code)  # the state's messages
     assert any("# 602" in c.value for c in at.code)  # the target
 
+    # live check of v0: pooled AUC 20/21, within-problem pair accuracy 4/5, top-1 miss 1 of 2
     at.selectbox(key="calib_verifier").set_value(ids["v0"]).run()
     _no_exception(at)
-    assert any("Pooled AUC over 10 scored candidates: 0.952" in c.value for c in at.caption)
+    live = {m.label: m.value for m in at.metric}
+    assert live["Scored & executed"] == "10" and live["Pooled AUC"] == "0.952"
+    assert live["Pair accuracy within problem"] == "80.0%" and live["Top-1 miss"] == "50.0%"
 
 
 def test_every_page_on_an_empty_store(sqlite_store, monkeypatch):

@@ -55,7 +55,7 @@ def server(tmp_path_factory):
     store.dispose()
     port = _free_port()
     env = dict(os.environ, MUCODE_DATABASE_URL=url)
-    log = open(tmp_path_factory.mktemp("log") / "dashboard.log", "w+")
+    log = open(tmp_path_factory.mktemp("log") / "dashboard.log", "w+")  # noqa: SIM115 - lives as long as the server
     mucode = Path(sys.executable).with_name("mucode")
     cmd = [str(mucode)] if mucode.exists() else [sys.executable, "-m", "app.cli.main"]
     proc = subprocess.Popen(cmd + ["dashboard", "--port", str(port), "--address", "127.0.0.1"], env=env,

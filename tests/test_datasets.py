@@ -1,4 +1,4 @@
-"""Dataset loaders: counts per split, the test protocol encoded in each problem, idempotent and safe loading."""
+"""Dataset loaders: counts per split, the protocol encoded in each problem, idempotent and safe loading."""
 
 from __future__ import annotations
 
@@ -22,8 +22,38 @@ DATA = get_settings().data_dir
 # HumanEval problems whose docstring gives no usable example: their public test is the first standalone
 # assert of check (or the whole check for 38 and 50, whose check has none).
 HUMANEVAL_PUBLIC_FALLBACK = [
-    38, 41, 50, 67, 68, 76, 78, 80, 81, 83, 84, 94, 105, 107, 108, 112, 115, 116, 120, 122, 128, 129, 133, 141,
-    142, 143, 145, 147, 149, 156, 160, 162,
+    38,
+    41,
+    50,
+    67,
+    68,
+    76,
+    78,
+    80,
+    81,
+    83,
+    84,
+    94,
+    105,
+    107,
+    108,
+    112,
+    115,
+    116,
+    120,
+    122,
+    128,
+    129,
+    133,
+    141,
+    142,
+    143,
+    145,
+    147,
+    149,
+    156,
+    160,
+    162,
 ]
 
 
@@ -50,9 +80,13 @@ def test_split_counts_after_loading_everything(store):
 
 def _snapshot(store) -> list:
     with store.session() as s:
-        datasets = [(d.name, d.source_sha256, d.num_problems, d.loaded_at) for d in s.scalars(select(m.Dataset))]
-        problems = [tuple(getattr(p, c.name) for c in m.Problem.__table__.c)
-                    for p in s.scalars(select(m.Problem).order_by(m.Problem.id))]
+        datasets = [
+            (d.name, d.source_sha256, d.num_problems, d.loaded_at) for d in s.scalars(select(m.Dataset))
+        ]
+        problems = [
+            tuple(getattr(p, c.name) for c in m.Problem.__table__.c)
+            for p in s.scalars(select(m.Problem).order_by(m.Problem.id))
+        ]
     return [datasets, problems]
 
 
@@ -60,12 +94,15 @@ def test_reload_changes_nothing(store):
     first = [load_dataset(store, n, DATA) for n in ("mbpp", "humaneval")]
     before = _snapshot(store)
     again = [load_dataset(store, n, DATA) for n in ("mbpp", "humaneval")]
-    assert [(r.inserted, r.unchanged, r.changed, r.applied) for r in again] == [(0, 974, [], True), (0, 164, [], True)]
+    assert [(r.inserted, r.unchanged, r.changed, r.applied) for r in again] == [
+        (0, 974, [], True),
+        (0, 164, [], True),
+    ]
     assert [r.inserted for r in first] == [974, 164]
     assert _snapshot(store) == before  # not even loaded_at moved
 
 
-def _copy_mbpp(tmp_path: Path, edit) -> Path:  # noqa: ANN001 - edit(lines) changes the list in place
+def _copy_mbpp(tmp_path: Path, edit) -> Path:  # edit(lines) changes the list in place
     (tmp_path / "mbpp").mkdir()
     lines = (DATA / "mbpp" / "mbpp.jsonl").read_text().splitlines()
     edit(lines)
@@ -88,13 +125,19 @@ def test_changed_file_is_reported_and_needs_force(store, tmp_path):
     assert [(c.external_id, c.fields) for c in result.changed] == [
         ("mbpp/11", ["private_tests", "private_suite_hash", "suite_hash"])
     ]
-    assert result.changed[0].old_suite_hash == parsed("mbpp")["mbpp/11"]["suite_hash"] != result.changed[0].new_suite_hash
+    assert (
+        result.changed[0].old_suite_hash
+        == parsed("mbpp")["mbpp/11"]["suite_hash"]
+        != result.changed[0].new_suite_hash
+    )
     assert _snapshot(store) == before
     forced = load_dataset(store, "mbpp", changed, force=True)
     assert forced.applied and forced.updated == 1 and forced.unchanged == 973
     p = store.get_problem("mbpp/11")
     assert p.private_tests[3].endswith('== "x"') and p.suite_hash == forced.changed[0].new_suite_hash
-    assert p.public_suite_hash == parsed("mbpp")["mbpp/11"]["public_suite_hash"]  # the public suite is the same
+    assert (
+        p.public_suite_hash == parsed("mbpp")["mbpp/11"]["public_suite_hash"]
+    )  # the public suite is the same
 
 
 def test_malformed_line_names_file_and_line_and_writes_nothing(store, tmp_path):
@@ -135,8 +178,10 @@ def test_mbpp_protocol():
         'assert remove_Occ("hello","l") == "heo"'
     ]
     # The challenge asserts are real statements of the private suite (they never ran in the reference).
-    assert test["private_tests"][3:] == ['assert remove_Occ("hellolloll","l") == "helollol"',
-                                         'assert remove_Occ("","l") == ""']
+    assert test["private_tests"][3:] == [
+        'assert remove_Occ("hellolloll","l") == "helollol"',
+        'assert remove_Occ("","l") == ""',
+    ]
     assert test["entry_point"] == "remove_Occ" and test["meta"] == {"task_id": 11, "challenge_tests": 2}
     challenged = [p["meta"]["task_id"] for p in mbpp.values() if len(p["private_tests"]) > 3]
     assert challenged == [11, 16, 20, 23, 25, 26, 28, 42, 43, 44, 47]
@@ -171,8 +216,12 @@ def test_humaneval_protocol():
     # Docstring lines that contradict the reference are not used.
     assert "assert tri(1) == 3" not in he["HumanEval/130"]["shown_tests"]
     # The hidden tests never appear among the shown ones.
-    assert all(not t.startswith("check(") and "def check" not in t
-               for p in he.values() if not p["meta"].get("public_fallback") for t in p["shown_tests"])
+    assert all(
+        not t.startswith("check(") and "def check" not in t
+        for p in he.values()
+        if not p["meta"].get("public_fallback")
+        for t in p["shown_tests"]
+    )
 
 
 def test_plus_datasets():
@@ -192,7 +241,9 @@ def test_plus_datasets():
 def test_suite_hashes_cover_what_decides_a_verdict():
     p = parse_dataset("mbpp", DATA).problems[10]
     row = p.row()
-    assert row == p.row() and len({row["public_suite_hash"], row["private_suite_hash"], row["suite_hash"]}) == 3
+    assert (
+        row == p.row() and len({row["public_suite_hash"], row["private_suite_hash"], row["suite_hash"]}) == 3
+    )
     p.setup_code = "x = 1"
     assert p.row()["public_suite_hash"] != row["public_suite_hash"]
     p.setup_code, p.prompt = "", "another wording"
@@ -213,7 +264,8 @@ for p in json.load(sys.stdin):
         for test in p[kind]:
             signal.alarm(240)  # MBPP+ has inputs that take a minute on a busy machine
             try:
-                exec(p["code_prefix"] + p["code"] + "\n" + p["setup_code"] + "\n" + test, {"__name__": "__main__"})
+                program = p["code_prefix"] + p["code"] + "\n" + p["setup_code"] + "\n" + test
+                exec(program, {"__name__": "__main__"})
             except BaseException as exc:
                 failed.append([p["external_id"], kind, repr(exc)[:200]])
             finally:
@@ -225,10 +277,16 @@ print(json.dumps(failed))
 def _failures(rows: list[dict]) -> list[list[str]]:
     for r in rows:
         # HumanEval stores the body; its signature and docstring are the prompt after the code prefix.
-        signature = r["prompt"][len(r["code_prefix"]):] if r["external_id"].startswith("HumanEval") else ""
+        signature = r["prompt"][len(r["code_prefix"]) :] if r["external_id"].startswith("HumanEval") else ""
         r["code"] = signature + r["reference_solution"]
-    out = subprocess.run([sys.executable, "-c", _RUNNER], input=json.dumps(rows), capture_output=True, text=True,
-                         timeout=1500, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _RUNNER],
+        input=json.dumps(rows),
+        capture_output=True,
+        text=True,
+        timeout=1500,
+        check=True,
+    )
     return json.loads(out.stdout)
 
 
@@ -240,8 +298,9 @@ def test_reference_solutions_pass_their_suites(name):
 def test_reference_solutions_pass_plus_suites_sample():
     hep, mp = parsed("humaneval_plus"), parsed("mbpp_plus")
     rows = [hep[f"HumanEvalPlus/{i}"] for i in (0, 32, 38, 53)] + [mp[f"MbppPlus/{i}"] for i in (2, 120, 602)]
-    assert _failures(rows) == [["HumanEvalPlus/32", "private_tests",
-                                "TypeError('Value after * must be an iterable, not float')"]]
+    assert _failures(rows) == [
+        ["HumanEvalPlus/32", "private_tests", "TypeError('Value after * must be an iterable, not float')"]
+    ]
 
 
 @pytest.mark.slow

@@ -12,8 +12,13 @@ from app.errors import DataError, NotFound
 
 def _spec(external_id: str, split: str = "train", test: str = "assert f(1) == 2") -> dict:
     return ProblemSpec(
-        external_id=external_id, split=split, prompt=f"Write f ({external_id}).", entry_point="f",
-        reference_solution="def f(x):\n    return x + 1\n", shown_tests=[test], public_tests=[test],
+        external_id=external_id,
+        split=split,
+        prompt=f"Write f ({external_id}).",
+        entry_point="f",
+        reference_solution="def f(x):\n    return x + 1\n",
+        shown_tests=[test],
+        public_tests=[test],
         private_tests=[test, "assert f(2) == 3"],
     ).row()
 
@@ -39,15 +44,24 @@ def owner(store):
         [{"round_id": round_id, "problem_id": problem_id, "sample_index": i, "seed": i} for i in range(3)]
     )
     turns = store.add_turns(
-        [{"rollout_id": rid, "index": t, "messages": [{"role": "user", "content": "x"}]}
-         for rid in rollouts.values() for t in (1, 2)]
+        [
+            {"rollout_id": rid, "index": t, "messages": [{"role": "user", "content": "x"}]}
+            for rid in rollouts.values()
+            for t in (1, 2)
+        ]
     )
     return problem_id, round_id, sorted(turns.values())
 
 
 def _candidate(turn_id: int, j: int, response: str = "def f(x): return x + 1") -> dict:
-    return {"turn_id": turn_id, "sample_index": j, "response": response, "code": response,
-            "code_hash": f"{hash(response) & 0xFFFFFFFF:064x}", "completion_tokens": 7}
+    return {
+        "turn_id": turn_id,
+        "sample_index": j,
+        "response": response,
+        "code": response,
+        "code_hash": f"{hash(response) & 0xFFFFFFFF:064x}",
+        "completion_tokens": 7,
+    }
 
 
 def test_problem_lookups_filters_and_paging(store):
@@ -58,7 +72,10 @@ def test_problem_lookups_filters_and_paging(store):
     assert p.dataset.name == "toy" and p.split == "test"
     with pytest.raises(NotFound, match="toy/99"):
         store.get_problem("toy/99")
-    assert [x.external_id for x in store.list_problems("toy", "train", limit=2, offset=1)] == ["toy/1", "toy/2"]
+    assert [x.external_id for x in store.list_problems("toy", "train", limit=2, offset=1)] == [
+        "toy/1",
+        "toy/2",
+    ]
     assert store.count_problems("toy") == 10 and store.count_problems("toy", "test") == 4
     assert store.count_problems("nope") == 0 and store.list_problems("nope") == []
     assert store.split_counts() == {"toy": {"train": 6, "test": 4}}
@@ -78,7 +95,7 @@ def test_add_candidates_is_idempotent_and_returns_every_id(store, owner):
     rows = [_candidate(t, j) for t in turns for j in range(3)]
     ids = store.add_candidates(rows)
     assert set(ids) == {(t, j) for t in turns for j in range(3)} and len(set(ids.values())) == len(rows)
-    # Redelivered with other content, plus new rows and an in-batch duplicate: existing rows win, ids are stable.
+    # Redelivered with other content, plus new rows and an in-batch duplicate: existing rows win, same ids.
     again = store.add_candidates(
         [_candidate(turns[0], 0, "changed")] + [_candidate(t, 3) for t in turns] + [_candidate(turns[0], 3)]
     )
@@ -105,16 +122,25 @@ def test_bulk_rejects_unknown_columns_and_rolls_back_with_the_caller(store, owne
 
 
 def _execution(code_hash: str, kind: str, status: str = "passed") -> dict:
-    return {"code_hash": code_hash, "suite_hash": "s" * 64, "suite_kind": kind, "sandbox_version": "v1",
-            "status": status, "passed": status == "passed",
-            "tests": [{"test": "assert f(1) == 2", "outcome": status, "message": ""}], "duration_ms": 12.5}
+    return {
+        "code_hash": code_hash,
+        "suite_hash": "s" * 64,
+        "suite_kind": kind,
+        "sandbox_version": "v1",
+        "status": status,
+        "passed": status == "passed",
+        "tests": [{"test": "assert f(1) == 2", "outcome": status, "message": ""}],
+        "duration_ms": 12.5,
+    }
 
 
 def test_add_executions_keeps_the_first_verdict(store):
     rows = [_execution(f"{i:064x}", kind) for i in range(50) for kind in ("public", "private")]
     ids = store.add_executions(rows)
     assert len(ids) == 100 and (f"{7:064x}", "s" * 64, "private", "v1") in ids
-    again = store.add_executions([_execution(f"{7:064x}", "private", "failed"), _execution(f"{99:064x}", "public")])
+    again = store.add_executions(
+        [_execution(f"{7:064x}", "private", "failed"), _execution(f"{99:064x}", "public")]
+    )
     assert again[(f"{7:064x}", "s" * 64, "private", "v1")] == ids[(f"{7:064x}", "s" * 64, "private", "v1")]
     with store.session() as s:
         assert s.scalar(select(func.count(m.Execution.id))) == 101
@@ -133,20 +159,35 @@ def test_add_rollouts_keys_round_and_evaluation_owners(store, owner):
         s.flush()
         eval_id = ev.id
     ids = store.add_rollouts(
-        [{"round_id": round_id, "problem_id": problem_id, "sample_index": 0, "seed": 0},  # exists already
-         {"evaluation_id": eval_id, "problem_id": problem_id, "sample_index": 0, "seed": 5},
-         {"round_id": None, "evaluation_id": eval_id, "problem_id": problem_id, "sample_index": 1, "seed": 6}]
+        [
+            {"round_id": round_id, "problem_id": problem_id, "sample_index": 0, "seed": 0},  # exists already
+            {"evaluation_id": eval_id, "problem_id": problem_id, "sample_index": 0, "seed": 5},
+            {
+                "round_id": None,
+                "evaluation_id": eval_id,
+                "problem_id": problem_id,
+                "sample_index": 1,
+                "seed": 6,
+            },
+        ]
     )
-    assert set(ids) == {(round_id, None, problem_id, 0), (None, eval_id, problem_id, 0),
-                        (None, eval_id, problem_id, 1)}
+    assert set(ids) == {
+        (round_id, None, problem_id, 0),
+        (None, eval_id, problem_id, 0),
+        (None, eval_id, problem_id, 1),
+    }
     with store.session() as s:
         assert s.scalar(select(func.count(m.Rollout.id))) == 5
 
 
 def test_copy_insert_ignore_without_ids(store):
     with store.session() as s:
-        out = store.copy_insert_ignore(s, m.Execution.__table__, [_execution("a" * 64, "public")] * 3,
-                                       ["code_hash", "suite_hash", "suite_kind", "sandbox_version"])
+        out = store.copy_insert_ignore(
+            s,
+            m.Execution.__table__,
+            [_execution("a" * 64, "public")] * 3,
+            ["code_hash", "suite_hash", "suite_kind", "sandbox_version"],
+        )
         assert out == {}
         assert store.copy_insert_ignore(s, m.Execution.__table__, [], ["code_hash"]) == {}
     with store.session() as s:

@@ -10,10 +10,14 @@ from rich.table import Table
 from app.cli.common import console, err_console, get_store, print_json
 from app.cli.problems import fit_columns
 
-data_app = typer.Typer(help="Benchmark datasets (MBPP, HumanEval, their EvalPlus versions).", no_args_is_help=True)
+data_app = typer.Typer(
+    help="Benchmark datasets (MBPP, HumanEval, their EvalPlus versions).", no_args_is_help=True
+)
 
 DATA_DIR_OPTION = typer.Option(
-    None, "--data-dir", help="Folder with the benchmark files (default: MUCODE_DATA_DIR, else shared/data).",
+    None,
+    "--data-dir",
+    help="Folder with the benchmark files (default: MUCODE_DATA_DIR, else shared/data).",
     file_okay=False,
 )
 
@@ -51,11 +55,25 @@ def load(
                 status = "[yellow]updated[/]"
             else:
                 status = "[green]loaded[/]" if r.inserted else "unchanged"
-            rows.append((r.dataset, str(r.total), str(r.inserted), str(r.unchanged), str(len(r.changed)), status,
-                         _splits(r.splits)))
+            rows.append(
+                (
+                    r.dataset,
+                    str(r.total),
+                    str(r.inserted),
+                    str(r.unchanged),
+                    str(len(r.changed)),
+                    status,
+                    _splits(r.splits),
+                )
+            )
         table = Table(title="mucode data load")
-        fit_columns(table, ("dataset", "problems", "new", "unchanged", "changed", "status", "splits"), rows,
-                    flexible={"splits"}, right={"problems", "new", "unchanged", "changed"})
+        fit_columns(
+            table,
+            ("dataset", "problems", "new", "unchanged", "changed", "status", "splits"),
+            rows,
+            flexible={"splits"},
+            right={"problems", "new", "unchanged", "changed"},
+        )
         for row in rows:
             table.add_row(*row)
         console.print(table)
@@ -63,27 +81,32 @@ def load(
             if r.changed:
                 _print_changes(r)
             if r.missing:
-                err_console.print(f"[yellow]warning:[/] {r.dataset}: {len(r.missing)} problem(s) in the database "
-                                  f"are no longer in the file and were kept: {', '.join(r.missing[:10])}")
+                err_console.print(
+                    f"[yellow]warning:[/] {r.dataset}: {len(r.missing)} problem(s) in the database "
+                    f"are no longer in the file and were kept: {', '.join(r.missing[:10])}"
+                )
     blocked = [r.dataset for r in results if r.blocked]
     if blocked:
         err_console.print(
-            f"[bold red]error:[/] the content of {', '.join(blocked)} changed since it was loaded; nothing was "
-            "written for it. Rerun with --force to update those problems (their executions are cached by suite "
+            f"[bold red]error:[/] the content of {', '.join(blocked)} changed since it was loaded; nothing "
+            "was written for it. Rerun with --force to update those problems (executions are cached by suite "
             "hash, so old verdicts are not reused)."
         )
         raise typer.Exit(1)
 
 
-def _print_changes(r) -> None:  # noqa: ANN001 - a store LoadResult
+def _print_changes(r) -> None:  # r: a store LoadResult
     table = Table(title=f"{r.dataset}: {len(r.changed)} changed problem(s)", title_justify="left")
     table.add_column("problem")
     table.add_column("changed fields")
     table.add_column("suite hash (stored → file)")
     for c in r.changed[:50]:
         same = c.old_suite_hash == c.new_suite_hash
-        table.add_row(c.external_id, ", ".join(c.fields),
-                      c.old_suite_hash[:12] + (" (same)" if same else " → " + c.new_suite_hash[:12]))
+        table.add_row(
+            c.external_id,
+            ", ".join(c.fields),
+            c.old_suite_hash[:12] + (" (same)" if same else " → " + c.new_suite_hash[:12]),
+        )
     if len(r.changed) > 50:
         table.caption = f"… and {len(r.changed) - 50} more (--json lists all)"
     console.print(table)
@@ -103,18 +126,41 @@ def list_(data_dir: Path | None = DATA_DIR_OPTION, as_json: bool = typer.Option(
         if ds is None:
             state = "not loaded" if sha else "file missing"
         else:
-            state = "loaded" if sha == ds.source_sha256 else ("file missing" if sha is None else "file changed")
-        rows.append({"name": name, "files": list(info.files), "description": info.description, "state": state,
-                     "problems": sum(counts.get(name, {}).values()), "splits": counts.get(name, {})})
+            state = (
+                "loaded" if sha == ds.source_sha256 else ("file missing" if sha is None else "file changed")
+            )
+        rows.append(
+            {
+                "name": name,
+                "files": list(info.files),
+                "description": info.description,
+                "state": state,
+                "problems": sum(counts.get(name, {}).values()),
+                "splits": counts.get(name, {}),
+            }
+        )
     if as_json:
         print_json(rows)
         return
     colors = {"loaded": "green", "not loaded": "dim", "file changed": "yellow", "file missing": "red"}
-    cells = [(r["name"], f"[{colors[r['state']]}]{r['state']}[/]", str(r["problems"]), _splits(r["splits"]),
-              r["description"]) for r in rows]
+    cells = [
+        (
+            r["name"],
+            f"[{colors[r['state']]}]{r['state']}[/]",
+            str(r["problems"]),
+            _splits(r["splits"]),
+            r["description"],
+        )
+        for r in rows
+    ]
     table = Table(title="datasets")
-    fit_columns(table, ("name", "state", "problems", "splits", "description"), cells,
-                flexible={"splits", "description"}, right={"problems"})
+    fit_columns(
+        table,
+        ("name", "state", "problems", "splits", "description"),
+        cells,
+        flexible={"splits", "description"},
+        right={"problems"},
+    )
     for row in cells:
         table.add_row(*row)
     console.print(table)

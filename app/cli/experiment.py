@@ -108,7 +108,7 @@ def create_experiment(store, name: str, config) -> tuple[int, bool]:
 @experiment_app.command("create")
 def experiment_create(
     name: str = typer.Argument(..., help="Experiment name (letters, digits, . _ -)."),
-    method: str = typer.Option("mucode", "--method", help="mucode | multi_rft | rft | rft_lv."),
+    method: str | None = typer.Option(None, "--method", help="mucode (default) | multi_rft | rft | rft_lv."),
     base_model: str | None = typer.Option(None, "--base-model", help="Hub name, local folder or pulled name."),
     config_file: Path | None = typer.Option(None, "--config", help="JSON/TOML/YAML with ExperimentConfig fields."),
     as_json: bool = typer.Option(False, "--json"),

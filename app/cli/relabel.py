@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -30,8 +31,12 @@ def relabel(
     verifier: int = typer.Option(None, "--verifier", help="Verifier id for this round (default: its verifier_out)."),
     name: str = typer.Option(None, "--name", help="Training set name (default: derived from round and settings)."),
     rebuild: bool = typer.Option(False, "--rebuild", help="Rebuild an existing set with the same name."),
-    export: Path = typer.Option(None, "--export", help="Also write the examples as JSONL to this file."),
-    hf_dataset: Path = typer.Option(None, "--hf-dataset", help="Also save a Hugging Face dataset to this folder."),
+    export: Annotated[
+        Path | None, typer.Option("--export", help="Also write the examples as JSONL to this file.")
+    ] = None,
+    hf_dataset: Annotated[
+        Path | None, typer.Option("--hf-dataset", help="Also save a Hugging Face dataset to this folder.")
+    ] = None,
     as_json: bool = typer.Option(False, "--json", help="Print the training set as JSON."),
 ) -> None:
     """Build the relabeled SFT training set of a round (µCode expert or a baseline) from the store."""

@@ -8,5 +8,13 @@ them. The prompt template is not here: it belongs to the environment (``app.env`
 from app.datasets.base import ParsedDataset, ProblemSpec, mbpp_split
 from app.datasets.registry import DATASETS, file_sha256, load_dataset, parse_dataset, resolve_names
 
-__all__ = ["DATASETS", "ParsedDataset", "ProblemSpec", "file_sha256", "load_dataset", "mbpp_split",
-           "parse_dataset", "resolve_names"]
+__all__ = [
+    "DATASETS",
+    "ParsedDataset",
+    "ProblemSpec",
+    "file_sha256",
+    "load_dataset",
+    "mbpp_split",
+    "parse_dataset",
+    "resolve_names",
+]

@@ -36,17 +36,27 @@ class ProblemSpec:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def suite(self, tests: list[str]) -> dict[str, Any]:
-        return {"code_prefix": self.code_prefix, "setup_code": self.setup_code, "tests": tests,
-                "entry_point": self.entry_point}
+        return {
+            "code_prefix": self.code_prefix,
+            "setup_code": self.setup_code,
+            "tests": tests,
+            "entry_point": self.entry_point,
+        }
 
     def row(self) -> dict[str, Any]:
         row = asdict(self)
         row["public_suite_hash"] = json_hash(self.suite(self.public_tests))
         row["private_suite_hash"] = json_hash(self.suite(self.private_tests))
         # Everything that decides a verdict of either suite.
-        row["suite_hash"] = json_hash({"code_prefix": self.code_prefix, "setup_code": self.setup_code,
-                                       "entry_point": self.entry_point, "public_tests": self.public_tests,
-                                       "private_tests": self.private_tests})
+        row["suite_hash"] = json_hash(
+            {
+                "code_prefix": self.code_prefix,
+                "setup_code": self.setup_code,
+                "entry_point": self.entry_point,
+                "public_tests": self.public_tests,
+                "private_tests": self.private_tests,
+            }
+        )
         return row
 
 
@@ -142,7 +152,7 @@ def field_of(record: dict[str, Any], key: str, kind: type | tuple[type, ...], wh
 
 
 def parse_python(source: str, mode: str = "exec") -> ast.AST:
-    """``ast.parse`` without the DeprecationWarnings of upstream code (invalid escapes like "\\d" in strings)."""
+    """``ast.parse``, silencing the warnings of upstream code (invalid escapes like "\\d" in strings)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", (DeprecationWarning, SyntaxWarning))
         return ast.parse(source, mode=mode)

@@ -1,8 +1,10 @@
 """HumanEval and HumanEval+ (EvalPlus OriginFmt).
 
-Protocol (DESIGN.md): the prompt field is the problem; the code prefix is the prompt up to ``def <entry_point>``
-(imports and helper functions the candidate may rely on). Public = one docstring example turned into an assert;
-when no example can be derived, the first assert of ``check`` (recorded in ``meta["public_fallback"]``).
+Protocol (DESIGN.md): the prompt field is the problem; the code prefix is the prompt up to
+``def <entry_point>`` (imports and helper functions the candidate may rely on). Public = one docstring example
+turned into an assert (doctest ``>>>`` lines and inline forms such as ``f(1) ==> 2``); when none can be
+derived, the first assert of ``check`` that stands alone, else the whole ``check`` (recorded in
+``meta["public_fallback"]``).
 Shown = every derivable docstring example (the reference showed the whole example block). Private = the full
 ``check``: its body split into top-level asserts when it is only asserts, else ``check(<entry_point>)`` with
 the test module as setup code.
@@ -33,7 +35,7 @@ HUMANEVAL_PLUS_FILE = "evalplus/HumanEvalPlus-OriginFmt-v0.1.10.jsonl.gz"
 # Known upstream defects of the loaded data (shared/data/README.md); the sandbox's reference-solution test
 # skips them. Keyed by task id.
 HUMANEVAL_PLUS_BROKEN = {
-    "HumanEval/32": "OriginFmt oracle calls _poly(*candidate(*inp), inp): every solution fails (EvalPlus bug)",
+    "HumanEval/32": "OriginFmt oracle calls _poly(*candidate(*inp), inp): every solution fails (EvalPlus)",
 }
 
 # Docstring lines that read like examples but contradict the reference solution and the hidden tests
@@ -54,7 +56,7 @@ def code_prefix(prompt: str, entry_point: str, where: str) -> tuple[str, str]:
     m = re.search(rf"^def\s+{re.escape(entry_point)}\s*\(", prompt, flags=re.MULTILINE)
     if m is None:
         raise DataError(f"{where}: the prompt does not define the entry point {entry_point!r}")
-    return prompt[: m.start()], prompt[m.start():]
+    return prompt[: m.start()], prompt[m.start() :]
 
 
 def _as_assert(expr_src: str, out_src: str, entry_point: str) -> str | None:
@@ -88,7 +90,7 @@ def _inline_example(line: str, entry_point: str) -> str | None:
         rest = text[end + 1 :].strip()
         for sep in _SEPARATORS:
             if rest.startswith(sep):
-                out = rest[len(sep):].strip().rstrip(".,;").strip()
+                out = rest[len(sep) :].strip().rstrip(".,;").strip()
                 return _as_assert(text[: end + 1], out, entry_point) if out else None
         return None
     return None
@@ -159,7 +161,8 @@ def split_check(test: str, entry_point: str, where: str) -> tuple[str, list[str]
     # needs check's local state cannot be lifted out, and then the whole check is the fallback.
     module_names = _bound_names(tree.body)
     standalone = [
-        a for a in asserts
+        a
+        for a in asserts
         if {n.id for n in ast.walk(a) if isinstance(n, ast.Name)} <= _BUILTINS | module_names | {entry_point}
     ]
     first = ast.unparse(standalone[0]) if standalone else f"check({entry_point})"
@@ -225,7 +228,9 @@ def load_humaneval_plus(data_dir: Path) -> ParsedDataset:
     """HumanEval+ v0.1.10, original format; the original HumanEval ``check`` gives the public fallback."""
     path = require_file(data_dir, HUMANEVAL_PLUS_FILE)
     base_path = require_file(data_dir, HUMANEVAL_FILE)
-    base = {field_of(r, "task_id", str, f"{base_path}, line {n}"): r.get("test") for n, r in read_jsonl(base_path)}
+    base = {
+        field_of(r, "task_id", str, f"{base_path}, line {n}"): r.get("test") for n, r in read_jsonl(base_path)
+    }
     problems = []
     for n, r in read_jsonl(path):
         where = f"{path}, line {n}"

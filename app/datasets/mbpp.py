@@ -81,7 +81,9 @@ def load_mbpp(data_dir: Path) -> ParsedDataset:
         challenge = field_of(r, "challenge_test_list", list, where)
         problems.append(
             mbpp_problem(
-                f"mbpp/{task_id}", task_id, where,
+                f"mbpp/{task_id}",
+                task_id,
+                where,
                 prompt=field_of(r, "text", str, where),
                 code=field_of(r, "code", str, where),
                 tests=tests,
@@ -104,7 +106,9 @@ def load_mbpp_sanitized(data_dir: Path) -> ParsedDataset:
         _unique(seen, task_id, where)
         problems.append(
             mbpp_problem(
-                f"mbpp_sanitized/{task_id}", task_id, where,
+                f"mbpp_sanitized/{task_id}",
+                task_id,
+                where,
                 prompt=field_of(r, "prompt", str, where),
                 code=field_of(r, "code", str, where),
                 tests=field_of(r, "test_list", list, where),
@@ -124,7 +128,9 @@ def load_mbpp_plus(data_dir: Path) -> ParsedDataset:
         _unique(seen, task_id, where)
         problems.append(
             mbpp_problem(
-                f"MbppPlus/{task_id}", task_id, where,
+                f"MbppPlus/{task_id}",
+                task_id,
+                where,
                 prompt=field_of(r, "prompt", str, where),
                 code=field_of(r, "code", str, where),
                 tests=field_of(r, "test_list", list, where),

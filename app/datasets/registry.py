@@ -31,13 +31,22 @@ DATASETS: dict[str, DatasetInfo] = {
     d.name: d
     for d in (
         DatasetInfo("mbpp", (MBPP_FILE,), "MBPP full, 974 problems, split by task id", load_mbpp),
-        DatasetInfo("mbpp_sanitized", (SANITIZED_FILE,), "MBPP sanitized, 427 hand-verified problems",
-                    load_mbpp_sanitized),
+        DatasetInfo(
+            "mbpp_sanitized",
+            (SANITIZED_FILE,),
+            "MBPP sanitized, 427 hand-verified problems",
+            load_mbpp_sanitized,
+        ),
         DatasetInfo("humaneval", (HUMANEVAL_FILE,), "HumanEval, 164 problems (test)", load_humaneval),
-        DatasetInfo("humaneval_plus", (HUMANEVAL_PLUS_FILE, HUMANEVAL_FILE),
-                    "HumanEval+ v0.1.10, 164 problems: plus tests private", load_humaneval_plus),
-        DatasetInfo("mbpp_plus", (MBPP_PLUS_FILE,), "MBPP+ v0.2.0, 378 problems: plus tests private",
-                    load_mbpp_plus),
+        DatasetInfo(
+            "humaneval_plus",
+            (HUMANEVAL_PLUS_FILE, HUMANEVAL_FILE),
+            "HumanEval+ v0.1.10, 164 problems: plus tests private",
+            load_humaneval_plus,
+        ),
+        DatasetInfo(
+            "mbpp_plus", (MBPP_PLUS_FILE,), "MBPP+ v0.2.0, 378 problems: plus tests private", load_mbpp_plus
+        ),
     )
 }
 

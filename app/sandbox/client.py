@@ -78,10 +78,13 @@ class Sandbox:
     """
 
     def __init__(self, workers: int | None = None, *, limits: Limits | None = None,
-                 allow_weak_isolation: bool | None = None) -> None:
+                 allow_weak_isolation: bool | None = None, pretend_missing: Sequence[str] = (),
+                 preimport_numpy: bool = True) -> None:
         self.workers = workers
         self.limits = limits or Limits()
         self.allow_weak_isolation = allow_weak_isolation
+        self.pretend_missing = list(pretend_missing)  # tests: act as on a host without these protections
+        self.preimport_numpy = preimport_numpy
         self.info: dict[str, Any] = {}
         self._proc: subprocess.Popen | None = None
         self._sock: socket.socket | None = None
@@ -126,6 +129,10 @@ class Sandbox:
                    "--workers", str(workers), "--limits", json.dumps(asdict(self.limits))]
             if allow:
                 cmd.append("--allow-weak")
+            for name in self.pretend_missing:
+                cmd += ["--pretend-missing", name]
+            if not self.preimport_numpy:
+                cmd.append("--no-numpy")
             try:
                 proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], env=executor_env(), cwd="/",
                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

@@ -2,32 +2,37 @@
 
 Process tree (all started from ``Sandbox``; none holds a database connection or any credential)::
 
-    Celery worker / CLI  --(socketpair, pickled batches)-->  executor  (python -m app.sandbox.executor)
-                                                              |  fork at start-up, before any job exists
-                                                              v
-                                                            zygote   (stdlib and numpy already imported,
-                                                              |       the empty network namespaces and the
-                                                              |       read-only root prepared)
-                                                              |  fork per program
-                                                              v
-                                                            judge    (trusted: runs the tests)
-                                                              |  fork at once, before the judge reads its job
-                                                              v
-                                                            candidate (pid 1 of its own pid namespace; own
-                                                                       network, mount and IPC namespaces; its
-                                                                       slot's uid; rlimits; empty environment)
+    Celery worker / CLI --(socketpair: pickled batches)--> executor (python -m app.sandbox.executor)
+                                                             | fork at start-up, before any job exists
+                                                             v
+                                                           zygote (stdlib and numpy imported; the empty
+                                                             |     network namespaces, the read-only root;
+                                                             |     reaps everything)
+                                  fork once per slot  <------+------>  fork once per program (raw fork)
+                                           v                                     v
+                          judge (one per slot, long-lived:        candidate's process (pid 1 of its own pid
+                          runs the tests; trusted)     <-socket->  namespace; own network, mount and IPC
+                                                                   namespaces; the slot's uid; rlimits)
 
-The zygote never sees a job, so a candidate's process, a copy of it, holds no test, no expected value and no
-other program. The executor keeps one spare judge per slot ready so the forks overlap with running programs.
+The zygote never receives a job, so a candidate's process (a copy of it) holds no test, no expected value and
+no other program. A judge asks the zygote for the next candidate process as soon as the previous one is
+reaped, so the fork and the isolation overlap with the executor's bookkeeping.
+
+Candidate processes are made with libc's ``fork()`` directly (the zygote is single-threaded and holds the
+GIL across the call), skipping CPython's after-fork hooks (``threading`` and ``random`` re-initialisation):
+that halves the cost of a fork here, and leaves every candidate the same (seeded) random state.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import marshal  # noqa: F401 - imported before the zygote forks
 import os
 import pickle
+import select
 import selectors
 import signal
 import socket
@@ -54,8 +59,20 @@ OPTIONAL_PREIMPORT = ("numpy",)
 
 UID_BASE = 100_000
 MAX_SLOTS = 64
-HARD_GRACE_S = 5.0
-SETUP_FAILED = 71  # exit status of a candidate process that could not isolate itself: an infrastructure error  # beyond the program's own time limit before the executor kills a judge
+HARD_GRACE_S = 5.0  # beyond the program's own time limit before the executor kills a judge
+SETUP_FAILED = judge.SETUP_FAILED  # exit status of a candidate process that could not isolate itself
+SUITE_CACHE = 64  # suites a judge keeps compiled
+
+_pylibc = ctypes.PyDLL(None, use_errno=True)  # PyDLL: the GIL stays held across fork()
+_pylibc.fork.restype = ctypes.c_int
+
+
+def raw_fork() -> int:
+    pid = _pylibc.fork()
+    if pid < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"fork: {os.strerror(e)}")
+    return pid
 
 
 def _uid_base() -> int:
@@ -63,23 +80,34 @@ def _uid_base() -> int:
     return UID_BASE + (os.getpid() % 1_000_000) * MAX_SLOTS
 
 
+def _close_all_but(keep: set[int]) -> None:
+    lo = 3
+    for fd in sorted(k for k in keep if k >= 3):
+        os.closerange(lo, fd)
+        lo = fd + 1
+    os.closerange(lo, 1 << 16)
+
+
 # -- zygote ----------------------------------------------------------------------------------------------------
 class ZygoteConfig:
     def __init__(self, *, slots: int, strong: bool, ipcns: bool, limits: Limits, uid_base: int,
-                 cgroup_tag: str | None) -> None:
+                 cgroup_tag: str | None, preimport_numpy: bool = True) -> None:
         self.slots = slots
         self.strong = strong
         self.ipcns = ipcns
         self.limits = limits
         self.uid_base = uid_base
         self.cgroup_tag = cgroup_tag
+        self.preimport_numpy = preimport_numpy
         self.netns_fds: list[int] = []
         self.rootns_fd: int | None = None
+        self.pidns_fd: int | None = None
+        self.base_vm = 0
 
 
-def _preimport() -> list[str]:
+def _preimport(numpy: bool = True) -> list[str]:
     failed = []
-    for name in PREIMPORT + OPTIONAL_PREIMPORT:
+    for name in PREIMPORT + (OPTIONAL_PREIMPORT if numpy else ()):
         try:
             __import__(name)
         except Exception:  # noqa: BLE001 - numpy may be absent
@@ -88,12 +116,13 @@ def _preimport() -> list[str]:
 
 
 def _make_namespaces(cfg: ZygoteConfig) -> None:
-    """One empty network namespace per slot (a slot runs one program at a time), one for the zygote itself,
-    and the mount namespace holding the read-only root."""
+    """One empty network namespace per slot (a slot runs one program at a time), one for the zygote and the
+    judges, and the mount namespace holding the read-only root."""
     for _ in range(cfg.slots):
         isolation.unshare(isolation.CLONE_NEWNET)
         cfg.netns_fds.append(os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC))
     isolation.unshare(isolation.CLONE_NEWNET)  # the zygote and the judges: no network either
+    cfg.pidns_fd = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     r, w = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - helper child
@@ -118,51 +147,6 @@ def _make_namespaces(cfg: ZygoteConfig) -> None:
         os.waitpid(pid, 0)
 
 
-def zygote_main(ctl: socket.socket, cfg: ZygoteConfig) -> None:
-    """Serve spawn requests until the executor goes away. Never returns."""
-    try:
-        isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        failed = _preimport()
-        os.environ.clear()
-        if cfg.strong:
-            _make_namespaces(cfg)
-        signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # judges are reaped by the kernel
-        threads = len(os.listdir("/proc/self/task"))
-        ctl.send(pickle.dumps(("ready", {"preimport_failed": failed, "threads": threads})))
-    except BaseException as exc:  # noqa: BLE001
-        try:
-            ctl.send(pickle.dumps(("error", f"{type(exc).__name__}: {exc}")))
-        finally:
-            os._exit(1)
-    while True:
-        try:
-            msg, fds, _, _ = socket.recv_fds(ctl, 4096, 4)
-        except OSError:
-            os._exit(0)
-        if not msg:
-            os._exit(0)
-        slot = int(msg.decode())
-        e_fd = fds[0]
-        for extra in fds[1:]:
-            os.close(extra)
-        pid = os.fork()
-        if pid == 0:
-            ctl.close()
-            try:
-                judge_process(e_fd, slot, cfg)
-            finally:
-                os._exit(70)
-        os.close(e_fd)
-        try:
-            pidfd = os.pidfd_open(pid)
-            socket.send_fds(ctl, [str(pid).encode()], [pidfd])
-            os.close(pidfd)
-        except OSError:
-            ctl.send(str(pid).encode())
-
-
-# -- judge process ---------------------------------------------------------------------------------------------
 def _child_setup(slot: int, cfg: ZygoteConfig, workdir: str | None) -> isolation.ChildSetup:
     lim = cfg.limits
     return isolation.ChildSetup(
@@ -180,128 +164,442 @@ def _child_setup(slot: int, cfg: ZygoteConfig, workdir: str | None) -> isolation
         nofile=lim.nofile,
         tmp_bytes=lim.tmp_mb << 20,
         workdir=workdir,
+        base_vm=cfg.base_vm,
     )
 
 
-def judge_process(e_fd: int, slot: int, cfg: ZygoteConfig) -> None:
-    """Fork the candidate's process right away (a clean copy of the zygote), then wait for the job."""
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)
-    out_fd = os.memfd_create("stdout", 0)
-    err_fd = os.memfd_create("stderr", 0)
-    j_sock, c_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    workdir = None
-    if not cfg.strong:
-        import tempfile
+def _candidate_process(setup: isolation.ChildSetup, sock_fd: int, out_fd: int, err_fd: int) -> None:
+    """In the fresh fork: put the descriptors in place, isolate, then serve the judge. Never returns."""
+    try:
+        import fcntl
 
-        workdir = tempfile.mkdtemp(prefix="mucode-run-")
-    setup = _child_setup(slot, cfg, workdir)
-    if cfg.strong:
-        isolation.unshare(isolation.CLONE_NEWPID)
-    pid = os.fork()
-    if pid == 0:  # the candidate's process
+        signal.set_wakeup_fd(-1)
+        # Move what the setup needs above the descriptors about to be placed at 0-3.
+        if setup.netns_fd is not None:
+            setup.netns_fd = fcntl.fcntl(setup.netns_fd, fcntl.F_DUPFD_CLOEXEC, 100)
+        if setup.rootns_fd is not None:
+            setup.rootns_fd = fcntl.fcntl(setup.rootns_fd, fcntl.F_DUPFD_CLOEXEC, 100)
+        out_hi = fcntl.fcntl(out_fd, fcntl.F_DUPFD_CLOEXEC, 100)
+        err_hi = fcntl.fcntl(err_fd, fcntl.F_DUPFD_CLOEXEC, 100)
+        sock_hi = fcntl.fcntl(sock_fd, fcntl.F_DUPFD_CLOEXEC, 100)
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, 0)
+        os.dup2(out_hi, 1)
+        os.dup2(err_hi, 2)
+        os.dup2(sock_hi, 3, inheritable=False)
+        isolation.enter_child(setup, keep_fds=[3])
+    except BaseException as exc:  # noqa: BLE001 - never run a program half isolated
         try:
-            # Move every descriptor the setup needs above the ones about to be placed at 0-3.
-            import fcntl
-
-            if setup.netns_fd is not None:
-                setup.netns_fd = fcntl.fcntl(setup.netns_fd, fcntl.F_DUPFD_CLOEXEC, 100)
-            if setup.rootns_fd is not None:
-                setup.rootns_fd = fcntl.fcntl(setup.rootns_fd, fcntl.F_DUPFD_CLOEXEC, 100)
-            out_hi = fcntl.fcntl(out_fd, fcntl.F_DUPFD_CLOEXEC, 100)
-            err_hi = fcntl.fcntl(err_fd, fcntl.F_DUPFD_CLOEXEC, 100)
-            sock_hi = fcntl.fcntl(c_sock.fileno(), fcntl.F_DUPFD_CLOEXEC, 100)
-            null = os.open(os.devnull, os.O_RDWR)
-            os.dup2(null, 0)
-            os.dup2(out_hi, 1)
-            os.dup2(err_hi, 2)
-            os.dup2(sock_hi, 3, inheritable=False)
-            isolation.enter_child(setup, keep_fds=[3])
-        except BaseException as exc:  # noqa: BLE001 - never run a program half isolated
-            try:
-                os.write(2, f"sandbox setup failed: {type(exc).__name__}: {exc}\n".encode()[:1000])
-            finally:
-                os._exit(SETUP_FAILED)
+            os.write(2, f"sandbox setup failed: {type(exc).__name__}: {exc}\n".encode()[:1000])
+        finally:
+            os._exit(SETUP_FAILED)
+    isolation.set_name("mucode-program")
+    try:
         child.main(3)
+    finally:
         os._exit(0)
-    c_sock.close()
-    for fd in cfg.netns_fds + ([cfg.rootns_fd] if cfg.rootns_fd is not None else []):
+
+
+class Zygote:
+    """Serves the executor (new judges) and the judges (new candidate processes, their exit statuses)."""
+
+    def __init__(self, ctl: socket.socket, cfg: ZygoteConfig) -> None:
+        self.ctl = ctl
+        self.cfg = cfg
+        self.sel = selectors.DefaultSelector()
+        self.judges: dict[socket.socket, int] = {}  # control socket -> slot
+        self.judge_pids: dict[int, int] = {}  # judge pid -> slot
+        self.live: dict[int, int] = {}  # slot -> pid of its candidate process, until reaped
+        self.live_pidfd: dict[int, int] = {}  # candidate pid -> pidfd
+        self.owner: dict[int, socket.socket] = {}  # candidate pid -> the judge that asked for it
+        self.waiting: dict[int, socket.socket] = {}  # candidate pid -> judge waiting for its status
+        self.statuses: dict[int, int] = {}  # reaped candidate pid -> wait status, until claimed
+        self.deferred: dict[int, deque] = {}  # slot -> spawn requests waiting for the slot's last process
+
+    def start(self) -> None:
+        isolation.set_name("mucode-zygote")
+        isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)
+        isolation.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: orphans of weak-mode programs come back to us
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        failed = _preimport(self.cfg.preimport_numpy)
+        import random
+
+        random.seed(0)  # every program starts from the same random state: verdicts repeat
+        os.environ.clear()
+        if self.cfg.strong:
+            _make_namespaces(self.cfg)
+        self.wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        child.prepare(3)
+        gc.collect()
+        gc.freeze()  # the imported modules stay shared with every fork: the collector must not touch them
+        self.cfg.base_vm = isolation.vm_size()
+        self.sel.register(self.ctl, selectors.EVENT_READ, "executor")
+        self.sel.register(self.wake_r, selectors.EVENT_READ, "sigchld")
+        threads = len(os.listdir("/proc/self/task"))
+        self.ctl.send(pickle.dumps(("ready", {"preimport_failed": failed, "threads": threads})))
+
+    def serve(self) -> None:
+        while True:
+            for key, _ in self.sel.select():
+                if key.data == "executor":
+                    self._from_executor()
+                elif key.data == "sigchld":
+                    self._reap()
+                else:
+                    self._from_judge(key.fileobj)
+
+    # -- executor requests: a judge for a slot ---------------------------------------------------------
+    def _from_executor(self) -> None:
         try:
-            os.close(fd)
+            msg, fds, _, _ = socket.recv_fds(self.ctl, 4096, 4)
+        except OSError:
+            msg, fds = b"", []
+        if not msg:
+            self._shutdown()
+        slot = int(msg.decode())
+        e_fd = fds[0]
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:  # the judge
+            try:
+                mine.close()
+                self.ctl.close()
+                keep = {e_fd, theirs.fileno()}
+                _close_all_but(keep)
+                judge_server(e_fd, theirs, slot, self.cfg)
+            except BaseException:  # noqa: BLE001 - the executor reports the slot's job as sandbox_error
+                traceback.print_exc()
+                sys.stderr.flush()
+            finally:
+                os._exit(70)
+        os.close(e_fd)
+        theirs.close()
+        self.judges[mine] = slot
+        self.judge_pids[pid] = slot
+        self.sel.register(mine, selectors.EVENT_READ, "judge")
+        pidfd = os.pidfd_open(pid)
+        socket.send_fds(self.ctl, [str(pid).encode()], [pidfd])
+        os.close(pidfd)
+
+    def _shutdown(self) -> None:
+        for pid in list(self.live.values()):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        os._exit(0)
+
+    # -- judge requests: spawn a candidate process, report its status ------------------------------------
+    def _from_judge(self, sock: socket.socket) -> None:
+        try:
+            msg, fds, _, _ = socket.recv_fds(sock, 4096, 8)
+        except OSError:
+            msg, fds = b"", []
+        if not msg:
+            self._judge_gone(sock)
+            return
+        req = pickle.loads(msg)
+        if req[0] == "spawn":
+            slot = self.judges[sock]
+            if slot in self.live:
+                self.deferred.setdefault(slot, deque()).append((sock, req, fds))
+            else:
+                self._spawn(sock, slot, req, fds)
+        elif req[0] == "status":
+            pid = req[1]
+            if pid in self.statuses:
+                self._send(sock, ("status", pid, self.statuses.pop(pid)))
+            else:
+                self.waiting[pid] = sock
+
+    def _send(self, sock: socket.socket, msg: Any, fds: list[int] | None = None) -> None:
+        try:
+            if fds:
+                socket.send_fds(sock, [pickle.dumps(msg)], fds)
+            else:
+                sock.send(pickle.dumps(msg))
         except OSError:
             pass
+
+    def _spawn(self, sock: socket.socket, slot: int, req: tuple, fds: list[int]) -> None:
+        c_sock, out_fd, err_fd = fds
+        workdir = req[1]
+        setup = _child_setup(slot, self.cfg, workdir)
+        strong = self.cfg.strong
+        try:
+            if strong:
+                isolation.setns(self.cfg.pidns_fd, isolation.CLONE_NEWPID)
+                isolation.unshare(isolation.CLONE_NEWPID)
+            pid = raw_fork()
+        except OSError as exc:
+            for fd in fds:
+                os.close(fd)
+            self._send(sock, ("error", f"cannot start the program's process: {exc}"))
+            return
+        if pid == 0:
+            _candidate_process(setup, c_sock, out_fd, err_fd)
+        if strong:
+            isolation.setns(self.cfg.pidns_fd, isolation.CLONE_NEWPID)
+        for fd in fds:
+            os.close(fd)
+        self.live[slot] = pid
+        self.owner[pid] = sock
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError:
+            pidfd = None
+        if pidfd is not None:
+            self.live_pidfd[pid] = pidfd
+            self._send(sock, ("spawned", pid), [pidfd])
+        else:
+            self._send(sock, ("spawned", pid))
+
+    def _reap(self) -> None:
+        try:
+            while os.read(self.wake_r, 512):
+                pass
+        except BlockingIOError:
+            pass
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid in self.judge_pids:
+                self.judge_pids.pop(pid)
+                continue
+            slot = next((s for s, p in self.live.items() if p == pid), None)
+            if slot is None:
+                continue  # an orphan of a weak-mode program
+            del self.live[slot]
+            self.owner.pop(pid, None)
+            pidfd = self.live_pidfd.pop(pid, None)
+            if pidfd is not None:
+                os.close(pidfd)
+            waiter = self.waiting.pop(pid, None)
+            if waiter is not None:
+                self._send(waiter, ("status", pid, status))
+            else:
+                self.statuses[pid] = status
+            queue = self.deferred.get(slot)
+            if queue:
+                sock, req, fds = queue.popleft()
+                if sock in self.judges:
+                    self._spawn(sock, slot, req, fds)
+                else:
+                    for fd in fds:
+                        os.close(fd)
+
+    def _judge_gone(self, sock: socket.socket) -> None:
+        """A judge died (killed by the executor past its deadline): kill its candidate process too."""
+        slot = self.judges.pop(sock, None)
+        self.sel.unregister(sock)
+        sock.close()
+        for pid, owner in list(self.owner.items()):
+            if owner is sock:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        for pid, waiter in list(self.waiting.items()):
+            if waiter is sock:
+                self.waiting.pop(pid)
+        if slot is not None:
+            queue = self.deferred.get(slot)
+            while queue and queue[0][0] is sock:
+                for fd in queue.popleft()[2]:
+                    os.close(fd)
+
+
+def zygote_main(ctl: socket.socket, cfg: ZygoteConfig) -> None:
+    z = Zygote(ctl, cfg)
     try:
-        wire.send_frame(e_fd, pickle.dumps(("hello", pid)))
-        job = pickle.loads(wire.recv_frame(e_fd))
-    except (wire.WireError, OSError):
-        _abandon(pid, workdir, cfg.strong)
-        os._exit(0)
-    started = time.monotonic()
+        z.start()
+    except BaseException as exc:  # noqa: BLE001
+        try:
+            ctl.send(pickle.dumps(("error", f"{type(exc).__name__}: {exc}")))
+        finally:
+            os._exit(1)
+    z.serve()
+
+
+# -- judge ---------------------------------------------------------------------------------------------------
+class _Candidate:
+    """The next candidate process of a slot, asked for in advance."""
+
+    def __init__(self, z: socket.socket, strong: bool) -> None:
+        self.z = z
+        self.strong = strong
+        self.j_sock, c_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.out_fd = os.memfd_create("stdout", os.MFD_CLOEXEC)
+        self.err_fd = os.memfd_create("stderr", os.MFD_CLOEXEC)
+        self.workdir = None
+        if not strong:
+            import tempfile
+
+            self.workdir = tempfile.mkdtemp(prefix="mucode-run-")
+        self.pid: int | None = None
+        self.pidfd: int | None = None
+        self.error: str | None = None
+        socket.send_fds(z, [pickle.dumps(("spawn", self.workdir))], [c_sock.fileno(), self.out_fd, self.err_fd])
+        c_sock.close()
+
+    def ready(self) -> bool:
+        if self.pid is None and self.error is None:
+            msg, fds, _, _ = socket.recv_fds(self.z, 4096, 1)
+            if not msg:
+                raise OSError("the zygote is gone")
+            reply = pickle.loads(msg)
+            if reply[0] == "spawned":
+                self.pid = reply[1]
+                self.pidfd = fds[0] if fds else None
+            else:
+                self.error = reply[1]
+        return self.error is None
+
+    def exited(self) -> bool:
+        if self.pidfd is None:
+            return False
+        r, _, _ = select.select([self.pidfd], [], [], 0)
+        return bool(r)
+
+    def kill(self) -> None:
+        if self.pid is None:
+            return
+        try:
+            if not self.strong:
+                os.killpg(self.pid, signal.SIGKILL)  # its process group (it called setsid)
+        except (ProcessLookupError, PermissionError):
+            pass
+        try:
+            if self.pidfd is not None:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            else:
+                os.kill(self.pid, signal.SIGKILL)
+        except (ProcessLookupError, OSError):
+            pass
+
+    def wait(self) -> int | None:
+        """Its wait status, once the zygote has reaped it (and, pid 1 of its namespace, everything it started)."""
+        if self.pid is None:
+            return None
+        self.z.send(pickle.dumps(("status", self.pid)))
+        while True:
+            msg = self.z.recv(4096)
+            if not msg:
+                raise OSError("the zygote is gone")
+            reply = pickle.loads(msg)
+            if reply[0] == "status" and reply[1] == self.pid:
+                return reply[2]
+
+    def close(self) -> None:
+        self.j_sock.close()
+        for fd in (self.out_fd, self.err_fd, self.pidfd):
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        if self.workdir:
+            import shutil
+
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def judge_server(e_fd: int, z: socket.socket, slot: int, cfg: ZygoteConfig) -> None:
+    """One slot's judge: takes jobs from the executor one at a time; never returns."""
+    isolation.set_name(f"mucode-judge{slot}")
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)
+    gc.disable()  # judges run short jobs; the few cycles they make are collected between jobs
     limits = cfg.limits
-    conn = judge.Conn(j_sock.fileno(), started + limits.timeout_s)
+    suites: dict[int, dict[str, Any]] = {}
+    nxt = _Candidate(z, cfg.strong)
+    while True:
+        try:
+            msg = pickle.loads(wire.recv_frame(e_fd))
+        except (wire.WireError, OSError, EOFError):
+            nxt.kill()
+            os._exit(0)
+        if msg[0] == "suite":
+            suites[msg[1]] = msg[2]
+            while len(suites) > SUITE_CACHE:
+                suites.pop(next(iter(suites)))
+            continue
+        if msg[0] != "job":
+            continue
+        _, jid, sid, code, collect = msg
+        suite = suites[sid]
+        cand = nxt
+        try:
+            ok = cand.ready()
+        except OSError as exc:
+            result: dict[str, Any] = {"status": "sandbox_error", "error": str(exc)}
+            wire.send_frame(e_fd, pickle.dumps(("result", jid, result)))
+            os._exit(0)
+        if not ok:
+            result = {"status": "sandbox_error", "error": cand.error}
+        else:
+            result = _judge_one(cand, suite, code, collect, limits)
+        cand.close()
+        gc.collect()
+        nxt = _Candidate(z, cfg.strong)  # start the next process now: it isolates while we report
+        wire.send_frame(e_fd, pickle.dumps(("result", jid, result)))
+
+
+def _judge_one(cand: _Candidate, suite: dict[str, Any], code: str, collect: bool, limits: Limits
+               ) -> dict[str, Any]:
+    started = time.monotonic()
+    job = {"prefix": suite["prefix"], "code": code, "setup_imports": suite["setup_imports"],
+           "tests": suite["tests"], "compiled": suite["compiled"], "collect": collect}
+    conn = judge.Conn(cand.j_sock.fileno(), started + limits.timeout_s)
     jd = judge.Judge(job, conn, limits)
     try:
         run = jd.judge()
-        result = judge.finish(jd, run, limits, c_pid=pid, out_fd=out_fd, err_fd=err_fd, weak=not cfg.strong,
-                              started=started)
+        alone = cand.exited() or (conn.gone is not None and conn.gone.reason == "died")
+        cand.kill()
+        status = cand.wait()
+        return judge.result_of(jd, run, limits, wait_status=status, alone=alone, out_fd=cand.out_fd,
+                               err_fd=cand.err_fd, started=started)
     except BaseException as exc:  # noqa: BLE001 - a bug here must come back as sandbox_error, not a verdict
-        _abandon(pid, None, cfg.strong)
-        result = {"status": "sandbox_error", "error": "".join(traceback.format_exception(exc))[-2000:]}
-    if workdir:
-        import shutil
-
-        shutil.rmtree(workdir, ignore_errors=True)
-    try:
-        wire.send_frame(e_fd, pickle.dumps(("result", result)))
-    except OSError:
-        pass
-    os._exit(0)
-
-
-def _abandon(pid: int, workdir: str | None, strong: bool) -> None:
-    try:
-        if strong:
-            os.kill(pid, signal.SIGKILL)
-        else:
-            os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    try:
-        os.waitpid(pid, 0)
-    except ChildProcessError:
-        pass
-    if workdir:
-        import shutil
-
-        shutil.rmtree(workdir, ignore_errors=True)
+        cand.kill()
+        return {"status": "sandbox_error", "error": "".join(traceback.format_exception(exc))[-2000:]}
 
 
 # -- executor --------------------------------------------------------------------------------------------------
 class _Slot:
     def __init__(self, index: int) -> None:
         self.index = index
-        self.spare: tuple[socket.socket, int | None] | None = None
         self.sock: socket.socket | None = None
         self.pidfd: int | None = None
-        self.c_pidfd: int | None = None
+        self.suites: dict[int, None] = {}  # suites the judge holds, oldest first
         self.job: int | None = None
         self.deadline = 0.0
-        self.started = 0.0
 
 
 class Executor:
-    def __init__(self, client: socket.socket, slots: int, limits: Limits, allow_weak: bool) -> None:
+    def __init__(self, client: socket.socket, slots: int, limits: Limits, allow_weak: bool,
+                 pretend_missing: list[str] | None = None, preimport_numpy: bool = True) -> None:
         self.client = client
         self.nslots = max(1, min(slots, MAX_SLOTS))
         self.limits = limits
         self.allow_weak = allow_weak
+        self.preimport_numpy = preimport_numpy
         self.caps = isolation.detect()
+        for name in pretend_missing or []:  # tests: behave as on a host without this protection
+            setattr(self.caps, name, False)
+            self.caps.errors[name] = "disabled for a test (--pretend-missing)"
         self.strong = self.caps.strong
         self.cgroup_tag: str | None = None
         self.zygote: socket.socket | None = None
         self.zygote_pid = 0
         self.slots = [_Slot(i) for i in range(self.nslots)]
-        self._compiled: dict[int, dict[str, Any]] = {}
+        self._suite_ids = 0
 
     # -- start-up ---------------------------------------------------------------------------------------
     def start(self) -> dict[str, Any]:
@@ -327,7 +625,7 @@ class Executor:
                 isolation.remove_cgroups(tag)
         info["cgroups"] = self.cgroup_tag is not None
         cfg = ZygoteConfig(slots=self.nslots, strong=self.strong, ipcns=self.caps.ipcns, limits=self.limits,
-                           uid_base=_uid_base(), cgroup_tag=self.cgroup_tag)
+                           uid_base=_uid_base(), cgroup_tag=self.cgroup_tag, preimport_numpy=self.preimport_numpy)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the zygote
@@ -342,36 +640,44 @@ class Executor:
             raise RuntimeError(f"the sandbox zygote failed to start: {detail}")
         info.update(detail)
         info["uid_base"] = cfg.uid_base
+        for slot in self.slots:
+            self._new_judge(slot)
         return info
 
-    # -- spawning -------------------------------------------------------------------------------------------
-    def _spawn(self, slot: int) -> tuple[socket.socket, int | None]:
+    def _new_judge(self, slot: _Slot) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         assert self.zygote is not None
-        socket.send_fds(self.zygote, [str(slot).encode()], [theirs.fileno()])
+        socket.send_fds(self.zygote, [str(slot.index).encode()], [theirs.fileno()])
         theirs.close()
         msg, fds, _, _ = socket.recv_fds(self.zygote, 64, 1)
         if not msg:
             raise OSError("the sandbox zygote is gone")
-        return ours, (fds[0] if fds else None)
+        slot.sock, slot.pidfd, slot.suites = ours, (fds[0] if fds else None), {}
 
-    def _take(self, slot: _Slot) -> tuple[socket.socket, int | None]:
-        if slot.spare is not None:
-            pair, slot.spare = slot.spare, None
-            return pair
-        return self._spawn(slot.index)
-
-    def _refill(self, slot: _Slot) -> None:
-        if slot.spare is None:
+    def _replace_judge(self, slot: _Slot) -> None:
+        """Kill a judge that overran its deadline (its candidate process dies with it) and start another."""
+        if slot.pidfd is not None:
             try:
-                slot.spare = self._spawn(slot.index)
+                signal.pidfd_send_signal(slot.pidfd, signal.SIGKILL)
             except OSError:
-                slot.spare = None
+                pass
+            select.select([slot.pidfd], [], [], 5.0)
+            os.close(slot.pidfd)
+        if slot.sock is not None:
+            slot.sock.close()
+        self._new_judge(slot)
 
     # -- a batch --------------------------------------------------------------------------------------------
     def run_batch(self, suites: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        compiled = [judge.compile_suite(s["prefix"], s["setup"], s["tests"]) for s in suites]
-        imports = [judge.setup_imports(s["setup"]) for s in suites]
+        prepared: list[dict[str, Any]] = []
+        for s in suites:
+            self._suite_ids += 1
+            prepared.append({
+                "id": self._suite_ids,
+                "data": {"prefix": s["prefix"], "tests": s["tests"],
+                         "setup_imports": judge.setup_imports(s["setup"]),
+                         "compiled": judge.compile_suite(s["prefix"], s["setup"], s["tests"])},
+            })
         results: list[dict[str, Any] | None] = [None] * len(jobs)
         pending = deque(range(len(jobs)))
         sel = selectors.DefaultSelector()
@@ -381,90 +687,60 @@ class Executor:
             while pending:
                 i = pending.popleft()
                 job = jobs[i]
-                s = suites[job["suite"]]
+                suite = prepared[job["suite"]]
                 try:
-                    sock, pidfd = self._take(slot)
-                    kind, c_pid = pickle.loads(wire.recv_frame(sock.fileno(), time.monotonic() + 30))
-                    payload = {
-                        "prefix": s["prefix"], "code": job["code"], "setup_imports": imports[job["suite"]],
-                        "tests": s["tests"], "compiled": compiled[job["suite"]], "collect": job.get("collect"),
-                    }
-                    wire.send_frame(sock.fileno(), pickle.dumps(payload))
-                except (OSError, wire.WireError, pickle.PickleError, EOFError) as exc:
-                    results[i] = {"status": "sandbox_error", "error": f"could not start the program: {exc}"}
+                    fd = slot.sock.fileno()
+                    if suite["id"] not in slot.suites:
+                        wire.send_frame(fd, pickle.dumps(("suite", suite["id"], suite["data"])))
+                        slot.suites[suite["id"]] = None
+                        while len(slot.suites) > SUITE_CACHE:  # the judge evicts the same, oldest first
+                            slot.suites.pop(next(iter(slot.suites)))
+                    wire.send_frame(fd, pickle.dumps(("job", i, suite["id"], job["code"], job.get("collect"))))
+                except OSError as exc:
+                    results[i] = {"status": "sandbox_error", "error": f"the judge is gone: {exc}"}
+                    self._replace_judge(slot)
                     continue
-                slot.sock, slot.pidfd, slot.job = sock, pidfd, i
-                try:
-                    slot.c_pidfd = os.pidfd_open(c_pid)
-                except OSError:
-                    slot.c_pidfd = None
-                slot.started = time.monotonic()
-                slot.deadline = slot.started + self.limits.timeout_s + HARD_GRACE_S
-                sel.register(sock, selectors.EVENT_READ, slot)
+                slot.job = i
+                slot.deadline = time.monotonic() + self.limits.timeout_s + HARD_GRACE_S
+                sel.register(slot.sock, selectors.EVENT_READ, slot)
                 running[slot.index] = slot
                 return
 
         def release(slot: _Slot) -> None:
             sel.unregister(slot.sock)
-            slot.sock.close()
-            for fd in (slot.pidfd, slot.c_pidfd):
-                if fd is not None:
-                    os.close(fd)
-            slot.sock = slot.pidfd = slot.c_pidfd = slot.job = None
+            slot.job = None
             running.pop(slot.index, None)
 
         for slot in self.slots:
             dispatch(slot)
-        for slot in self.slots:
-            if pending:
-                self._refill(slot)
         while running:
-            now = time.monotonic()
-            timeout = max(0.0, min(s.deadline for s in running.values()) - now)
-            events = sel.select(timeout)
-            for key, _ in events:
+            timeout = max(0.0, min(s.deadline for s in running.values()) - time.monotonic())
+            for key, _ in sel.select(timeout):
                 slot = key.data
                 i = slot.job
                 try:
-                    kind, res = pickle.loads(wire.recv_frame(slot.sock.fileno(), time.monotonic() + 10))
+                    kind, jid, res = pickle.loads(wire.recv_frame(slot.sock.fileno(), time.monotonic() + 30))
+                    if jid != i:
+                        raise ValueError(f"answer for job {jid}, expected {i}")
                 except (wire.WireError, OSError, pickle.PickleError, EOFError, ValueError) as exc:
                     res = {"status": "sandbox_error", "error": f"the judge process failed: {exc}"}
+                    release(slot)
+                    self._replace_judge(slot)
+                else:
+                    release(slot)
                 results[i] = res
-                release(slot)
                 dispatch(slot)
-                if pending:
-                    self._refill(slot)
             now = time.monotonic()
             for slot in list(running.values()):
                 if now >= slot.deadline:
-                    self._kill(slot)
                     i = slot.job
-                    tests = suites[jobs[i]["suite"]]["tests"]
-                    results[i] = _hard_timeout(tests, self.limits)
+                    results[i] = _hard_timeout(suites[jobs[i]["suite"]]["tests"], self.limits)
                     release(slot)
+                    self._replace_judge(slot)
                     dispatch(slot)
         sel.close()
-        out = []
-        for r in results:
-            if r is None:
-                r = {"status": "sandbox_error", "error": "the program was never run"}
-            out.append(r)
-        return out
-
-    def _kill(self, slot: _Slot) -> None:
-        """A judge past its hard deadline: kill it and its candidate (pid 1 of its namespace, so everything in
-        it), and wait until both are gone before the slot runs anything else."""
-        for fd in (slot.pidfd, slot.c_pidfd):
-            if fd is not None:
-                try:
-                    signal.pidfd_send_signal(fd, signal.SIGKILL)
-                except OSError:
-                    pass
-        import select
-
-        for fd in (slot.pidfd, slot.c_pidfd):
-            if fd is not None:
-                select.select([fd], [], [], 5.0)
+        return [r if r is not None else {"status": "sandbox_error", "error": "the program was never run"}
+                for r in results]
 
     # -- serve ----------------------------------------------------------------------------------------------
     def serve(self) -> None:
@@ -487,16 +763,18 @@ class Executor:
                 return
             else:
                 reply = ("error", f"unknown request {op!r}")
-            wire.send_frame(fd, pickle.dumps(reply))
+            wire.send_frame(fd, pickle.dumps(reply, protocol=pickle.HIGHEST_PROTOCOL))
 
     def close(self) -> None:
         for slot in self.slots:
-            if slot.spare is not None:
-                sock, pidfd = slot.spare
-                sock.close()
-                if pidfd is not None:
-                    os.close(pidfd)
-                slot.spare = None
+            if slot.sock is not None:
+                slot.sock.close()
+            if slot.pidfd is not None:
+                try:
+                    signal.pidfd_send_signal(slot.pidfd, signal.SIGKILL)
+                except OSError:
+                    pass
+                os.close(slot.pidfd)
         if self.zygote is not None:
             self.zygote.close()
             try:
@@ -505,8 +783,11 @@ class Executor:
             except (ProcessLookupError, ChildProcessError):
                 pass
         if self.cgroup_tag:
-            time.sleep(0.05)
-            isolation.remove_cgroups(self.cgroup_tag)
+            for _ in range(50):
+                isolation.remove_cgroups(self.cgroup_tag)
+                if not os.path.exists(f"/sys/fs/cgroup/memory/mucode/{self.cgroup_tag}"):
+                    break
+                time.sleep(0.02)
 
 
 def _hard_timeout(tests: list[str], limits: Limits) -> dict[str, Any]:
@@ -527,11 +808,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--limits", default="{}")
     ap.add_argument("--allow-weak", action="store_true")
+    ap.add_argument("--pretend-missing", action="append", default=[])
+    ap.add_argument("--no-numpy", action="store_true")
     args = ap.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    isolation.set_name("mucode-executor")
     client = socket.socket(fileno=args.fd)
     limits = Limits(**json.loads(args.limits))
-    ex = Executor(client, args.workers, limits, args.allow_weak)
+    ex = Executor(client, args.workers, limits, args.allow_weak, args.pretend_missing, not args.no_numpy)
     try:
         try:
             info = ex.start()

@@ -13,11 +13,13 @@ from __future__ import annotations
 import ast
 import builtins
 import importlib
+import _signal
 import marshal
 import os
 import signal
 import sys
 import time
+import types
 from typing import Any
 
 from app.sandbox import feedback as fb
@@ -27,6 +29,7 @@ from app.sandbox.types import Limits
 from app.sandbox.verdict import Run, status_of
 
 SETUP_FAILED = 71  # the candidate's process could not isolate itself (see executor)
+_SIGALRM = int(signal.SIGALRM)
 MAX_REPLY = 64 << 20  # bytes of one answer from the candidate
 TEST_TEXT_CHARS = 1000  # of each test's source kept in the result
 NOT_PLAIN_HINT = ("only None, bool, int, float, complex, str, bytes, list, tuple, dict, set and frozenset values "
@@ -214,6 +217,9 @@ class Conn:
     def _to_ref(obj: Any) -> tuple[bytes, Any]:
         if type(obj) is ProgramObject:
             return object.__getattribute__(obj, "_ref")
+        name = library_name(obj)
+        if name is not None:
+            return b"M", name
         raise TypeError(f"a {type(obj).__name__} object cannot be passed to the program: {NOT_PLAIN_HINT}")
 
     def _from_ref(self, tag: bytes, ident: Any) -> ProgramObject:
@@ -273,6 +279,31 @@ class Conn:
         raise self.gone
 
 
+def library_name(obj: Any) -> str | None:
+    """``module:qualname`` when ``obj`` is a class or function of the standard library (``int``, ``str.lower``,
+    ``math.sqrt``): the tests may pass those to a program, which finds its own copy by that name."""
+    if not isinstance(obj, (type, types.BuiltinFunctionType, types.FunctionType, types.MethodDescriptorType,
+                            types.WrapperDescriptorType, types.BuiltinMethodType)):
+        return None
+    module = getattr(obj, "__module__", None) or ("builtins" if isinstance(obj, types.BuiltinFunctionType)
+                                                   else None)
+    qualname = getattr(obj, "__qualname__", None)
+    if isinstance(obj, (types.MethodDescriptorType, types.WrapperDescriptorType)):
+        owner = getattr(obj, "__objclass__", None)
+        module = getattr(owner, "__module__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str) or "<" in qualname:
+        return None
+    if module != "builtins" and module.split(".")[0] not in _SAFE_STDLIB:
+        return None
+    try:
+        found: Any = builtins if module == "builtins" else sys.modules[module]
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except (KeyError, AttributeError):
+        return None
+    return f"{module}:{qualname}" if found is obj else None
+
+
 def _module_for(name: str) -> Any:
     """The judge's own copy of a module the program imported (only stdlib and already-imported modules)."""
     if name in sys.modules:
@@ -310,7 +341,7 @@ class Judge:
         job = self.job
         tests_src: list[str] = job["tests"]
         deadline = self.conn.deadline
-        signal.signal(signal.SIGALRM, self._alarm)
+        _signal.signal(_SIGALRM, self._alarm)  # _signal: the signal module's enum wrapping is slow
         self._armed = True
         signal.setitimer(signal.ITIMER_REAL, max(0.001, deadline - time.monotonic()))
         try:
@@ -369,6 +400,7 @@ class Judge:
             self._fatal(gone.reason, None)
             self.run.load_error = {"gone": gone.reason, "detail": gone.detail}
             return
+        self.run.tests_started = True
         if op == "loaderr":
             info = _clean_info(payload)
             self.run.load_error = info
@@ -508,44 +540,18 @@ def _read_output(fd: int, limit_chars: int) -> tuple[str, int]:
     return text, size
 
 
-def finish(judge: Judge | None, run: Run, limits: Limits, *, c_pid: int, out_fd: int, err_fd: int,
-           weak: bool, started: float) -> dict[str, Any]:
-    """Kill the candidate's process (its whole pid namespace, or process group in weak mode), reap it and
-    build the result."""
-    died_alone = None
-    try:
-        pid, status = os.waitpid(c_pid, os.WNOHANG)
-        if pid:
-            died_alone = status
-    except ChildProcessError:
-        pass
-    if died_alone is None:
-        try:
-            if weak:
-                os.killpg(c_pid, signal.SIGKILL)
-            else:
-                os.kill(c_pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        try:
-            _, status = os.waitpid(c_pid, 0)
-        except ChildProcessError:
-            status = 0
-    else:
-        status = died_alone
-        if weak:
-            try:
-                os.killpg(c_pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-    if died_alone is not None:
-        if os.WIFSIGNALED(died_alone):
-            run.exit_signal = os.WTERMSIG(died_alone)
-        elif os.WIFEXITED(died_alone):
-            run.exit_code = os.WEXITSTATUS(died_alone)
+def result_of(judge: Judge | None, run: Run, limits: Limits, *, wait_status: int | None, alone: bool,
+              out_fd: int, err_fd: int, started: float) -> dict[str, Any]:
+    """The result of one program, once its process is gone: ``wait_status`` is its exit status, ``alone`` says
+    it ended by itself (exit, crash, a limit) rather than by the judge's kill after the tests."""
+    if alone and wait_status is not None:
+        if os.WIFSIGNALED(wait_status):
+            run.exit_signal = os.WTERMSIG(wait_status)
+        elif os.WIFEXITED(wait_status):
+            run.exit_code = os.WEXITSTATUS(wait_status)
     stdout, n_out = _read_output(out_fd, limits.capture_chars)
     stderr, n_err = _read_output(err_fd, limits.capture_chars)
-    if run.load_error is not None and "gone" in run.load_error and run.exit_code == SETUP_FAILED:
+    if run.exit_code == SETUP_FAILED and not run.tests_started:
         return {"status": "sandbox_error", "error": f"the program's process could not be isolated: {stderr}"}
     run.output_bytes = max(n_out, n_err)
     status_name = status_of(run, limits)

@@ -30,6 +30,7 @@ class Run:
     exit_code: int | None = None
     output_bytes: int = 0
     timed_out: bool = False
+    tests_started: bool = False  # the program's process answered (it was isolated and running)
 
 
 def status_of(run: Run, limits: Limits) -> str:

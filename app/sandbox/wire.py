@@ -104,9 +104,9 @@ class Encoder:
             number, type_name = ident
             raw = type_name.encode("utf-8", "surrogatepass")[:200]
             out.append(b"R" + _UQ.pack(number) + _I32.pack(len(raw)) + raw)
-        else:
+        else:  # G: a global of the program by name; M: "module:qualname" of a library object
             raw = ident.encode("utf-8", "surrogatepass")
-            out.append(b"G" + _I32.pack(len(raw)) + raw)
+            out.append(tag + _I32.pack(len(raw)) + raw)
 
     def _enc(self, v: Any, out: list[bytes]) -> None:
         self._nodes += 1
@@ -260,12 +260,12 @@ def decode(buf: bytes, from_ref: Callable[[bytes, Any], Any], *, max_nodes: int 
             pos += 12
             need(pos, n)
             return from_ref(b"R", (number, str(mv[pos:pos + n], "utf-8", "replace"))), pos + n
-        if tag == 0x47:  # G
+        if tag == 0x47 or tag == 0x4D:  # G M
             need(pos, 4)
             (n,) = _I32.unpack_from(buf, pos)
             pos += 4
             need(pos, n)
-            return from_ref(b"G", str(mv[pos:pos + n], "utf-8", "surrogatepass")), pos + n
+            return from_ref(bytes((tag,)), str(mv[pos:pos + n], "utf-8", "surrogatepass")), pos + n
         raise WireError(f"unknown tag {tag!r}")
 
     try:

@@ -15,7 +15,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.engine import make_engine
 
-_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))  # one encoder: json.dumps builds one per call
+# One encoder for COPY's JSON columns: json.dumps with options builds a new one per call.
+_JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 # Postgres caps bind parameters at 65535 per statement; SQLite's default is 32766.
 _MAX_PARAMS = {"postgresql": 60000, "sqlite": 30000}
@@ -155,9 +156,9 @@ class StoreBase:
         Postgres: COPY into a temporary table, then one ``INSERT ... SELECT ... ON CONFLICT DO NOTHING``.
         SQLite: multi-row ``INSERT ... ON CONFLICT DO NOTHING``. A column a row leaves out takes the model's
         Python default (else NULL, or the server default when no row names it); an unknown key is an error.
-        Duplicate keys within ``rows`` are fine (the first wins). ``conflict_where`` (SQL text) names a partial
-        unique index. With ``return_ids``: ``{conflict key tuple: id}`` for every row given, whether inserted
-        now or already there; otherwise ``{}``.
+        Duplicate keys within ``rows`` are fine (the first wins). ``conflict_where`` (SQL text) names a
+        partial unique index. With ``return_ids``: ``{conflict key tuple: id}`` for every row given, whether
+        inserted now or already there; otherwise ``{}``.
         """
         if not rows:
             return {}
@@ -238,13 +239,21 @@ def _pg_copy_insert(
                         if v[i] is not None:
                             v[i] = dumps(v[i])
                 copy.write_row(v)
-        cur.execute(
+        insert = (
             f'INSERT INTO "{table.name}" ({col_sql}) SELECT {col_sql} FROM {tmp} '
             f"ON CONFLICT ({key_sql}){where} DO NOTHING"
         )
         if return_ids:
-            keys = ", ".join(f't."{c}"' for c in conflict)
-            cur.execute(f'SELECT t.id, {keys} FROM "{table.name}" t JOIN {tmp} USING ({key_sql})')
-            out = {tuple(r[1:]): r[0] for r in cur.fetchall()}
+            # RETURNING gives the ids of the new rows; only when some rows already existed (a redelivery)
+            # does it take a join to find theirs.
+            cur.execute(f"{insert} RETURNING id, {key_sql}")
+            out = {r[1:]: r[0] for r in cur.fetchall()}
+            key_of = itemgetter(*(cols.index(c) for c in conflict))
+            if len(out) < len({key_of(v) for v in values}):
+                t_keys = ", ".join(f't."{c}"' for c in conflict)
+                cur.execute(f'SELECT t.id, {t_keys} FROM "{table.name}" t JOIN {tmp} USING ({key_sql})')
+                out.update({r[1:]: r[0] for r in cur.fetchall()})
+        else:
+            cur.execute(insert)
         cur.execute(f"DROP TABLE {tmp}")
     return out

@@ -2,9 +2,10 @@
 
 Every method takes a list of dicts keyed by the model's column names, writes them with
 ``copy_insert_ignore`` (COPY + ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` on Postgres, multi-row
-``INSERT ... ON CONFLICT DO NOTHING`` on SQLite) and returns ``{natural key: id}`` for every row given, inserted
-now or already there, so a redelivered job gets the same ids and changes nothing. Columns a row leaves out take
-the model's defaults. Pass ``s`` to write inside the caller's transaction; otherwise each call is one.
+``INSERT ... ON CONFLICT DO NOTHING`` on SQLite) and returns ``{natural key: id}`` for every row given,
+inserted now or already there, so a redelivered job gets the same ids and changes nothing. Columns a row
+leaves out take the model's defaults. Pass ``s`` to write inside the caller's transaction; otherwise each call
+is one.
 """
 
 from __future__ import annotations
@@ -29,21 +30,21 @@ class BulkMixin:
         """Candidates: ``turn_id, sample_index, response, code, code_hash`` (required), ``prompt_tokens,
         completion_tokens, finish_reason, sampling (dict), chosen (default True), public_passed,
         private_passed``. Key ``(turn_id, sample_index)``; an existing candidate is kept as it is."""
-        with self._tx(s) as s:
-            return self.copy_insert_ignore(s, Candidate.__table__, rows, CANDIDATE_KEY, return_ids=True)
+        with self._tx(s) as tx:
+            return self.copy_insert_ignore(tx, Candidate.__table__, rows, CANDIDATE_KEY, return_ids=True)
 
     def add_executions(self, rows: Rows, *, s: Session | None = None) -> dict[tuple[str, str, str, str], int]:
         """Executions: ``code_hash, suite_hash, suite_kind ('public'|'private'), sandbox_version, status,
         passed`` (required), ``tests (list), feedback, stdout, stderr, duration_ms``.
         Key ``(code_hash, suite_hash, suite_kind, sandbox_version)``: the first verdict stored wins."""
-        with self._tx(s) as s:
-            return self.copy_insert_ignore(s, Execution.__table__, rows, EXECUTION_KEY, return_ids=True)
+        with self._tx(s) as tx:
+            return self.copy_insert_ignore(tx, Execution.__table__, rows, EXECUTION_KEY, return_ids=True)
 
     def add_turns(self, rows: Rows, *, s: Session | None = None) -> dict[tuple[int, int], int]:
         """Turns: ``rollout_id, index (1-based), messages (list)``, optional ``feedback``.
         Key ``(rollout_id, index)``."""
-        with self._tx(s) as s:
-            return self.copy_insert_ignore(s, Turn.__table__, rows, TURN_KEY, return_ids=True)
+        with self._tx(s) as tx:
+            return self.copy_insert_ignore(tx, Turn.__table__, rows, TURN_KEY, return_ids=True)
 
     def add_rollouts(
         self, rows: Rows, *, s: Session | None = None
@@ -52,12 +53,16 @@ class BulkMixin:
         optional ``generator_id, status, num_turns``. Key ``(round_id, evaluation_id, problem_id,
         sample_index)`` (the owner not set is None), matching the two partial unique indexes."""
         out: dict[tuple[int | None, int | None, int, int], int] = {}
-        with self._tx(s) as s:
+        with self._tx(s) as tx:
             for owner in ("round_id", "evaluation_id"):
                 part = [r for r in rows if r.get(owner) is not None]
                 ids = self.copy_insert_ignore(
-                    s, Rollout.__table__, part, (owner, "problem_id", "sample_index"),
-                    conflict_where=f"{owner} IS NOT NULL", return_ids=True,
+                    tx,
+                    Rollout.__table__,
+                    part,
+                    (owner, "problem_id", "sample_index"),
+                    conflict_where=f"{owner} IS NOT NULL",
+                    return_ids=True,
                 )
                 for (owner_id, problem_id, sample_index), id_ in ids.items():
                     key = (owner_id, None) if owner == "round_id" else (None, owner_id)

@@ -89,10 +89,13 @@ class DashboardMixin:
             stmt = stmt.bindparams(*(bindparam(n, expanding=True) for n in expanding))
         with self.session() as s:  # type: ignore[attr-defined]
             if self.is_postgres:  # type: ignore[attr-defined]
-                # Analytical reads: sort and hash in memory, and skip JIT compilation (it costs more than it
-                # saves on these sub-second queries). SET LOCAL ends with the transaction.
+                # Analytical reads: sort and hash in memory, skip JIT compilation (it costs more than it saves
+                # on these sub-second queries) and price index lookups as on a cached/SSD database, so that a
+                # round's candidates are reached through the indexes instead of scanning every candidate.
+                # SET LOCAL ends with the transaction.
                 s.execute(text(f"SET LOCAL work_mem = '{self.DASH_WORK_MEM}'"))
                 s.execute(text("SET LOCAL jit = off"))
+                s.execute(text("SET LOCAL random_page_cost = 1.1"))
             elif error_type:
                 dbapi = s.connection().connection.driver_connection
                 dbapi.create_function("mucode_error_type", 1, _error_type_py, deterministic=True)
@@ -303,19 +306,24 @@ class DashboardMixin:
             params,
         )
 
-    def dash_eval_turn_success(self, experiment_id: int | None = None) -> list[dict[str, Any]]:
+    def dash_eval_turn_success(self, experiment_id: int | None = None,
+                               evaluation_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
         """Per evaluation and turn t (1..max_turns): METHOD §7 metrics from ``evaluation_results``.
 
         - ``true_success``: share of (problem, chain) whose cumulative ``solved`` is true at turn <= t;
         - ``public_success``: share of chains whose pick passed the public tests at some turn <= t;
         - ``any_success``: share of problems that at least one chain solved by turn t.
-        A chain that stopped early keeps its outcome for the later turns.
+        A chain that stopped early keeps its outcome for the later turns. ``evaluation_ids`` restricts the
+        evaluations (the dashboard caches finished ones for longer).
         """
         where = ""
         params: dict[str, Any] = {}
+        if evaluation_ids is not None:
+            where += " AND ev.id IN :evids"
+            params["evids"] = [int(e) for e in evaluation_ids] or [-1]
         if experiment_id is not None:
-            where = (" AND (ev.experiment_id = :exp OR ev.round_id IN "
-                     "(SELECT id FROM rounds WHERE experiment_id = :exp))")
+            where += (" AND (ev.experiment_id = :exp OR ev.round_id IN "
+                      "(SELECT id FROM rounds WHERE experiment_id = :exp))")
             params["exp"] = int(experiment_id)
         return self._dash_rows(
             f"""
@@ -885,18 +893,33 @@ class DashboardMixin:
         )
 
     def dash_verifier_calibration(self, verifier_id: int, bins: int = 10) -> list[dict[str, Any]]:
-        """Reliability by score decile (NTILE): mean score and the observed share of correct candidates."""
+        """Reliability by score decile (NTILE): mean score and the observed share of correct candidates.
+
+        Every row also carries the verifier's pooled ``auc`` over all its executed candidates (mid-rank
+        Mann-Whitney from the same sorted window, so one scan gives both).
+        """
         return self._dash_rows(
             """
             WITH s AS (
-                SELECT vs.score, CASE WHEN c.private_passed THEN 1 ELSE 0 END AS y,
-                       NTILE(:bins) OVER (ORDER BY vs.score) AS bin
+                SELECT vs.score, CASE WHEN c.private_passed THEN 1 ELSE 0 END AS y
                 FROM verifier_scores vs JOIN candidates c ON c.id = vs.candidate_id
                 WHERE vs.verifier_id = :vid AND c.private_passed IS NOT NULL
+            ),
+            r AS (
+                SELECT score, y, NTILE(:bins) OVER w AS bin, (RANK() OVER w + COUNT(*) OVER w) / 2.0 AS midrank
+                FROM s WINDOW w AS (ORDER BY score)
+            ),
+            a AS (
+                SELECT COUNT(*) AS n, SUM(y) AS npos, SUM(CASE WHEN y = 1 THEN midrank ELSE 0 END) AS rank_pos
+                FROM r
             )
-            SELECT bin, COUNT(*) AS candidates, AVG(score) AS mean_score, MIN(score) AS min_score,
-                   MAX(score) AS max_score, AVG(1.0 * y) AS observed
-            FROM s GROUP BY bin ORDER BY bin
+            SELECT r.bin, COUNT(*) AS candidates, AVG(r.score) AS mean_score, MIN(r.score) AS min_score,
+                   MAX(r.score) AS max_score, AVG(1.0 * r.y) AS observed,
+                   MAX(a.n) AS total, MAX(a.npos) AS correct,
+                   MAX(CASE WHEN a.npos > 0 AND a.npos < a.n
+                            THEN (a.rank_pos - a.npos * (a.npos + 1) / 2.0) / (1.0 * a.npos * (a.n - a.npos))
+                       END) AS auc
+            FROM r CROSS JOIN a GROUP BY r.bin ORDER BY r.bin
             """,
             {"vid": int(verifier_id), "bins": int(bins)},
         )

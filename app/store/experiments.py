@@ -1,8 +1,14 @@
 """Store queries: experiments, rounds, evaluations and model versions (issues 4, 7).
 
-Minimal, idempotent create/get helpers; the rounds/eval work extends this module. Creation is keyed by the
-natural unique key (name, or (experiment, index) for rounds): calling a ``create_*``/``ensure_*`` twice
-returns the same row. Getters return detached ORM rows (the session does not expire them on commit).
+Creation is keyed by the natural unique key (name, or (experiment, index) for rounds): calling a
+``create_*``/``ensure_*`` twice returns the same row. Getters return detached ORM rows (the session does not
+expire them on commit).
+
+Round state (issue 7): ``rounds.steps`` holds one record per step (state, attempt, timings, error, result);
+``update_round_step`` changes one record as a compare-and-set under a row lock, so two orchestrators never
+start the same step twice. Evaluations: ``evaluation_picks`` reads the chosen candidate of every executed turn
+of the finished chains, ``write_evaluation_results`` stores the per (problem, chain, turn) rows
+(``app.evaluation.result_rows``) with ``ON CONFLICT DO NOTHING``, ``set_evaluation_metrics`` the numbers.
 """
 
 from __future__ import annotations

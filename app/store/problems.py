@@ -14,8 +14,19 @@ from app.errors import DataError, NotFound
 
 # The columns a dataset file decides; compared on reload to tell "unchanged" from "changed".
 CONTENT_COLUMNS = (
-    "split", "prompt", "entry_point", "reference_solution", "code_prefix", "setup_code", "shown_tests",
-    "public_tests", "private_tests", "public_suite_hash", "private_suite_hash", "suite_hash", "meta",
+    "split",
+    "prompt",
+    "entry_point",
+    "reference_solution",
+    "code_prefix",
+    "setup_code",
+    "shown_tests",
+    "public_tests",
+    "private_tests",
+    "public_suite_hash",
+    "private_suite_hash",
+    "suite_hash",
+    "meta",
 )
 
 
@@ -29,7 +40,7 @@ class ChangedProblem:
 
 @dataclass
 class LoadResult:
-    """What ``load_problems`` found and did. ``applied`` is False when changes were found without ``force``."""
+    """What ``load_problems`` found and did; ``applied`` is False when changes were found without force."""
 
     dataset: str
     source_path: str
@@ -92,8 +103,12 @@ class ProblemsMixin:
             if ds is not None:
                 in_file = {r["external_id"] for r in rows}
                 result.missing = list(
-                    s.scalars(select(Problem.external_id).where(Problem.dataset_id == ds.id)
-                              .where(Problem.external_id.not_in(in_file)).order_by(Problem.id))
+                    s.scalars(
+                        select(Problem.external_id)
+                        .where(Problem.dataset_id == ds.id)
+                        .where(Problem.external_id.not_in(in_file))
+                        .order_by(Problem.id)
+                    )
                 )
             if result.changed and not force:
                 result.applied, result.inserted = False, 0
@@ -109,8 +124,11 @@ class ProblemsMixin:
             ds.loaded_at = func.now()
             s.flush()
             self.upsert(
-                s, Problem.__table__, [{**r, "dataset_id": ds.id} for r in write],
-                conflict=["external_id"], update=[*CONTENT_COLUMNS, "dataset_id"],
+                s,
+                Problem.__table__,
+                [{**r, "dataset_id": ds.id} for r in write],
+                conflict=["external_id"],
+                update=[*CONTENT_COLUMNS, "dataset_id"],
             )
         return result
 
@@ -119,26 +137,30 @@ class ProblemsMixin:
         out: dict[str, Problem] = {}
         for i in range(0, len(external_ids), 1000):
             chunk = external_ids[i : i + 1000]
-            out.update({p.external_id: p for p in s.scalars(select(Problem).where(Problem.external_id.in_(chunk)))})
+            out.update(
+                {p.external_id: p for p in s.scalars(select(Problem).where(Problem.external_id.in_(chunk)))}
+            )
         return out
 
     # -- lookups -----------------------------------------------------------------------------------
     def get_problem(self, ref: str | int, *, s: Session | None = None) -> Problem:
         """A problem by external id ("mbpp/601", "HumanEval/0") or by numeric id; NotFound otherwise."""
-        with self._tx(s) as s:
+        with self._tx(s) as tx:
             by_id = isinstance(ref, int) or str(ref).isdigit()
             stmt = select(Problem).options(joinedload(Problem.dataset))  # callers show the dataset name
-            problem = s.scalar(stmt.where(Problem.id == int(ref) if by_id else Problem.external_id == ref))
+            problem = tx.scalar(stmt.where(Problem.id == int(ref) if by_id else Problem.external_id == ref))
             if problem is None:
                 raise NotFound(f"no problem {ref!r}: see `mucode problems list` (is the dataset loaded?)")
             return problem
 
     def get_problems(self, ids: Sequence[int], *, s: Session | None = None) -> dict[int, Problem]:
         """Problems by numeric id (missing ids are absent from the result)."""
-        with self._tx(s) as s:
+        with self._tx(s) as tx:
             out: dict[int, Problem] = {}
             for i in range(0, len(ids), 1000):
-                out.update({p.id: p for p in s.scalars(select(Problem).where(Problem.id.in_(ids[i : i + 1000])))})
+                out.update(
+                    {p.id: p for p in tx.scalars(select(Problem).where(Problem.id.in_(ids[i : i + 1000])))}
+                )
             return out
 
     def list_problems(
@@ -155,34 +177,40 @@ class ProblemsMixin:
         stmt = self._filtered(stmt, dataset, split).order_by(Problem.id).offset(offset)
         if limit is not None:
             stmt = stmt.limit(limit)
-        with self._tx(s) as s:
-            return list(s.scalars(stmt))
+        with self._tx(s) as tx:
+            return list(tx.scalars(stmt))
 
     def count_problems(
         self, dataset: str | None = None, split: str | None = None, *, s: Session | None = None
     ) -> int:
-        with self._tx(s) as s:
-            return s.scalar(self._filtered(select(func.count(Problem.id)), dataset, split)) or 0
+        with self._tx(s) as tx:
+            return tx.scalar(self._filtered(select(func.count(Problem.id)), dataset, split)) or 0
 
-    def split_counts(self, dataset: str | None = None, *, s: Session | None = None) -> dict[str, dict[str, int]]:
+    def split_counts(
+        self, dataset: str | None = None, *, s: Session | None = None
+    ) -> dict[str, dict[str, int]]:
         """{dataset name: {split: number of problems}}."""
         stmt = self._filtered(
-            select(Dataset.name, Problem.split, func.count(Problem.id)).join_from(Problem, Dataset), dataset, None
+            select(Dataset.name, Problem.split, func.count(Problem.id)).join_from(Problem, Dataset),
+            dataset,
+            None,
         ).group_by(Dataset.name, Problem.split)
         out: dict[str, dict[str, int]] = {}
-        with self._tx(s) as s:
-            for name, split, n in s.execute(stmt):
+        with self._tx(s) as tx:
+            for name, split, n in tx.execute(stmt):
                 out.setdefault(name, {})[split] = n
         return out
 
     def list_datasets(self, *, s: Session | None = None) -> list[Dataset]:
-        with self._tx(s) as s:
-            return list(s.scalars(select(Dataset).order_by(Dataset.id)))
+        with self._tx(s) as tx:
+            return list(tx.scalars(select(Dataset).order_by(Dataset.id)))
 
     @staticmethod
     def _filtered(stmt, dataset: str | None, split: str | None):
         if dataset:
-            stmt = stmt.where(Problem.dataset_id == select(Dataset.id).where(Dataset.name == dataset).scalar_subquery())
+            stmt = stmt.where(
+                Problem.dataset_id == select(Dataset.id).where(Dataset.name == dataset).scalar_subquery()
+            )
         if split:
             stmt = stmt.where(Problem.split == split)
         return stmt

@@ -253,14 +253,14 @@ class RelabelMixin:
             return out
 
     def sft_example_rows(self, training_set_id: int, *, batch_size: int = 5000) -> Iterator[dict[str, Any]]:
-        """Every example of a set with its full lineage, in id order, read in keyset-paginated batches.
+        """Every example of a set with its full lineage, in id order, streamed (server-side cursor on Postgres).
 
         Each row: the state (``prompt``: the messages shown at turn ``turn_index``), the ``target`` response,
         the source, the example's rollout/round/generator, the target candidate and the rollout it came from,
         and the verifier that chose it.
         """
         e, t, c, ro, p = m.SftExample, m.Turn, m.Candidate, m.Rollout, m.Problem
-        tt = select(m.Turn.id, m.Turn.rollout_id, m.Turn.index).subquery("target_turn")
+        tt = m.Turn.__table__.alias("target_turn")
         q = (
             select(
                 e.id, e.training_set_id, e.problem_id, p.external_id, e.rollout_id, ro.round_id,
@@ -275,21 +275,15 @@ class RelabelMixin:
             .join(p, p.id == e.problem_id)
             .where(e.training_set_id == training_set_id)
             .order_by(e.id)
-            .limit(batch_size)
+            .execution_options(yield_per=batch_size)
         )
-        last = 0
-        while True:
-            with self.session() as s:
-                rows = s.execute(q.where(e.id > last)).all()
-            if not rows:
-                return
-            for r in rows:
+        with self.session() as s:
+            for r in s.execute(q):
                 d = dict(r._mapping)
                 d["prompt"] = d.pop("messages")
                 d["target"] = d.pop("response")
                 d["target_correct"] = d.pop("private_passed")
                 yield d
-            last = rows[-1].id
 
     # -- generator versions -------------------------------------------------------------------------
     def sft_model_version(self, name: str) -> dict[str, Any] | None:

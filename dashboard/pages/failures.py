@@ -22,7 +22,9 @@ source = cols[0].radio("Candidates of", ["train", "eval"], horizontal=True, key=
 suite = cols[1].radio("Verdict on", ["private", "public"], horizontal=True, key="fail_suite",
                       format_func={"private": "private tests (oracle)", "public": "public tests"}.get)
 
-rows = q("dash_error_types", exp_id, suite=suite, source=source)
+rounds_all = q("dash_rounds", exp_id)
+shown_rounds = c.window_rounds(rounds_all)
+rows = c.q_per_round("dash_error_types", shown_rounds, suite=suite, source=source)
 if not rows:
     st.info("No executed candidates in this scope yet. " + c.EMPTY_HINT)
     c.footer()
@@ -51,7 +53,8 @@ else:
     )
     event = st.altair_chart(chart, on_select="rerun", key="fail_chart")
     st.caption("Each failing candidate counted once under its execution status; `failed`/`error` are split by the "
-               "exception type in the sanitized feedback. Click a bar to list examples below.")
+               "exception type in the sanitized feedback. Click a bar to list examples below. Rounds: "
+               f"{st.session_state.get('rounds_window', 'last 5 rounds')} (sidebar).")
     picked = []
     try:
         picked = event.selection.get("pick") or []  # type: ignore[union-attr]

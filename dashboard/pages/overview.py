@@ -29,13 +29,12 @@ rounds = q("dash_rounds", exp_id)
 if not rounds:
     st.info("No rounds yet — queue one with `mucode round run NAME` (or `mucode demo`).")
 else:
-    cand = {r["round_id"]: r for r in q("dash_round_candidates", exp_id)}
     table = pd.DataFrame([{
         "experiment": r["experiment"], "round": r["round"], "status": r["status"],
         "generator": r["generator"], "verifier in": r["verifier_in"], "verifier out": r["verifier_out"],
         "generator out": r["generator_out"], "problems": r["problems"], "rollouts": r["rollouts"],
         "solved": pct(r["rollouts_solved"] / r["rollouts_done"]) if r["rollouts_done"] else "–",
-        "candidates": cand.get(r["id"], {}).get("candidates", 0),
+        "turns": r["turns"],
         "took": c.seconds(r["seconds"]), "error": r["error"] or "",
     } for r in rounds])
     st.dataframe(table, hide_index=True)
@@ -43,7 +42,7 @@ else:
 # -- accuracy per round (evaluations) ---------------------------------------------------------------
 st.header("Accuracy per round")
 evals = q("dash_evaluations", exp_id)
-acc = q("dash_eval_turn_success", exp_id)
+acc = c.eval_turn_success(evals)
 if not evals or not acc:
     st.info("No evaluation results yet — the round's `evaluate` step (or `mucode eval`) writes them: "
             "greedy and Best-of-N on MBPP test and HumanEval.")
@@ -136,7 +135,8 @@ else:
 
 # -- public vs private ----------------------------------------------------------------------------
 st.header("Public vs private tests")
-gap = q("dash_round_candidates", exp_id)
+shown_rounds = c.window_rounds(rounds)
+gap = c.q_per_round("dash_round_candidates", shown_rounds)
 if not gap:
     st.info("No executed candidates yet.")
 else:
@@ -155,8 +155,9 @@ else:
           .properties(height=220))
     st.altair_chart(ch)
     st.dataframe(g.round(1), hide_index=True, key="gap")
-    st.caption("Training candidates of each round. A *false public pass* passes the public tests but not the "
-               "private ones: the trajectory stops there with a wrong answer.")
+    st.caption(f"Training candidates of each round ({st.session_state.get('rounds_window', 'last 5 rounds')}; "
+               "change it in the sidebar). A *false public pass* passes the public tests but not the private ones: "
+               "the trajectory stops there with a wrong answer.")
     if evals and acc:
         eg = final[["evaluation", "round", "dataset", "mode", "public success", "true success"]].copy()
         eg["gap (points)"] = eg["public success"] - eg["true success"]
@@ -164,7 +165,9 @@ else:
 
 # -- verifier vs oracle -------------------------------------------------------------------------------
 st.header("Verifier vs oracle")
-agree = q("dash_verifier_agreement", exp_id)
+agree_source = st.radio("Candidates", ["train", "eval"], horizontal=True, key="agree_source",
+                        format_func={"train": "training rollouts", "eval": "evaluation chains (Best-of-N picks)"}.get)
+agree = c.q_per_round("dash_verifier_agreement", shown_rounds, source=agree_source)
 if not agree:
     st.info("No verifier scores on executed candidates yet (the `score` step writes them).")
 else:

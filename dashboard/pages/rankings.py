@@ -51,10 +51,10 @@ else:
             r_off = c.pager("rank_page", n_scored, 50)
             ranking = q("dash_problem_ranking", problem["id"], vid, limit=50, offset=r_off)
             rf = df(ranking)
-            correct = rf[rf["private_passed"] == True]  # noqa: E712
+            correct = rf[rf["private_passed"] == True]
             m = st.columns(4)
             m[0].metric("Scored candidates", n_scored)
-            m[1].metric("Correct (oracle) on this page", int(len(correct)))
+            m[1].metric("Correct (oracle) on this page", len(correct))
             best = correct["rank"].min() if not correct.empty else None
             m[2].metric("Rank of best correct", "–" if best is None else int(best))
             m[3].metric("Incorrect above it", "–" if correct.empty else int(correct.iloc[0]["wrong_above"] or 0))
@@ -120,36 +120,55 @@ st.header("Verifier metrics per version")
 if not verifiers:
     st.info("No verifier trained yet (the round's `train_verifier` step registers one).")
 else:
-    agree = q("dash_verifier_agreement", c.current_experiment())
-    per_v: dict[int, dict[str, float]] = {}
-    for a in agree:
-        d = per_v.setdefault(a["verifier_id"], {"pairs": 0.0, "right": 0.0, "solvable": 0, "miss": 0})
-        d["pairs"] += a["pairs"] or 0
-        d["right"] += a["pairs_right"] or 0
-        d["solvable"] += a["solvable"] or 0
-        d["miss"] += a["top1_misses"] or 0
-    vt = pd.DataFrame([{
-        "verifier": v["name"], "round": v["round"], "scored": v["scored"],
-        "AUC (stored)": c.find_metric(v["metrics"], ("auc", "roc_auc", "AUC")),
-        "pair accuracy (stored)": c.find_metric(v["metrics"], ("pair_accuracy", "pair_acc", "pairwise_accuracy")),
-        "ECE (stored)": c.find_metric(v["metrics"], ("ece", "calibration_error", "expected_calibration_error")),
-        "pair accuracy in problem (live)": (per_v[v["id"]]["right"] / per_v[v["id"]]["pairs"]
-                                            if v["id"] in per_v and per_v[v["id"]]["pairs"] else None),
-        "top-1 miss (live)": (per_v[v["id"]]["miss"] / per_v[v["id"]]["solvable"]
-                              if v["id"] in per_v and per_v[v["id"]]["solvable"] else None),
-    } for v in verifiers])
-    st.dataframe(vt.round(3), hide_index=True, key="verifier_metrics")
-    st.caption("*Stored* = what the trainer recorded in `model_versions.metrics` (held-out data). *Live* = measured "
-               "now on every scored, executed candidate of the selected experiment: within-problem pair accuracy and "
-               "the share of solvable problems whose top-scored candidate is wrong.")
+    rows = []
+    for v in verifiers:
+        parts = c.metric_parts(v["metrics"])
+        for part, mm in parts.items():
+            rows.append({
+                "verifier": v["name"], "round": v["round"], "scored": v["scored"], "measured on": part,
+                "AUC": c.find_metric(mm, ("roc_auc", "auc", "AUC")),
+                "pair accuracy": c.find_metric(mm, ("pair_accuracy", "pair_acc", "pairwise_accuracy")),
+                "BoN accuracy": c.find_metric(mm, ("bon_accuracy",)),
+                "random pick": c.find_metric(mm, ("bon_random_baseline",)),
+                "oracle": c.find_metric(mm, ("bon_oracle_rate",)),
+                "ECE": c.find_metric(mm, ("ece", "expected_calibration_error")),
+                "problems": c.find_metric(mm, ("problems",)),
+            })
+    st.dataframe(pd.DataFrame(rows), hide_index=True, key="verifier_metrics")
+    st.caption("As the trainer stored them in `model_versions.metrics`: on held-out training problems and on the "
+               "MBPP-test Best-of-N turns. BoN accuracy = the top-scored candidate of a group is correct; random "
+               "pick and oracle bound it from below and above.")
+
     names = {v["id"]: v["name"] for v in verifiers}
-    vsel = st.selectbox("Calibration of", list(names), index=len(names) - 1, format_func=names.get,
-                        key="calib_verifier")
+    vsel = st.selectbox("Check one version against the oracle, live", list(names), index=len(names) - 1,
+                        format_func=names.get, key="calib_verifier")
     v = next(x for x in verifiers if x["id"] == vsel)
+    agree = q("dash_verifier_agreement", None, vsel)
+    cal = q("dash_verifier_calibration", vsel)
+    if not cal:
+        st.info("This verifier has not scored any executed candidate yet.")
+    else:
+        pairs = sum(a["pairs"] or 0 for a in agree)
+        right = sum(a["pairs_right"] or 0 for a in agree)
+        solvable = sum(a["solvable"] or 0 for a in agree)
+        misses = sum(a["top1_misses"] or 0 for a in agree)
+        mc = st.columns(4)
+        mc[0].metric("Scored & executed", f"{cal[0]['total']:,}")
+        mc[1].metric("Pooled AUC", "–" if cal[0]["auc"] is None else f"{cal[0]['auc']:.3f}")
+        mc[2].metric("Pair accuracy within problem", c.pct(right / pairs) if pairs else "–")
+        mc[3].metric("Top-1 miss", c.pct(misses / solvable) if solvable else "–")
+        st.caption("Live = measured now from this version's scores and the oracle labels of every candidate it "
+                   "scored. Pair accuracy: (correct, incorrect) pairs of the same problem ordered right (ties half). "
+                   "Top-1 miss: problems with a correct candidate whose top-scored candidate is wrong.")
     cc = st.columns(2)
-    stored = c.find_key(v["metrics"], ("calibration", "reliability"))
+    stored, stored_on = None, None
+    for part, mm in c.metric_parts(v["metrics"]).items():
+        found = c.find_key(mm, ("calibration", "reliability"))
+        if found:
+            stored, stored_on = found, part
+            break
     with cc[0]:
-        st.markdown("**Stored calibration**")
+        st.markdown("**Stored calibration**" + (f" ({stored_on}, sigmoid of the score)" if stored_on else ""))
         sf = pd.DataFrame(stored) if isinstance(stored, list) and stored and isinstance(stored[0], dict) else None
         xcol = next((k for k in ("mean_predicted", "predicted", "confidence", "mean_score", "prob")
                      if sf is not None and k in sf), None)
@@ -166,19 +185,13 @@ else:
         else:
             st.info("The trainer stored no calibration for this version.")
     with cc[1]:
-        st.markdown("**Live: correct share by score decile**")
-        cal = q("dash_verifier_calibration", vsel)
-        live = q("dash_verifier_live_metrics", (vsel,))
-        if not cal:
-            st.info("This verifier has not scored any executed candidate.")
-        else:
+        st.markdown("**Live: share correct by score decile**")
+        if cal:
             cf = df(cal)
             st.altair_chart(alt.Chart(cf).mark_bar().encode(
-                x=alt.X("bin:O", title="score decile (low → high)", axis=alt.Axis(labelAngle=0)), y=alt.Y("observed:Q", title="share correct",
-                                                                            scale=alt.Scale(domain=[0, 1])),
+                x=alt.X("bin:O", title="score decile (low → high)", axis=alt.Axis(labelAngle=0)),
+                y=alt.Y("observed:Q", title="share correct", scale=alt.Scale(domain=[0, 1])),
                 tooltip=["bin", "candidates", alt.Tooltip("mean_score:Q", format=".3f"),
                          alt.Tooltip("observed:Q", format=".3f")]).properties(height=220))
-            if live and live[0]["auc"] is not None:
-                st.caption(f"Pooled AUC over {live[0]['candidates']:,} scored candidates: {live[0]['auc']:.3f}")
 
 c.footer()

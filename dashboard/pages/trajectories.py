@@ -209,7 +209,7 @@ else:
     own = [x for x in choices if x[0] == detail["id"]]
     default_a = own[0] if own else choices[0]
     default_b = own[-1] if len(own) > 1 else next(x for x in choices if x != default_a)
-    fmt = lambda x: f"rollout #{x[0]} · turn {x[1]}"  # noqa: E731
+    fmt = lambda x: f"rollout #{x[0]} · turn {x[1]}"
     ca, cb = st.columns(2)
     a = ca.selectbox("Left", choices, index=choices.index(default_a), format_func=fmt, key="cmp_a")
     b = cb.selectbox("Right", choices, index=choices.index(default_b), format_func=fmt, key="cmp_b")

@@ -17,13 +17,13 @@ Round 1 (verifier v1):
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from app.db import models as m
 from tests.helpers.seed import add_model, add_problem, add_rollout, add_round
 
-T0 = datetime(2026, 1, 5, 9, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 5, 9, 0, 0, tzinfo=UTC)
 
 PROMPTS = {
     "mbpp/601": "Write a function to find the longest chain which can be formed from the given set of pairs.",
@@ -169,7 +169,7 @@ def seed_dashboard(store) -> dict[str, Any]:
             rid = r0 if rnd == 0 else r1
             ev = m.Evaluation(
                 name=f"exp-demo/r{rnd}/{dataset}/{mode}", experiment_id=exp_id, round_id=rid,
-                generator_id=g1 if rnd == 0 else g1, verifier_id=v0 if rnd == 0 else v1, dataset=dataset,
+                generator_id=g1, verifier_id=v0 if rnd == 0 else v1, dataset=dataset,
                 split="test", mode=mode, selector="pt+lv" if mode == "bon" else None,
                 num_candidates=5 if mode == "bon" else 1, num_chains=2 if mode == "bon" else 1, max_turns=3,
                 status="done", finished_at=T0 + timedelta(hours=2 + rnd * 3),
@@ -215,11 +215,17 @@ def seed_dashboard(store) -> dict[str, Any]:
         rd1.started_at = T0 + timedelta(hours=3)
         rd1.steps = {"collect": {"state": "done", "seconds": 2400},
                      "score": {"state": "running", "started_at": (T0 + timedelta(hours=4)).isoformat()}}
-        for mv, metrics in ((v0, {"auc": 0.81, "pair_accuracy": 0.77, "ece": 0.12,
-                                  "calibration": [{"bin": i, "mean_predicted": (i + 0.5) / 5,
-                                                   "observed": min(1.0, i / 4), "count": 10 + i}
-                                                  for i in range(5)]}),
-                            (v1, {"eval": {"auc": 0.86, "pair_accuracy": 0.83}})):
+        calib = [{"lo": i / 5, "hi": (i + 1) / 5, "count": 10 + i, "mean_predicted": (i + 0.5) / 5,
+                  "observed": min(1.0, i / 4)} for i in range(5)]
+        # v0: what trainers/verifier/evaluate.py stores; v1: a flat, older layout (found by key name)
+        for mv, metrics in ((v0, {"eval": {
+                                "holdout": {"roc_auc": 0.81, "pair_accuracy": 0.77, "bon_accuracy": 0.6,
+                                            "bon_random_baseline": 0.4, "bon_oracle_rate": 0.8, "problems": 3,
+                                            "ece": 0.12, "calibration": calib},
+                                "mbpp_test": {"roc_auc": 0.79, "pair_accuracy": 0.74, "bon_accuracy": 0.5,
+                                              "bon_random_baseline": 0.35, "bon_oracle_rate": 0.7, "problems": 2},
+                                "seconds": 1.5}}),
+                            (v1, {"auc": 0.86, "pair_accuracy": 0.83})):
             obj = s.get(m.ModelVersion, mv)
             obj.metrics = metrics
             obj.round_id = r0 if mv == v0 else r1

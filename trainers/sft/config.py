@@ -64,6 +64,9 @@ class GeneratorTrainConfig:
     attn_implementation: str | None = field(default=None, metadata={"help": "e.g. flash_attention_2, sdpa."})
     logging_steps: int = field(default=1)
     dataloader_num_workers: int = field(default=0)
+    dataset_num_proc: int | None = field(
+        default=None, metadata={"help": "Tokenizing processes (default: up to 8 for sets of 5000+ examples)."}
+    )
     deepspeed: str | None = field(default=None, metadata={"help": "A DeepSpeed config file (e.g. ZeRO-3)."})
 
     # LoRA (off by default: the paper fine-tunes all weights).

@@ -22,6 +22,7 @@ suite checks that on a template with markers our labels equal TRL's prompt-compl
 from __future__ import annotations
 
 import logging
+import os
 import re
 import shutil
 import time
@@ -143,28 +144,57 @@ def tokenize_example(
     return Tokenized(ids, labels, b, prompt_is_prefix, method)
 
 
-def tokenize_records(
-    tokenizer, records: Iterable[dict[str, Any]], *, max_length: int | None, eot_ids: set[int] | None = None
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Tokenize SFT records (``messages`` = state + target). Over-long examples are left out and counted."""
+def _tokenize_row(example: dict[str, Any], tokenizer, eot: set[int], max_length: int | None) -> dict[str, Any]:
+    tok = tokenize_example(tokenizer, example["messages"], eot_ids=eot)
+    return {
+        "input_ids": tok.input_ids,
+        "labels": tok.labels,
+        "too_long": max_length is not None and len(tok.input_ids) > max_length,
+        "prompt_is_prefix": tok.prompt_is_prefix,
+        "mask_method": tok.method,
+        "num_target_tokens": tok.num_target_tokens,
+    }
+
+
+def tokenize_dataset(
+    tokenizer,
+    records: list[dict[str, Any]],
+    *,
+    max_length: int | None,
+    eot_ids: set[int] | None = None,
+    num_proc: int | None = None,
+):
+    """SFT records (``messages`` = state + target) -> a ``datasets.Dataset`` of ``input_ids``/``labels``.
+
+    Over-long examples are left out and counted (a truncated target would lose its end-of-turn token).
+    ``num_proc`` > 1 tokenizes in parallel processes (worth it from a few thousand examples).
+    """
+    from datasets import Dataset
+
     eot = eot_ids if eot_ids is not None else end_of_turn_ids(tokenizer)
-    rows: list[dict[str, Any]] = []
-    stats = {"examples": 0, "too_long": 0, "prompt_not_prefix": 0, "target_tokens": 0, "tokens": 0,
-             "mask_method": None}
-    for rec in records:
-        stats["examples"] += 1
-        tok = tokenize_example(tokenizer, rec["messages"], eot_ids=eot)
-        stats["mask_method"] = tok.method
-        if not tok.prompt_is_prefix:
-            stats["prompt_not_prefix"] += 1
-        if max_length is not None and len(tok.input_ids) > max_length:
-            stats["too_long"] += 1
-            continue
-        stats["target_tokens"] += tok.num_target_tokens
-        stats["tokens"] += len(tok.input_ids)
-        rows.append({"input_ids": tok.input_ids, "labels": tok.labels})
-    stats["kept"] = len(rows)
-    return rows, stats
+    ds = Dataset.from_list([{"messages": r["messages"]} for r in records])
+    ds = ds.map(
+        _tokenize_row,
+        fn_kwargs={"tokenizer": tokenizer, "eot": eot, "max_length": max_length},
+        remove_columns=["messages"],
+        num_proc=num_proc if num_proc and num_proc > 1 and len(ds) >= 2 * num_proc else None,
+        desc="Tokenizing SFT examples",
+    )
+    too_long = ds["too_long"]
+    kept_lengths = [len(x) for x, t in zip(ds["input_ids"], too_long, strict=True) if not t]
+    methods = sorted(set(ds["mask_method"]))
+    stats = {
+        "examples": len(ds),
+        "too_long": int(sum(too_long)),
+        "prompt_not_prefix": int(sum(1 for x in ds["prompt_is_prefix"] if not x)),
+        "target_tokens": int(sum(n for n, t in zip(ds["num_target_tokens"], too_long, strict=True) if not t)),
+        "tokens": int(sum(kept_lengths)),
+        "mask_method": methods[0] if len(methods) == 1 else ",".join(methods),
+        "kept": len(kept_lengths),
+    }
+    if stats["too_long"]:
+        ds = ds.filter(lambda x: not x, input_columns=["too_long"])
+    return ds.select_columns(["input_ids", "labels"]), stats
 
 
 # -- training ------------------------------------------------------------------------------------------
@@ -203,8 +233,6 @@ def _world_size() -> int:
     Read before the trainer exists: creating accelerate's shared state here would fix its device choice
     (a CPU multi-process run needs ``use_cpu`` from the training arguments).
     """
-    import os
-
     return max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
 
 
@@ -257,7 +285,6 @@ def train_generator(cfg: GeneratorTrainConfig, store=None) -> dict[str, Any]:
         raise MucodeError(f"training set {ts['name']} has no examples")
 
     import torch
-    from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTTrainer
 
@@ -275,10 +302,14 @@ def train_generator(cfg: GeneratorTrainConfig, store=None) -> dict[str, Any]:
     extra_eot = gen_eos if isinstance(gen_eos, list) else [gen_eos]
     eot = end_of_turn_ids(tokenizer, extra_eot)
 
-    rows, tok_stats = tokenize_records(tokenizer, records, max_length=cfg.max_length, eot_ids=eot)
-    if not rows:
+    num_proc = cfg.dataset_num_proc
+    if num_proc is None:  # auto: parallel tokenization for big sets, the CPUs shared among the processes
+        num_proc = max(1, min(8, (os.cpu_count() or 1) // world_size)) if len(records) >= 5000 else 1
+    dataset, tok_stats = tokenize_dataset(
+        tokenizer, records, max_length=cfg.max_length, eot_ids=eot, num_proc=num_proc
+    )
+    if tok_stats["kept"] == 0:
         raise MucodeError(f"every example is longer than max_length={cfg.max_length}")
-    dataset = Dataset.from_list(rows)
 
     safe = _safe(name)
     out_dir = Path(cfg.output_dir) if cfg.output_dir else Path(settings.artifacts_dir) / "models" / safe

@@ -105,37 +105,69 @@ def token_uniform_reference(key: int, token: int) -> float:
     return ((x >> 9) + 0.5) * 2.0**-23
 
 
-def _make_sampler(keys, prompt_len: int, temperature: float, top_p: float):
+def seeded_pick(logits, keys, offsets, temperature: float):
+    """The sampled token of each row: ``argmax(logits / T + gumbel(keys, token))`` as a [B, 1] index.
+
+    Written as ``argmax(logits + T * gumbel)`` (same argmax, one pass fewer). Pure tensor code, so
+    ``torch.compile`` can fuse it into one kernel on a GPU (see ``TransformersBackend(compile_sampler=...)``).
+    """
+    import torch
+
+    u = token_uniforms(keys, 0, offsets)
+    gumbel = u.log_().neg_().log_().neg_()
+    return torch.add(logits, gumbel, alpha=temperature).argmax(dim=-1, keepdim=True)
+
+
+_compiled_pick = None
+
+
+def _pick_function(compile_sampler: bool):
+    """``seeded_pick``, compiled when asked (falls back to eager if compilation is unavailable)."""
+    global _compiled_pick
+    if not compile_sampler:
+        return seeded_pick
+    if _compiled_pick is None:
+        import torch
+
+        _compiled_pick = torch.compile(seeded_pick, dynamic=True, fullgraph=True)
+    return _compiled_pick
+
+
+def _make_sampler(keys, prompt_len: int, temperature: float, top_p: float, compile_sampler: bool = False):
     """A logits processor sampling row ``i`` at step ``t`` with the noise of ``keys[i, t]`` (int32 [B, T])."""
     import torch
     from transformers import LogitsProcessor
 
-    cache: dict[str, torch.Tensor] = {}
+    state: dict = {"pick": _pick_function(compile_sampler)}
 
     class SeededSampler(LogitsProcessor):
         """Gumbel-max over the tempered (and nucleus-filtered) logits; returns a one-hot score."""
 
         def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
             step = input_ids.shape[1] - prompt_len
-            vocab = scores.shape[-1]
-            if "offsets" not in cache:
-                cache["offsets"] = torch.arange(vocab, dtype=torch.int32, device=scores.device) * _as_int32(
-                    _TOKEN_STRIDE
+            if "offsets" not in state:
+                state["offsets"] = torch.arange(scores.shape[-1], dtype=torch.int32, device=scores.device) * (
+                    _as_int32(_TOKEN_STRIDE)
                 )
             logits = scores.float()
-            if temperature != 1.0:
-                logits = logits / temperature
             if top_p < 1.0:
-                sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+                sorted_logits, order = torch.sort(logits / temperature, dim=-1, descending=True)
                 probs = sorted_logits.softmax(dim=-1)
                 drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p  # keep the smallest prefix with mass >= p
                 drop = torch.zeros_like(drop_sorted).scatter_(1, order, drop_sorted)
                 logits = logits.masked_fill(drop, float("-inf"))
-            u = token_uniforms(keys[:, step : step + 1], vocab, cache["offsets"])
-            gumbel = u.log_().neg_().log_().neg_()
-            pick = (logits + gumbel).argmax(dim=-1, keepdim=True)
-            out = torch.full_like(scores, float("-inf"))
-            return out.scatter_(1, pick, 0.0)
+            key = keys[:, step : step + 1]
+            try:
+                pick = state["pick"](logits, key, state["offsets"], temperature)
+            except Exception as exc:  # noqa: BLE001 - a compiler problem must not stop sampling
+                if state["pick"] is seeded_pick:
+                    raise
+                import warnings
+
+                warnings.warn(f"compiled sampler failed ({exc!r}); sampling in eager mode", stacklevel=1)
+                state["pick"] = seeded_pick
+                pick = seeded_pick(logits, key, state["offsets"], temperature)
+            return scores.fill_(float("-inf")).scatter_(1, pick, 0.0)
 
     return SeededSampler()
 
@@ -153,6 +185,7 @@ class TransformersBackend:
         dtype: str = "auto",
         max_batch_rows: int | None = None,
         attn_implementation: str | None = None,
+        compile_sampler: bool | None = None,
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
@@ -165,6 +198,9 @@ class TransformersBackend:
         else:
             torch_dtype = getattr(torch, dtype)
         self.max_batch_rows = max_batch_rows
+        # Fusing the sampler's ~20 element-wise passes into one kernel matters on a GPU, where generate is
+        # launch-bound; on the CPU the eager ops are cheaper than plain multinomial sampling already.
+        self.compile_sampler = self.device.startswith("cuda") if compile_sampler is None else compile_sampler
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_uri)
         kwargs: dict[str, Any] = {"dtype": torch_dtype}
         if attn_implementation:
@@ -228,7 +264,9 @@ class TransformersBackend:
         processors = LogitsProcessorList()
         if not params.greedy:
             keys = torch.from_numpy(step_keys(seeds, params.max_tokens).view("int32")).to(self.device)
-            processors.append(_make_sampler(keys, width, params.temperature, params.top_p))
+            processors.append(
+                _make_sampler(keys, width, params.temperature, params.top_p, compile_sampler=self.compile_sampler)
+            )
         with torch.inference_mode():
             out = self.model.generate(
                 input_ids=input_ids,

@@ -1,0 +1,55 @@
+"""``mucode demo`` on a reduced slice, as a user runs it on a fresh machine: an empty working directory, no
+database or broker configured (the embedded default: SQLite file in the working directory, jobs in-process),
+with the tiny model that knows some answers instead of SmolLM2 (the real demo is run by hand; see the README)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.test_rounds import knowing_model as knowing_model  # noqa: F401,PLC0414 (fixture)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _demo(tmp_path: Path, model: str, *extra: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MUCODE_") or k == "MUCODE_ALLOW_WEAK_ISOLATION"}
+    env["MUCODE_BROKER_URL"] = "redis://127.0.0.1:1/0"  # configured but unused: the demo runs in-process
+    env["PYTHONPATH"] = str(REPO)
+    env["COLUMNS"] = "160"
+    args = [sys.executable, "-m", "app.cli.main", "demo", "--model", model, "--train-problems", "3",
+            "--test-problems", "3", "-M", "4", "-T", "2", "-N", "3", "-C", "1", "--max-new-tokens", "128",
+            "--trainer-steps", "2", *extra]
+    return subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900, check=False)
+
+
+def test_demo_runs_a_whole_round_and_prints_before_and_after(tmp_path, knowing_model):
+    from app.store import Store
+
+    t0 = time.monotonic()
+    r = _demo(tmp_path, knowing_model)
+    took = time.monotonic() - t0
+    out = r.stdout
+    assert r.returncode == 0, f"demo failed ({r.returncode}):\n{out}\n{r.stderr}"
+    assert (tmp_path / "mucode.db").is_file(), "the embedded default is a SQLite file in the working directory"
+    for text in ("mbpp:test (3 problems)", "G0", "G1", "greedy (T=0)", "BoN N=3 C=1 pt+lv", "turn 1", "turn 2",
+                 "demo took", "mucode dashboard", "collect", "train_generator"):
+        assert text in out, f"{text!r} missing from the demo output:\n{out}"
+    store = Store(f"sqlite:///{tmp_path / 'mucode.db'}")
+    exp = store.get_experiment("demo")
+    (rnd,) = store.experiment_rounds(exp.id)
+    assert rnd.status == "done" and rnd.generator_out_id and rnd.verifier_out_id
+    assert exp.config["train_limit"] == 3 and exp.config["rollout"]["rollouts_per_problem"] == 4
+    evs = store.round_evaluations(rnd.id)
+    assert len(evs) == 4 and all(e.status == "done" and e.metrics["problems"] == 3 for e in evs)
+    assert (tmp_path / "mucode-data" / "models").is_dir()  # trained models under the working directory
+    print(f"demo (reduced slice, tiny model) took {took:.0f} s")
+
+    # running it again shows the finished round instead of redoing it
+    r2 = _demo(tmp_path, knowing_model)
+    assert r2.returncode == 0, r2.stdout + r2.stderr
+    assert "already done" in r2.stdout and "G1" in r2.stdout
+    assert len(store.experiment_rounds(exp.id)) == 1

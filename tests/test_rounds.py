@@ -1,0 +1,314 @@
+"""The round state machine (app/rounds.py): pure decisions, then whole rounds in embedded mode (SQLite, jobs
+in-process) through the CLI with a tiny model that knows some answers -- including a failed step that
+``round resume`` retries without redoing the finished ones."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from app import rounds as R
+from app.db import models as m
+from app.protocol import ExperimentConfig
+
+
+def facts(index=0, method="mucode", steps=None, **kw):
+    cfg = ExperimentConfig(method=method, base_model="base", **kw.pop("config", {}))
+    defaults = dict(round_id=10 + index, experiment="exp", experiment_id=1, index=index, config=cfg,
+                    base_model="base", generator_id=100, round_ids_upto=tuple(range(10, 11 + index)))
+    defaults.update(kw)
+    return R.RoundFacts(steps=steps or {}, **defaults)
+
+
+def done(*names, state="done"):
+    return {n: {"state": state, "attempt": 1} for n in names}
+
+
+# -- pure decisions ---------------------------------------------------------------------------------------
+def test_round_zero_walks_the_steps_in_order():
+    f = facts()
+    assert R.next_action(f) == R.Action("start", "collect")
+    f = facts(steps=done("collect"))
+    a = R.next_action(f)
+    assert (a.kind, a.step) == ("skip", "score_old") and "round 0" in a.reason
+    f = facts(steps={**done("collect"), "score_old": {"state": "skipped"}})
+    assert R.next_action(f) == R.Action("start", "train_verifier")
+    f = facts(steps={**done("collect", "train_verifier"), "score_old": {"state": "skipped"}})
+    assert R.next_action(f) == R.Action("start", "score_new")
+    f = facts(steps={**done("collect", "train_verifier", "score_new", "relabel"), "score_old": {"state": "skipped"}})
+    assert R.next_action(f) == R.Action("start", "train_generator")
+    f = facts(steps={**done(*R.STEPS[:-1]), "evaluate": {"state": "running", "attempt": 1}})
+    assert R.next_action(f) == R.Action("check", "evaluate")
+    f = facts(steps=done(*R.STEPS))
+    assert R.next_action(f) == R.Action("finish")
+
+
+def test_a_failed_step_blocks_and_resume_retries_only_it():
+    steps = {**done("collect"), "score_old": {"state": "skipped"},
+             "train_verifier": {"state": "failed", "attempt": 2, "error": "ValueError: boom"}}
+    f = facts(steps=steps)
+    assert R.next_action(f) == R.Action("blocked", "train_verifier", "ValueError: boom")
+    assert R.resume_plan(f) == ("train_verifier", "retry")
+    # a step left running by a killed worker is retried too; a pending one is simply started
+    assert R.resume_plan(facts(steps={"collect": {"state": "running", "attempt": 1}})) == ("collect", "retry")
+    assert R.resume_plan(facts()) == ("collect", "start")
+    assert R.resume_plan(facts(steps=done(*R.STEPS))) is None
+
+
+def test_skips_per_method():
+    later = dict(index=1, verifier_in_id=7)
+    assert R.skip_reason("score_old", facts(**later)) is None
+    assert R.skip_reason("score_new", facts(**later)) is None
+    for method in ("multi_rft", "rft"):
+        assert "without verifier scores" in R.skip_reason("score_old", facts(method=method, **later))
+        assert "without verifier scores" in R.skip_reason("score_new", facts(method=method, **later))
+        assert R.skip_reason("train_verifier", facts(method=method, **later)) is None  # still trained, for BoN
+    assert R.skip_reason("score_new", facts(method="rft_lv", **later)) is None
+    oracle = facts(config={"relabel": {"expert": "oracle"}}, **later)
+    assert "oracle" in R.skip_reason("score_new", oracle)
+    assert R.skip_reason("evaluate", facts(config={"eval": {"datasets": []}})) is not None
+    shown = dict(R.progress(facts(method="multi_rft")))
+    assert shown["score_old"] == shown["score_new"] == "skipped" and shown["collect"] == "pending"
+
+
+def test_models_follow_the_paper_schedule():
+    # G_k = G_{k-1}'s output (the base model at k = 0); RM_{k-1} comes in, RM_k and G_{k+1} come out
+    assert R.plan_next_round([], 5) == {"index": 0, "generator_id": 5, "verifier_in_id": None}
+    prior = [R.PriorRound(0, "done", generator_out_id=21, verifier_out_id=31)]
+    assert R.plan_next_round(prior, 5) == {"index": 1, "generator_id": 21, "verifier_in_id": 31}
+    with pytest.raises(ValueError, match="resume"):
+        R.plan_next_round([R.PriorRound(0, "failed", None, None)], 5)
+    # RM_k from the base model on the pairs of rounds 0..k
+    f = facts(index=2, round_ids_upto=(10, 11, 12), round_id=12)
+    inp = R.verifier_inputs(f)
+    assert inp["round_ids"] == [10, 11, 12] and inp["base_model"] == "base" and inp["round_id"] == 12
+    assert inp["name"] == "exp-r2-verifier-bt"
+    assert R.score_inputs("score_old", facts(index=1, verifier_in_id=7, verifier_out_id=8)) == 7
+    assert R.score_inputs("score_new", facts(index=1, verifier_in_id=7, verifier_out_id=8)) == 8
+    # collect with G_k, the protocol's sampling, a new seed every round
+    c0, c1 = R.collect_inputs(facts()), R.collect_inputs(facts(index=1, generator_id=21))
+    assert c1["generator_id"] == 21 and c0["spec"]["seed"] != c1["spec"]["seed"]
+    assert c0["spec"]["samples_per_problem"] == 15 and c0["spec"]["turns"] == 3
+    assert c0["spec"]["temperature"] == 0.7 and c0["spec"]["max_new_tokens"] == 1000
+
+
+def test_eval_plan_greedy_and_bon_for_each_generator():
+    f = facts(generator_out_id=21, verifier_out_id=31,
+              config={"eval": {"datasets": ["mbpp:test", "humaneval"], "selectors": ["random", "pt+lv"]}})
+    specs = R.eval_plan(f)
+    names = [s.name for s in specs]
+    # round 0 evaluates the base model G0 too (baseline) and the trained G1, both with RM0
+    assert names == [
+        "exp/r0/G0/mbpp-test/greedy", "exp/r0/G0/mbpp-test/bon-random-N5-C10", "exp/r0/G0/mbpp-test/bon-pt+lv-N5-C10",
+        "exp/r0/G0/humaneval/greedy", "exp/r0/G0/humaneval/bon-random-N5-C10", "exp/r0/G0/humaneval/bon-pt+lv-N5-C10",
+        "exp/r0/G1/mbpp-test/greedy", "exp/r0/G1/mbpp-test/bon-random-N5-C10", "exp/r0/G1/mbpp-test/bon-pt+lv-N5-C10",
+        "exp/r0/G1/humaneval/greedy", "exp/r0/G1/humaneval/bon-random-N5-C10", "exp/r0/G1/humaneval/bon-pt+lv-N5-C10",
+    ]
+    greedy = specs[0]
+    assert (greedy.temperature, greedy.candidates, greedy.chains, greedy.selector) == (0.0, 1, 1, "first")
+    assert greedy.generator_id == 100 and specs[6].generator_id == 21
+    bon = specs[2].collect_spec()
+    assert bon["candidates"] == 5 and bon["samples_per_problem"] == 10 and bon["verifier_id"] == 31
+    assert bon["temperature"] == 0.7 and bon["selector"] == "pt+lv" and bon["stop_rule"] == "public"
+    assert specs[1].collect_spec()["verifier_id"] is None  # random needs no scores
+    # later rounds: only G_{k+1}
+    assert all("/G2/" in s.name for s in R.eval_plan(facts(index=1, generator_out_id=22, verifier_out_id=32)))
+    with pytest.raises(ValueError, match="needs a verifier"):
+        R.eval_specs(f.config, name_prefix="x", generator_label="G", generator_id=1, verifier_id=None)
+
+
+def test_config_defaults_are_the_paper_protocol():
+    c = ExperimentConfig(base_model="m")
+    assert (c.rollout.turns, c.rollout.rollouts_per_problem, c.rollout.sampling.temperature) == (3, 15, 0.7)
+    assert (c.eval.bon_candidates, c.eval.bon_chains, c.eval.turns) == (5, 10, 3)
+    assert c.eval.max_new_tokens is None and c.eval.baseline and c.trainer_overrides == {}
+    assert c.generator.from_base_each_round and c.relabel.aggregate_rounds
+    with pytest.raises(ValueError):
+        ExperimentConfig(base_model="m", trainer_overrides={"sampler": {}})
+
+
+# -- whole rounds in embedded mode -------------------------------------------------------------------------
+P_TRAIN, P_TEST, M, T, N = 3, 3, 4, 2, 3
+
+
+def _mucode(args, env, *, ok=True, timeout=1500):
+    r = subprocess.run([sys.executable, "-m", "app.cli.main", *args], check=False, env={**os.environ, **env},
+                       capture_output=True, text=True, timeout=timeout)
+    if ok:
+        assert r.returncode == 0, f"mucode {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
+    return r
+
+
+def small_config(model: str, **extra) -> dict:
+    cfg = {
+        "base_model": str(model),
+        "train_limit": P_TRAIN,
+        "rollout": {"turns": T, "rollouts_per_problem": M, "batch_size": 6,
+                    "sampling": {"temperature": 0.7, "max_new_tokens": 160}},
+        "verifier": {"pairs_per_problem": 4, "effective_batch_size": 4, "per_device_batch_size": 4},
+        "generator": {"effective_batch_size": 4, "per_device_batch_size": 4},
+        "eval": {"datasets": ["mbpp:test"], "limit": P_TEST, "turns": T, "bon_candidates": N, "bon_chains": 2,
+                 "selectors": ["pt+lv"], "max_new_tokens": 160},
+        "trainer_overrides": {"verifier": {"max_steps": 2, "evaluate": False},
+                              "generator": {"max_steps": 2, "gradient_checkpointing": False}},
+    }
+    cfg.update(extra)
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def knowing_model() -> str:
+    from tests.helpers.rounds import knowing_model_path
+
+    return str(knowing_model_path(P_TRAIN, P_TEST))
+
+
+def _env(tmp_path: Path, db: str) -> dict[str, str]:
+    return {"MUCODE_DATABASE_URL": db, "MUCODE_BROKER_URL": "", "MUCODE_ARTIFACTS_DIR": str(tmp_path / "art"),
+            "MUCODE_ALLOW_WEAK_ISOLATION": os.environ.get("MUCODE_ALLOW_WEAK_ISOLATION", "false")}
+
+
+def check_round_rows(store, experiment: str, *, problems=P_TRAIN, rollouts=M, turns=T, eval_problems=P_TEST,
+                     chains=2, candidates=N) -> dict:
+    """Every stored number of a finished round 0 is there and consistent (shared with the Celery tests)."""
+    exp = store.get_experiment(experiment)
+    (rnd,) = store.experiment_rounds(exp.id)
+    assert rnd.status == "done", rnd.steps
+    assert {k: v["state"] for k, v in rnd.steps.items()} == {
+        "collect": "done", "score_old": "skipped", "train_verifier": "done", "score_new": "done",
+        "relabel": "done", "train_generator": "done", "evaluate": "done"}
+    assert rnd.verifier_out_id and rnd.generator_out_id and rnd.generator_id and rnd.started_at and rnd.finished_at
+    with store.session() as s:
+        ro = s.execute(select(m.Rollout).where(m.Rollout.round_id == rnd.id)).scalars().all()
+        assert len(ro) == problems * rollouts and all(r.status == "done" for r in ro)
+        assert len({(r.problem_id, r.sample_index) for r in ro}) == problems * rollouts
+        n_turns = sum(r.num_turns for r in ro)
+        cands = s.execute(
+            select(func.count()).select_from(m.Candidate).join(m.Turn).join(m.Rollout)
+            .where(m.Rollout.round_id == rnd.id)).scalar_one()
+        assert cands == n_turns  # one candidate per training turn
+        scored = s.execute(select(func.count()).select_from(m.VerifierScore)
+                           .where(m.VerifierScore.verifier_id == rnd.verifier_out_id)).scalar_one()
+        assert scored >= cands
+        n_sft = s.execute(select(func.count()).select_from(m.SftExample).join(m.TrainingSet)
+                          .where(m.TrainingSet.round_id == rnd.id)).scalar_one()
+        assert n_sft > 0
+        gen = s.get(m.ModelVersion, rnd.generator_out_id)
+        assert gen.kind == "generator" and Path(gen.uri).is_dir()
+        ver = s.get(m.ModelVersion, rnd.verifier_out_id)
+        assert ver.kind == "verifier" and ver.name == f"{experiment}-r0-verifier-bt"
+    evs = store.round_evaluations(rnd.id)
+    assert sorted(e.name.split("/", 2)[2] for e in evs) == sorted(
+        f"{g}/mbpp-test/{mode}" for g in ("G0", "G1") for mode in ("greedy", f"bon-pt+lv-N{candidates}-C{chains}"))
+    for e in evs:
+        assert e.status == "done" and e.metrics["problems"] == eval_problems
+        n_chains = 1 if e.mode == "greedy" else chains
+        assert e.metrics["chains"] == eval_problems * n_chains
+        assert len(e.metrics["per_turn"]) == turns
+        with store.session() as s:
+            chains_rows = s.execute(select(m.Rollout).where(m.Rollout.evaluation_id == e.id)).scalars().all()
+            executed = sum(r.num_turns for r in chains_rows)
+            n_cands = s.execute(select(func.count()).select_from(m.Candidate).join(m.Turn).join(m.Rollout)
+                                .where(m.Rollout.evaluation_id == e.id)).scalar_one()
+        assert len(chains_rows) == eval_problems * n_chains
+        assert n_cands == executed * (1 if e.mode == "greedy" else candidates)
+        assert len(store.evaluation_results(e.id)) == executed == e.metrics["results"]
+        assert e.generator_id == (rnd.generator_id if "/G0/" in e.name else rnd.generator_out_id)
+        if e.mode == "bon":
+            assert e.verifier_id == rnd.verifier_out_id
+    return {"round": rnd, "evaluations": evs, "rollouts": len(ro), "candidates": cands}
+
+
+def test_embedded_round_with_a_failed_step_and_resume(tmp_path, knowing_model):
+    from app.store import Store
+
+    db = f"sqlite:///{tmp_path / 'm.db'}"
+    env = _env(tmp_path, db)
+    _mucode(["db", "upgrade"], env)
+    _mucode(["data", "load", "mbpp"], env)
+    cfg_file = tmp_path / "cfg.json"
+    cfg_file.write_text(json.dumps(small_config(knowing_model)))
+    r = _mucode(["experiment", "create", "e1", "--method", "mucode", "--config", str(cfg_file)], env)
+    assert "created" in r.stdout
+    # the same again is fine; another config under the same name is not (configs are frozen)
+    _mucode(["experiment", "create", "e1", "--config", str(cfg_file)], env)
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(small_config(knowing_model, train_limit=2)))
+    r = _mucode(["experiment", "create", "e1", "--config", str(other)], env, ok=False)
+    assert r.returncode == 2 and "another config" in r.stderr
+
+    # a real failure: no trained model can be written (a file where the models folder should be)
+    (tmp_path / "art").mkdir()
+    (tmp_path / "art" / "models").write_text("not a folder")
+    r = _mucode(["round", "run", "e1"], env, ok=False)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "round failed" in r.stdout and "mucode round resume e1" in r.stdout
+    store = Store(db)
+    (rnd,) = store.experiment_rounds(store.get_experiment("e1").id)
+    assert rnd.status == "failed"
+    assert rnd.steps["collect"]["state"] == "done" and rnd.steps["train_verifier"]["state"] == "failed"
+    assert rnd.steps["train_verifier"]["error"]
+    st = json.loads(_mucode(["round", "status", "e1", "--json"], env).stdout)
+    assert st["status"] == "failed" and st["failed_step"] == "train_verifier"
+    assert any(j["key"].startswith(f"round/{rnd.id}/train_verifier/a1") for j in st["failed_jobs"])
+    with store.session() as s:
+        before = s.execute(select(func.count()).select_from(m.Candidate)).scalar_one()
+    # a new round is refused while this one is unfinished
+    r = _mucode(["round", "run", "e1"], env, ok=False)
+    assert r.returncode == 2 and "resume" in r.stderr
+
+    (tmp_path / "art" / "models").unlink()
+    r = _mucode(["round", "resume", "e1"], env)
+    assert "G1" in r.stdout and "turn 1" in r.stdout  # the tables were printed
+    res = check_round_rows(store, "e1")
+    rnd = res["round"]
+    assert rnd.steps["collect"]["attempt"] == 1  # finished steps were not redone
+    assert rnd.steps["train_verifier"]["attempt"] == 2
+    with store.session() as s:
+        training = s.execute(select(func.count()).select_from(m.Candidate).join(m.Turn).join(m.Rollout)
+                             .where(m.Rollout.round_id == rnd.id)).scalar_one()
+        assert training == res["candidates"]
+        assert s.execute(select(func.count()).select_from(m.Candidate)).scalar_one() > before  # eval chains
+    jobs = {j.key: j.state for j in store.list_jobs(round_id=rnd.id) if j.key.startswith("round/")}
+    assert jobs[f"round/{rnd.id}/train_verifier/a1"] == "failed"
+    assert jobs[f"round/{rnd.id}/train_verifier/a2"] == "done"
+    assert jobs[f"round/{rnd.id}/train_generator/a1"] == "done"
+    # status and show print every step with its timing; resume of a finished round does nothing
+    st = json.loads(_mucode(["round", "status", "e1", "--json"], env).stdout)
+    assert st["status"] == "done" and all(s["seconds"] is not None for s in st["steps"] if s["state"] == "done")
+    r = _mucode(["experiment", "show", "e1"], env)
+    assert "mbpp:test" in r.stdout and "BoN N=3 C=2 pt+lv" in r.stdout
+    r = _mucode(["round", "resume", "e1", "--json"], env)
+    assert json.loads(r.stdout)["status"] == "done"
+
+
+def test_standalone_eval_with_every_selector(tmp_path, knowing_model):
+    """``mucode eval`` on a model: greedy + BoN with random, lv, pt, pt+lv; rerunning prints the same."""
+    from app.store import Store
+
+    db = f"sqlite:///{tmp_path / 'e.db'}"
+    env = _env(tmp_path, db)
+    _mucode(["db", "upgrade"], env)
+    _mucode(["data", "load", "mbpp"], env)
+    # lv and pt+lv need a verifier: without one it is a clear error before anything is queued
+    r = _mucode(["eval", "--model", knowing_model, "-d", "mbpp:test", "--limit", "2", "-s", "lv"], env, ok=False)
+    assert r.returncode == 2 and "verifier" in r.stderr
+    args = ["eval", "--model", knowing_model, "-d", "mbpp:test", "--limit", "2", "-T", "2", "-N", "2", "-C", "2",
+            "-s", "random", "-s", "pt", "--max-new-tokens", "120", "--batch-size", "4"]
+    r = _mucode(args, env)
+    assert "BoN N=2 C=2 random" in r.stdout and "BoN N=2 C=2 pt" in r.stdout and "greedy" in r.stdout
+    store = Store(db)
+    evs = [e for e in store.list_jobs(kinds=("collect",))]
+    assert len(evs) == 3
+    r2 = _mucode([*args, "--json"], env)
+    data = json.loads(r2.stdout)
+    assert [d["status"] for d in data] == ["done"] * 3
+    for d in data:
+        assert d["metrics"]["problems"] == 2 and len(d["metrics"]["per_turn"]) == 2
+        assert len(store.evaluation_results(d["id"])) == d["metrics"]["results"]

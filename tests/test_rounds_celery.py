@@ -1,0 +1,135 @@
+"""A round on Postgres with real Celery worker processes on Redis (GPU-queue worker: sample+score+train, solo;
+an execute worker; a control worker) and the tiny model that knows some answers:
+
+- ``round run --wait`` completes the whole round and every number is stored;
+- the GPU-queue worker killed with SIGKILL in the middle of the collection, a fresh one started,
+  ``round resume``: the round completes with exact row counts (nothing lost, nothing doubled).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from sqlalchemy import func, select
+
+from app.db import models as m
+from tests.helpers.collect import load_mbpp
+from tests.helpers.workers import celery_workers, redis_db
+from tests.test_rounds import P_TRAIN, check_round_rows, small_config
+from tests.test_rounds import knowing_model as knowing_model  # noqa: F401,PLC0414 (fixture)
+
+GPU = "sample,score,train"
+
+
+def _url(store) -> str:
+    return store.engine.url.render_as_string(hide_password=False)
+
+
+def _mucode(args, env, timeout=900):
+    r = subprocess.run([sys.executable, "-m", "app.cli.main", *args], check=False, env={**os.environ, **env},
+                       capture_output=True, text=True, timeout=timeout)
+    assert r.returncode == 0, f"mucode {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}"
+    return r
+
+
+def _wait(predicate, timeout, what, workers=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}" + (f"\n{workers.logs()}" if workers else ""))
+
+
+def _setup(store, tmp_path, model, name):
+    load_mbpp(store)
+    cfg = tmp_path / f"{name}.json"
+    cfg.write_text(json.dumps(small_config(model)))
+    return cfg
+
+
+def _env(store, broker, tmp_path):
+    return {"MUCODE_DATABASE_URL": _url(store), "MUCODE_BROKER_URL": broker,
+            "MUCODE_ARTIFACTS_DIR": str(tmp_path / "art")}
+
+
+def test_round_with_celery_workers_completes_and_stores_its_numbers(pg_store, tmp_path, knowing_model):
+    cfg = _setup(pg_store, tmp_path, knowing_model, "c1")
+    with redis_db() as broker, celery_workers(_url(pg_store), broker, log_dir=tmp_path,
+                                              extra_env={"MUCODE_ARTIFACTS_DIR": str(tmp_path / "art")}) as workers:
+        workers.start(GPU)
+        workers.start("execute")
+        workers.start("control")
+        env = _env(pg_store, broker, tmp_path)
+        _mucode(["experiment", "create", "c1", "--config", str(cfg)], env)
+        try:
+            r = _mucode(["round", "run", "c1", "--wait"], env)
+        except AssertionError:
+            print(workers.logs())
+            raise
+        assert "done" in r.stdout and "G1" in r.stdout
+        res = check_round_rows(pg_store, "c1")
+        st = json.loads(_mucode(["round", "status", "c1", "--json"], env).stdout)
+        assert st["status"] == "done" and not st["failed_jobs"]
+        assert set(st["queues"]) == {"sample", "execute", "score", "train", "control"}
+        assert all(v == 0 for v in st["queues"].values())
+        assert st["jobs"]["train_verifier"] == {"done": 1} and st["jobs"]["train_generator"] == {"done": 1}
+        # the GPU steps ran in the GPU worker, the relabel in the control worker
+        jobs = {j.kind: j for j in pg_store.list_jobs(round_id=res["round"].id) if j.key.startswith("round/")}
+        assert "sample" in (jobs["train_verifier"].worker or "") or jobs["train_verifier"].worker
+        assert jobs["relabel"].state == "done"
+
+
+def test_killed_worker_mid_round_then_resume_gives_exact_rows(pg_store, tmp_path, knowing_model):
+    from app.store.rollouts import Owner
+    from workers import collect
+
+    cfg = _setup(pg_store, tmp_path, knowing_model, "c2")
+    with redis_db() as broker, celery_workers(_url(pg_store), broker, log_dir=tmp_path,
+                                              extra_env={"MUCODE_ARTIFACTS_DIR": str(tmp_path / "art")}) as workers:
+        gpu = workers.start(GPU)
+        workers.start("execute")
+        workers.start("control")
+        env = _env(pg_store, broker, tmp_path)
+        _mucode(["experiment", "create", "c2", "--config", str(cfg)], env)
+        r = _mucode(["round", "run", "c2"], env)  # returns once queued
+        assert "queued" in r.stdout
+        exp = pg_store.get_experiment("c2")
+
+        def counts():
+            rounds = pg_store.experiment_rounds(exp.id)
+            if not rounds or "collect" not in (rounds[0].steps or {}):
+                return None
+            try:
+                return pg_store.collection_counts(Owner(round_id=rounds[0].id))
+            except Exception:  # noqa: BLE001
+                return None
+
+        _wait(lambda: (c := counts()) and c["candidates"] >= 2, 240, "the first candidates", workers)
+        gpu.kill()  # SIGKILL: its running job is lost with it
+        middle = counts()
+        assert middle["active"] > 0, "the collection finished before the kill: make it bigger"
+        workers.start(GPU)
+        r = _mucode(["round", "resume", "c2", "--json"], env)
+        assert json.loads(r.stdout)["status"] in ("running", "done")
+        (rnd,) = pg_store.experiment_rounds(exp.id)
+        _wait(lambda: pg_store.get_round(rnd.id).status in ("done", "failed"), 900, "the round to finish", workers)
+        rnd = pg_store.get_round(rnd.id)
+        assert rnd.status == "done", (rnd.error, rnd.steps, workers.logs())
+        res = check_round_rows(pg_store, "c2")
+        # the collection was resumed as generation 2; no trajectory, turn or candidate is doubled
+        assert rnd.steps["collect"]["attempt"] == 2
+        assert collect.get_spec(pg_store, Owner(round_id=rnd.id))[1] == 2
+        with pg_store.session() as s:
+            dup = s.execute(
+                select(func.count()).select_from(
+                    select(m.Candidate.turn_id, m.Candidate.sample_index).group_by(m.Candidate.turn_id,
+                    m.Candidate.sample_index).having(func.count() > 1).subquery())).scalar_one()
+            assert dup == 0
+            assert res["rollouts"] == P_TRAIN * 4
