@@ -405,8 +405,8 @@ def time_pages(url: str, repeat: int = 3) -> list[tuple[str, float, float, str]]
     app = str(ROOT / "dashboard" / "app.py")
     AppTest.from_file(app, default_timeout=120).run()  # warm up imports (streamlit, altair, pandas)
     out = []
-    for page, query in (("pages/overview.py", {}), ("pages/trajectories.py", {"problem": "mbpp/700"}),
-                        ("pages/failures.py", {}), ("pages/rankings.py", {"problem": "mbpp/700"})):
+    for page, query in (("views/overview.py", {}), ("views/trajectories.py", {"problem": "mbpp/700"}),
+                        ("views/failures.py", {}), ("views/rankings.py", {"problem": "mbpp/700"})):
         colds, warm, note = [], 0.0, ""
         for _ in range(repeat):
             at = AppTest.from_file(app, default_timeout=120)

@@ -25,13 +25,15 @@ from dashboard import common
 
 st.set_page_config(page_title="mucode dashboard", page_icon=":material/science:", layout="wide")
 
+# The page scripts live in views/, not pages/: a pages/ folder beside the entrypoint switches Streamlit into
+# its legacy (v1) multipage mode, which wraps this script and can rerun a page without it (no sidebar).
 common.PAGES.update(
-    overview=st.Page(_HERE / "pages" / "overview.py", title="Overview", icon=":material/monitoring:", url_path="overview",
+    overview=st.Page(_HERE / "views" / "overview.py", title="Overview", icon=":material/monitoring:", url_path="overview",
                      default=True),
-    trajectories=st.Page(_HERE / "pages" / "trajectories.py", title="Trajectories", icon=":material/timeline:",
+    trajectories=st.Page(_HERE / "views" / "trajectories.py", title="Trajectories", icon=":material/timeline:",
                          url_path="trajectories"),
-    failures=st.Page(_HERE / "pages" / "failures.py", title="Failures", icon=":material/bug_report:", url_path="failures"),
-    rankings=st.Page(_HERE / "pages" / "rankings.py", title="Rankings", icon=":material/leaderboard:", url_path="rankings"),
+    failures=st.Page(_HERE / "views" / "failures.py", title="Failures", icon=":material/bug_report:", url_path="failures"),
+    rankings=st.Page(_HERE / "views" / "rankings.py", title="Rankings", icon=":material/leaderboard:", url_path="rankings"),
 )
 nav = st.navigation(list(common.PAGES.values()))
 

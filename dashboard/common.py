@@ -151,8 +151,9 @@ def experiment_picker() -> int | None:
     names = [e["name"] for e in exps]
     options = names + ["(all experiments)"]
     wanted = st.query_params.get("experiment")
-    if wanted in names:
-        st.session_state["experiment"] = wanted
+    if wanted in names and st.session_state.get("_experiment_from_url") != wanted:
+        st.session_state["experiment"] = wanted  # a link chose it (once: the user may change it afterwards)
+        st.session_state["_experiment_from_url"] = wanted
     elif st.session_state.get("experiment") not in options:
         st.session_state["experiment"] = names[0]
     with st.sidebar:

@@ -13,7 +13,7 @@ from sqlalchemy import text
 from tests.helpers.dashboard_seed import EXPECTED, seed_dashboard
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
-PAGES = ("pages/overview.py", "pages/trajectories.py", "pages/failures.py", "pages/rankings.py")
+PAGES = ("views/overview.py", "views/trajectories.py", "views/failures.py", "views/rankings.py")
 
 
 # -- fixtures -------------------------------------------------------------------------------------------
@@ -243,14 +243,14 @@ def test_overview_page(seeded_sqlite, monkeypatch):
                                                         "27.5 min"]
     failed = _frame(at, "attempts")
     assert "CUDA out of memory" in " ".join(map(str, failed["error"]))
-    assert len(at.get("vega_lite_chart")) == 8  # accuracy per round, 4 per-turn, training, gap, steps
+    assert len(at.get("vega_lite_chart")) == 5  # accuracy per round, per turn (faceted), training, gap, steps
     assert "mucode dashboard ·" in _texts(at)
 
 
 def test_trajectories_page(seeded_sqlite, monkeypatch):
     url, ids = seeded_sqlite
     rid = ids["rollouts"]["r0/602/0"]
-    at = _app(monkeypatch, url, "pages/trajectories.py", problem="mbpp/602", rollout=rid)
+    at = _app(monkeypatch, url, "views/trajectories.py", problem="mbpp/602", rollout=rid)
     assert at.selectbox(key="traj_problem").value == "mbpp/602"
     assert at.selectbox(key="traj_rollout").value == rid
     rollouts = _frame(at, "rollout")
@@ -285,7 +285,7 @@ def test_trajectories_page(seeded_sqlite, monkeypatch):
 def test_trajectories_best_of_n_turn(seeded_sqlite, monkeypatch):
     url, ids = seeded_sqlite
     rid = ids["rollouts"]["eval/11/0"]
-    at = _app(monkeypatch, url, "pages/trajectories.py", problem="mbpp/11", rollout=rid)
+    at = _app(monkeypatch, url, "views/trajectories.py", problem="mbpp/11", rollout=rid)
     radio = at.radio(key=next(r.key for r in at.radio if r.key and r.key.startswith("pick_")))
     assert radio.value == 1  # the chosen candidate is shown first
     assert any("s.rfind(ch)" in c.value for c in at.code)
@@ -297,7 +297,7 @@ def test_trajectories_best_of_n_turn(seeded_sqlite, monkeypatch):
 
 def test_failures_page(seeded_sqlite, monkeypatch):
     url, ids = seeded_sqlite
-    at = _app(monkeypatch, url, "pages/failures.py")
+    at = _app(monkeypatch, url, "views/failures.py")
     table = _frame(at, "round 0")
     counts = dict(zip(table.index, table["round 0"]))
     assert counts["AssertionError"] == 3 and counts["NameError"] == 1 and counts["SyntaxError"] == 1
@@ -320,7 +320,7 @@ def test_failures_page(seeded_sqlite, monkeypatch):
     assert any("name 'foo' is not defined" in c.value for c in at.code)
 
     # ... and following it shows that turn
-    at.switch_page("pages/trajectories.py")
+    at.switch_page("views/trajectories.py")
     at.query_params.update({k: v[0] for k, v in qs.items()})
     at.run()
     _no_exception(at)
@@ -328,7 +328,7 @@ def test_failures_page(seeded_sqlite, monkeypatch):
     assert any("return foo(x)" in c.value for c in at.code)
 
     # evaluation chains: the problem no chain ever solved
-    at = _app(monkeypatch, url, "pages/failures.py")
+    at = _app(monkeypatch, url, "views/failures.py")
     at.radio(key="fail_source").set_value("eval").run()
     _no_exception(at)
     assert list(_frame(at, "external_id")["external_id"]) == EXPECTED["unsolved_eval"]
@@ -336,14 +336,14 @@ def test_failures_page(seeded_sqlite, monkeypatch):
 
 def test_failures_page_from_a_link(seeded_sqlite, monkeypatch):
     url, _ = seeded_sqlite
-    at = _app(monkeypatch, url, "pages/failures.py", round=1, error="memory")
+    at = _app(monkeypatch, url, "views/failures.py", round=1, error="memory")
     assert at.selectbox(key="fail_round").value == 1 and at.selectbox(key="fail_type").value == "memory"
     assert any("exceeded the memory limit" in c.value for c in at.code)
 
 
 def test_rankings_page(seeded_sqlite, monkeypatch):
     url, ids = seeded_sqlite
-    at = _app(monkeypatch, url, "pages/rankings.py", problem="mbpp/602")
+    at = _app(monkeypatch, url, "views/rankings.py", problem="mbpp/602")
     assert at.selectbox(key="rank_problem").value == "mbpp/602"
     assert at.selectbox(key="rank_verifier").value == ids["v1"]  # newest verifier first
     at.selectbox(key="rank_verifier").set_value(ids["v0"]).run()
@@ -402,15 +402,15 @@ def test_every_page_on_postgres(seeded_pg, monkeypatch):
     url, ids = seeded_pg
     at = _app(monkeypatch, url)
     assert _frame(at, "mbpp · bon").loc[1, "mbpp · bon"] == "100.0"
-    at.switch_page("pages/trajectories.py")
+    at.switch_page("views/trajectories.py")
     at.query_params.update(problem="mbpp/601", rollout=str(ids["rollouts"]["r0/601/0"]))
     at.run()
     _no_exception(at)
     assert any("return foo(x)" in c.value for c in at.code)
-    at.switch_page("pages/failures.py").run()
+    at.switch_page("views/failures.py").run()
     _no_exception(at)
     assert _frame(at, "round 0").loc["NameError", "round 0"] == 1
-    at.switch_page("pages/rankings.py").run()
+    at.switch_page("views/rankings.py").run()
     _no_exception(at)
     assert len(_frame(at, "rank")) >= 1
 
@@ -426,3 +426,33 @@ def test_cli_command_line():
     assert cmd[cmd.index("--server.port") + 1] == "8765" and cmd[cmd.index("--server.address") + 1] == "0.0.0.0"
     out = CliRunner().invoke(root, ["dashboard", "--help"])
     assert out.exit_code == 0 and "--port" in out.output and "--address" in out.output
+
+
+def test_experiment_picker_scopes_the_pages(sqlite_store, monkeypatch):
+    from tests.helpers.seed import add_problem, add_rollout, add_round
+
+    seed_dashboard(sqlite_store)
+    pid = add_problem(sqlite_store, "mbpp/700", prompt="Another experiment's problem.")
+    rid = add_round(sqlite_store, "exp-b", 0)
+    add_rollout(sqlite_store, problem_id=pid, sample_index=0, round_id=rid,
+                turns=[{"response": "def f(x):\n    return 0", "public": False, "private": False,
+                        "feedback": "AssertionError: assert f(1) == 2"}])
+    url = str(sqlite_store.engine.url)
+    at = _app(monkeypatch, url)
+    picker = at.sidebar.selectbox(key="experiment")
+    assert set(picker.options) == {"exp-b", "exp-demo", "(all experiments)"}
+    assert picker.options[-1] == "(all experiments)"
+    for name, expected in (("exp-demo", ["exp-demo", "exp-demo"]), ("exp-b", ["exp-b"]),
+                           ("(all experiments)", ["exp-b", "exp-demo", "exp-demo"])):
+        at.sidebar.selectbox(key="experiment").set_value(name).run()
+        _no_exception(at)
+        assert sorted(_frame(at, "generator out")["experiment"]) == expected, name
+    # the choice survives a page switch and scopes the next page too
+    at.sidebar.selectbox(key="experiment").set_value("exp-b").run()
+    at.switch_page("views/failures.py").run()
+    _no_exception(at)
+    assert at.sidebar.selectbox(key="experiment").value == "exp-b"
+    assert list(_frame(at, "round 0").index) == ["AssertionError"]
+    # a link can preselect the experiment
+    at = _app(monkeypatch, url, "views/overview.py", experiment="exp-demo")
+    assert at.sidebar.selectbox(key="experiment").value == "exp-demo"

@@ -62,9 +62,12 @@ def test_prompt_is_the_papers_wording_exactly():
     )
 
 
-def test_prompt_shows_setup_code_before_the_tests():
-    p = P(prompt="Do it.", shown_tests=["assert f(1) == 2"], setup_code="import math\nclass Pair: pass")
-    assert "these tests:\n\nimport math\nclass Pair: pass\nassert f(1) == 2\n\nReturn only" in build_prompt(p)
+def test_prompt_never_shows_hidden_setup_code():
+    # What is shown is the loader's decision (MBPP puts its setup code in shown_tests); a HumanEval problem's
+    # setup code defines the hidden check() and must not reach the model.
+    p = P(prompt="Do it.", shown_tests=["assert f(1) == 2"], setup_code="def check(candidate): assert 0")
+    text = build_prompt(p)
+    assert "these tests:\n\nassert f(1) == 2\n\nReturn only" in text and "check" not in text
 
 
 def test_prompt_accepts_dicts_and_keeps_braces_in_the_problem():

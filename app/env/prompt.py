@@ -2,7 +2,9 @@
 
 The wording is the reference code's ``generate_prompt`` (portal-cornell/muCode,
 ``src/env/benchmarks/commit0_utils.py``), character for character; it is the same for MBPP and HumanEval.
-``{tests}`` is the problem's setup code (when there is any) followed by its shown tests, one per line.
+``{tests}`` is the problem's shown tests, one per line. The dataset loaders decide what is shown: for MBPP that
+includes the setup code (as the reference did), while a HumanEval problem's setup code is hidden test code and
+must never reach the prompt — so only ``shown_tests`` is rendered here.
 
 One deliberate difference from the reference: it always wrote ``f"{setup}\\n{tests}"``, so an MBPP problem
 without setup code (most of them) got a stray blank line before the asserts. Here empty parts are left out,
@@ -35,18 +37,15 @@ def _field(problem: Any, name: str, default: Any = None) -> Any:
 
 
 def shown_tests_text(problem: Any) -> str:
-    """The ``{tests}`` block: setup code (if any), then each shown test on its own line."""
-    setup = (_field(problem, "setup_code") or "").strip("\n")
+    """The ``{tests}`` block: each shown test on its own line (never the hidden setup code)."""
     tests = _field(problem, "shown_tests") or []
     if isinstance(tests, str):
         tests = [tests]
-    parts = [setup] if setup.strip() else []
-    parts.extend(t.strip("\n") for t in tests if t and t.strip())
-    return "\n".join(parts)
+    return "\n".join(t.strip("\n") for t in tests if t and t.strip())
 
 
 def build_prompt(problem: Any) -> str:
-    """The first user message for ``problem`` (anything with ``prompt``, ``shown_tests``, ``setup_code``:
+    """The first user message for ``problem`` (anything with ``prompt`` and ``shown_tests``:
     a ``Problem`` row, a dataclass or a dict)."""
     text = _field(problem, "prompt")
     if text is None:

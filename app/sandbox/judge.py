@@ -20,6 +20,7 @@ import signal
 import sys
 import time
 import types
+from collections import deque
 from typing import Any
 
 from app.sandbox import feedback as fb
@@ -206,6 +207,7 @@ class Conn:
         self.not_plain: list[str] = []  # type names of non-plain results in the current test
         self.gone: ProgramGone | None = None
         self.memory_error = False
+        self.pending: deque[Any] = deque()  # tags of batched calls whose answers are still to be read
 
     @staticmethod
     def _convert(v: Any) -> Any:
@@ -233,8 +235,52 @@ class Conn:
         return ProgramObject(self, (b"G", name), type_name)
 
     def request(self, msg: Any) -> Any:
+        if self.pending:
+            self.cancel()
         self.send(msg)
         return self.reply()
+
+    # -- batches: calls sent at once, answers read one by one as the tests reach them ---------------------
+    def start_batch(self, calls: list[Any], tags: list[Any]) -> None:
+        if self.pending:
+            self.cancel()
+        self.send(("batch", calls))
+        self.pending.extend(tags)
+
+    def next_result(self) -> tuple[Any, tuple[Any, ...]]:
+        """(tag, ("ok", value, non-plain type names) or ("raise", exception)) of the next batched call."""
+        tag = self.pending.popleft()
+        saved, self.not_plain = self.not_plain, []
+        try:
+            value = self.reply()
+            return tag, ("ok", value, self.not_plain)
+        except ProgramGone:
+            self.pending.clear()
+            raise
+        except _Deadline:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - the program's exception, raised where the call was
+            return tag, ("raise", exc, [])
+        finally:
+            self.not_plain = saved
+
+    def cancel(self) -> None:
+        """Stop the rest of a batch the tests no longer need (a loop that failed early) and drop its answers."""
+        if not self.pending:
+            return
+        self.pending.clear()
+        self.send(("cancel",))
+        while True:
+            try:
+                op = self.reply()
+            except ProgramGone:
+                raise
+            except _Deadline:
+                raise
+            except BaseException:  # noqa: BLE001 - a dropped answer
+                continue
+            if isinstance(op, tuple) and op and op[0] == "cancelled":
+                return
 
     def send(self, msg: Any) -> None:
         if self.gone is not None:
@@ -273,7 +319,7 @@ class Conn:
             if info["type"] == "MemoryError":
                 self.memory_error = True
             raise remote_exception(info)
-        if op in ("loaded", "loaderr"):
+        if op in ("loaded", "loaderr", "cancelled"):
             return reply
         self.gone = ProgramGone("broken", "the program corrupted its connection to the tests")
         raise self.gone
@@ -396,6 +442,8 @@ class Judge:
             if calls and code["pipeline"]:
                 conn.send(("batch", calls))
             op, payload = conn.reply()
+            if calls and code["pipeline"]:
+                conn.pending.extend(k for k, _ in sites)
         except ProgramGone as gone:
             self._fatal(gone.reason, None)
             self.run.load_error = {"gone": gone.reason, "detail": gone.detail}
@@ -426,14 +474,12 @@ class Judge:
         prefetched: dict[int, tuple[Any, ...]] = {}
 
         def fetch() -> None:
-            for k, _ in sites:
-                conn.not_plain = []
+            while conn.pending:
                 try:
-                    prefetched[k] = ("ok", conn.reply(), conn.not_plain)
+                    k, res = conn.next_result()
                 except ProgramGone:
                     return  # the tests that need the missing answers will report it
-                except BaseException as exc:  # noqa: BLE001 - the program's exception, raised at the call
-                    prefetched[k] = ("raise", exc, [])
+                prefetched[k] = res
 
         def use(k: int, fn: Any, *args: Any, **kwargs: Any) -> Any:
             entry = prefetched.pop(k, None)
@@ -445,6 +491,46 @@ class Judge:
             return entry[1]
 
         ns[PREFETCH] = use
+        loops: dict[int, list[Any]] = {}
+
+        def loop(k: int, *thunks: Any) -> None:
+            """Before a loop of the tests: send every iteration's calls of the program in one batch."""
+            fns, arglists = [], []
+            for thunk in thunks:
+                try:
+                    fn, arglist = thunk()
+                except Exception:  # noqa: BLE001 - the loop itself will meet (and report) the problem
+                    return
+                fns.append(fn)
+                arglists.append(arglist)
+            mine = [j for j, fn in enumerate(fns) if type(fn) is ProgramObject]  # others run here as usual
+            if not mine:
+                return
+            batch, tags = [], []
+            for i in range(len(arglists[0])):
+                for j in mine:
+                    args, kwargs = arglists[j][i]
+                    batch.append((fns[j], args, kwargs))
+                    tags.append((k, j))
+            if not batch:
+                return
+            try:
+                conn.start_batch(batch, tags)
+            except TypeError:  # an argument that cannot be sent: every call goes one by one
+                return
+            loops[k] = fns
+
+        def take(k: int, j: int, fn: Any, *args: Any, **kwargs: Any) -> Any:
+            if conn.pending and conn.pending[0] == (k, j) and loops.get(k, [None] * (j + 1))[j] is fn:
+                _, res = conn.next_result()
+                if res[0] == "raise":
+                    raise res[1]
+                conn.not_plain.extend(res[2])
+                return res[1]
+            return fn(*args, **kwargs)
+
+        ns[LOOP] = loop
+        ns[TAKE] = take
         if calls and code["pipeline"]:
             fetch()
         if code["setup"] is not None:
@@ -463,7 +549,7 @@ class Judge:
                 return
         if calls and not code["pipeline"]:
             try:
-                conn.send(("batch", calls))
+                conn.start_batch(calls, [k for k, _ in sites])
             except ProgramGone as gone:
                 self._fatal(gone.reason, 0)
                 return
@@ -510,6 +596,12 @@ class Judge:
                 self._record(src, "pass", "", "")
             if conn.memory_error:
                 self.run.memory = True
+            if conn.pending:  # a loop stopped early: drop the answers it no longer needs
+                try:
+                    conn.cancel()
+                except ProgramGone as gone:
+                    self._fatal(gone.reason, i + 1)
+                    return
 
 
 def _exit_text(info: dict[str, Any]) -> str:
@@ -647,59 +739,69 @@ def _literal(node: ast.AST) -> tuple[bool, Any]:
         return False, None
 
 
-def _collect_calls(node: ast.AST | None, out: list[tuple[ast.Call, tuple[Any, ...]]]) -> None:
-    """Calls ``name(<literals>)`` that evaluating ``node`` makes exactly once, whatever the values (no
+def _literal_call(node: ast.Call) -> tuple[Any, ...] | None:
+    """(name, args, kwargs) of ``name(<literals>)``."""
+    if not isinstance(node.func, ast.Name) or any(isinstance(a, ast.Starred) for a in node.args) \
+            or any(k.arg is None for k in node.keywords):
+        return None
+    args, kwargs = [], {}
+    for a in node.args:
+        good, v = _literal(a)
+        if not good:
+            return None
+        args.append(v)
+    for kw in node.keywords:
+        good, v = _literal(kw.value)
+        if not good:
+            return None
+        kwargs[kw.arg] = v
+    return node.func.id, tuple(args), kwargs
+
+
+def _collect_calls(node: ast.AST | None, out: list[tuple[ast.Call, tuple[Any, ...]]],
+                   eligible: Any = _literal_call) -> None:
+    """Calls accepted by ``eligible`` that evaluating ``node`` makes exactly once, whatever the values (no
     short-circuit branch, loop, comprehension or lambda), in evaluation order."""
     if node is None:
         return
     if isinstance(node, ast.Call):
-        if isinstance(node.func, ast.Name) and not any(isinstance(a, ast.Starred) for a in node.args) \
-                and all(k.arg is not None for k in node.keywords):
-            args, kwargs, ok = [], {}, True
-            for a in node.args:
-                good, v = _literal(a)
-                ok = ok and good
-                args.append(v)
-            for kw in node.keywords:
-                good, v = _literal(kw.value)
-                ok = ok and good
-                kwargs[kw.arg] = v
-            if ok:
-                out.append((node, (node.func.id, tuple(args), kwargs)))
-                return
-        else:
-            _collect_calls(node.func, out)
+        site = eligible(node)
+        if site is not None:
+            out.append((node, site))
+            return
+        if not isinstance(node.func, ast.Name):
+            _collect_calls(node.func, out, eligible)
         for a in node.args:
-            _collect_calls(a.value if isinstance(a, ast.Starred) else a, out)
+            _collect_calls(a.value if isinstance(a, ast.Starred) else a, out, eligible)
         for kw in node.keywords:
-            _collect_calls(kw.value, out)
+            _collect_calls(kw.value, out, eligible)
     elif isinstance(node, ast.Compare):
-        _collect_calls(node.left, out)
-        _collect_calls(node.comparators[0], out)  # a chain stops early: only the first pair is certain
+        _collect_calls(node.left, out, eligible)
+        _collect_calls(node.comparators[0], out, eligible)  # a chain stops early: only the first pair is certain
     elif isinstance(node, ast.BoolOp):
-        _collect_calls(node.values[0], out)
+        _collect_calls(node.values[0], out, eligible)
     elif isinstance(node, ast.UnaryOp):
-        _collect_calls(node.operand, out)
+        _collect_calls(node.operand, out, eligible)
     elif isinstance(node, ast.BinOp):
-        _collect_calls(node.left, out)
-        _collect_calls(node.right, out)
+        _collect_calls(node.left, out, eligible)
+        _collect_calls(node.right, out, eligible)
     elif isinstance(node, (ast.Tuple, ast.List, ast.Set)):
         for e in node.elts:
-            _collect_calls(e.value if isinstance(e, ast.Starred) else e, out)
+            _collect_calls(e.value if isinstance(e, ast.Starred) else e, out, eligible)
     elif isinstance(node, ast.Dict):
         for k, v in zip(node.keys, node.values):
-            _collect_calls(k, out)
-            _collect_calls(v, out)
+            _collect_calls(k, out, eligible)
+            _collect_calls(v, out, eligible)
     elif isinstance(node, ast.Subscript):
-        _collect_calls(node.value, out)
-        _collect_calls(node.slice, out)
+        _collect_calls(node.value, out, eligible)
+        _collect_calls(node.slice, out, eligible)
     elif isinstance(node, ast.Attribute):
-        _collect_calls(node.value, out)
+        _collect_calls(node.value, out, eligible)
     elif isinstance(node, ast.IfExp):
-        _collect_calls(node.test, out)
+        _collect_calls(node.test, out, eligible)
     elif isinstance(node, ast.Slice):
         for part in (node.lower, node.upper, node.step):
-            _collect_calls(part, out)
+            _collect_calls(part, out, eligible)
 
 
 class _UsePrefetched(ast.NodeTransformer):
@@ -731,6 +833,138 @@ def prefetch_sites(test: str, first: int, bound: set[str]) -> tuple[ast.Module |
     numbers = {id(node): first + i for i, (node, _) in enumerate(found)}
     tree = ast.fix_missing_locations(_UsePrefetched(numbers).visit(tree))
     return tree, [site for _, site in found]
+
+
+LOOP = "__mucode_loop__"
+TAKE = "__mucode_take__"
+_PURE_ITER_FUNCS = frozenset({"enumerate", "zip", "range", "list", "tuple", "reversed", "sorted"})
+_ARG_NODES = (ast.Name, ast.Constant, ast.Starred, ast.Tuple, ast.List, ast.Set, ast.Dict, ast.Subscript,
+              ast.Slice, ast.UnaryOp, ast.BinOp, ast.Load, ast.Store, ast.expr_context, ast.operator,
+              ast.unaryop, ast.keyword)
+
+
+def _pure_iter(node: ast.AST) -> bool:
+    """An iterable the judge may turn into a list before the loop: names, literals and pure builtins."""
+    if isinstance(node, (ast.Name, ast.Constant)):
+        return True
+    if isinstance(node, (ast.Tuple, ast.List)):
+        return all(_pure_iter(e) for e in node.elts)
+    if isinstance(node, ast.Subscript):
+        return _pure_iter(node.value) and _pure_iter(node.slice)
+    if isinstance(node, ast.Call):
+        return (isinstance(node.func, ast.Name) and node.func.id in _PURE_ITER_FUNCS and not node.keywords
+                and all(_pure_iter(a) for a in node.args))
+    return False
+
+
+def _target_names(node: ast.AST) -> set[str] | None:
+    if isinstance(node, ast.Name):
+        return {node.id}
+    if isinstance(node, (ast.Tuple, ast.List)):
+        out: set[str] = set()
+        for e in node.elts:
+            sub = _target_names(e)
+            if sub is None:
+                return None
+            out |= sub
+        return out
+    return None
+
+
+class _LoopPrefetch(ast.NodeTransformer):
+    """``for t in <pure iterable>: f(<args from t>)...`` becomes: the iterable made a list, one batch with
+    every iteration's call of f (if f turns out to be the program's), then the same loop reading the answers.
+    Only calls of the loop body's first statement, in positions always evaluated, with arguments built from
+    the loop variables and names the body does not rebind, and only loops without ``break``/``return``."""
+
+    def __init__(self, first: int) -> None:
+        self.next = first
+
+    def visit_For(self, node: ast.For) -> Any:
+        self.generic_visit(node)
+        targets = _target_names(node.target)
+        if targets is None or node.orelse or not node.body or not _pure_iter(node.iter):
+            return node
+        if any(isinstance(n, (ast.Break, ast.Return, ast.Yield, ast.YieldFrom, ast.Await))
+               for stmt in node.body for n in ast.walk(stmt)):
+            return node
+        rebound = set()
+        for stmt in node.body:
+            rebound |= _bound_names(ast.Module(body=[stmt], type_ignores=[]))
+        first = node.body[0]
+        if not isinstance(first, (ast.Expr, ast.Assert, ast.Assign)):
+            return node
+        found: list[tuple[ast.Call, tuple[Any, ...]]] = []
+
+        def eligible(call: ast.Call) -> tuple[Any, ...] | None:
+            if not isinstance(call.func, ast.Name) or call.func.id in targets | rebound:
+                return None
+            if call.func.id in (PREFETCH, LOOP, TAKE):
+                return None
+            for part in list(call.args) + [k.value for k in call.keywords]:
+                for n in ast.walk(part):
+                    if not isinstance(n, _ARG_NODES):
+                        return None
+                    if isinstance(n, ast.Name) and n.id in rebound - targets:
+                        return None
+            if any(k.arg is None for k in call.keywords):
+                return None
+            return (call.func.id,)
+
+        _collect_calls(first.value if isinstance(first, (ast.Expr, ast.Assign)) else first.test, found,
+                       eligible)
+        if not found:
+            return node
+        k = self.next
+        self.next += 1
+        it_name = f"__mucode_it_{k}__"
+        thunks = []
+        for call, _ in found:
+            args = ast.Tuple(elts=list(call.args), ctx=ast.Load())
+            kwargs = ast.Dict(keys=[ast.Constant(kw.arg) for kw in call.keywords],
+                              values=[kw.value for kw in call.keywords])
+            comp = ast.ListComp(elt=ast.Tuple(elts=[args, kwargs], ctx=ast.Load()),
+                                generators=[ast.comprehension(target=_store(node.target),
+                                                              iter=ast.Name(id=it_name, ctx=ast.Load()),
+                                                              ifs=[], is_async=0)])
+            thunks.append(ast.Lambda(args=ast.arguments(posonlyargs=[], args=[], kwonlyargs=[], kw_defaults=[],
+                                                        defaults=[]),
+                                     body=ast.Tuple(elts=[ast.Name(id=call.func.id, ctx=ast.Load()), comp],
+                                                    ctx=ast.Load())))
+        numbers = {id(call): j for j, (call, _) in enumerate(found)}
+
+        class _Take(ast.NodeTransformer):
+            def visit_Call(self, c: ast.Call) -> ast.AST:
+                j = numbers.get(id(c))
+                if j is None:
+                    return self.generic_visit(c)
+                return ast.copy_location(ast.Call(func=ast.Name(id=TAKE, ctx=ast.Load()),
+                                                  args=[ast.Constant(k), ast.Constant(j), c.func, *c.args],
+                                                  keywords=c.keywords), c)
+
+        node.body[0] = _Take().visit(first)
+        make_list = ast.Assign(targets=[ast.Name(id=it_name, ctx=ast.Store())],
+                               value=ast.Call(func=ast.Name(id="list", ctx=ast.Load()), args=[node.iter],
+                                              keywords=[]))
+        start = ast.Expr(value=ast.Call(func=ast.Name(id=LOOP, ctx=ast.Load()),
+                                        args=[ast.Constant(k), *thunks], keywords=[]))
+        node.iter = ast.Name(id=it_name, ctx=ast.Load())
+        return [ast.copy_location(make_list, node), ast.copy_location(start, node), node]
+
+
+def _store(target: ast.AST) -> ast.AST:
+    """A copy of a loop target usable as a comprehension target."""
+    new = ast.parse(ast.unparse(target), mode="eval").body
+    for n in ast.walk(new):
+        if hasattr(n, "ctx"):
+            n.ctx = ast.Store()
+    return new
+
+
+def loop_prefetch(tree: ast.Module, first: int) -> tuple[ast.Module, int]:
+    t = _LoopPrefetch(first)
+    tree = ast.fix_missing_locations(t.visit(tree))
+    return tree, t.next
 
 
 def _bound_names(tree: ast.Module) -> set[str]:
@@ -774,26 +1008,30 @@ def compile_suite(prefix: str, setup: str, tests: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {"prefix": comp(prefix, "<prefix>"), "setup": comp(setup, "<setup>"), "tests": [],
                            "sites": [], "pipeline": True}
     bound: set[str] = set()
-    if setup.strip():
+    loops = 0
+    if setup.strip() and isinstance(out["setup"], bytes):
+        tree = ast.parse(setup)
+        bound = _bound_names(tree)
+        out["pipeline"] = not _runs_calls(tree)
         try:
-            tree = ast.parse(setup)
-            bound = _bound_names(tree)
-            out["pipeline"] = not _runs_calls(tree)
-        except SyntaxError:
-            pass
+            tree, loops = loop_prefetch(tree, loops)
+            out["setup"] = marshal.dumps(compile(tree, "<setup>", "exec", dont_inherit=True))
+        except (SyntaxError, RecursionError, ValueError, TypeError):
+            pass  # keep the plain compilation
     for i, t in enumerate(tests):
         name = f"<test {i + 1}>"
         try:
-            tree = None
-            try:
-                tree, sites = prefetch_sites(t, len(out["sites"]), bound)
-            except (SyntaxError, RecursionError, ValueError):
-                sites = []
-            source: Any = tree if tree is not None else t
-            out["tests"].append(marshal.dumps(compile(source, name, "exec", dont_inherit=True)))
-            out["sites"].extend(sites)
+            plain = compile(t, name, "exec", dont_inherit=True)
         except SyntaxError as exc:
             out["tests"].append(f"the test does not compile: SyntaxError: {exc.msg}")
+            continue
+        try:
+            tree, sites = prefetch_sites(t, len(out["sites"]), bound)
+            tree, loops = loop_prefetch(tree if tree is not None else ast.parse(t), loops)
+            out["tests"].append(marshal.dumps(compile(tree, name, "exec", dont_inherit=True)))
+            out["sites"].extend(sites)
+        except (SyntaxError, RecursionError, ValueError, TypeError):
+            out["tests"].append(marshal.dumps(plain))
     return out
 
 

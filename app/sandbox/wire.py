@@ -92,54 +92,64 @@ class Encoder:
         self.max_nodes = max_nodes
 
     def encode(self, value: Any) -> bytes:
-        out: list[bytes] = []
+        out = bytearray()
         self._nodes = 0
         self._path: set[int] = set()
         self._enc(value, out)
-        return b"".join(out)
+        return bytes(out)
 
-    def _ref(self, v: Any, out: list[bytes]) -> None:
+    def _ref(self, v: Any, out: bytearray) -> None:
         tag, ident = self.to_ref(v)
         if tag == b"R":
             number, type_name = ident
             raw = type_name.encode("utf-8", "surrogatepass")[:200]
-            out.append(b"R" + _UQ.pack(number) + _I32.pack(len(raw)) + raw)
+            out += b"R"
+            out += _UQ.pack(number)
         else:  # G: a global of the program by name; M: "module:qualname" of a library object
             raw = ident.encode("utf-8", "surrogatepass")
-            out.append(tag + _I32.pack(len(raw)) + raw)
+            out += tag
+        out += _I32.pack(len(raw))
+        out += raw
 
-    def _enc(self, v: Any, out: list[bytes]) -> None:
+    def _enc(self, v: Any, out: bytearray) -> None:
         self._nodes += 1
         if self._nodes > self.max_nodes:
             raise TooLarge(f"value has more than {self.max_nodes} parts")
         t = type(v)
         if t is int:
             if -(1 << 63) <= v < (1 << 63):
-                out.append(b"i" + _Q.pack(v))
+                out += b"i"
+                out += _Q.pack(v)
             else:
                 raw = v.to_bytes((v.bit_length() + 8) // 8, "big", signed=True)
-                out.append(b"I" + _I32.pack(len(raw)) + raw)
+                out += b"I"
+                out += _I32.pack(len(raw))
+                out += raw
         elif t is str:
             raw = v.encode("utf-8", "surrogatepass")
-            out.append(b"s" + _I32.pack(len(raw)) + raw)
+            out += b"s"
+            out += _I32.pack(len(raw))
+            out += raw
         elif t is float:
-            out.append(b"d" + _D.pack(v))
+            out += b"d"
+            out += _D.pack(v)
         elif v is None:
-            out.append(b"N")
+            out += b"N"
         elif v is True:
-            out.append(b"T")
+            out += b"T"
         elif v is False:
-            out.append(b"F")
+            out += b"F"
         elif t is list or t is tuple or t is set or t is frozenset:
             key = id(v)
             if key in self._path:  # a cycle: the container itself stays behind as a reference
                 self._ref(v, out)
                 return
             self._path.add(key)
-            out.append((b"L" if t is list else b"U" if t is tuple else b"S" if t is set else b"Z")
-                       + _I32.pack(len(v)))
+            out += b"L" if t is list else b"U" if t is tuple else b"S" if t is set else b"Z"
+            out += _I32.pack(len(v))
+            enc = self._enc
             for item in v:
-                self._enc(item, out)
+                enc(item, out)
             self._path.discard(key)
         elif t is dict:
             key = id(v)
@@ -147,15 +157,20 @@ class Encoder:
                 self._ref(v, out)
                 return
             self._path.add(key)
-            out.append(b"D" + _I32.pack(len(v)))
+            out += b"D"
+            out += _I32.pack(len(v))
             for k, item in v.items():
                 self._enc(k, out)
                 self._enc(item, out)
             self._path.discard(key)
         elif t is bytes:
-            out.append(b"b" + _I32.pack(len(v)) + v)
+            out += b"b"
+            out += _I32.pack(len(v))
+            out += v
         elif t is complex:
-            out.append(b"c" + _D.pack(v.real) + _D.pack(v.imag))
+            out += b"c"
+            out += _D.pack(v.real)
+            out += _D.pack(v.imag)
         elif self.convert is not None:
             c = self.convert(v)
             if c is NOT_PLAIN:

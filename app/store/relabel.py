@@ -166,6 +166,8 @@ class RelabelMixin:
             existing = s.scalars(select(m.TrainingSet).where(m.TrainingSet.name == name)).one_or_none()
             if existing is not None and not rebuild:
                 return _ts_dict(existing, created=False)
+            phases: dict[str, float] = {}
+            tp = time.perf_counter()
             if self.is_postgres:
                 s.execute(text("SET LOCAL jit = off"))  # compiling costs more than it saves at this size
             # The ranking runs once, into a temporary table (one row per trajectory in scope) that the stats,
@@ -174,6 +176,7 @@ class RelabelMixin:
             s.execute(text(f"CREATE TEMPORARY TABLE {_RANKED} AS WITH {chain} SELECT * FROM ranked"))
             if self.is_postgres:
                 s.execute(text(f"ANALYZE {_RANKED}"))
+            phases["rank"], tp = time.perf_counter() - tp, time.perf_counter()
 
             # Stats of the trajectories in scope, before writing anything (also the missing-score check).
             per_round = {int(r.round_id): dict(r._mapping) for r in s.execute(text(_STATS_SQL)).all()}
@@ -188,6 +191,7 @@ class RelabelMixin:
                 {"round_index": ri, "problem": ext} for ri, ext in s.execute(text(_NO_CORRECT_SQL)).all()
             ]
             excluded = s.execute(text(_EXCLUDED_SQL.format(rounds=_in_list(verifiers)))).one()._mapping
+            phases["stats"], tp = time.perf_counter() - tp, time.perf_counter()
 
             if existing is not None:  # rebuild: same row, new examples
                 s.execute(delete(m.SftExample).where(m.SftExample.training_set_id == existing.id))
@@ -205,6 +209,7 @@ class RelabelMixin:
                 s.add(ts)
                 s.flush()
             inserted = s.execute(text(f"WITH kept AS ({kept}) {_INSERT_SQL}"), {"ts": ts.id}).rowcount
+            phases["insert"], tp = time.perf_counter() - tp, time.perf_counter()
 
             # Counts from the kept trajectories (k turns -> k examples), checked against the insert's row count.
             counts = s.execute(text(
@@ -219,11 +224,13 @@ class RelabelMixin:
                 counts = s.execute(text(_COUNTS_SQL), {"ts": ts.id}).all()
                 totals = s.execute(text(_TOTALS_SQL), {"ts": ts.id}).one()
             s.execute(text(f"DROP TABLE {_RANKED}"))
+            phases["counts"] = time.perf_counter() - tp
             ts.stats = _stats(
                 scope, per_round, counts, totals, no_correct, dict(excluded), time.perf_counter() - t0
             )
+            ts.stats["phase_seconds"] = {k: round(v, 3) for k, v in phases.items()}
             s.flush()
-            return _ts_dict(ts, created=True)
+        return _ts_dict(ts, created=True)
 
     # -- reading ----------------------------------------------------------------------------------------
     def sft_training_set(self, ref: int | str) -> dict[str, Any]:

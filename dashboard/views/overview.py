@@ -82,24 +82,20 @@ else:
     st.dataframe(pivot.map(lambda v: "–" if pd.isna(v) else f"{v:.1f}"), key="acc_pivot")
 
     st.subheader("Accuracy per turn")
-    series = sorted(long["series"].unique())
-    grid = st.columns(2)
-    for i, s_name in enumerate(series):
-        part = long[long["series"] == s_name].copy()
-        part["round"] = part["round"].fillna(-1).astype(int).astype(str)
-        grid[i % 2].markdown(f"**{s_name}**")
-        ch = (
-            alt.Chart(part)
-            .mark_line(point=True)
-            .encode(x=alt.X("turn:O", axis=alt.Axis(labelAngle=0)), y=alt.Y("true success:Q", title="true success by turn (%)",
-                                                scale=alt.Scale(domain=[0, 100])),
-                    color=alt.Color("round:N"),
-                    tooltip=["evaluation", "turn", alt.Tooltip("true success:Q", format=".1f"),
-                             alt.Tooltip("public success:Q", format=".1f"),
-                             alt.Tooltip("any-of-chains:Q", format=".1f")])
-            .properties(height=220)
-        )
-        grid[i % 2].altair_chart(ch)
+    per_turn = long.assign(round=long["round"].fillna(-1).astype(int).astype(str))
+    ch = (
+        alt.Chart(per_turn)
+        .mark_line(point=True)
+        .encode(x=alt.X("turn:O", axis=alt.Axis(labelAngle=0)),
+                y=alt.Y("true success:Q", title="true success by turn (%)", scale=alt.Scale(domain=[0, 100])),
+                color=alt.Color("round:N"),
+                tooltip=["evaluation", "turn", alt.Tooltip("true success:Q", format=".1f"),
+                         alt.Tooltip("public success:Q", format=".1f"),
+                         alt.Tooltip("any-of-chains:Q", format=".1f")])
+        .properties(height=180, width=300)
+        .facet(facet=alt.Facet("series:N", title=None), columns=2)
+    )
+    st.altair_chart(ch)
     with st.expander("Per-turn table (true, public and any-of-chains success)"):
         show = long[["evaluation", "round", "dataset", "mode", "turn", "true success", "public success",
                      "any-of-chains", "problems"]].round(1)
