@@ -121,13 +121,13 @@ def tiny_backend_checks(report: dict, rows: int, new_tokens: int, reps: int, dty
             inp, att = inp.to(DEVICE), att.to(DEVICE)
             be.eos_ids = [be.tokenizer.pad_token_id]  # nothing stops early: equal work on both sides
 
-            def bare_run():
+            def bare_run(be=be, inp=inp, att=att):
                 with torch.inference_mode():
                     be.model.generate(input_ids=inp, attention_mask=att, max_new_tokens=new_tokens,
                                       do_sample=True, temperature=0.7, top_p=1.0, top_k=0,
                                       pad_token_id=be.pad_id, eos_token_id=be.eos_ids)
 
-            def backend_run():
+            def backend_run(be=be):
                 be.generate(convs, params, seeds)
 
             t_bare, _ = _timed(bare_run, reps)
@@ -208,7 +208,7 @@ def sampler_cost_1b(report: dict, rows: int, new_tokens: int, reps: int, small: 
         "compiled_top_p_0.95_over_plain": round(best["plain"] / t_top_p, 3),
         "rows_identical_alone_vs_batched_64_tokens": f"{same}/{min(8, rows)}",
     }  # fmt: skip
-    del model
+    model.to("cpu")  # free the GPU for whatever runs next
     if DEVICE == "cuda":
         torch.cuda.empty_cache()
 

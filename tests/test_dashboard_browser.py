@@ -191,3 +191,18 @@ def test_a_click_goes_from_failures_to_the_example(server, browser_page):
     _screenshot(page, "trajectories-from-failures")
     assert f"rollout={ids['rollouts']['r0/601/0']}" in page.url
     assert "return foo(x)" in body
+
+
+def test_widgets_rerun_the_whole_app(server, browser_page):
+    """A widget change reruns the app with its sidebar (the experiment picker) and the page's new content."""
+    base, _ = server
+    page = browser_page
+    _visit(page, base, "/failures", "Failures", "failures-train")
+    page.get_by_text("evaluation chains").first.click()
+    page.get_by_text("HumanEval/2 →").first.wait_for(state="visible")
+    _wait_rendered(page, "Failures")
+    body = _assert_no_exception(page, "failures-eval")
+    _screenshot(page, "failures-eval")
+    sidebar = page.locator('[data-testid="stSidebar"]').inner_text()
+    assert "Experiment" in sidebar and "Candidate-level sections cover" in sidebar
+    assert "mbpp/603 →" not in body  # the training list was replaced by the evaluation one

@@ -31,7 +31,7 @@ def fake_pull(cache: Path, name: str, source: Path) -> Path:
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "app.cli.main", *args],
-        capture_output=True, text=True, env={**os.environ, **(env or {})}, cwd=Path(__file__).parents[1],
+        capture_output=True, text=True, check=False, env={**os.environ, **(env or {})}, cwd=Path(__file__).parents[1],
     )  # fmt: skip
 
 

@@ -118,7 +118,7 @@ def test_first_turn_state_and_errors(tok):
         tokenize_example(no_eot, [STATE[0], {"role": "assistant", "content": TARGET}])
 
 
-def test_labels_match_trl_prompt_completion_with_assistant_mask(tiny, tok):
+def test_labels_match_trl_prompt_completion_with_assistant_mask(tiny, tok, tmp_path):
     """TRL 1.16's own path (prompt-completion + assistant_only_loss) agrees with ours on a marker template,
     and its collator keeps the end-of-turn label even with pad == eos."""
     from datasets import Dataset
@@ -134,7 +134,7 @@ def test_labels_match_trl_prompt_completion_with_assistant_mask(tiny, tok):
     ]
     ds = Dataset.from_list([{"prompt": p, "completion": [{"role": "assistant", "content": c}]} for p, c in convs])
     args = SFTConfig(
-        output_dir="/tmp/unused", assistant_only_loss=True, max_length=None, report_to="none", bf16=False,
+        output_dir=str(tmp_path), assistant_only_loss=True, max_length=None, report_to="none", bf16=False,
         use_cpu=True, activation_checkpointing=False,
     )
     trainer = SFTTrainer(

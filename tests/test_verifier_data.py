@@ -299,3 +299,20 @@ def test_scoring_is_batched_idempotent_and_resumable(store, tiny_verifier_dir, m
     with pytest.raises(ValueError, match="say which candidates"):
         store.unscored_candidate_ids(vid)
     clear_scorer()
+
+
+def test_verifier_registration_by_name(store):
+    vid = store.add_verifier_version(name="v", base_model="b", uri="/a", config={"loss": "bt"})
+    # registered again (a retrain after an incomplete save): same row, new location and config
+    assert store.add_verifier_version(name="v", base_model="b", uri="/b", config={"loss": "bce"},
+                                      metrics={"train": {"steps": 3}}) == vid
+    v = store.get_verifier("v")
+    assert v["id"] == vid and v["uri"] == "/b" and v["config"]["loss"] == "bce"
+    assert store.get_verifier(str(vid))["name"] == "v" and store.get_verifier(vid)["name"] == "v"
+    merged = store.set_verifier_metrics(vid, {"eval": {"holdout": None}})
+    assert merged == {"train": {"steps": 3}, "eval": {"holdout": None}}
+    seed.add_model(store, "g", kind="generator")
+    with pytest.raises(MucodeError, match="not a verifier"):
+        store.add_verifier_version(name="g", base_model="b", uri="/c", config={})
+    assert store.get_verifier("g", required=False) is None
+    assert [r["name"] for r in store.list_verifiers()] == ["v"]

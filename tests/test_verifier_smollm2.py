@@ -53,7 +53,6 @@ def seed_mbpp(store, n_problems: int) -> int:
     path = get_settings().data_dir / "mbpp" / "mbpp.jsonl"
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     train = [r for r in records if 601 <= r["task_id"] <= 974][:n_problems]
-    rng = random.Random(0)
     gen = seed.add_model(store, "smol")
     rid = seed.add_round(store, "smol", 0, generator_id=gen)
     for r in train:
@@ -62,17 +61,17 @@ def seed_mbpp(store, n_problems: int) -> int:
         pid = seed.add_problem(store, f"mbpp/{r['task_id']}", prompt=prompt, public_tests=r["test_list"])
         good = _fence(r["code"])
 
-        def bad(i: int, code: str = r["code"]) -> str:
-            return _fence(_mutate(code, random.Random(f"{r['task_id']}/{i}"))) + ("\n" * (i % 2))
+        def bad(i: int, code: str = r["code"], tid: int = r["task_id"]) -> str:
+            return _fence(_mutate(code, random.Random(f"{tid}/{i}"))) + ("\n" * (i % 2))
 
         shapes = [[bad(0), good], [bad(1), bad(2), bad(3)], [good], [bad(4), good]]
         for s, shape in enumerate(shapes):
             turns = [{"response": t, "public": t == good, "private": t == good} for t in shape]
             seed.add_rollout(store, problem_id=pid, sample_index=s, round_id=rid, generator_id=gen, turns=turns)
-    del rng
     return rid
 
 
+@pytest.mark.timeout(3600)  # about 64 pairs x 2 sequences of ~350 tokens, forward and backward, on 2 cores
 @pytest.mark.skipif(not _pulled(), reason=f"{MODEL} is not pulled (mucode models pull {MODEL})")
 def test_smollm2_short_bt_training_on_cpu(sqlite_store, tmp_path):
     import torch

@@ -44,6 +44,8 @@ def submit(name: str, **kwargs: Any) -> None:
                 f"cannot reach the broker at {get_settings().broker_url}: {exc}"
             ) from exc
         return
+    # In-process, nothing has imported the task modules yet (a worker does it at start-up).
+    celery_app.loader.import_default_modules()
     q = _queue()
     q.append((name, kwargs))
     if _local.draining:

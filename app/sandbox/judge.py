@@ -174,6 +174,44 @@ class ProgramObject:
         return f"<{self._tname} object from the program>"
 
 
+class LargeValue:
+    """A plain value the program returned that was too large to send (more than a few million parts): the
+    judge holds its structural hash, computed where it was made. ``==`` with plain data compares hashes (the
+    program never sees the value it is compared with, so it cannot aim for its hash); ``len`` and truth work;
+    anything else needs the contents and raises."""
+
+    __slots__ = ("digest", "length", "type_name")
+
+    def __init__(self, digest: int, length: int, type_name: str) -> None:
+        self.digest, self.length, self.type_name = digest, length, type_name
+
+    def __eq__(self, other: Any) -> bool:
+        if type(other) is LargeValue:
+            return other.digest == self.digest
+        try:
+            return wire.structural_hash(other) == self.digest
+        except (TypeError, RecursionError):
+            return False
+
+    def __ne__(self, other: Any) -> bool:
+        return not self.__eq__(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __bool__(self) -> bool:
+        return self.length > 0
+
+    def __getattr__(self, name: str) -> Any:
+        raise TypeError(f"the program's {self.type_name} of {self.length} items is too large to inspect; only "
+                        "== and len() work on it")
+
+    def __repr__(self) -> str:
+        return f"<{self.type_name} of {self.length} items from the program, too large to show>"
+
+
 class _RemoteIterator:
     __slots__ = ("_conn", "_it", "_buf", "_done")
 
@@ -224,7 +262,9 @@ class Conn:
             return b"M", name
         raise TypeError(f"a {type(obj).__name__} object cannot be passed to the program: {NOT_PLAIN_HINT}")
 
-    def _from_ref(self, tag: bytes, ident: Any) -> ProgramObject:
+    def _from_ref(self, tag: bytes, ident: Any) -> Any:
+        if tag == b"H":
+            return LargeValue(*ident)
         if tag != b"R":
             raise wire.WireError("unexpected name reference from the program")
         number, type_name = ident
@@ -235,15 +275,13 @@ class Conn:
         return ProgramObject(self, (b"G", name), type_name)
 
     def request(self, msg: Any) -> Any:
-        if self.pending:
-            self.cancel()
+        if self.pending:  # never: batches are read to the end before the tests run
+            raise RuntimeError("a request while batched answers are pending")
         self.send(msg)
         return self.reply()
 
-    # -- batches: calls sent at once, answers read one by one as the tests reach them ---------------------
+    # -- batches: calls sent at once, answers read one by one ----------------------------------------------
     def start_batch(self, calls: list[Any], tags: list[Any]) -> None:
-        if self.pending:
-            self.cancel()
         self.send(("batch", calls))
         self.pending.extend(tags)
 
@@ -263,24 +301,6 @@ class Conn:
             return tag, ("raise", exc, [])
         finally:
             self.not_plain = saved
-
-    def cancel(self) -> None:
-        """Stop the rest of a batch the tests no longer need (a loop that failed early) and drop its answers."""
-        if not self.pending:
-            return
-        self.pending.clear()
-        self.send(("cancel",))
-        while True:
-            try:
-                op = self.reply()
-            except ProgramGone:
-                raise
-            except _Deadline:
-                raise
-            except BaseException:  # noqa: BLE001 - a dropped answer
-                continue
-            if isinstance(op, tuple) and op and op[0] == "cancelled":
-                return
 
     def send(self, msg: Any) -> None:
         if self.gone is not None:
@@ -319,7 +339,7 @@ class Conn:
             if info["type"] == "MemoryError":
                 self.memory_error = True
             raise remote_exception(info)
-        if op in ("loaded", "loaderr", "cancelled"):
+        if op in ("loaded", "loaderr"):
             return reply
         self.gone = ProgramGone("broken", "the program corrupted its connection to the tests")
         raise self.gone
@@ -491,46 +511,6 @@ class Judge:
             return entry[1]
 
         ns[PREFETCH] = use
-        loops: dict[int, list[Any]] = {}
-
-        def loop(k: int, *thunks: Any) -> None:
-            """Before a loop of the tests: send every iteration's calls of the program in one batch."""
-            fns, arglists = [], []
-            for thunk in thunks:
-                try:
-                    fn, arglist = thunk()
-                except Exception:  # noqa: BLE001 - the loop itself will meet (and report) the problem
-                    return
-                fns.append(fn)
-                arglists.append(arglist)
-            mine = [j for j, fn in enumerate(fns) if type(fn) is ProgramObject]  # others run here as usual
-            if not mine:
-                return
-            batch, tags = [], []
-            for i in range(len(arglists[0])):
-                for j in mine:
-                    args, kwargs = arglists[j][i]
-                    batch.append((fns[j], args, kwargs))
-                    tags.append((k, j))
-            if not batch:
-                return
-            try:
-                conn.start_batch(batch, tags)
-            except TypeError:  # an argument that cannot be sent: every call goes one by one
-                return
-            loops[k] = fns
-
-        def take(k: int, j: int, fn: Any, *args: Any, **kwargs: Any) -> Any:
-            if conn.pending and conn.pending[0] == (k, j) and loops.get(k, [None] * (j + 1))[j] is fn:
-                _, res = conn.next_result()
-                if res[0] == "raise":
-                    raise res[1]
-                conn.not_plain.extend(res[2])
-                return res[1]
-            return fn(*args, **kwargs)
-
-        ns[LOOP] = loop
-        ns[TAKE] = take
         if calls and code["pipeline"]:
             fetch()
         if code["setup"] is not None:
@@ -596,12 +576,7 @@ class Judge:
                 self._record(src, "pass", "", "")
             if conn.memory_error:
                 self.run.memory = True
-            if conn.pending:  # a loop stopped early: drop the answers it no longer needs
-                try:
-                    conn.cancel()
-                except ProgramGone as gone:
-                    self._fatal(gone.reason, i + 1)
-                    return
+
 
 
 def _exit_text(info: dict[str, Any]) -> str:
@@ -835,138 +810,6 @@ def prefetch_sites(test: str, first: int, bound: set[str]) -> tuple[ast.Module |
     return tree, [site for _, site in found]
 
 
-LOOP = "__mucode_loop__"
-TAKE = "__mucode_take__"
-_PURE_ITER_FUNCS = frozenset({"enumerate", "zip", "range", "list", "tuple", "reversed", "sorted"})
-_ARG_NODES = (ast.Name, ast.Constant, ast.Starred, ast.Tuple, ast.List, ast.Set, ast.Dict, ast.Subscript,
-              ast.Slice, ast.UnaryOp, ast.BinOp, ast.Load, ast.Store, ast.expr_context, ast.operator,
-              ast.unaryop, ast.keyword)
-
-
-def _pure_iter(node: ast.AST) -> bool:
-    """An iterable the judge may turn into a list before the loop: names, literals and pure builtins."""
-    if isinstance(node, (ast.Name, ast.Constant)):
-        return True
-    if isinstance(node, (ast.Tuple, ast.List)):
-        return all(_pure_iter(e) for e in node.elts)
-    if isinstance(node, ast.Subscript):
-        return _pure_iter(node.value) and _pure_iter(node.slice)
-    if isinstance(node, ast.Call):
-        return (isinstance(node.func, ast.Name) and node.func.id in _PURE_ITER_FUNCS and not node.keywords
-                and all(_pure_iter(a) for a in node.args))
-    return False
-
-
-def _target_names(node: ast.AST) -> set[str] | None:
-    if isinstance(node, ast.Name):
-        return {node.id}
-    if isinstance(node, (ast.Tuple, ast.List)):
-        out: set[str] = set()
-        for e in node.elts:
-            sub = _target_names(e)
-            if sub is None:
-                return None
-            out |= sub
-        return out
-    return None
-
-
-class _LoopPrefetch(ast.NodeTransformer):
-    """``for t in <pure iterable>: f(<args from t>)...`` becomes: the iterable made a list, one batch with
-    every iteration's call of f (if f turns out to be the program's), then the same loop reading the answers.
-    Only calls of the loop body's first statement, in positions always evaluated, with arguments built from
-    the loop variables and names the body does not rebind, and only loops without ``break``/``return``."""
-
-    def __init__(self, first: int) -> None:
-        self.next = first
-
-    def visit_For(self, node: ast.For) -> Any:
-        self.generic_visit(node)
-        targets = _target_names(node.target)
-        if targets is None or node.orelse or not node.body or not _pure_iter(node.iter):
-            return node
-        if any(isinstance(n, (ast.Break, ast.Return, ast.Yield, ast.YieldFrom, ast.Await))
-               for stmt in node.body for n in ast.walk(stmt)):
-            return node
-        rebound = set()
-        for stmt in node.body:
-            rebound |= _bound_names(ast.Module(body=[stmt], type_ignores=[]))
-        first = node.body[0]
-        if not isinstance(first, (ast.Expr, ast.Assert, ast.Assign)):
-            return node
-        found: list[tuple[ast.Call, tuple[Any, ...]]] = []
-
-        def eligible(call: ast.Call) -> tuple[Any, ...] | None:
-            if not isinstance(call.func, ast.Name) or call.func.id in targets | rebound:
-                return None
-            if call.func.id in (PREFETCH, LOOP, TAKE):
-                return None
-            for part in list(call.args) + [k.value for k in call.keywords]:
-                for n in ast.walk(part):
-                    if not isinstance(n, _ARG_NODES):
-                        return None
-                    if isinstance(n, ast.Name) and n.id in rebound - targets:
-                        return None
-            if any(k.arg is None for k in call.keywords):
-                return None
-            return (call.func.id,)
-
-        _collect_calls(first.value if isinstance(first, (ast.Expr, ast.Assign)) else first.test, found,
-                       eligible)
-        if not found:
-            return node
-        k = self.next
-        self.next += 1
-        it_name = f"__mucode_it_{k}__"
-        thunks = []
-        for call, _ in found:
-            args = ast.Tuple(elts=list(call.args), ctx=ast.Load())
-            kwargs = ast.Dict(keys=[ast.Constant(kw.arg) for kw in call.keywords],
-                              values=[kw.value for kw in call.keywords])
-            comp = ast.ListComp(elt=ast.Tuple(elts=[args, kwargs], ctx=ast.Load()),
-                                generators=[ast.comprehension(target=_store(node.target),
-                                                              iter=ast.Name(id=it_name, ctx=ast.Load()),
-                                                              ifs=[], is_async=0)])
-            thunks.append(ast.Lambda(args=ast.arguments(posonlyargs=[], args=[], kwonlyargs=[], kw_defaults=[],
-                                                        defaults=[]),
-                                     body=ast.Tuple(elts=[ast.Name(id=call.func.id, ctx=ast.Load()), comp],
-                                                    ctx=ast.Load())))
-        numbers = {id(call): j for j, (call, _) in enumerate(found)}
-
-        class _Take(ast.NodeTransformer):
-            def visit_Call(self, c: ast.Call) -> ast.AST:
-                j = numbers.get(id(c))
-                if j is None:
-                    return self.generic_visit(c)
-                return ast.copy_location(ast.Call(func=ast.Name(id=TAKE, ctx=ast.Load()),
-                                                  args=[ast.Constant(k), ast.Constant(j), c.func, *c.args],
-                                                  keywords=c.keywords), c)
-
-        node.body[0] = _Take().visit(first)
-        make_list = ast.Assign(targets=[ast.Name(id=it_name, ctx=ast.Store())],
-                               value=ast.Call(func=ast.Name(id="list", ctx=ast.Load()), args=[node.iter],
-                                              keywords=[]))
-        start = ast.Expr(value=ast.Call(func=ast.Name(id=LOOP, ctx=ast.Load()),
-                                        args=[ast.Constant(k), *thunks], keywords=[]))
-        node.iter = ast.Name(id=it_name, ctx=ast.Load())
-        return [ast.copy_location(make_list, node), ast.copy_location(start, node), node]
-
-
-def _store(target: ast.AST) -> ast.AST:
-    """A copy of a loop target usable as a comprehension target."""
-    new = ast.parse(ast.unparse(target), mode="eval").body
-    for n in ast.walk(new):
-        if hasattr(n, "ctx"):
-            n.ctx = ast.Store()
-    return new
-
-
-def loop_prefetch(tree: ast.Module, first: int) -> tuple[ast.Module, int]:
-    t = _LoopPrefetch(first)
-    tree = ast.fix_missing_locations(t.visit(tree))
-    return tree, t.next
-
-
 def _bound_names(tree: ast.Module) -> set[str]:
     names: set[str] = set()
     for node in ast.walk(tree):
@@ -1008,16 +851,10 @@ def compile_suite(prefix: str, setup: str, tests: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {"prefix": comp(prefix, "<prefix>"), "setup": comp(setup, "<setup>"), "tests": [],
                            "sites": [], "pipeline": True}
     bound: set[str] = set()
-    loops = 0
     if setup.strip() and isinstance(out["setup"], bytes):
         tree = ast.parse(setup)
         bound = _bound_names(tree)
         out["pipeline"] = not _runs_calls(tree)
-        try:
-            tree, loops = loop_prefetch(tree, loops)
-            out["setup"] = marshal.dumps(compile(tree, "<setup>", "exec", dont_inherit=True))
-        except (SyntaxError, RecursionError, ValueError, TypeError):
-            pass  # keep the plain compilation
     for i, t in enumerate(tests):
         name = f"<test {i + 1}>"
         try:
@@ -1027,11 +864,11 @@ def compile_suite(prefix: str, setup: str, tests: list[str]) -> dict[str, Any]:
             continue
         try:
             tree, sites = prefetch_sites(t, len(out["sites"]), bound)
-            tree, loops = loop_prefetch(tree if tree is not None else ast.parse(t), loops)
-            out["tests"].append(marshal.dumps(compile(tree, name, "exec", dont_inherit=True)))
-            out["sites"].extend(sites)
+            code = compile(tree, name, "exec", dont_inherit=True) if tree is not None else plain
         except (SyntaxError, RecursionError, ValueError, TypeError):
-            out["tests"].append(marshal.dumps(plain))
+            code, sites = plain, []
+        out["tests"].append(marshal.dumps(code))
+        out["sites"].extend(sites)
     return out
 
 

@@ -33,7 +33,7 @@ class Limits:
     """Per program and suite. Part of the verdict: the defaults are covered by SANDBOX_VERSION."""
 
     timeout_s: float = 10.0  # wall clock for loading the program and running all the suite's tests
-    memory_mb: int = 1024  # address space the program may add to the interpreter's (RLIMIT_AS)
+    memory_mb: int = 2048  # address space the program may add to the interpreter's (RLIMIT_AS)
     nproc: int = 32  # processes and threads of the program's uid (RLIMIT_NPROC; fork bombs)
     output_bytes: int = 4 << 20  # stdout, stderr and any file it writes (RLIMIT_FSIZE): beyond it, output_limit
     nofile: int = 64  # open file descriptors

@@ -225,10 +225,9 @@ class RelabelMixin:
                 totals = s.execute(text(_TOTALS_SQL), {"ts": ts.id}).one()
             s.execute(text(f"DROP TABLE {_RANKED}"))
             phases["counts"] = time.perf_counter() - tp
-            ts.stats = _stats(
-                scope, per_round, counts, totals, no_correct, dict(excluded), time.perf_counter() - t0
-            )
-            ts.stats["phase_seconds"] = {k: round(v, 3) for k, v in phases.items()}
+            stats = _stats(scope, per_round, counts, totals, no_correct, dict(excluded), time.perf_counter() - t0)
+            stats["phase_seconds"] = {k: round(v, 3) for k, v in phases.items()}
+            ts.stats = stats
             s.flush()
         return _ts_dict(ts, created=True)
 

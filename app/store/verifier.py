@@ -55,7 +55,8 @@ class VerifierMixin:
         training_set_id: int | None = None,
         parent_id: int | None = None,
     ) -> int:
-        """Register a trained verifier (``model_versions`` row, kind ``verifier``); idempotent by name."""
+        """Register a trained verifier (``model_versions`` row, kind ``verifier``) by name: a new row, or the
+        same name registered again (a retrained model whose earlier folder was incomplete) updated in place."""
         row = {
             "name": name,
             "kind": "verifier",
@@ -68,11 +69,14 @@ class VerifierMixin:
             "parent_id": parent_id,
         }
         with self.session() as s:
-            self.insert_ignore(s, m.ModelVersion.__table__, [row], ["name"])
-            mv = s.execute(select(m.ModelVersion).where(m.ModelVersion.name == name)).scalar_one()
-            if mv.kind != "verifier":
-                raise MucodeError(f"model version {name!r} exists and is a {mv.kind}, not a verifier")
-            return mv.id
+            kind = s.execute(select(m.ModelVersion.kind).where(m.ModelVersion.name == name)).scalar_one_or_none()
+            if kind is not None and kind != "verifier":
+                raise MucodeError(f"model version {name!r} exists and is a {kind}, not a verifier")
+            self.upsert(
+                s, m.ModelVersion.__table__, [row], ["name"],
+                ["base_model", "uri", "config", "metrics", "round_id", "training_set_id", "parent_id"],
+            )  # fmt: skip
+            return s.execute(select(m.ModelVersion.id).where(m.ModelVersion.name == name)).scalar_one()
 
     def get_verifier(self, ref: int | str, *, required: bool = True) -> dict[str, Any] | None:
         """A verifier model version by id or name, as a dict; NotFound (or None) when there is none."""
@@ -184,8 +188,10 @@ class VerifierMixin:
         """
         if not round_ids:
             raise ValueError("round_ids is empty: name the rounds whose rollouts train the verifier")
-        last = (
+        last = (  # the final turn of each finished rollout of these rounds
             select(m.Turn.rollout_id.label("rollout_id"), func.max(m.Turn.index).label("last_index"))
+            .join(m.Rollout, m.Rollout.id == m.Turn.rollout_id)
+            .where(m.Rollout.round_id.in_(list(round_ids)), m.Rollout.status == "done")
             .group_by(m.Turn.rollout_id)
             .subquery()
         )

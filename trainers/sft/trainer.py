@@ -255,6 +255,8 @@ def train_generator(cfg: GeneratorTrainConfig, store=None) -> dict[str, Any]:
         from app.store import Store
 
         store = Store(cfg.database_url) if cfg.database_url else Store.from_settings()
+        if not store.is_migrated():
+            raise MucodeError("the database is not migrated to the current schema: run `mucode db upgrade`")
     if cfg.training_set is None:
         raise MucodeError("--training-set is required")
     ts = store.sft_training_set(cfg.training_set)

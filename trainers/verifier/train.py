@@ -138,8 +138,6 @@ def train_verifier(
         round_id=round_id if round_id is not None else ts.get("round_id"),
         training_set_id=ts["id"],
     )
-    if existing is not None:  # registered before but its folder was incomplete: record this run
-        store.set_verifier_metrics(vid, {"train": summary})
     console.print(
         f"saved {out_dir} and registered verifier id {vid}: loss {summary['first_loss']} -> "
         f"{summary['final_loss']} in {summary['steps']} steps, {summary['seconds']} s"

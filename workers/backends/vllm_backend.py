@@ -12,7 +12,14 @@ from __future__ import annotations
 import gc
 from typing import Any
 
-from workers.backends.base import Sample, SamplingParams, eos_token_ids, expand_requests, group_samples, render_prompt
+from workers.backends.base import (
+    Sample,
+    SamplingParams,
+    eos_token_ids,
+    expand_requests,
+    group_samples,
+    render_prompt,
+)
 
 
 class VLLMBackend:
