@@ -49,14 +49,23 @@ def store():
     return _store(database_url())
 
 
+_MIGRATED_OK: dict[str, float] = {}  # url -> when the schema was last found at head (rechecked each minute)
+
+
 def check_store() -> str | None:
     """None when the store is reachable and migrated, else a message telling the user what to do."""
+    import time
+
     from app.db.engine import redact
 
     url = database_url()
+    if time.monotonic() - _MIGRATED_OK.get(url, -1e9) < 60:
+        return None
     try:
         s = _store(url)
-        if not s.is_migrated():
+        if s.is_migrated():
+            _MIGRATED_OK[url] = time.monotonic()
+        else:
             return (f"The database at `{redact(url)}` is not migrated to the current schema. "
                     "Run `mucode db upgrade`, then refresh this page.")
     except Exception as exc:  # noqa: BLE001 - shown to the user, never raised

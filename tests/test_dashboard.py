@@ -227,8 +227,10 @@ def test_overview_page(seeded_sqlite, monkeypatch):
     assert list(train[train["round"] == "0"]["solved by turn (%)"]) == EXPECTED["train_true"][0]
     assert list(train[train["round"] == "1"]["solved by turn (%)"]) == EXPECTED["train_true"][1]
 
-    gap = _frame(at, "false public passes")
-    assert list(gap["false public passes"]) == [1, 0] and list(gap["private pass (%)"]) == [30.0, 33.3]
+    gap = _frame(at, "false public passes")  # trajectories: round 0 ended 4/5 on a public pass, 3/5 right
+    assert list(gap["false public passes"]) == [1, 0] and list(gap["correct (private) (%)"]) == [60.0, 66.7]
+    assert list(gap["ended on a public pass (%)"]) == [80.0, 66.7]
+    assert list(gap["false (% of public passes)"]) == [25.0, 0.0]
     eg = _frame(at, "gap (points)")
     assert eg[eg["evaluation"] == "exp-demo/r0/mbpp/bon"]["gap (points)"].iloc[0] == 25.0
 

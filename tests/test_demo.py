@@ -21,7 +21,7 @@ def _demo(tmp_path: Path, model: str, *extra: str) -> subprocess.CompletedProces
     env["PYTHONPATH"] = str(REPO)
     env["COLUMNS"] = "160"
     args = [sys.executable, "-m", "app.cli.main", "demo", "--model", model, "--train-problems", "3",
-            "--test-problems", "3", "-M", "4", "-T", "2", "-N", "3", "-C", "1", "--max-new-tokens", "128",
+            "--test-problems", "3", "-M", "4", "-T", "2", "-N", "3", "-C", "1", "--max-new-tokens", "256",
             "--trainer-steps", "2", *extra]
     return subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900, check=False)
 

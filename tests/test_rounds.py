@@ -150,11 +150,11 @@ def small_config(model: str, **extra) -> dict:
         "base_model": str(model),
         "train_limit": P_TRAIN,
         "rollout": {"turns": T, "rollouts_per_problem": M, "batch_size": 6,
-                    "sampling": {"temperature": 0.7, "max_new_tokens": 160}},
+                    "sampling": {"temperature": 0.7, "max_new_tokens": 256}},
         "verifier": {"pairs_per_problem": 4, "effective_batch_size": 4, "per_device_batch_size": 4},
         "generator": {"effective_batch_size": 4, "per_device_batch_size": 4},
         "eval": {"datasets": ["mbpp:test"], "limit": P_TEST, "turns": T, "bon_candidates": N, "bon_chains": 2,
-                 "selectors": ["pt+lv"], "max_new_tokens": 160},
+                 "selectors": ["pt+lv"], "max_new_tokens": 256},
         "trainer_overrides": {"verifier": {"max_steps": 2, "evaluate": False},
                               "generator": {"max_steps": 2, "gradient_checkpointing": False}},
     }
@@ -300,7 +300,7 @@ def test_standalone_eval_with_every_selector(tmp_path, knowing_model):
     r = _mucode(["eval", "--model", knowing_model, "-d", "mbpp:test", "--limit", "2", "-s", "lv"], env, ok=False)
     assert r.returncode == 2 and "verifier" in r.stderr
     args = ["eval", "--model", knowing_model, "-d", "mbpp:test", "--limit", "2", "-T", "2", "-N", "2", "-C", "2",
-            "-s", "random", "-s", "pt", "--max-new-tokens", "120", "--batch-size", "4"]
+            "-s", "random", "-s", "pt", "--max-new-tokens", "256", "--batch-size", "4"]
     r = _mucode(args, env)
     assert "BoN N=2 C=2 random" in r.stdout and "BoN N=2 C=2 pt" in r.stdout and "greedy" in r.stdout
     store = Store(db)

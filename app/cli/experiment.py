@@ -321,7 +321,7 @@ class RoundProgress:
     """Progress bars for a round, fed by polling the store from a thread (so it works while the jobs run
     in-process in the main thread, and while workers elsewhere run them)."""
 
-    def __init__(self, database_url: str, round_id: int, *, enabled: bool = True, poll: float = 1.0) -> None:
+    def __init__(self, database_url: str, round_id: int, *, enabled: bool = True, poll: float = 2.0) -> None:
         self.url = database_url
         self.round_id = round_id
         self.enabled = enabled

@@ -234,8 +234,9 @@ class Sandbox:
         except (OSError, wire.WireError, EOFError, pickle.PickleError) as exc:
             self._abort()
             return [{"status": "sandbox_error", "error": f"the sandbox executor failed: {exc}"}] * len(chunk)
-        if status != "results":
-            return [{"status": "sandbox_error", "error": str(payload)}] * len(chunk)
+        if status != "results":  # the executor is in a bad state: start a fresh one next time
+            self._abort()
+            return [{"status": "sandbox_error", "error": str(payload)[-2000:]}] * len(chunk)
         return payload
 
     def _abort(self) -> None:

@@ -284,11 +284,21 @@ class Zygote:
         os.close(pidfd)
 
     def _shutdown(self) -> None:
-        for pid in list(self.live.values()):
+        """The executor is gone: kill every judge and candidate process and reap them all (no zombie is left
+        to a parent that may never reap it), then exit."""
+        for pid in list(self.live.values()) + list(self.judge_pids):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break  # nothing left
+            if pid == 0:
+                time.sleep(0.005)
         os._exit(0)
 
     # -- judge requests: spawn a candidate process, report its status ------------------------------------
@@ -776,12 +786,20 @@ class Executor:
                     pass
                 os.close(slot.pidfd)
         if self.zygote is not None:
-            self.zygote.close()
-            try:
-                os.kill(self.zygote_pid, signal.SIGKILL)
-                os.waitpid(self.zygote_pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
+            self.zygote.close()  # the zygote kills and reaps everything, then exits
+            deadline = time.monotonic() + 15
+            while True:
+                try:
+                    pid, _ = os.waitpid(self.zygote_pid, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid:
+                    break
+                if time.monotonic() > deadline:
+                    os.kill(self.zygote_pid, signal.SIGKILL)
+                    os.waitpid(self.zygote_pid, 0)
+                    break
+                time.sleep(0.01)
         if self.cgroup_tag:
             for _ in range(50):
                 isolation.remove_cgroups(self.cgroup_tag)

@@ -312,7 +312,7 @@ class Conn:
             self.gone = ProgramGone("died")
             raise self.gone from None
 
-    def reply(self) -> Any:
+    def reply(self, expect: tuple[str, ...] = ("ok", "raise")) -> Any:
         if self.gone is not None:
             raise self.gone
         try:
@@ -332,6 +332,9 @@ class Conn:
             self.gone = ProgramGone("broken", "the program corrupted its connection to the tests")
             raise self.gone
         op, value = reply
+        if op not in expect:
+            self.gone = ProgramGone("broken", "the program corrupted its connection to the tests")
+            raise self.gone
         if op == "ok":
             return value
         if op == "raise":
@@ -339,10 +342,7 @@ class Conn:
             if info["type"] == "MemoryError":
                 self.memory_error = True
             raise remote_exception(info)
-        if op in ("loaded", "loaderr"):
-            return reply
-        self.gone = ProgramGone("broken", "the program corrupted its connection to the tests")
-        raise self.gone
+        return reply
 
 
 def library_name(obj: Any) -> str | None:
@@ -461,7 +461,7 @@ class Judge:
             conn.send(("load", job["prefix"], job["code"], job["setup_imports"]))
             if calls and code["pipeline"]:
                 conn.send(("batch", calls))
-            op, payload = conn.reply()
+            op, payload = conn.reply(expect=("loaded", "loaderr"))
             if calls and code["pipeline"]:
                 conn.pending.extend(k for k, _ in sites)
         except ProgramGone as gone:

@@ -178,7 +178,8 @@ class DashboardMixin:
         )
 
     def dash_rounds(self, experiment_id: int | None = None) -> list[dict[str, Any]]:
-        """Rounds with their models, step records and the outcome of their training rollouts."""
+        """Rounds with their models, step records and the outcome of their training rollouts
+        (``rollouts_false_public``: finished on a public pass that fails the private tests)."""
         where, params = self._dash_scope(experiment_id)
         secs = self._dash_seconds("rd.finished_at", "rd.started_at")
         return self._dash_rows(
@@ -189,6 +190,7 @@ class DashboardMixin:
                        SUM(CASE WHEN status = 'done' THEN 1 ELSE 0 END) AS rollouts_done,
                        SUM(CASE WHEN final_label THEN 1 ELSE 0 END) AS rollouts_solved,
                        SUM(CASE WHEN public_passed THEN 1 ELSE 0 END) AS rollouts_public,
+                       SUM(CASE WHEN public_passed AND NOT final_label THEN 1 ELSE 0 END) AS rollouts_false_public,
                        COUNT(DISTINCT problem_id) AS problems,
                        SUM(num_turns) AS turns
                 FROM rollouts WHERE round_id IS NOT NULL GROUP BY round_id
@@ -200,6 +202,7 @@ class DashboardMixin:
                    COALESCE(ro.rollouts, 0) AS rollouts, COALESCE(ro.rollouts_done, 0) AS rollouts_done,
                    COALESCE(ro.rollouts_solved, 0) AS rollouts_solved,
                    COALESCE(ro.rollouts_public, 0) AS rollouts_public,
+                   COALESCE(ro.rollouts_false_public, 0) AS rollouts_false_public,
                    COALESCE(ro.problems, 0) AS problems, COALESCE(ro.turns, 0) AS turns
             FROM rounds rd
             JOIN experiments ex ON ex.id = rd.experiment_id

@@ -131,38 +131,41 @@ else:
 
 # -- public vs private ----------------------------------------------------------------------------
 st.header("Public vs private tests")
-shown_rounds = c.window_rounds(rounds)
-gap = c.q_per_round("dash_round_candidates", shown_rounds)
-if not gap:
-    st.info("No executed candidates yet.")
+done_rounds = [r for r in rounds if r["rollouts_done"]]
+if not done_rounds:
+    st.info("No finished training trajectories yet.")
 else:
     g = pd.DataFrame([{
-        "round": r["round"], "candidates": r["candidates"],
-        "public pass (%)": 100.0 * r["public_pass"] / r["executed"] if r["executed"] else None,
-        "private pass (%)": 100.0 * r["private_pass"] / r["executed"] if r["executed"] else None,
-        "false public passes": r["public_only"],
-        "false public (% of public passes)": 100.0 * r["public_only"] / r["public_pass"] if r["public_pass"] else 0.0,
-    } for r in gap])
-    melted = g.melt(id_vars=["round"], value_vars=["public pass (%)", "private pass (%)"], var_name="suite",
-                    value_name="pass rate (%)")
+        "round": r["round"], "trajectories": r["rollouts_done"],
+        "ended on a public pass (%)": 100.0 * r["rollouts_public"] / r["rollouts_done"],
+        "correct (private) (%)": 100.0 * r["rollouts_solved"] / r["rollouts_done"],
+        "false public passes": r["rollouts_false_public"],
+        "false (% of public passes)": (100.0 * r["rollouts_false_public"] / r["rollouts_public"]
+                                       if r["rollouts_public"] else 0.0),
+    } for r in done_rounds])
+    melted = g.melt(id_vars=["round"], value_vars=["ended on a public pass (%)", "correct (private) (%)"],
+                    var_name="trajectories that", value_name="share (%)")
     ch = (alt.Chart(melted).mark_bar()
-          .encode(x=alt.X("round:O", axis=alt.Axis(labelAngle=0)), xOffset="suite:N", y="pass rate (%):Q", color="suite:N",
-                  tooltip=["round", "suite", alt.Tooltip("pass rate (%):Q", format=".1f")])
+          .encode(x=alt.X("round:O", axis=alt.Axis(labelAngle=0)), xOffset="trajectories that:N",
+                  y="share (%):Q", color="trajectories that:N",
+                  tooltip=["round", "trajectories that", alt.Tooltip("share (%):Q", format=".1f")])
           .properties(height=220))
     st.altair_chart(ch)
     st.dataframe(g.round(1), hide_index=True, key="gap")
-    st.caption(f"Training candidates of each round ({st.session_state.get('rounds_window', 'last 5 rounds')}; "
-               "change it in the sidebar). A *false public pass* passes the public tests but not the private ones: "
-               "the trajectory stops there with a wrong answer.")
+    st.caption("Training trajectories of every round. A trajectory stops at its first public pass; a *false public "
+               "pass* also fails the private tests, so the trajectory ends with a wrong answer. Per-candidate "
+               "verdicts by error type are on the Failures page.")
     if evals and acc:
         eg = final[["evaluation", "round", "dataset", "mode", "public success", "true success"]].copy()
         eg["gap (points)"] = eg["public success"] - eg["true success"]
         st.dataframe(eg.round(1), hide_index=True, key="eval_gap")
+        st.caption("Evaluations at the last turn: chains whose pick passed the public tests vs chains solved.")
 
 # -- verifier vs oracle -------------------------------------------------------------------------------
 st.header("Verifier vs oracle")
 agree_source = st.radio("Candidates", ["train", "eval"], horizontal=True, key="agree_source",
                         format_func={"train": "training rollouts", "eval": "evaluation chains (Best-of-N picks)"}.get)
+shown_rounds = c.window_rounds(rounds)
 agree = c.q_per_round("dash_verifier_agreement", shown_rounds, source=agree_source)
 if not agree:
     st.info("No verifier scores on executed candidates yet (the `score` step writes them).")

@@ -233,9 +233,17 @@ def tokenize_bt(tokenizer, examples: Sequence[BTExample], max_length: int) -> tu
     """[{"chosen_ids", "rejected_ids"}], dropping pairs with a side longer than ``max_length`` (TRL's rule);
     returns (rows, number dropped)."""
     out, dropped = [], 0
+    cache: dict[tuple[str, str], list[int]] = {}  # pairs are drawn with replacement: encode each text once
+
+    def enc(prompt: str, response: str) -> list[int]:
+        key = (prompt, response)
+        if key not in cache:
+            cache[key] = encode(tokenizer, prompt, response)
+        return cache[key]
+
     for ex in examples:
-        c = encode(tokenizer, ex.prompt, ex.chosen)
-        r = encode(tokenizer, ex.prompt, ex.rejected)
+        c = enc(ex.prompt, ex.chosen)
+        r = enc(ex.prompt, ex.rejected)
         if len(c) > max_length or len(r) > max_length:
             dropped += 1
             continue
