@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import builtins
 import io
+from marshal import loads as _loads
 import os
 import sys
 from typing import Any
@@ -200,6 +201,9 @@ class Harness:
     def _send(self, msg: Any) -> None:
         _flush()
         try:
+            value = msg[1] if msg[0] == "ok" else None
+            if type(value) in (list, tuple, set, frozenset, dict) and len(value) > LARGE_NODES:
+                raise wire.TooLarge("too many items")  # hash it without walking it first
             payload = self._frame(msg)
         except MemoryError:
             payload = self._memory_error
@@ -234,16 +238,19 @@ class Harness:
         return info
 
     # -- the program -----------------------------------------------------------------------------------------
-    def load(self, prefix: str, code: str, setup_imports: str) -> None:
+    def load(self, prefix: str | bytes | None, code: str, setup_imports: str | bytes | None) -> None:
+        """Run the problem's prefix, the program, then the setup's import lines (the trusted parts come
+        compiled, as marshalled code, from the executor)."""
         self.code_lines = code.splitlines()
         ns: dict[str, Any] = {"__name__": "solution", "__builtins__": builtins, "__doc__": None}
         self.ns = ns
         try:
             if prefix:
-                exec(compile(prefix, PREFIX, "exec", dont_inherit=True), ns)
+                exec(_loads(prefix) if isinstance(prefix, bytes) else compile(prefix, PREFIX, "exec"), ns)
             exec(compile(code, SOLUTION, "exec", dont_inherit=True), ns)
             if setup_imports:
-                exec(compile(setup_imports, SETUP, "exec", dont_inherit=True), ns)
+                exec(_loads(setup_imports) if isinstance(setup_imports, bytes)
+                     else compile(setup_imports, SETUP, "exec"), ns)
         except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt too
             self._send(("loaderr", self._info(exc)))
             return

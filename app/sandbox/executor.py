@@ -53,7 +53,8 @@ PREIMPORT = (
     "collections.abc", "contextlib", "copy", "csv", "dataclasses", "datetime", "decimal", "difflib", "enum",
     "fractions", "functools", "hashlib", "heapq", "inspect", "io", "itertools", "json", "keyword", "math",
     "numbers", "operator", "pprint", "queue", "random", "re", "statistics", "string", "struct", "textwrap",
-    "threading", "time", "traceback", "types", "typing", "unicodedata", "uuid", "warnings", "weakref", "zlib",
+    "shutil", "threading", "time", "traceback", "types", "typing", "unicodedata", "uuid", "warnings", "weakref",
+    "zlib",
 )
 OPTIONAL_PREIMPORT = ("numpy",)
 
@@ -101,6 +102,7 @@ class ZygoteConfig:
         self.preimport_numpy = preimport_numpy
         self.netns_fds: list[int] = []
         self.rootns_fd: int | None = None
+        self.slot_mnt_fds: list[int] = []
         self.pidns_fd: int | None = None
         self.base_vm = 0
 
@@ -145,6 +147,35 @@ def _make_namespaces(cfg: ZygoteConfig) -> None:
     finally:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
+    for slot in range(cfg.slots):
+        cfg.slot_mnt_fds.append(_in_helper(lambda: isolation.make_slot_namespace(
+            cfg.rootns_fd, cfg.limits.tmp_mb << 20, cfg.uid_base + slot, cfg.uid_base + slot), "mnt"))
+
+
+def _in_helper(fn, ns: str) -> int:
+    """Run ``fn`` in a throwaway child and keep the namespace ``ns`` it ends up in (an open fd)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - helper child
+        os.close(r)
+        try:
+            fn()
+            os.write(w, b"ok")
+        except BaseException as exc:  # noqa: BLE001
+            os.write(w, f"{type(exc).__name__}: {exc}".encode()[:400])
+        os.close(w)
+        time.sleep(60)
+        os._exit(0)
+    os.close(w)
+    status = os.read(r, 500)
+    os.close(r)
+    try:
+        if status != b"ok":
+            raise OSError(f"cannot prepare a sandbox namespace: {status.decode(errors='replace')}")
+        return os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
 
 
 def _child_setup(slot: int, cfg: ZygoteConfig, workdir: str | None) -> isolation.ChildSetup:
@@ -154,7 +185,7 @@ def _child_setup(slot: int, cfg: ZygoteConfig, workdir: str | None) -> isolation
         uid=cfg.uid_base + slot,
         gid=cfg.uid_base + slot,
         netns_fd=cfg.netns_fds[slot] if cfg.strong else None,
-        rootns_fd=cfg.rootns_fd,
+        rootns_fd=cfg.slot_mnt_fds[slot] if cfg.strong else None,
         ipcns=cfg.ipcns,
         cgroups=isolation.cgroup_paths(cfg.cgroup_tag, slot) if cfg.cgroup_tag else [],
         cpu_s=lim.cpu_s,

@@ -89,7 +89,8 @@ def prctl(option: int, arg: int = 0) -> None:
 def set_name(name: str) -> None:
     """The process name ``ps`` and ``top`` show (PR_SET_NAME, 15 bytes)."""
     try:
-        _libc.prctl(15, ctypes.cast(ctypes.c_char_p(name.encode()[:15]), ctypes.c_void_p).value or 0, 0, 0, 0)
+        buf = ctypes.create_string_buffer(name.encode()[:15])
+        _libc.prctl(15, ctypes.addressof(buf), 0, 0, 0)
     except Exception:  # noqa: BLE001 - cosmetic
         pass
 
@@ -281,8 +282,32 @@ def build_root(staging: str, extra_dirs: list[str]) -> None:
     for name, text in _ETC_FILES.items():
         with open(f"{staging}/etc/{name}", "w") as f:
             f.write(text)
-    for d in ("/proc", "/tmp", "/.old"):
+    for d in ("/proc", "/tmp", "/.old"):  # /proc stays empty: a program sees no process, not even itself
         os.makedirs(staging + d, mode=0o755, exist_ok=True)
+
+
+def clear_directory(path: str) -> None:
+    """Remove everything under ``path`` without following symbolic links."""
+    import shutil
+
+    with os.scandir(path) as entries:
+        for e in entries:
+            if e.is_dir(follow_symlinks=False):
+                shutil.rmtree(e.path, ignore_errors=True)
+            else:
+                try:
+                    os.unlink(e.path)
+                except OSError:
+                    pass
+
+
+def make_slot_namespace(rootns_fd: int, tmp_bytes: int, uid: int, gid: int) -> None:
+    """In the calling (throwaway) process: a copy of the root namespace with the slot's own tmpfs on /tmp (its
+    programs' working directory: each one clears it before it starts)."""
+    setns(rootns_fd, CLONE_NEWNS)
+    unshare(CLONE_NEWNS)
+    mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
+          f"size={tmp_bytes},nr_inodes=4096,mode=0700,uid={uid},gid={gid}")
 
 
 def make_root_namespace() -> None:
@@ -352,7 +377,7 @@ class ChildSetup:
     uid: int
     gid: int
     netns_fd: int | None
-    rootns_fd: int | None
+    rootns_fd: int | None  # the slot's mount namespace (read-only root, the slot's tmpfs on /tmp)
     ipcns: bool
     cgroups: list[str]
     cpu_s: int
@@ -393,12 +418,13 @@ def enter_child(setup: ChildSetup, keep_fds: list[int]) -> None:
             with open(os.path.join(path, "cgroup.procs"), "w") as f:
                 f.write("0")
         setns(setup.netns_fd, CLONE_NEWNET)
-        setns(setup.rootns_fd, CLONE_NEWNS)  # also moves root and cwd to the template's root
-        unshare(CLONE_NEWNS | (CLONE_NEWIPC if setup.ipcns else 0))
-        mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
-              f"size={setup.tmp_bytes},nr_inodes=4096,mode=0700,uid={setup.uid},gid={setup.gid}")
-        mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        setns(setup.rootns_fd, CLONE_NEWNS)  # the slot's root: moves our root and cwd there
+        if setup.ipcns:
+            unshare(CLONE_NEWIPC)
         os.chdir("/tmp")
+        clear_directory("/tmp")  # what the slot's previous program left (it is gone: its namespace died)
+        os.chown("/tmp", setup.uid, setup.gid)
+        os.chmod("/tmp", 0o700)
     else:
         os.chdir(setup.workdir or "/")
     # Close every descriptor the candidate must not inherit (namespace fds, the executor's sockets...).

@@ -458,7 +458,7 @@ class Judge:
         sites = [(k, site) for k, site in enumerate(code["sites"]) if site[0] not in trusted]
         calls = [site for _, site in sites]
         try:
-            conn.send(("load", job["prefix"], job["code"], job["setup_imports"]))
+            conn.send(("load", code["prefix"], job["code"], code["setup_imports"]))
             if calls and code["pipeline"]:
                 conn.send(("batch", calls))
             op, payload = conn.reply(expect=("loaded", "loaderr"))
@@ -849,7 +849,7 @@ def compile_suite(prefix: str, setup: str, tests: list[str]) -> dict[str, Any]:
             return f"the {name.strip('<>')} code does not compile: SyntaxError: {exc.msg} (line {exc.lineno})"
 
     out: dict[str, Any] = {"prefix": comp(prefix, "<prefix>"), "setup": comp(setup, "<setup>"), "tests": [],
-                           "sites": [], "pipeline": True}
+                           "sites": [], "pipeline": True, "setup_imports": comp(setup_imports(setup), "<setup>")}
     bound: set[str] = set()
     if setup.strip() and isinstance(out["setup"], bytes):
         tree = ast.parse(setup)

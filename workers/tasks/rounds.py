@@ -427,8 +427,26 @@ def _start_evaluate(store, facts: R.RoundFacts, attempt: int) -> None:
         ids.append(create_evaluation(store, spec, then=_then(facts.round_id), experiment_id=facts.experiment_id,
                                      round_id=facts.round_id))
     store.update_round_step(facts.round_id, "evaluate", result={"evaluations": ids})
+    _advance_eval_groups(store, ids, restart=True)
+
+
+def _advance_eval_groups(store, ids: list[int], *, restart: bool) -> bool:
+    """Evaluations run one generator at a time (a sampling worker keeps one model loaded: interleaving G0's
+    and G1's chains would swap models at every batch). Finalize the finished ones; start the first group with
+    unfinished evaluations (``restart``: also those already running, after a crash). True when all are done."""
+    groups: dict[int, list] = {}
     for ev_id in ids:
-        start_evaluation(store, ev_id)
+        ev = store.get_evaluation(ev_id)
+        groups.setdefault(ev.generator_id, []).append(ev)
+    for evs in groups.values():
+        unfinished = [ev for ev in evs if finalize_evaluation(store, ev.id) is None]
+        if not unfinished:
+            continue
+        for ev in unfinished:
+            if restart or ev.status == "pending":
+                start_evaluation(store, ev.id)
+        return False
+    return True
 
 
 def _check_evaluate(store, facts: R.RoundFacts, attempt: int) -> bool:
@@ -438,19 +456,20 @@ def _check_evaluate(store, facts: R.RoundFacts, attempt: int) -> bool:
     ids = (facts.record("evaluate").get("result") or {}).get("evaluations") or []
     if not ids:
         return False
+    for ev_id in ids:
+        if store.get_evaluation(ev_id).status != "running":
+            continue
+        st = collect.status(store, Owner(evaluation_id=ev_id))
+        if st["failed_jobs"]:
+            f = st["failed_jobs"][0]
+            _fail(store, facts.round_id, "evaluate", attempt, f"evaluation {ev_id}: job {f['key']} failed: {f['error']}")
+            return True
+    if not _advance_eval_groups(store, ids, restart=False):
+        return False
     summary = {}
     for ev_id in ids:
-        metrics = finalize_evaluation(store, ev_id)
-        if metrics is None:
-            st = collect.status(store, Owner(evaluation_id=ev_id))
-            if st["failed_jobs"]:
-                f = st["failed_jobs"][0]
-                _fail(store, facts.round_id, "evaluate", attempt,
-                      f"evaluation {ev_id}: job {f['key']} failed: {f['error']}")
-                return True
-            return False
         ev = store.get_evaluation(ev_id)
-        summary[ev.name] = {"true_success": metrics["true_success"], "any_success": metrics["any_success"]}
+        summary[ev.name] = {"true_success": ev.metrics["true_success"], "any_success": ev.metrics["any_success"]}
     return _done(store, facts.round_id, "evaluate", attempt, {"evaluations": ids, "metrics": summary})
 
 

@@ -1,0 +1,1 @@
+"""The dashboard's page scripts (run by Streamlit through st.navigation in dashboard/app.py, not imported)."""
