@@ -164,7 +164,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds of each harness (default 2)")
     ap.add_argument("--timeout", type=float, default=3.0, help="seconds per program in both (default 3)")
     ap.add_argument("--data-dir", type=Path, default=None)
+    ap.add_argument("--cpus", default=None, help="pin the whole run (both harnesses) to these CPUs, e.g. 0,1")
+    ap.add_argument("--allow-weak", action="store_true",
+                    help="run mucode even where a protection is missing (the result says so)")
     args = ap.parse_args(argv)
+    if args.cpus:
+        os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
 
     from app.sandbox import SANDBOX_VERSION, Limits, Sandbox
 
@@ -172,12 +177,16 @@ def main(argv: list[str] | None = None) -> int:
     check, note = load_check_correctness()
     print(f"programs: {len(programs)} (164 HumanEval canonical solutions + 164 wrong completions)")
     print(f"parallelism: {args.workers} in both; timeout {args.timeout:g} s per program; "
-          f"cpus available: {len(os.sched_getaffinity(0))}; load average {os.getloadavg()[0]:.1f}")
+          f"cpus: {sorted(os.sched_getaffinity(0))} of {os.cpu_count()}; load average {os.getloadavg()[0]:.1f}; "
+          f"python {sys.version.split()[0]}; kernel {os.uname().release}")
     print(note)
     t0 = time.perf_counter()
-    sb = Sandbox(workers=args.workers, limits=Limits(timeout_s=args.timeout), allow_weak_isolation=False).start()
+    sb = Sandbox(workers=args.workers, limits=Limits(timeout_s=args.timeout),
+                 allow_weak_isolation=args.allow_weak).start()
     startup = time.perf_counter() - t0
     try:
+        if not sb.info.get("strong"):
+            print("WARNING: weak isolation, missing: " + "; ".join(sb.info.get("missing", [])))
         print(f"mucode sandbox {SANDBOX_VERSION}: isolation {'strong' if sb.info.get('strong') else 'WEAK'} "
               f"(pid+net+mount+ipc namespaces, per-slot uid, rlimits, cgroups: {sb.info.get('cgroups')}); "
               f"executor start-up {startup:.2f} s (once per worker process, not counted below)")

@@ -149,6 +149,18 @@ def test_greedy_is_deterministic_and_matches_plain_generate(backend):
     assert all(s.seed is None for g in backend.generate(CONVS[:1], params, [1]) for s in g)
 
 
+def test_sampling_params_from_the_protocol_config():
+    from app.protocol import SamplingConfig
+
+    p = SamplingParams.from_config(SamplingConfig(), n=5)
+    assert (p.temperature, p.top_p, p.max_tokens, p.n) == (0.7, 1.0, 1000, 5)
+    assert SamplingParams.from_config(SamplingConfig(), greedy=True).greedy
+    with pytest.raises(ValueError):
+        SamplingParams(temperature=-1.0)
+    with pytest.raises(ValueError):
+        SamplingParams(temperature=0.7, top_p=0.0)
+
+
 # -- the sampler itself ---------------------------------------------------------------------------------
 def test_noise_is_a_function_of_seed_step_and_token():
     import torch

@@ -126,13 +126,13 @@ def test_same_seeds_same_responses_and_batching_does_not_matter(sqlite_store, ti
 
     store = embedded(sqlite_store)
     load_mbpp(store)
-    a = make_collection(store, tiny_model, "a", problems=3, M=2, T=2, batch_size=6)
+    a = make_collection(store, tiny_model, "a", problems=2, M=2, T=2, batch_size=4)
     collect.start(store, a)
     other = Store(f"sqlite:///{tmp_path / 'other.db'}")
     other.upgrade()
     embedded(other)
     load_mbpp(other)
-    b = make_collection(other, tiny_model, "b", problems=3, M=2, T=2, batch_size=1)
+    b = make_collection(other, tiny_model, "b", problems=2, M=2, T=2, batch_size=1)
     collect.start(other, b)
     assert snapshot(store, a) == snapshot(other, b)
     other.dispose()
@@ -249,3 +249,35 @@ def test_cli_unreachable_broker_is_a_clear_error(sqlite_store, tiny_model):
     assert "cannot reach the broker at redis://127.0.0.1:1/0" in r.stderr and "Traceback" not in r.stderr
     with sqlite_store.session() as s:
         assert s.execute(select(func.count()).select_from(m.Evaluation)).scalar_one() == 0
+
+
+class _FixedBackend:
+    """A stand-in at the GPU boundary: returns a fixed text (with a NUL character, as random models emit)."""
+
+    kind = "transformers"
+
+    def __init__(self, text):
+        self.text = text
+
+    def generate(self, conversations, params, seeds):
+        from workers.backends.base import Sample
+
+        return [[Sample(self.text, 10, 5, "stop", seed) for _ in range(params.n)] for seed in seeds]
+
+
+def test_a_nul_character_in_a_response_is_stored_on_both_databases(store, tiny_model):
+    from app.env import initial_messages
+    from workers import collect
+
+    load_mbpp(store)
+    owner = make_collection(store, tiny_model, "nul", problems=1, M=1, T=1)
+    spec, _, _ = collect.get_spec(store, owner)
+    [(ids, _)] = collect.batches(store, owner, 4)
+    [r] = store.batch_state(ids)
+    problem = store.collection_problems([r.problem_id])[r.problem_id]
+    store.open_turns([{"rollout_id": r.id, "index": 1, "messages": initial_messages(problem)}])
+    backend = _FixedBackend("```python\ndef f():\n    return '\x00'\n```")
+    collect._sample(store, spec, store.batch_state(ids), lambda kind, uri: backend)
+    with store.session() as s:
+        c = s.execute(select(m.Candidate)).scalar_one()
+    assert "\x00" not in c.response and "\ufffd" in c.response and "\ufffd" in c.code

@@ -46,10 +46,17 @@ def _wait(predicate, timeout, what, workers=None):
 
 
 def _counts(store, name):
+    """The collection's counts (None before it exists); a failed job of the current generation fails the test
+    at once instead of waiting for a timeout."""
     from app.store.rollouts import Owner
+    from workers import collect
 
     ev = store.find_evaluation(name)
-    return None if ev is None else store.collection_counts(Owner(evaluation_id=ev.id))
+    if ev is None or store.get_job(collect.collect_key(Owner(evaluation_id=ev.id))) is None:
+        return None
+    st = collect.status(store, Owner(evaluation_id=ev.id))
+    assert not st["failed_jobs"], st["failed_jobs"]
+    return st["counts"]
 
 
 @pytest.mark.parametrize("victim", ["sample", "execute"])
@@ -58,26 +65,35 @@ def test_kill_a_worker_mid_collection_then_resume_gives_exact_rows(pg_store, sql
     from app.store.rollouts import Owner
     from workers import collect
 
+    t0 = time.monotonic()
+
+    def phase(what):  # progress with timings, visible with -s
+        print(f"[{time.monotonic() - t0:6.1f} s] {what}", flush=True)
+
     load_mbpp(pg_store)
     with redis_db() as broker, celery_workers(_url(pg_store), broker, log_dir=tmp_path) as workers:
         env = {"MUCODE_DATABASE_URL": _url(pg_store), "MUCODE_BROKER_URL": broker}
         sampler = workers.start("sample")
         executor = workers.start("execute")
+        phase("workers ready")
         _mucode(["rollouts", "collect", "--model", tiny_model, *ARGS, "--name", "kill"], env)
         # wait until the pipeline is well under way, then kill -9 one of the workers
         _wait(lambda: (c := _counts(pg_store, "kill")) and c["candidates"] >= 4 and c["executed"] >= 2,
               90, "the first candidates", workers)
         (sampler if victim == "sample" else executor).kill()
+        phase(f"killed the {victim} worker")
         middle = _counts(pg_store, "kill")
         assert middle["active"] > 0, "the collection finished before the kill: make it bigger"
         if victim == "sample":
             workers.start("sample")
         else:
             workers.start("execute")
+        phase("new worker ready")
         r = _mucode(["rollouts", "resume", "kill", "--json"], env)
         assert json.loads(r.stdout)["generation"] == 2
         _wait(lambda: (c := _counts(pg_store, "kill")) and c["active"] == 0 and c["executed"] == c["candidates"],
               120, "the collection to finish", workers)
+        phase("collection done")
         # let stragglers of the first generation (queued before the kill) drain: they must change nothing
         time.sleep(1.0)
         owner = Owner(evaluation_id=pg_store.find_evaluation("kill").id)
@@ -89,10 +105,13 @@ def test_kill_a_worker_mid_collection_then_resume_gives_exact_rows(pg_store, sql
         if victim == "sample":
             assert len(workers_seen) == 2, workers_seen  # the killed sampler and the new one
 
+    if victim != "sample":
+        return
     # The same collection in embedded mode (SQLite, no broker) gives the same rows.
     env = {"MUCODE_DATABASE_URL": _url(sqlite_store), "MUCODE_BROKER_URL": ""}
     load_mbpp(sqlite_store)
     _mucode(["rollouts", "collect", "--model", tiny_model, *ARGS, "--name", "kill"], env, timeout=300)
+    phase("embedded run done")
     sowner = Owner(evaluation_id=sqlite_store.find_evaluation("kill").id)
     assert assert_collection_exact(sqlite_store, sowner, P=P, M=M, T=T) == counts
     assert snapshot(sqlite_store, sowner) == snapshot(pg_store, owner)

@@ -19,7 +19,7 @@ def _demo(tmp_path: Path, model: str, *extra: str) -> subprocess.CompletedProces
     env = {k: v for k, v in os.environ.items() if not k.startswith("MUCODE_") or k == "MUCODE_ALLOW_WEAK_ISOLATION"}
     env["MUCODE_BROKER_URL"] = "redis://127.0.0.1:1/0"  # configured but unused: the demo runs in-process
     env["PYTHONPATH"] = str(REPO)
-    env["COLUMNS"] = "160"
+    env["COLUMNS"] = "200"
     args = [sys.executable, "-m", "app.cli.main", "demo", "--model", model, "--train-problems", "3",
             "--test-problems", "3", "-M", "4", "-T", "2", "-N", "3", "-C", "1", "--max-new-tokens", "256",
             "--trainer-steps", "2", *extra]

@@ -171,7 +171,7 @@ def knowing_model() -> str:
 
 def _env(tmp_path: Path, db: str) -> dict[str, str]:
     return {"MUCODE_DATABASE_URL": db, "MUCODE_BROKER_URL": "", "MUCODE_ARTIFACTS_DIR": str(tmp_path / "art"),
-            "MUCODE_ALLOW_WEAK_ISOLATION": os.environ.get("MUCODE_ALLOW_WEAK_ISOLATION", "false")}
+            "MUCODE_ALLOW_WEAK_ISOLATION": os.environ.get("MUCODE_ALLOW_WEAK_ISOLATION", "false"), "COLUMNS": "200"}
 
 
 def check_round_rows(store, experiment: str, *, problems=P_TRAIN, rollouts=M, turns=T, eval_problems=P_TEST,

@@ -56,7 +56,7 @@ def _setup(store, tmp_path, model, name):
 
 def _env(store, broker, tmp_path):
     return {"MUCODE_DATABASE_URL": _url(store), "MUCODE_BROKER_URL": broker,
-            "MUCODE_ARTIFACTS_DIR": str(tmp_path / "art")}
+            "MUCODE_ARTIFACTS_DIR": str(tmp_path / "art"), "COLUMNS": "200"}
 
 
 def test_round_with_celery_workers_completes_and_stores_its_numbers(pg_store, tmp_path, knowing_model):

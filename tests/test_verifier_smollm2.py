@@ -106,8 +106,11 @@ def test_smollm2_short_bt_training_on_cpu(sqlite_store, tmp_path):
     report = {
         "train_seconds": tr["seconds"],
         "seconds_per_1k_pairs": tr["seconds_per_1k_pairs"],
+        "train_cpu_seconds": tr["cpu_seconds"],
         "scoring_candidates_per_s": stats["candidates_per_s"],
         "scored": stats["todo"],
+        "scoring_model_seconds": stats["model_seconds"],
+        "scoring_cpu_seconds": stats["cpu_seconds"],
         "holdout_roc_auc": hold["roc_auc"],
         "loss_curve": [round(c["loss"], 4) for c in tr["loss_curve"]],
         "threads": torch.get_num_threads(),

@@ -521,12 +521,13 @@ def _sample(store, spec: CollectSpec, rollouts: list[RolloutState], backend_load
         rows = []
         for r, seed, samples in zip(group, seeds, outputs, strict=True):
             for j, s in enumerate(samples):
-                code = extract_code(s.text)
+                text = storable_text(s.text)
+                code = extract_code(text)
                 rows.append(
                     {
                         "turn_id": r.last_turn.id,
                         "sample_index": j,
-                        "response": s.text,
+                        "response": text,
                         "code": code,
                         "code_hash": code_hash(code),
                         "prompt_tokens": s.prompt_tokens,
@@ -549,6 +550,12 @@ def _sample(store, spec: CollectSpec, rollouts: list[RolloutState], backend_load
         store.add_candidates(rows)
         written += len(rows)
     return written, tokens
+
+
+def storable_text(text: str) -> str:
+    """A response as stored (and fed back in later turns): NUL characters, which Postgres text and JSONB
+    cannot hold, become U+FFFD. Real models practically never emit them; random test models do."""
+    return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
 def _finish_collection(store, owner: Owner, spec: CollectSpec, *, force: bool = False) -> bool:

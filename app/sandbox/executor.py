@@ -63,6 +63,7 @@ MAX_SLOTS = 64
 HARD_GRACE_S = 5.0  # beyond the program's own time limit before the executor kills a judge
 SETUP_FAILED = judge.SETUP_FAILED  # exit status of a candidate process that could not isolate itself
 SUITE_CACHE = 64  # suites a judge keeps compiled
+PREPARED_CACHE = 2048  # suites the executor keeps compiled
 
 _pylibc = ctypes.PyDLL(None, use_errno=True)  # PyDLL: the GIL stays held across fork()
 _pylibc.fork.restype = ctypes.c_int
@@ -243,9 +244,9 @@ class Zygote:
         self.live: dict[int, int] = {}  # slot -> pid of its candidate process, until reaped
         self.live_pidfd: dict[int, int] = {}  # candidate pid -> pidfd
         self.owner: dict[int, socket.socket] = {}  # candidate pid -> the judge that asked for it
-        self.waiting: dict[int, socket.socket] = {}  # candidate pid -> judge waiting for its status
-        self.statuses: dict[int, int] = {}  # reaped candidate pid -> wait status, until claimed
+        self.owner_of: dict[int, socket.socket] = {}  # candidate pid -> the judge told its exit status
         self.deferred: dict[int, deque] = {}  # slot -> spawn requests waiting for the slot's last process
+        self.setups: dict[int, isolation.ChildSetup] = {}  # per slot (the child changes only its own copy)
 
     def start(self) -> None:
         isolation.set_name("mucode-zygote")
@@ -348,12 +349,6 @@ class Zygote:
                 self.deferred.setdefault(slot, deque()).append((sock, req, fds))
             else:
                 self._spawn(sock, slot, req, fds)
-        elif req[0] == "status":
-            pid = req[1]
-            if pid in self.statuses:
-                self._send(sock, ("status", pid, self.statuses.pop(pid)))
-            else:
-                self.waiting[pid] = sock
 
     def _send(self, sock: socket.socket, msg: Any, fds: list[int] | None = None) -> None:
         try:
@@ -367,7 +362,11 @@ class Zygote:
     def _spawn(self, sock: socket.socket, slot: int, req: tuple, fds: list[int]) -> None:
         c_sock, out_fd, err_fd = fds
         workdir = req[1]
-        setup = _child_setup(slot, self.cfg, workdir)
+        setup = self.setups.get(slot) if workdir is None else None
+        if setup is None:
+            setup = _child_setup(slot, self.cfg, workdir)
+            if workdir is None:
+                self.setups[slot] = setup
         strong = self.cfg.strong
         try:
             if strong:
@@ -387,6 +386,7 @@ class Zygote:
             os.close(fd)
         self.live[slot] = pid
         self.owner[pid] = sock
+        self.owner_of[pid] = sock
         try:
             pidfd = os.pidfd_open(pid)
         except OSError:
@@ -421,11 +421,9 @@ class Zygote:
             pidfd = self.live_pidfd.pop(pid, None)
             if pidfd is not None:
                 os.close(pidfd)
-            waiter = self.waiting.pop(pid, None)
-            if waiter is not None:
-                self._send(waiter, ("status", pid, status))
-            else:
-                self.statuses[pid] = status
+            owner = self.owner_of.pop(pid, None)
+            if owner is not None and owner in self.judges:
+                self._send(owner, ("status", pid, status))
             queue = self.deferred.get(slot)
             if queue:
                 sock, req, fds = queue.popleft()
@@ -446,9 +444,9 @@ class Zygote:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
-        for pid, waiter in list(self.waiting.items()):
-            if waiter is sock:
-                self.waiting.pop(pid)
+        for pid, owner in list(self.owner_of.items()):
+            if owner is sock:
+                self.owner_of.pop(pid)
         if slot is not None:
             queue = self.deferred.get(slot)
             while queue and queue[0][0] is sock:
@@ -525,10 +523,10 @@ class _Candidate:
             pass
 
     def wait(self) -> int | None:
-        """Its wait status, once the zygote has reaped it (and, pid 1 of its namespace, everything it started)."""
+        """Its wait status, sent by the zygote once it has reaped it (and so, pid 1 of its namespace, everything it
+        started)."""
         if self.pid is None:
             return None
-        self.z.send(pickle.dumps(("status", self.pid)))
         while True:
             msg = self.z.recv(4096)
             if not msg:
@@ -557,7 +555,6 @@ def judge_server(e_fd: int, z: socket.socket, slot: int, cfg: ZygoteConfig) -> N
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)
-    gc.disable()  # judges run short jobs; the few cycles they make are collected between jobs
     limits = cfg.limits
     suites: dict[int, dict[str, Any]] = {}
     nxt = _Candidate(z, cfg.strong)
@@ -588,7 +585,6 @@ def judge_server(e_fd: int, z: socket.socket, slot: int, cfg: ZygoteConfig) -> N
         else:
             result = _judge_one(cand, suite, code, collect, limits)
         cand.close()
-        gc.collect()
         nxt = _Candidate(z, cfg.strong)  # start the next process now: it isolates while we report
         wire.send_frame(e_fd, pickle.dumps(("result", jid, result)))
 
@@ -596,8 +592,7 @@ def judge_server(e_fd: int, z: socket.socket, slot: int, cfg: ZygoteConfig) -> N
 def _judge_one(cand: _Candidate, suite: dict[str, Any], code: str, collect: bool, limits: Limits
                ) -> dict[str, Any]:
     started = time.monotonic()
-    job = {"prefix": suite["prefix"], "code": code, "setup_imports": suite["setup_imports"],
-           "tests": suite["tests"], "compiled": suite["compiled"], "collect": collect}
+    job = {"code": code, "tests": suite["tests"], "compiled": suite["compiled"], "collect": collect}
     conn = judge.Conn(cand.j_sock.fileno(), started + limits.timeout_s)
     jd = judge.Judge(job, conn, limits)
     try:
@@ -641,6 +636,7 @@ class Executor:
         self.zygote_pid = 0
         self.slots = [_Slot(i) for i in range(self.nslots)]
         self._suite_ids = 0
+        self._prepared: dict[tuple, dict[str, Any]] = {}
 
     # -- start-up ---------------------------------------------------------------------------------------
     def start(self) -> dict[str, Any]:
@@ -709,16 +705,25 @@ class Executor:
         self._new_judge(slot)
 
     # -- a batch --------------------------------------------------------------------------------------------
+    def _prepare(self, s: dict[str, Any]) -> dict[str, Any]:
+        """A suite compiled for the judges, cached across batches by content (a round runs the same problems
+        again and again); its id stays the same, so judges keep their copy too."""
+        key = (s["prefix"], s["setup"], tuple(s["tests"]))
+        hit = self._prepared.get(key)
+        if hit is not None:
+            self._prepared[key] = self._prepared.pop(key)  # most recently used last
+            return hit
+        self._suite_ids += 1
+        hit = {"id": self._suite_ids,
+               "data": {"prefix": s["prefix"], "tests": s["tests"],
+                        "compiled": judge.compile_suite(s["prefix"], s["setup"], s["tests"])}}
+        self._prepared[key] = hit
+        while len(self._prepared) > PREPARED_CACHE:
+            self._prepared.pop(next(iter(self._prepared)))
+        return hit
+
     def run_batch(self, suites: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        prepared: list[dict[str, Any]] = []
-        for s in suites:
-            self._suite_ids += 1
-            prepared.append({
-                "id": self._suite_ids,
-                "data": {"prefix": s["prefix"], "tests": s["tests"],
-                         "setup_imports": judge.setup_imports(s["setup"]),
-                         "compiled": judge.compile_suite(s["prefix"], s["setup"], s["tests"])},
-            })
+        prepared = [self._prepare(s) for s in suites]
         results: list[dict[str, Any] | None] = [None] * len(jobs)
         pending = deque(range(len(jobs)))
         sel = selectors.DefaultSelector()

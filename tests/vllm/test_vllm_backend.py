@@ -88,12 +88,13 @@ def test_greedy_is_deterministic_and_matches_transformers(backend, model_dir):
 
 
 def test_stop_token_ends_the_response_and_counts(backend):
+    """Make a token the model really samples an end-of-turn token: the response ends right there."""
     from vllm import SamplingParams as VSamplingParams
 
     ids = render_prompt(backend.tokenizer, CONVS[0])
     [ref] = backend.llm.generate(
         [{"prompt_token_ids": ids}],
-        VSamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True),
+        VSamplingParams(temperature=1.0, max_tokens=16, seed=7, ignore_eos=True),
         use_tqdm=False,
     )
     gen = list(ref.outputs[0].token_ids)
@@ -101,9 +102,11 @@ def test_stop_token_ends_the_response_and_counts(backend):
     saved = list(backend.eos_ids)
     backend.eos_ids = [*saved, stop_id]
     try:
-        [[s]] = backend.generate([CONVS[0]], SamplingParams(0.0, 1.0, 16), [0])
+        [[s]] = backend.generate([CONVS[0]], SamplingParams(1.0, 1.0, 16), [7])
     finally:
         backend.eos_ids = saved
     assert s.finish_reason == "stop"
     assert s.completion_tokens == k + 1  # like the transformers backend: the stop token counts
     assert s.text == backend.tokenizer.decode(gen[:k], skip_special_tokens=True)
+    [[full]] = backend.generate([CONVS[0]], SamplingParams(1.0, 1.0, 16), [7])
+    assert full.finish_reason == "length" and full.completion_tokens == 16

@@ -101,6 +101,7 @@ def train_bce(
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     trainer.train()
-    return trainer, summarize(trainer, started=started, examples=len(rows), dropped=dropped, unit="rows")
+    return trainer, summarize(trainer, started=started, examples=len(rows), dropped=dropped, unit="rows",
+                            started_cpu=started_cpu)

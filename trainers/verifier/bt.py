@@ -81,6 +81,7 @@ def train_bt(
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
-    started = time.perf_counter()
+    started, started_cpu = time.perf_counter(), time.process_time()
     trainer.train()
-    return trainer, summarize(trainer, started=started, examples=len(rows), dropped=dropped, unit="pairs")
+    return trainer, summarize(trainer, started=started, examples=len(rows), dropped=dropped, unit="pairs",
+                            started_cpu=started_cpu)

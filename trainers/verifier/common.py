@@ -61,12 +61,15 @@ def training_args_kwargs(config: VerifierTrainingConfig, output_dir: str, *, pro
     }
 
 
-def summarize(trainer, *, started: float, examples: int, dropped: int, unit: str) -> dict[str, Any]:
+def summarize(
+    trainer, *, started: float, examples: int, dropped: int, unit: str, started_cpu: float | None = None
+) -> dict[str, Any]:
     """Loss curve and timing from a finished Trainer, JSON-ready for ModelVersion.metrics["train"]."""
     hist = [h for h in trainer.state.log_history if "loss" in h]
     curve = [{"step": h.get("step"), "loss": h["loss"], **({"accuracy": h["accuracy"]} if "accuracy" in h else {})}
              for h in hist]
     seconds = time.perf_counter() - started
+    cpu = time.process_time() - started_cpu if started_cpu is not None else None
     epochs = trainer.state.epoch or 0.0
     passes = examples * epochs
     return {
@@ -79,5 +82,7 @@ def summarize(trainer, *, started: float, examples: int, dropped: int, unit: str
         "loss_curve": curve,
         "seconds": round(seconds, 3),
         f"seconds_per_1k_{unit}": round(1000 * seconds / passes, 3) if passes else None,
+        # CPU time of this process (all threads): on a shared machine, wall time alone overstates the cost
+        "cpu_seconds": round(cpu, 3) if cpu is not None else None,
         "world_size": world_size(),
     }

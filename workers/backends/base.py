@@ -36,6 +36,16 @@ class SamplingParams:
         if self.max_tokens < 1 or self.n < 1:
             raise ValueError("max_tokens and n must be positive")
 
+    @classmethod
+    def from_config(cls, config: Any, n: int = 1, *, greedy: bool = False) -> SamplingParams:
+        """From the protocol's ``SamplingConfig`` (temperature, top_p, max_new_tokens); ``greedy`` sets T = 0."""
+        return cls(
+            temperature=0.0 if greedy else float(config.temperature),
+            top_p=float(config.top_p),
+            max_tokens=int(config.max_new_tokens),
+            n=n,
+        )
+
     @property
     def greedy(self) -> bool:
         return self.temperature == 0

@@ -81,6 +81,7 @@ def score_candidates(
 
         bar = tqdm(total=len(todo), desc=f"scoring with {v['name']}", unit="cand")
     model_seconds = 0.0
+    cpu0 = time.process_time()
     try:
         for i in range(0, len(todo), chunk_size):
             chunk = todo[i : i + chunk_size]
@@ -103,6 +104,7 @@ def score_candidates(
                 "load_seconds": round(t_model - t0, 3),
                 "model_seconds": round(model_seconds, 3),
                 "candidates_per_s": round(len(todo) / model_seconds, 2) if model_seconds else None,
+                "cpu_seconds": round(time.process_time() - cpu0, 3),
                 "truncated": getattr(scorer, "truncated", 0),
             }
         )
