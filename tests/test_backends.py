@@ -120,7 +120,9 @@ def test_n_samples_equal_separate_requests_with_derived_seeds(backend):
     params = SamplingParams(temperature=1.0, top_p=1.0, max_tokens=16, n=3)
     grouped = texts(backend.generate([CONVS[0]], params, [42]))[0]
     single = SamplingParams(temperature=1.0, top_p=1.0, max_tokens=16, n=1)
-    separate = [g[0] for g in texts(backend.generate([CONVS[0]] * 3, single, [sample_seed(42, j) for j in range(3)]))]
+    separate = [
+        g[0] for g in texts(backend.generate([CONVS[0]] * 3, single, [sample_seed(42, j) for j in range(3)]))
+    ]
     assert grouped == separate
     assert len(set(grouped)) == 3
 

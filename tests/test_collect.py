@@ -13,9 +13,18 @@ import pytest
 from sqlalchemy import func, select
 
 from app.db import models as m
-from tests.helpers.collect import assert_collection_exact, load_mbpp, make_collection, snapshot, tiny_model
+from tests.helpers.collect import (
+    SINGLE_THREAD_ENV,
+    assert_collection_exact,
+    load_mbpp,
+    make_collection,
+    snapshot,
+    tiny_model,
+    torch_single_thread,
+)
 
-__all__ = ["tiny_model"]  # a fixture, used by name below
+__all__ = ["tiny_model", "torch_single_thread"]  # fixtures, used by name below
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
 def _url(store) -> str:
@@ -63,7 +72,9 @@ def test_embedded_collection_is_exact_and_resume_is_a_no_op(sqlite_store, tiny_m
     assert st["done"] and st["state"] == "done" and not st["failed_jobs"]
     assert store.get_evaluation(owner.evaluation_id).status == "done"
     jobs = _jobs(store, owner)
-    assert jobs and all(j.state == "done" for j in jobs), [(j.key, j.state) for j in jobs if j.state != "done"]
+    assert jobs and all(j.state == "done" for j in jobs), [
+        (j.key, j.state) for j in jobs if j.state != "done"
+    ]
     # 4 batches x (sample t0, execute t1, sample t1, execute t2, sample t2) at most
     assert {j.kind for j in jobs} == {"sample", "execute"}
     before = snapshot(store, owner)
@@ -87,8 +98,12 @@ def test_crash_between_sample_and_execute_resumes_without_sampling_again(sqlite_
     [(ids, _)] = collect.batches(store, owner, 8)
     states = store.batch_state(ids)
     problems = store.collection_problems(r.problem_id for r in states)
-    store.open_turns([{"rollout_id": r.id, "index": 1, "messages": initial_messages(problems[r.problem_id])}
-                      for r in states])
+    store.open_turns(
+        [
+            {"rollout_id": r.id, "index": 1, "messages": initial_messages(problems[r.problem_id])}
+            for r in states
+        ]
+    )
     collect._sample(store, spec, store.batch_state(ids), collect.load_backend)
     with store.session() as s:
         first = dict(s.execute(select(m.Candidate.id, m.Candidate.response)).all())
@@ -98,8 +113,11 @@ def test_crash_between_sample_and_execute_resumes_without_sampling_again(sqlite_
     assert out["queued_batches"] == 1
     assert_collection_exact(store, owner, P=4, M=2, T=2)
     with store.session() as s:
-        turn1 = dict(s.execute(select(m.Candidate.id, m.Candidate.response).join(m.Turn)
-                               .where(m.Turn.index == 1)).all())
+        turn1 = dict(
+            s.execute(
+                select(m.Candidate.id, m.Candidate.response).join(m.Turn).where(m.Turn.index == 1)
+            ).all()
+        )
     assert turn1 == first  # the same rows: nothing was sampled twice
     first_job = store.get_job(collect.step_key(owner, out["generation"], 0, "sample", 0))
     assert first_job.result["sampled"] == 0 and first_job.result["queued"] == "execute"
@@ -146,8 +164,9 @@ def test_best_of_n_chains(sqlite_store, tiny_model, embedded, selector):
 
     store = embedded(sqlite_store)
     load_mbpp(store)
-    owner = make_collection(store, tiny_model, f"bon-{selector}", problems=3, M=2, T=2, N=3, selector=selector,
-                            temperature=1.0)
+    owner = make_collection(
+        store, tiny_model, f"bon-{selector}", problems=3, M=2, T=2, N=3, selector=selector, temperature=1.0
+    )
     collect.start(store, owner)
     assert_collection_exact(store, owner, P=3, M=2, T=2, N=3)
     with store.session() as s:
@@ -167,8 +186,18 @@ def test_best_of_n_with_verifier_scores(sqlite_store, tiny_model, embedded):
     store = embedded(sqlite_store)
     load_mbpp(store)
     vid = store.add_verifier_version(name="tiny-verifier", base_model=tiny_model, uri=tiny_model, config={})
-    owner = make_collection(store, tiny_model, "bon-lv", problems=2, M=1, T=2, N=3, selector="pt+lv",
-                            verifier_id=vid, temperature=1.0)
+    owner = make_collection(
+        store,
+        tiny_model,
+        "bon-lv",
+        problems=2,
+        M=1,
+        T=2,
+        N=3,
+        selector="pt+lv",
+        verifier_id=vid,
+        temperature=1.0,
+    )
     collect.start(store, owner)
     assert_collection_exact(store, owner, P=2, M=1, T=2, N=3)
     scores = store.verifier_scores(vid)
@@ -185,9 +214,15 @@ def test_best_of_n_with_verifier_scores(sqlite_store, tiny_model, embedded):
 
 # -- CLI -------------------------------------------------------------------------------------------------
 def _mucode(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
-    full = {**os.environ, **env}
-    return subprocess.run([sys.executable, "-m", "app.cli.main", *args], check=False, env=full, capture_output=True,
-                          text=True, timeout=timeout)
+    full = {**os.environ, **SINGLE_THREAD_ENV, **env}
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli.main", *args],
+        check=False,
+        env=full,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_cli_collect_status_resume_embedded(sqlite_store, tiny_model):
@@ -195,8 +230,25 @@ def test_cli_collect_status_resume_embedded(sqlite_store, tiny_model):
 
     load_mbpp(sqlite_store)
     env = {"MUCODE_DATABASE_URL": _url(sqlite_store), "MUCODE_BROKER_URL": ""}
-    args = ["rollouts", "collect", "--model", tiny_model, "--dataset", "mbpp:train", "--limit", "3", "-M", "2",
-            "-T", "2", "--max-new-tokens", "24", "--name", "cli", "--json"]
+    args = [
+        "rollouts",
+        "collect",
+        "--model",
+        tiny_model,
+        "--dataset",
+        "mbpp:train",
+        "--limit",
+        "3",
+        "-M",
+        "2",
+        "-T",
+        "2",
+        "--max-new-tokens",
+        "24",
+        "--name",
+        "cli",
+        "--json",
+    ]
     r = _mucode(args, env)
     assert r.returncode == 0, r.stderr
     st = json.loads(r.stdout)
@@ -244,7 +296,9 @@ def test_a_model_that_vanished_is_an_error_before_queueing(sqlite_store, tiny_mo
 def test_cli_unreachable_broker_is_a_clear_error(sqlite_store, tiny_model):
     load_mbpp(sqlite_store)
     env = {"MUCODE_DATABASE_URL": _url(sqlite_store), "MUCODE_BROKER_URL": "redis://127.0.0.1:1/0"}
-    r = _mucode(["rollouts", "collect", "--model", tiny_model, "--limit", "2", "--name", "x"], env, timeout=120)
+    r = _mucode(
+        ["rollouts", "collect", "--model", tiny_model, "--limit", "2", "--name", "x"], env, timeout=120
+    )
     assert r.returncode == 2
     assert "cannot reach the broker at redis://127.0.0.1:1/0" in r.stderr and "Traceback" not in r.stderr
     with sqlite_store.session() as s:

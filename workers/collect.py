@@ -336,13 +336,18 @@ def run_sample_job(
         worker=_worker_name(),
         kind="sample",
         queue="sample",
-        payload=_brief({"batch": batch, "rollout_ids": list(rollout_ids), "generation": generation, "step": step}),
+        payload=_brief(
+            {"batch": batch, "rollout_ids": list(rollout_ids), "generation": generation, "step": step}
+        ),
         **owner.as_dict(),
     )
     if step > 0:  # the execute (and score) step this job follows has finished
         for kind in ("execute", "score"):
-            store.claim_job(step_key(owner, generation, batch, kind, step), from_states=("queued", "running"),
-                            to_state="done")
+            store.claim_job(
+                step_key(owner, generation, batch, kind, step),
+                from_states=("queued", "running"),
+                to_state="done",
+            )
     t0 = time.perf_counter()
     try:
         result = advance_batch(
@@ -410,16 +415,26 @@ def advance_batch(
                 chosen_map[t.id] = c.id
             if is_done(t.index, spec.turns, c.public_passed, c.private_passed, rule=spec.stop_rule):
                 finish.append(
-                    {"rollout_id": r.id, "final_label": bool(c.private_passed), "public_passed": bool(c.public_passed)}
+                    {
+                        "rollout_id": r.id,
+                        "final_label": bool(c.private_passed),
+                        "public_passed": bool(c.public_passed),
+                    }
                 )
             else:
                 open_turns.append(
-                    {"rollout_id": r.id, "index": t.index + 1, "messages": append_turn(t.messages, c.response, fb)}
+                    {
+                        "rollout_id": r.id,
+                        "index": t.index + 1,
+                        "messages": append_turn(t.messages, c.response, fb),
+                    }
                 )
     if fresh:
         problems = store.collection_problems(r.problem_id for r in fresh)
         for r in fresh:
-            open_turns.append({"rollout_id": r.id, "index": 1, "messages": initial_messages(problems[r.problem_id])})
+            open_turns.append(
+                {"rollout_id": r.id, "index": 1, "messages": initial_messages(problems[r.problem_id])}
+            )
     if chosen_map or feedback_map or finish or open_turns:
         store.advance_batch(chosen=chosen_map, feedback=feedback_map, finish=finish, open_turns=open_turns)
         result["finished"] = len(finish)
@@ -428,7 +443,9 @@ def advance_batch(
         active = [r for r in states if r.status == "active"]
 
     # 2. sample every open turn that has fewer than N candidates: one backend call per generator --------------
-    to_sample = [r for r in active if r.last_turn is not None and len(r.last_turn.candidates) < spec.candidates]
+    to_sample = [
+        r for r in active if r.last_turn is not None and len(r.last_turn.candidates) < spec.candidates
+    ]
     if to_sample:
         sampled, tokens = _sample(store, spec, to_sample, backend_loader)
         result["sampled"], result["tokens"] = sampled, tokens
@@ -452,8 +469,13 @@ def advance_batch(
                 score_ref = {"task": "mucode.score", "kwargs": score_kwargs}
                 _resubmit_guard(store, owner, step_key(owner, generation, batch, "execute", turn))
                 store.record_job(score_key, "score", "score", _brief(score_kwargs), **owner.as_dict())
-                _queue(store, owner, "mucode.execute", {"candidate_ids": unexecuted, "then": score_ref},
-                       step_key(owner, generation, batch, "execute", turn))
+                _queue(
+                    store,
+                    owner,
+                    "mucode.execute",
+                    {"candidate_ids": unexecuted, "then": score_ref},
+                    step_key(owner, generation, batch, "execute", turn),
+                )
                 result["queued"] = "execute+score"
             else:
                 _resubmit_guard(store, owner, score_key)
@@ -466,7 +488,9 @@ def advance_batch(
             result["queued"] = "execute"
         return result
     if active:  # active rollouts with nothing to do would stall the chain: say so
-        raise CollectError(f"batch {batch} of {owner.as_dict()} has {len(active)} active rollouts but no work")
+        raise CollectError(
+            f"batch {batch} of {owner.as_dict()} has {len(active)} active rollouts but no work"
+        )
     result["queued"] = None
     result["collection_finished"] = _finish_collection(store, owner, spec)
     return result
@@ -600,8 +624,14 @@ def status(store, owner: Owner | dict[str, int]) -> dict[str, Any]:
     }
 
 
-def wait(store, owner: Owner | dict[str, int], *, timeout: float = 3600.0, poll: float = 1.0,
-         on_progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+def wait(
+    store,
+    owner: Owner | dict[str, int],
+    *,
+    timeout: float = 3600.0,
+    poll: float = 1.0,
+    on_progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Poll the store until every rollout is done (or a job failed, or ``timeout``)."""
     owner = Owner.of(owner)
     deadline = time.monotonic() + timeout

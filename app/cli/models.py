@@ -8,8 +8,9 @@ import typer
 
 from app.cli.common import console, print_json
 
-models_app = typer.Typer(help="Models: pull one for offline use, list them, build the tiny test model.",
-                         no_args_is_help=True)
+models_app = typer.Typer(
+    help="Models: pull one for offline use, list them, build the tiny test model.", no_args_is_help=True
+)
 
 
 @models_app.command("pull")

@@ -13,8 +13,9 @@ import typer
 
 from app.cli.common import console, get_store, print_json
 
-app = typer.Typer(help="Collect multi-turn rollouts (sample -> execute -> feedback -> next turn).",
-                  no_args_is_help=True)
+app = typer.Typer(
+    help="Collect multi-turn rollouts (sample -> execute -> feedback -> next turn).", no_args_is_help=True
+)
 
 
 def register(root: typer.Typer) -> None:
@@ -54,7 +55,9 @@ def _print_status(st: dict, as_json: bool) -> None:
             f"N={spec['candidates']})",
             highlight=False,
         )
-    jobs = ", ".join(f"{k}: " + " ".join(f"{s}={n}" for s, n in v.items()) for k, v in sorted(st["jobs"].items()))
+    jobs = ", ".join(
+        f"{k}: " + " ".join(f"{s}={n}" for s, n in v.items()) for k, v in sorted(st["jobs"].items())
+    )
     if jobs:
         console.print(f"  jobs: {jobs}", highlight=False)
     for f in st["failed_jobs"]:
@@ -63,23 +66,35 @@ def _print_status(st: dict, as_json: bool) -> None:
 
 @app.command()
 def collect(
-    model: str = typer.Option(..., "--model", "-m", help="Generator: a model folder, a pulled name or a hub name."),
+    model: str = typer.Option(
+        ..., "--model", "-m", help="Generator: a model folder, a pulled name or a hub name."
+    ),
     dataset: str = typer.Option("mbpp:train", "--dataset", "-d", help="DATASET[:SPLIT], e.g. mbpp:train."),
-    limit: int | None = typer.Option(None, "--limit", help="Only the first N problems (by external id order)."),
+    limit: int | None = typer.Option(
+        None, "--limit", help="Only the first N problems (by external id order)."
+    ),
     rollouts: int = typer.Option(4, "-M", "--rollouts", help="M: rollouts per problem."),
     turns: int = typer.Option(3, "-T", "--turns", help="T: turns per rollout."),
-    candidates: int = typer.Option(1, "-N", "--candidates", help="N: candidates per turn (needs --selector)."),
+    candidates: int = typer.Option(
+        1, "-N", "--candidates", help="N: candidates per turn (needs --selector)."
+    ),
     selector: str = typer.Option("first", "--selector", help="first | random | pt | lv | pt+lv | oracle."),
-    verifier: str | None = typer.Option(None, "--verifier", help="Verifier version (name or id) for lv, pt+lv."),
+    verifier: str | None = typer.Option(
+        None, "--verifier", help="Verifier version (name or id) for lv, pt+lv."
+    ),
     temperature: float = typer.Option(0.7, "--temperature", help="0 = greedy."),
     top_p: float = typer.Option(1.0, "--top-p"),
     max_new_tokens: int = typer.Option(1000, "--max-new-tokens"),
     stop_rule: str = typer.Option("public", "--stop-rule", help="public | public_and_private."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Rollouts per batch (one backend call per turn)."),
+    batch_size: int = typer.Option(
+        32, "--batch-size", help="Rollouts per batch (one backend call per turn)."
+    ),
     backend: str = typer.Option("transformers", "--backend", help="transformers | vllm."),
     seed: int = typer.Option(0, "--seed"),
     name: str | None = typer.Option(None, "--name", help="Name of the collection (default: derived)."),
-    wait: bool = typer.Option(False, "--wait", help="With a broker: follow progress until every rollout is done."),
+    wait: bool = typer.Option(
+        False, "--wait", help="With a broker: follow progress until every rollout is done."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the final status as JSON."),
 ) -> None:
     """Create a collection (problem x M rollouts) and queue it; in embedded mode it runs to the end here."""
@@ -105,13 +120,18 @@ def collect(
             stop_rule=stop_rule, batch_size=batch_size, seed=seed,
         )  # fmt: skip
     except ValidationError as exc:
-        raise ConfigError("invalid collection settings: " + "; ".join(e["msg"] for e in exc.errors())) from exc
+        raise ConfigError(
+            "invalid collection settings: " + "; ".join(e["msg"] for e in exc.errors())
+        ) from exc
     ds_name, split = _parse_dataset(dataset)
     problem_ids = pipeline.dataset_problem_ids(store, ds_name, split, limit)
     # A local folder is named by its absolute path; a pulled or hub name by itself.
     gen_name = uri if Path(model).expanduser().exists() else model
     generator_id = store.ensure_model_version(gen_name, "generator", model, uri)
-    name = name or f"collect-{ds_name}{'-' + split if split else ''}-{len(problem_ids)}x{rollouts}-T{turns}-s{seed}"
+    name = (
+        name
+        or f"collect-{ds_name}{'-' + split if split else ''}-{len(problem_ids)}x{rollouts}-T{turns}-s{seed}"
+    )
     ev_id = store.create_evaluation(
         name, generator_id=generator_id, dataset=ds_name, split=split, mode="collect", selector=selector,
         verifier_id=verifier_id, num_candidates=candidates, num_chains=rollouts, max_turns=turns,
@@ -140,7 +160,9 @@ def collect(
 @app.command()
 def resume(
     name: str = typer.Argument(..., help="The collection's name."),
-    wait: bool = typer.Option(False, "--wait", help="With a broker: follow progress until every rollout is done."),
+    wait: bool = typer.Option(
+        False, "--wait", help="With a broker: follow progress until every rollout is done."
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Queue exactly the missing work of a collection (after a crash, a killed worker, a failed job)."""

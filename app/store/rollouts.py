@@ -39,7 +39,11 @@ class Owner:
         return f"r{self.round_id}" if self.round_id is not None else f"e{self.evaluation_id}"
 
     def as_dict(self) -> dict[str, int]:
-        return {"round_id": self.round_id} if self.round_id is not None else {"evaluation_id": self.evaluation_id}
+        return (
+            {"round_id": self.round_id}
+            if self.round_id is not None
+            else {"evaluation_id": self.evaluation_id}
+        )
 
     @classmethod
     def of(cls, value: Owner | dict[str, Any]) -> Owner:
@@ -110,9 +114,13 @@ class RolloutsMixin:
             for r in rows
         ]
         with self.session() as s:
-            before = s.execute(select(func.count()).select_from(m.Rollout).where(owner.rollout_where())).scalar_one()
+            before = s.execute(
+                select(func.count()).select_from(m.Rollout).where(owner.rollout_where())
+            ).scalar_one()
             self.add_rollouts(full, s=s)
-            after = s.execute(select(func.count()).select_from(m.Rollout).where(owner.rollout_where())).scalar_one()
+            after = s.execute(
+                select(func.count()).select_from(m.Rollout).where(owner.rollout_where())
+            ).scalar_one()
             return int(after) - int(before)
 
     def collection_rollouts(self, owner: Owner) -> list[tuple[int, str]]:
@@ -137,7 +145,9 @@ class RolloutsMixin:
             return {p.id: p for p in s.execute(select(m.Problem).where(m.Problem.id.in_(ids))).scalars()}
 
     # -- the state of a batch -------------------------------------------------------------------------
-    def batch_state(self, rollout_ids: Sequence[int], *, verifier_id: int | None = None) -> list[RolloutState]:
+    def batch_state(
+        self, rollout_ids: Sequence[int], *, verifier_id: int | None = None
+    ) -> list[RolloutState]:
         """Each rollout of the batch with its last turn and that turn's candidates (and their verifier
         scores when ``verifier_id`` is given), in the order of ``rollout_ids``."""
         ids = list(rollout_ids)
@@ -263,7 +273,8 @@ class RolloutsMixin:
 
     def _open_turns(self, s: Any, rows: Sequence[dict[str, Any]]) -> None:
         self.add_turns(
-            [{"rollout_id": r["rollout_id"], "index": r["index"], "messages": r["messages"]} for r in rows], s=s
+            [{"rollout_id": r["rollout_id"], "index": r["index"], "messages": r["messages"]} for r in rows],
+            s=s,
         )
         now = _utcnow()
         s.execute(
@@ -351,14 +362,23 @@ class RolloutsMixin:
                 ).all()
             )
             t = s.execute(
-                select(func.count()).select_from(m.Turn).join(m.Rollout, m.Rollout.id == m.Turn.rollout_id).where(where)
+                select(func.count())
+                .select_from(m.Turn)
+                .join(m.Rollout, m.Rollout.id == m.Turn.rollout_id)
+                .where(where)
             ).scalar_one()
             c = s.execute(
                 select(
                     func.count(),
                     func.sum(
                         case(
-                            (and_(m.Candidate.public_passed.isnot(None), m.Candidate.private_passed.isnot(None)), 1),
+                            (
+                                and_(
+                                    m.Candidate.public_passed.isnot(None),
+                                    m.Candidate.private_passed.isnot(None),
+                                ),
+                                1,
+                            ),
                             else_=0,
                         )
                     ),
@@ -409,8 +429,14 @@ class RolloutsMixin:
             for tid, rid, idx, msgs, si, sampling, ntok in s.execute(q):
                 d = out.setdefault(
                     tid,
-                    {"turn_id": tid, "rollout_id": rid, "index": idx, "messages": msgs, "sampling": sampling,
-                     "completion_tokens": []},
+                    {
+                        "turn_id": tid,
+                        "rollout_id": rid,
+                        "index": idx,
+                        "messages": msgs,
+                        "sampling": sampling,
+                        "completion_tokens": [],
+                    },
                 )
                 d["completion_tokens"].append(ntok or 0)
         return list(out.values())

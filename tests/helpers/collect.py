@@ -12,6 +12,20 @@ from sqlalchemy import func, select
 from app.db import models as m
 from app.store.rollouts import Owner
 
+# The tiny model samples fastest on one thread; on a shared, busy machine two torch threads fight over the
+# cores and a 32-token batch takes seconds instead of a tenth of one. Subprocesses get this environment.
+SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@pytest.fixture
+def torch_single_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> str:
@@ -50,9 +64,19 @@ def make_collection(
         turns=T, samples_per_problem=M, candidates=N, selector=selector, verifier_id=verifier_id,
         temperature=temperature, max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
     )  # fmt: skip
-    ev = store.create_evaluation(name, generator_id=gen, dataset="mbpp", split="train", mode="collect",
-                                 num_chains=M, max_turns=T, num_candidates=N, selector=selector,
-                                 verifier_id=verifier_id, config=spec.model_dump(mode="json"))
+    ev = store.create_evaluation(
+        name,
+        generator_id=gen,
+        dataset="mbpp",
+        split="train",
+        mode="collect",
+        num_chains=M,
+        max_turns=T,
+        num_candidates=N,
+        selector=selector,
+        verifier_id=verifier_id,
+        config=spec.model_dump(mode="json"),
+    )
     owner = Owner(evaluation_id=ev)
     ids = dataset_problem_ids(store, "mbpp", "train", problems)
     create_collection(store, owner, ids, spec, generator_id=gen)
@@ -64,8 +88,14 @@ def snapshot(store, owner: Owner) -> list[tuple[Any, ...]]:
     with store.session() as s:
         rows = s.execute(
             select(
-                m.Problem.external_id, m.Rollout.sample_index, m.Turn.index, m.Candidate.sample_index,
-                m.Candidate.response, m.Candidate.public_passed, m.Candidate.private_passed, m.Candidate.chosen,
+                m.Problem.external_id,
+                m.Rollout.sample_index,
+                m.Turn.index,
+                m.Candidate.sample_index,
+                m.Candidate.response,
+                m.Candidate.public_passed,
+                m.Candidate.private_passed,
+                m.Candidate.chosen,
                 m.Turn.feedback,
             )
             .join(m.Turn, m.Turn.id == m.Candidate.turn_id)
@@ -76,8 +106,9 @@ def snapshot(store, owner: Owner) -> list[tuple[Any, ...]]:
     return sorted(tuple(r) for r in rows)
 
 
-def assert_collection_exact(store, owner: Owner, *, P: int, M: int, T: int, N: int = 1,
-                            stop_rule: str = "public") -> dict[str, Any]:
+def assert_collection_exact(
+    store, owner: Owner, *, P: int, M: int, T: int, N: int = 1, stop_rule: str = "public"
+) -> dict[str, Any]:
     """Every invariant of a finished collection; returns the counts."""
     from app.env import append_turn, feedback_text, initial_messages
 
@@ -88,21 +119,41 @@ def assert_collection_exact(store, owner: Owner, *, P: int, M: int, T: int, N: i
         assert len({(r.problem_id, r.sample_index) for r in rollouts}) == P * M
         assert Counter(r.sample_index for r in rollouts) == {i: P for i in range(M)}
         assert all(r.status == "done" for r in rollouts), Counter(r.status for r in rollouts)
-        problems = {p.id: p for p in s.execute(select(m.Problem).where(
-            m.Problem.id.in_({r.problem_id for r in rollouts}))).scalars()}
+        problems = {
+            p.id: p
+            for p in s.execute(
+                select(m.Problem).where(m.Problem.id.in_({r.problem_id for r in rollouts}))
+            ).scalars()
+        }
         assert len(problems) == P
         rids = [r.id for r in rollouts]
-        turns = s.execute(select(m.Turn).where(m.Turn.rollout_id.in_(rids)).order_by(m.Turn.rollout_id,
-                                                                                    m.Turn.index)).scalars().all()
-        cands = s.execute(select(m.Candidate).where(m.Candidate.turn_id.in_([t.id for t in turns]))).scalars().all()
+        turns = (
+            s.execute(
+                select(m.Turn).where(m.Turn.rollout_id.in_(rids)).order_by(m.Turn.rollout_id, m.Turn.index)
+            )
+            .scalars()
+            .all()
+        )
+        cands = (
+            s.execute(select(m.Candidate).where(m.Candidate.turn_id.in_([t.id for t in turns])))
+            .scalars()
+            .all()
+        )
         by_turn: dict[int, list[m.Candidate]] = {}
         for c in cands:
             by_turn.setdefault(c.turn_id, []).append(c)
         turns_of: dict[int, list[m.Turn]] = {}
         for t in turns:
             turns_of.setdefault(t.rollout_id, []).append(t)
-        execs = s.execute(select(m.Execution.code_hash, m.Execution.suite_hash, m.Execution.suite_kind,
-                                 m.Execution.status, m.Execution.feedback)).all()
+        execs = s.execute(
+            select(
+                m.Execution.code_hash,
+                m.Execution.suite_hash,
+                m.Execution.suite_kind,
+                m.Execution.status,
+                m.Execution.feedback,
+            )
+        ).all()
         n_exec_rows = s.execute(select(func.count()).select_from(m.Execution)).scalar_one()
     exec_by_key = {(e.code_hash, e.suite_hash, e.suite_kind): e for e in execs}
     assert len(exec_by_key) == n_exec_rows, "duplicate executions for one (code, suite)"
@@ -136,7 +187,6 @@ def assert_collection_exact(store, owner: Owner, *, P: int, M: int, T: int, N: i
             expected_messages = append_turn(t.messages, c.response, t.feedback)
     assert needed <= set(exec_by_key), "a candidate's code lacks an execution"
     counts = store.collection_counts(owner)
-    assert counts["candidates"] == counts["executed"] == len(cands) == sum(
-        r.num_turns for r in rollouts) * N
+    assert counts["candidates"] == counts["executed"] == len(cands) == sum(r.num_turns for r in rollouts) * N
     assert counts["turns"] == len(turns)
     return counts

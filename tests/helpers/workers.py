@@ -40,8 +40,13 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 REDIS_BASE_URL = os.environ.get("MUCODE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 LOCK_PREFIX = "mucode:test:redis-db:"
 # Default pool per queue when the worker is started through celery directly (mucode worker decides itself).
-POOLS = {"sample": ("solo", 1), "score": ("solo", 1), "train": ("solo", 1), "execute": ("threads", 1),
-         "control": ("threads", 2)}
+POOLS = {
+    "sample": ("solo", 1),
+    "score": ("solo", 1),
+    "train": ("solo", 1),
+    "execute": ("threads", 1),
+    "control": ("threads", 2),
+}
 
 
 def _server_url(url: str) -> str:
@@ -58,7 +63,9 @@ def redis_db(base_url: str = REDIS_BASE_URL, *, ttl_s: int = 3 * 3600) -> Iterat
     try:
         admin.ping()
     except Exception as exc:
-        raise RuntimeError(f"Redis is required for this test and is not reachable at {server}: {exc}") from exc
+        raise RuntimeError(
+            f"Redis is required for this test and is not reachable at {server}: {exc}"
+        ) from exc
     try:
         ndb = int(admin.config_get("databases").get("databases", 16))
     except Exception:  # noqa: BLE001 -- CONFIG may be disabled; 16 is Redis's default
@@ -166,27 +173,67 @@ class CeleryWorkers:
             self._app = make_celery(self.broker_url)
         return self._app
 
-    def start(self, queues: str, *, pool: str | None = None, concurrency: int | None = None,
-              ready_timeout: float = 90.0, loglevel: str = "INFO") -> WorkerProcess:
+    def start(
+        self,
+        queues: str,
+        *,
+        pool: str | None = None,
+        concurrency: int | None = None,
+        ready_timeout: float = 90.0,
+        loglevel: str = "INFO",
+    ) -> WorkerProcess:
         first = queues.split(",")[0]
         node = f"{queues.replace(',', '+')}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
         use_cli = _mucode_worker_available() if self.use_cli is None else self.use_cli
         if use_cli:
-            cmd = [sys.executable, "-m", "app.cli.main", "worker", "--queues", queues, "--name", node,
-                   "--loglevel", loglevel]
+            cmd = [
+                sys.executable,
+                "-m",
+                "app.cli.main",
+                "worker",
+                "--queues",
+                queues,
+                "--name",
+                node,
+                "--loglevel",
+                loglevel,
+            ]
             if pool:
                 cmd += ["--pool", pool]
             if concurrency:
                 cmd += ["--concurrency", str(concurrency)]
         else:
             default_pool, default_conc = POOLS.get(first, ("solo", 1))
-            cmd = [sys.executable, "-m", "celery", "-A", "workers.celery_app:celery_app", "worker",
-                   "-Q", queues, "-P", pool or default_pool, "-c", str(concurrency or default_conc),
-                   "-n", node, "-l", loglevel, "--without-gossip", "--without-mingle"]
+            cmd = [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers.celery_app:celery_app",
+                "worker",
+                "-Q",
+                queues,
+                "-P",
+                pool or default_pool,
+                "-c",
+                str(concurrency or default_conc),
+                "-n",
+                node,
+                "-l",
+                loglevel,
+                "--without-gossip",
+                "--without-mingle",
+            ]
         log_path = self.log_dir / f"{node.split('@')[0]}.log"
         log_file = open(log_path, "wb")  # noqa: SIM115 -- kept open for the child's lifetime
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=self.env(), stdout=log_file, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=REPO_ROOT,
+            env=self.env(),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         log_file.close()
         w = WorkerProcess(name=node, queues=queues, proc=proc, log_path=log_path)
         self.workers.append(w)
@@ -235,15 +282,26 @@ class CeleryWorkers:
 
 
 @contextmanager
-def celery_workers(database_url: str, broker_url: str, *, log_dir: str | Path | None = None,
-                   extra_env: dict[str, str] | None = None, use_cli: bool | None = None) -> Iterator[CeleryWorkers]:
+def celery_workers(
+    database_url: str,
+    broker_url: str,
+    *,
+    log_dir: str | Path | None = None,
+    extra_env: dict[str, str] | None = None,
+    use_cli: bool | None = None,
+) -> Iterator[CeleryWorkers]:
     """Start workers with ``.start(queues)``; all of them are stopped when the block ends."""
     tmp = None
     if log_dir is None:
         tmp = tempfile.TemporaryDirectory(prefix="mucode-workers-")
         log_dir = tmp.name
-    workers = CeleryWorkers(database_url=database_url, broker_url=broker_url, log_dir=Path(log_dir),
-                            extra_env=dict(extra_env or {}), use_cli=use_cli)
+    workers = CeleryWorkers(
+        database_url=database_url,
+        broker_url=broker_url,
+        log_dir=Path(log_dir),
+        extra_env=dict(extra_env or {}),
+        use_cli=use_cli,
+    )
     try:
         yield workers
     finally:

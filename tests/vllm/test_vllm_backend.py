@@ -9,9 +9,9 @@ import pytest
 
 pytest.importorskip("vllm")
 
-from app.tiny_model import build_tiny_model  # noqa: E402
-from workers.backends import registry  # noqa: E402
-from workers.backends.base import SamplingParams, render_prompt, sample_seed  # noqa: E402
+from app.tiny_model import build_tiny_model
+from workers.backends import registry
+from workers.backends.base import SamplingParams, render_prompt, sample_seed
 
 
 def conv(text: str) -> list[dict]:
@@ -33,9 +33,7 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def backend(model_dir):
-    be = registry.get_backend(
-        "vllm", str(model_dir), dtype="float32", enforce_eager=True, max_model_len=1024
-    )
+    be = registry.get_backend("vllm", str(model_dir), dtype="float32", enforce_eager=True, max_model_len=1024)
     yield be
     registry.release()
 
@@ -46,7 +44,9 @@ def texts(groups):
 
 def test_registry_keeps_the_engine(backend, model_dir):
     assert backend.kind == "vllm"
-    again = registry.get_backend("vllm", str(model_dir), dtype="float32", enforce_eager=True, max_model_len=1024)
+    again = registry.get_backend(
+        "vllm", str(model_dir), dtype="float32", enforce_eager=True, max_model_len=1024
+    )
     assert again is backend
 
 
@@ -73,7 +73,9 @@ def test_seeds_reproduce_across_calls_and_batches(backend):
 
 def test_n_samples_equal_separate_requests_with_derived_seeds(backend):
     grouped = texts(backend.generate([CONVS[0]], SamplingParams(1.0, 1.0, 16, n=3), [42]))[0]
-    separate = texts(backend.generate([CONVS[0]] * 3, SamplingParams(1.0, 1.0, 16), [sample_seed(42, j) for j in range(3)]))
+    separate = texts(
+        backend.generate([CONVS[0]] * 3, SamplingParams(1.0, 1.0, 16), [sample_seed(42, j) for j in range(3)])
+    )
     assert grouped == [g[0] for g in separate]
 
 

@@ -17,6 +17,7 @@ no-op). Under ``accelerate launch`` every process trains; the main process saves
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -65,7 +66,7 @@ def train_verifier(
     from trainers.verifier.model import is_complete, resolve_base_model
 
     console = _console()
-    config = config or VerifierTrainingConfig()
+    config = dataclasses.replace(config) if config is not None else VerifierTrainingConfig()  # a copy: adjusted below
     ts = store.get_verifier_training_set(training_set_id)
     if ts["kind"] != config.loss:
         raise MucodeError(f"training set {ts['name']!r} holds {ts['kind']} data, but the loss is {config.loss}")

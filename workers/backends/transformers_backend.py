@@ -88,7 +88,9 @@ def token_uniforms(keys, vocab_size: int, token_offsets=None):
     import torch
 
     if token_offsets is None:
-        token_offsets = torch.arange(vocab_size, dtype=torch.int32, device=keys.device) * _as_int32(_TOKEN_STRIDE)
+        token_offsets = torch.arange(vocab_size, dtype=torch.int32, device=keys.device) * _as_int32(
+            _TOKEN_STRIDE
+        )
     x = keys + token_offsets
     x = x ^ ((x >> 16) & 0xFFFF)
     x = x * _as_int32(_H1)
@@ -159,7 +161,8 @@ def _make_sampler(keys, prompt_len: int, temperature: float, top_p: float, compi
             if top_p < 1.0:
                 sorted_logits, order = torch.sort(logits / temperature, dim=-1, descending=True)
                 probs = sorted_logits.softmax(dim=-1)
-                drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p  # keep the smallest prefix with mass >= p
+                # Keep the smallest prefix (by probability) whose mass reaches top_p.
+                drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
                 drop = torch.zeros_like(drop_sorted).scatter_(1, order, drop_sorted)
                 logits = logits.masked_fill(drop, float("-inf"))
             key = keys[:, step : step + 1]
@@ -255,7 +258,9 @@ class TransformersBackend:
                 results[r] = s
         return group_samples(results, params.n)  # type: ignore[arg-type]
 
-    def _generate_rows(self, prompts: list[list[int]], seeds: list[int], params: SamplingParams) -> list[Sample]:
+    def _generate_rows(
+        self, prompts: list[list[int]], seeds: list[int], params: SamplingParams
+    ) -> list[Sample]:
         import torch
         from transformers import LogitsProcessorList
 
@@ -272,7 +277,9 @@ class TransformersBackend:
         if not params.greedy:
             keys = torch.from_numpy(step_keys(seeds, params.max_tokens).view("int32")).to(self.device)
             processors.append(
-                _make_sampler(keys, width, params.temperature, params.top_p, compile_sampler=self.compile_sampler)
+                _make_sampler(
+                    keys, width, params.temperature, params.top_p, compile_sampler=self.compile_sampler
+                )
             )
         with torch.inference_mode():
             out = self.model.generate(

@@ -48,7 +48,12 @@ class VLLMBackend:
         from transformers import GenerationConfig
 
         self.model_uri = str(model_uri)
-        kw: dict[str, Any] = {"model": self.model_uri, "dtype": dtype, "seed": seed, "enforce_eager": enforce_eager}
+        kw: dict[str, Any] = {
+            "model": self.model_uri,
+            "dtype": dtype,
+            "seed": seed,
+            "enforce_eager": enforce_eager,
+        }
         if gpu_memory_utilization is not None:
             kw["gpu_memory_utilization"] = gpu_memory_utilization
         if max_model_len is not None:
