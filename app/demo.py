@@ -168,10 +168,10 @@ def run_demo(s: DemoSettings, *, console=None) -> dict[str, Any]:
     else:
         if rounds:
             rid = rounds[0].id
-            start = lambda: tasks.resume_round(store, rid)  # noqa: E731
+            start = lambda: tasks.resume_round(store, rid)
         else:
             rid = tasks.create_round(store, name)
-            start = lambda: tasks.queue_round(rid)  # noqa: E731
+            start = lambda: tasks.queue_round(rid)
         console.rule("round 0")
         import typer
 

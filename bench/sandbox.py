@@ -58,7 +58,12 @@ def wrong_function(source: str, name: str) -> str | None:
     """``source`` with function ``name`` made wrong but no slower: every value it returns goes through
     ``_wrong`` (a bool negated, a number plus one, a string with an extra character, a sequence without its
     first item, anything else None). None when ``name`` is not defined at the top level."""
-    tree = ast.parse(source)
+    import warnings
+
+    with warnings.catch_warnings():  # MBPP code has invalid escape sequences in plain strings
+        warnings.simplefilter("ignore", SyntaxWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        tree = ast.parse(source)
     fn = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name), None)
     if fn is None:
         return None

@@ -10,7 +10,9 @@ import sys
 import time
 from pathlib import Path
 
-from tests.test_rounds import knowing_model as knowing_model  # noqa: F401,PLC0414 (fixture)
+import pytest
+
+from tests.test_rounds import knowing_model as knowing_model  # noqa: PLC0414 (fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,6 +28,8 @@ def _demo(tmp_path: Path, model: str, *extra: str) -> subprocess.CompletedProces
     return subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900, check=False)
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_demo_runs_a_whole_round_and_prints_before_and_after(tmp_path, knowing_model):
     from app.store import Store
 

@@ -124,7 +124,7 @@ def _build(store):
 def test_metrics_of_every_selector_match_hand_computed_values(store):
     from workers.tasks.rounds import finalize_evaluation
 
-    ids, problems = _build(store)
+    ids, _ = _build(store)
     for label, ev_id in ids.items():
         metrics = finalize_evaluation(store, ev_id)
         per_turn, false_public = EXPECTED[label]

@@ -20,8 +20,8 @@ from app.protocol import ExperimentConfig
 
 def facts(index=0, method="mucode", steps=None, **kw):
     cfg = ExperimentConfig(method=method, base_model="base", **kw.pop("config", {}))
-    defaults = dict(round_id=10 + index, experiment="exp", experiment_id=1, index=index, config=cfg,
-                    base_model="base", generator_id=100, round_ids_upto=tuple(range(10, 11 + index)))
+    defaults = {"round_id": 10 + index, "experiment": "exp", "experiment_id": 1, "index": index, "config": cfg,
+                "base_model": "base", "generator_id": 100, "round_ids_upto": tuple(range(10, 11 + index))}
     defaults.update(kw)
     return R.RoundFacts(steps=steps or {}, **defaults)
 
@@ -62,7 +62,7 @@ def test_a_failed_step_blocks_and_resume_retries_only_it():
 
 
 def test_skips_per_method():
-    later = dict(index=1, verifier_in_id=7)
+    later = {"index": 1, "verifier_in_id": 7}
     assert R.skip_reason("score_old", facts(**later)) is None
     assert R.skip_reason("score_new", facts(**later)) is None
     for method in ("multi_rft", "rft"):
@@ -225,6 +225,8 @@ def check_round_rows(store, experiment: str, *, problems=P_TRAIN, rollouts=M, tu
     return {"round": rnd, "evaluations": evs, "rollouts": len(ro), "candidates": cands}
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_embedded_round_with_a_failed_step_and_resume(tmp_path, knowing_model):
     from app.store import Store
 
@@ -288,6 +290,8 @@ def test_embedded_round_with_a_failed_step_and_resume(tmp_path, knowing_model):
     assert json.loads(r.stdout)["status"] == "done"
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_standalone_eval_with_every_selector(tmp_path, knowing_model):
     """``mucode eval`` on a model: greedy + BoN with random, lv, pt, pt+lv; rerunning prints the same."""
     from app.store import Store

@@ -21,7 +21,7 @@ from app.db import models as m
 from tests.helpers.collect import load_mbpp
 from tests.helpers.workers import celery_workers, redis_db
 from tests.test_rounds import P_TRAIN, check_round_rows, small_config
-from tests.test_rounds import knowing_model as knowing_model  # noqa: F401,PLC0414 (fixture)
+from tests.test_rounds import knowing_model as knowing_model  # noqa: PLC0414 (fixture)
 
 GPU = "sample,score,train"
 
@@ -59,6 +59,8 @@ def _env(store, broker, tmp_path):
             "MUCODE_ARTIFACTS_DIR": str(tmp_path / "art"), "COLUMNS": "200"}
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_round_with_celery_workers_completes_and_stores_its_numbers(pg_store, tmp_path, knowing_model):
     cfg = _setup(pg_store, tmp_path, knowing_model, "c1")
     with redis_db() as broker, celery_workers(_url(pg_store), broker, log_dir=tmp_path,
@@ -86,6 +88,8 @@ def test_round_with_celery_workers_completes_and_stores_its_numbers(pg_store, tm
         assert jobs["relabel"].state == "done"
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_killed_worker_mid_round_then_resume_gives_exact_rows(pg_store, tmp_path, knowing_model):
     from app.store.rollouts import Owner
     from workers import collect

@@ -58,7 +58,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
             data = json.loads(text)
     except ConfigError:
         raise
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise ConfigError(f"cannot parse {path}: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of config fields")
@@ -110,7 +110,9 @@ def experiment_create(
     name: str = typer.Argument(..., help="Experiment name (letters, digits, . _ -)."),
     method: str | None = typer.Option(None, "--method", help="mucode (default) | multi_rft | rft | rft_lv."),
     base_model: str | None = typer.Option(None, "--base-model", help="Hub name, local folder or pulled name."),
-    config_file: Path | None = typer.Option(None, "--config", help="JSON/TOML/YAML with ExperimentConfig fields."),
+    config_file: Path | None = typer.Option(  # noqa: B008
+        None, "--config", help="JSON/TOML/YAML with ExperimentConfig fields."
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Create an experiment; its config (protocol defaults, sizes, datasets, backend) is frozen into it."""
@@ -211,7 +213,7 @@ def round_run(
 ) -> None:
     """Queue the next round (collect -> score -> train verifier -> score -> relabel -> train generator ->
     evaluate). Embedded mode runs it here to the end."""
-    from workers.dispatch import check_broker, in_process
+    from workers.dispatch import check_broker
     from workers.tasks import rounds as tasks
 
     check_broker()
@@ -331,10 +333,17 @@ class RoundProgress:
         self._progress = None
         self._tasks: dict[str, Any] = {}
 
-    def __enter__(self) -> RoundProgress:
+    def __enter__(self) -> RoundProgress:  # noqa: PYI034
         if not self.enabled:
             return self
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            SpinnerColumn,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         self._progress = Progress(
             SpinnerColumn(), TextColumn("{task.description:<16}"), BarColumn(bar_width=28), MofNCompleteColumn(),
@@ -346,7 +355,7 @@ class RoundProgress:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         if not self.enabled:
             return
         self._stop.set()
@@ -354,7 +363,7 @@ class RoundProgress:
             self._thread.join(timeout=10)
         try:
             self._update(final=True)
-        except Exception:  # noqa: BLE001 -- a display problem never hides the round's outcome
+        except Exception:  # noqa: BLE001, S110 -- a display problem never hides the round's outcome
             pass
         self._progress.stop()
 
@@ -362,7 +371,7 @@ class RoundProgress:
         while not self._stop.wait(self.poll):
             try:
                 self._update()
-            except Exception:  # noqa: BLE001 -- e.g. the database briefly locked: try again next tick
+            except Exception:  # noqa: BLE001, S112 -- e.g. the database briefly locked: try again next tick
                 continue
 
     def _store(self):
@@ -458,7 +467,7 @@ def _fmt_secs(secs: float | None) -> str:
     secs = float(secs)
     if secs < 60:
         return f"{secs:.1f}s"
-    m, s = divmod(int(round(secs)), 60)
+    m, s = divmod(round(secs), 60)
     if m < 60:
         return f"{m}m{s:02d}s"
     h, m = divmod(m, 60)
@@ -523,12 +532,14 @@ def eval_command(
     round_index: int | None = typer.Option(None, "--round", help="With --experiment: round K (default latest)."),
     which: str = typer.Option("out", "--generator", help="With --experiment: 'out' = G_{K+1}, 'in' = G_K."),
     verifier: str | None = typer.Option(None, "--verifier", help="Verifier (name or id) for lv and pt+lv."),
-    datasets: list[str] = typer.Option(None, "--dataset", "-d", help="DATASET[:SPLIT]; repeat. "
+    datasets: list[str] = typer.Option(None, "--dataset", "-d", help="DATASET[:SPLIT]; repeat. "  # noqa: B008
                                        "Default mbpp:test, humaneval:test (or the experiment's)."),
     limit: int | None = typer.Option(None, "--limit", help="First N problems of each dataset."),
     turns: int | None = typer.Option(None, "-T", "--turns", help="T turns per chain (default 3)."),
     greedy: bool | None = typer.Option(None, "--greedy/--no-greedy", help="Greedy multi-turn (temperature 0)."),
-    selectors: list[str] = typer.Option(None, "--selector", "-s", help="random | lv | pt | pt+lv | all; repeat."),
+    selectors: list[str] = typer.Option(  # noqa: B008
+        None, "--selector", "-s", help="random | lv | pt | pt+lv | all; repeat."
+    ),
     candidates: int | None = typer.Option(None, "-N", "--candidates", help="N candidates per turn (default 5)."),
     chains: int | None = typer.Option(None, "-C", "--chains", help="C chains per problem (default 10)."),
     temperature: float | None = typer.Option(None, "--temperature", help="BoN sampling temperature (0.7)."),
@@ -595,7 +606,7 @@ def eval_command(
             cfg_data.setdefault("rollout", {})
             cfg_data["rollout"] = {**(cfg_data.get("rollout") or {}), "batch_size": batch_size}
         cfg = ExperimentConfig(**cfg_data)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise ConfigError(f"invalid evaluation settings: {exc}") from exc
     from app import rounds as R
 

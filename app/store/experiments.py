@@ -184,6 +184,16 @@ class ExperimentsMixin:
         with self.session() as s:
             return s.execute(select(m.Evaluation).where(m.Evaluation.name == name)).scalar_one_or_none()
 
+    def claim_evaluation(self, evaluation_id: int, *, from_states: tuple[str, ...], to_state: str) -> bool:
+        """Compare-and-set of an evaluation's status: True for the one caller that moved it."""
+        with self.session() as s:
+            res = s.execute(
+                update(m.Evaluation)
+                .where(m.Evaluation.id == evaluation_id, m.Evaluation.status.in_(list(from_states)))
+                .values(status=to_state)
+            )
+            return res.rowcount == 1
+
     def set_evaluation_status(self, evaluation_id: int, status: str, *, finished: bool = False) -> None:
         values: dict[str, Any] = {"status": status}
         if finished:

@@ -164,7 +164,7 @@ def _start(store, facts: R.RoundFacts, step: str) -> bool:
             _done(store, rid, step, attempt, result)
             return True
         raise MucodeError(f"no runner for step {step!r}")
-    except Exception as exc:  # noqa: BLE001 -- recorded on the step; `round resume` retries it
+    except Exception as exc:
         log.exception("round %s/%d: starting %s failed", facts.experiment, facts.index, step)
         _fail(store, rid, step, attempt, _short(exc) + "\n" + traceback.format_exc(), seconds=time.perf_counter() - t0)
         return True  # the loop sees the failure and stops
@@ -272,7 +272,7 @@ def run_round_job(store, round_id: int, step: str, attempt: int) -> dict[str, An
     t0 = time.perf_counter()
     try:
         result = _RUNNERS[step](store, facts)
-    except Exception as exc:  # noqa: BLE001 -- recorded; the round waits for `round resume`
+    except Exception as exc:
         log.exception("round %s/%d: %s failed", facts.experiment, facts.index, step)
         err = _short(exc)
         store.job_failed(key, err + "\n" + traceback.format_exc())
@@ -382,16 +382,17 @@ def create_evaluation(store, spec: R.EvalSpec, *, then: dict[str, Any] | str | N
     return ev_id
 
 
-def start_evaluation(store, evaluation_id: int) -> None:
-    """Queue the missing work of an unfinished evaluation (its first start, or a resume)."""
+def start_evaluation(store, evaluation_id: int, *, restart: bool = True) -> bool:
+    """Queue the missing work of an unfinished evaluation: its first start (pending -> running, once even when
+    two orchestrators race), or with ``restart`` also a running one (a resume: a new generation)."""
     from app.store.rollouts import Owner
     from workers import collect
 
-    ev = store.get_evaluation(evaluation_id)
-    if ev.status == "done":
-        return
-    store.set_evaluation_status(evaluation_id, "running")
+    states = ("pending", "running", "failed") if restart else ("pending",)
+    if not store.claim_evaluation(evaluation_id, from_states=states, to_state="running"):
+        return False
     collect.start(store, Owner(evaluation_id=evaluation_id))
+    return True
 
 
 def finalize_evaluation(store, evaluation_id: int) -> dict[str, Any] | None:
@@ -443,8 +444,7 @@ def _advance_eval_groups(store, ids: list[int], *, restart: bool) -> bool:
         if not unfinished:
             continue
         for ev in unfinished:
-            if restart or ev.status == "pending":
-                start_evaluation(store, ev.id)
+            start_evaluation(store, ev.id, restart=restart)
         return False
     return True
 
@@ -639,7 +639,7 @@ def round_status(store, round_id: int, *, queues: bool = False) -> dict[str, Any
                 total += c["rollouts"]
                 try:
                     st = collect.status(store, owner)
-                except Exception:  # noqa: BLE001
+                except Exception:  # noqa: BLE001, S112 -- its collection is not created yet
                     continue
                 if rec["state"] == "running" and st["failed_jobs"]:
                     row["state"] = "failed"
