@@ -32,24 +32,23 @@ DEFAULT_MODEL = "smollm2-135m-instruct"
 @dataclass(frozen=True)
 class DemoSettings:
     model: str = DEFAULT_MODEL
-    train_problems: int = 20
-    test_problems: int = 20
+    train_problems: int = 8
+    test_problems: int = 8
     rollouts: int = 4
     turns: int = 2
     candidates: int = 3
     chains: int = 1
-    max_new_tokens: int = 256
+    max_new_tokens: int = 192
     name: str | None = None
-    trainer_steps: int | None = None  # cap the optimizer steps of both trainings (CI smoke runs)
+    trainer_steps: int | None = None  # optimizer steps of both trainings (default: verifier 2, generator 3)
 
 
 def demo_config(s: DemoSettings) -> dict[str, Any]:
     """The experiment config of the demo (ExperimentConfig fields; everything else is the protocol default)."""
-    verifier_over: dict[str, Any] = {"evaluate": False, "holdout_fraction": 0.0, "logging_steps": 1}
-    generator_over: dict[str, Any] = {"gradient_checkpointing": False, "logging_steps": 1}
-    if s.trainer_steps:
-        verifier_over["max_steps"] = s.trainer_steps
-        generator_over["max_steps"] = s.trainer_steps
+    verifier_over: dict[str, Any] = {"evaluate": False, "holdout_fraction": 0.0, "logging_steps": 1,
+                                     "max_steps": s.trainer_steps or 2}
+    generator_over: dict[str, Any] = {"gradient_checkpointing": False, "logging_steps": 1,
+                                      "max_steps": s.trainer_steps or 3}
     return {
         "method": "mucode",
         "base_model": s.model,

@@ -50,6 +50,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--mode", choices=["celery", "embedded"], default="celery")
     p.add_argument("--db", choices=["postgres", "sqlite"], default="postgres")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads for both sides (default: torch's)"
+    )
+    p.add_argument("--repeat", type=int, default=1, help="pipeline + bare pairs, each with its own seed")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     return p.parse_args()
 
@@ -94,34 +98,24 @@ class Database:
 
 
 def make_collection(
-    store, model: str, name: str, problems: int, M: int, T: int, max_new: int, batch: int, temperature: float
-):
+    store, model: str, name: str, problems: int, M: int, T: int, max_new: int, batch: int, temperature: float,
+    seed: int = 1,
+):  # fmt: skip
     from app.store.rollouts import Owner
     from workers.collect import CollectSpec, create_collection, dataset_problem_ids
 
     gen = store.ensure_model_version(model, "generator", model, model)
     spec = CollectSpec(
-        turns=T,
-        samples_per_problem=M,
-        temperature=temperature,
-        max_new_tokens=max_new,
-        batch_size=batch,
-        seed=1,
-    )
+        turns=T, samples_per_problem=M, temperature=temperature, max_new_tokens=max_new, batch_size=batch,
+        seed=seed,
+    )  # fmt: skip
     ev = store.create_evaluation(
-        name,
-        generator_id=gen,
-        dataset="mbpp",
-        split="train",
-        mode="collect",
-        num_chains=M,
-        max_turns=T,
+        name, generator_id=gen, dataset="mbpp", split="train", mode="collect", num_chains=M, max_turns=T,
         config=spec.model_dump(mode="json"),
-    )
+    )  # fmt: skip
     owner = Owner(evaluation_id=ev)
-    create_collection(
-        store, owner, dataset_problem_ids(store, "mbpp", "train", problems), spec, generator_id=gen
-    )
+    ids = dataset_problem_ids(store, "mbpp", "train", problems)
+    create_collection(store, owner, ids, spec, generator_id=gen)
     return owner, spec
 
 
@@ -145,19 +139,22 @@ def run_pipeline(store, owner, mode: str) -> dict:
         seconds = time.perf_counter() - w0
     jobs = store.list_jobs(key_prefix=collect.collect_key(owner) + "/", kinds=["sample"])
     counts = store.collection_counts(owner)
+    generate = sum((j.result or {}).get("generate_seconds", 0.0) for j in jobs)
     return {
         "seconds": seconds,
         "tokens": counts["completion_tokens"],
         "candidates": counts["candidates"],
         "turns": counts["turns"],
         "solved": counts["solved"],
+        "sample_jobs": len(jobs),
         "sample_job_seconds": round(sum((j.result or {}).get("seconds", 0.0) for j in jobs), 2),
+        "generate_seconds": round(generate, 2),
+        "generate_share_of_wall": round(generate / seconds, 3) if seconds else None,
     }
 
 
-def run_bare(store, owner, spec, model: str) -> dict:
+def run_bare(store, owner, spec, backend) -> dict:
     """Replay every sampled turn through backend.generate, grouped by (batch, turn) as the pipeline did."""
-    from workers.backends import get_backend
     from workers.backends.base import SamplingParams
     from workers.collect import batches
 
@@ -168,17 +165,11 @@ def run_bare(store, owner, spec, model: str) -> dict:
             batch_of[rid] = b
     for s in store.collection_samples(owner):
         by_turn.setdefault((batch_of[s["rollout_id"]], s["index"]), []).append(s)
-    backend = get_backend(spec.backend, model)
     params = SamplingParams(
         temperature=spec.temperature, top_p=spec.top_p, max_tokens=spec.max_new_tokens, n=spec.candidates
     )
-    backend.generate(
-        [[{"role": "user", "content": "warm up"}]], SamplingParams(temperature=0.7, max_tokens=4), [0]
-    )
-    tokens = 0
+    tokens = expected = mismatched = 0
     seconds = 0.0
-    expected = 0
-    mismatched = 0
     # the pipeline's order: every batch's first turn, then second turns...
     for key in sorted(by_turn, key=lambda k: (k[1], k[0])):
         group = by_turn[key]
@@ -192,14 +183,8 @@ def run_bare(store, owner, spec, model: str) -> dict:
             tokens += sum(got)
             expected += sum(g["completion_tokens"])
             mismatched += got != g["completion_tokens"]
-    backend.close()
-    return {
-        "seconds": seconds,
-        "tokens": tokens,
-        "calls": len(by_turn),
-        "pipeline_tokens": expected,
-        "turns_with_other_lengths": mismatched,
-    }
+    return {"seconds": seconds, "tokens": tokens, "calls": len(by_turn), "pipeline_tokens": expected,
+            "turns_with_other_lengths": mismatched}  # fmt: skip
 
 
 def main() -> None:
@@ -208,6 +193,10 @@ def main() -> None:
     db = Database(args.db, workdir)
     os.environ["MUCODE_DATABASE_URL"] = db.url
     os.environ.pop("MUCODE_BROKER_URL", None)
+    thread_env = {}
+    if args.threads:
+        thread_env = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+        os.environ.update(thread_env)
     from contextlib import ExitStack
 
     stack = ExitStack()
@@ -229,66 +218,88 @@ def main() -> None:
         store.upgrade()
         load_dataset(store, "mbpp")
         if args.mode == "celery":
-            workers = stack.enter_context(celery_workers(db.url, broker, log_dir=workdir))
+            workers = stack.enter_context(
+                celery_workers(db.url, broker, log_dir=workdir, extra_env=thread_env)
+            )
             workers.start("sample")
             workers.start("execute")
         warm, _ = make_collection(store, model, "warmup", 2, 1, 1, 8, args.batch_size, args.temperature)
         run_pipeline(store, warm, args.mode)  # loads the model in the sample worker, starts the sandbox
-        owner, spec = make_collection(
-            store,
-            model,
-            "bench",
-            args.problems,
-            args.M,
-            args.T,
-            args.max_new_tokens,
-            args.batch_size,
-            args.temperature,
-        )
-        pipe = run_pipeline(store, owner, args.mode)
-        if args.mode == "celery":
-            stack.close()  # stop the workers: the bare run gets the whole machine
-            stack = ExitStack()
-        bare = run_bare(store, owner, spec, model)
-        pipe_rate = pipe["tokens"] / pipe["seconds"]
-        bare_rate = bare["tokens"] / bare["seconds"]
-        result = {
-            "model": model_label,
-            "backend": spec.backend,
-            "mode": args.mode,
-            "db": args.db,
-            "problems": args.problems,
-            "M": args.M,
-            "T": args.T,
-            "max_new_tokens": args.max_new_tokens,
-            "batch_size": args.batch_size,
-            "cpus": os.cpu_count(),
-            "bare": {**bare, "tokens_per_s": round(bare_rate, 2), "seconds": round(bare["seconds"], 2)},
-            "pipeline": {**pipe, "tokens_per_s": round(pipe_rate, 2), "seconds": round(pipe["seconds"], 2)},
-            "ratio": round(pipe_rate / bare_rate, 3),
+
+        import torch
+
+        from workers.backends import get_backend
+        from workers.backends.base import SamplingParams
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        backend = get_backend("transformers", model)
+        backend.generate([[{"role": "user", "content": "warm up"}]], SamplingParams(0.7, max_tokens=4), [0])
+        runs = []
+        for r in range(args.repeat):
+            # a new seed per repeat: other samples, so the execution cache does not help later repeats
+            owner, spec = make_collection(
+                store, model, f"bench-{r}", args.problems, args.M, args.T, args.max_new_tokens, args.batch_size,
+                args.temperature, seed=r + 1,
+            )  # fmt: skip
+            pipe = run_pipeline(store, owner, args.mode)
+            bare = run_bare(store, owner, spec, backend)
+            pipe["tokens_per_s"] = round(pipe["tokens"] / pipe["seconds"], 2)
+            bare["tokens_per_s"] = round(bare["tokens"] / bare["seconds"], 2)
+            runs.append(
+                {
+                    "pipeline": pipe,
+                    "bare": bare,
+                    "ratio": round(pipe["tokens_per_s"] / bare["tokens_per_s"], 3),
+                }
+            )
+            if not args.json:
+                print(
+                    f"[{r + 1}/{args.repeat}] bare {bare['tokens']} tokens {bare['seconds']:.1f} s "
+                    f"{bare['tokens_per_s']:.2f} tok/s | pipeline {pipe['tokens']} tokens {pipe['seconds']:.1f} s "
+                    f"{pipe['tokens_per_s']:.2f} tok/s | ratio {runs[-1]['ratio']:.3f} | generate share of "
+                    f"pipeline wall {pipe['generate_share_of_wall']}",
+                    flush=True,
+                )
+        tot = {
+            side: {
+                "tokens": sum(x[side]["tokens"] for x in runs),
+                "seconds": round(sum(x[side]["seconds"] for x in runs), 2),
+            }
+            for side in ("bare", "pipeline")
         }
+        for t in tot.values():
+            t["tokens_per_s"] = round(t["tokens"] / t["seconds"], 2)
+        ratios = sorted(x["ratio"] for x in runs)
+        result = {
+            "model": model_label, "backend": spec.backend, "mode": args.mode, "db": args.db,
+            "problems": args.problems, "M": args.M, "T": args.T, "max_new_tokens": args.max_new_tokens,
+            "batch_size": args.batch_size, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "load_average": os.getloadavg(), "runs": runs, "total": tot,
+            "ratio_total": round(tot["pipeline"]["tokens_per_s"] / tot["bare"]["tokens_per_s"], 3),
+            "ratio_median": ratios[len(ratios) // 2],
+        }  # fmt: skip
         if args.json:
             print(json.dumps(result, indent=2))
         else:
             print(
                 f"model {model_label}; {args.problems} MBPP train problems x M={args.M}, T={args.T}, "
-                f"max_new_tokens={args.max_new_tokens}, batch {args.batch_size}; mode {args.mode}, db {args.db}"
+                f"max_new_tokens={args.max_new_tokens}, batch {args.batch_size}; mode {args.mode}, db {args.db}, "
+                f"torch threads {result['torch_threads']}, load average {os.getloadavg()[0]:.1f}"
+            )
+            b, p = tot["bare"], tot["pipeline"]
+            print(
+                f"bare generate : {b['tokens']:6d} tokens in {b['seconds']:8.2f} s = {b['tokens_per_s']:8.2f} tok/s"
             )
             print(
-                f"bare generate : {bare['tokens']:6d} tokens in {bare['seconds']:7.2f} s = {bare_rate:8.2f} tok/s "
-                f"({bare['calls']} calls)"
+                f"pipeline      : {p['tokens']:6d} tokens in {p['seconds']:8.2f} s = {p['tokens_per_s']:8.2f} tok/s"
             )
             print(
-                f"pipeline      : {pipe['tokens']:6d} tokens in {pipe['seconds']:7.2f} s = {pipe_rate:8.2f} tok/s "
-                f"({pipe['candidates']} candidates, {pipe['turns']} turns, {pipe['solved']} solved; sample jobs "
-                f"{pipe['sample_job_seconds']} s)"
+                f"ratio pipeline/bare: {result['ratio_total']:.3f} over all runs, median {result['ratio_median']:.3f}"
+                " (goal >= 0.95)"
             )
-            print(f"ratio pipeline/bare: {result['ratio']:.3f} (goal >= 0.95)")
-            if bare["tokens"] != pipe["tokens"]:
-                print(
-                    f"note: token counts differ ({bare['turns_with_other_lengths']} turns): same seeds should "
-                    "give the same tokens"
-                )
+            if any(x["bare"]["tokens"] != x["pipeline"]["tokens"] for x in runs):
+                print("note: token counts differ: the same prompts and seeds should give the same tokens")
     finally:
         stack.close()
         if store is not None:

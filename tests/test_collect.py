@@ -104,7 +104,7 @@ def test_crash_between_sample_and_execute_resumes_without_sampling_again(sqlite_
             for r in states
         ]
     )
-    collect._sample(store, spec, store.batch_state(ids), collect.load_backend)
+    collect.sample_open_turns(store, spec, store.batch_state(ids), collect.load_backend)
     with store.session() as s:
         first = dict(s.execute(select(m.Candidate.id, m.Candidate.response)).all())
         assert len(first) == 8
@@ -331,7 +331,7 @@ def test_a_nul_character_in_a_response_is_stored_on_both_databases(store, tiny_m
     problem = store.collection_problems([r.problem_id])[r.problem_id]
     store.open_turns([{"rollout_id": r.id, "index": 1, "messages": initial_messages(problem)}])
     backend = _FixedBackend("```python\ndef f():\n    return '\x00'\n```")
-    collect._sample(store, spec, store.batch_state(ids), lambda kind, uri: backend)
+    collect.sample_open_turns(store, spec, store.batch_state(ids), lambda kind, uri: backend)
     with store.session() as s:
         c = s.execute(select(m.Candidate)).scalar_one()
     assert "\x00" not in c.response and "\ufffd" in c.response and "\ufffd" in c.code

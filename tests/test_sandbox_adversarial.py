@@ -41,12 +41,11 @@ CASES = {
     "patches_harness": "import sys\nfor name, mod in list(sys.modules.items()):\n    if name.startswith('app.'):\n"
                        "        for attr in list(vars(mod)):\n            try: setattr(mod, attr, None)\n"
                        "            except Exception: pass\ndef f(x):\n    return 0\n",
-    "writes_inherited_fds": "import os\nFRAME = %r\nfor fd in range(256):\n    try: os.write(fd, FRAME)\n"
+    "writes_inherited_fds": f"import os\nFRAME = {FORGED!r}\nfor fd in range(256):\n    try: os.write(fd, FRAME)\n"
                             "    except OSError: pass\ndef f(x):\n    for fd in range(256):\n"
-                            "        try: os.write(fd, FRAME)\n        except OSError: pass\n    return 0\n" % FORGED,
-    "forges_answer_then_exits": "import os\nFRAME = %r\ndef f(x):\n    for fd in range(64):\n"
-                                "        try: os.write(fd, FRAME)\n        except OSError: pass\n    os._exit(0)\n"
-                                % FORGED,
+                            "        try: os.write(fd, FRAME)\n        except OSError: pass\n    return 0\n",
+    "forges_answer_then_exits": f"import os\nFRAME = {FORGED!r}\ndef f(x):\n    for fd in range(64):\n"
+                                "        try: os.write(fd, FRAME)\n        except OSError: pass\n    os._exit(0)\n",
     "kills_parent": "import os, signal\nfor pid in (os.getppid(), 1, 0, -1):\n    try: os.kill(pid, signal.SIGKILL)\n"
                     "    except OSError: pass\ndef f(x):\n    return 0\n",
     "kills_every_pid": "import os, signal\ndef f(x):\n    for pid in range(2, 70000):\n"
@@ -72,12 +71,14 @@ CASES = {
                            "        s = socket.socket()\n        s.settimeout(1)\n        try:\n"
                            "            s.connect(('127.0.0.1', port))\n            return x * x\n"
                            "        except OSError:\n            pass\n    raise ConnectionError('no network')\n",
-    "writes_outside_working_dir": "def f(x):\n    for p in %r:\n        try:\n            with open(p, 'w') as fh:\n"
+    "writes_outside_working_dir": f"def f(x):\n    for p in {OUTSIDE!r}:\n        try:\n"
+                                  "            with open(p, 'w') as fh:\n"
                                   "                fh.write('pwned')\n            return x * x\n        except OSError:\n"
-                                  "            pass\n    raise PermissionError('nothing writable')\n" % (OUTSIDE,),
-    "reads_host_files": "def f(x):\n    for p in ('/work/main/pyproject.toml', '/root/.bashrc', '/etc/shadow', %r):\n"
+                                  "            pass\n    raise PermissionError('nothing writable')\n",
+    "reads_host_files": "def f(x):\n    for p in ('/work/main/pyproject.toml', '/root/.bashrc', '/etc/shadow', "
+                        f"{os.path.abspath(__file__)!r}):\n"
                         "        try:\n            open(p).read(1)\n            return x * x\n        except OSError:\n"
-                        "            pass\n    raise FileNotFoundError('no host file')\n" % os.path.abspath(__file__),
+                        "            pass\n    raise FileNotFoundError('no host file')\n",
 }
 
 

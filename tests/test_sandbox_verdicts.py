@@ -7,7 +7,14 @@ import re
 
 import pytest
 
-from app.sandbox import SANDBOX_VERSION, ExecutionResult, Limits, Sandbox, SandboxUnavailable, probe_protections
+from app.sandbox import (
+    SANDBOX_VERSION,
+    ExecutionResult,
+    Limits,
+    Sandbox,
+    SandboxUnavailable,
+    probe_protections,
+)
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -128,8 +135,8 @@ def test_plain_data_rules(sb):
         ("def f(x):\n    return float(x * x)\n", True),  # 4.0 == 4, as in Python
         ("import numpy as np\ndef f(x):\n    return np.int64(x * x)\n", True),  # NumPy scalars are numbers
         ("from collections import namedtuple\nP = namedtuple('P', 'a b')\ndef f(x):\n    return P(x, x)\n", False),
-        ("class Box:\n    def __init__(self, v): self.v = v\n    def __eq__(self, o): return True\n"
-         "def f(x):\n    return Box(x)\n", False),
+        (("class Box:\n    def __init__(self, v): self.v = v\n    def __eq__(self, o): return True\n"
+          "def f(x):\n    return Box(x)\n"), False),
         ("def f(x):\n    return (y for y in [x * x])\n", False),  # a generator is not 4
         ("def f(x):\n    return str(x * x)\n", False),
         ("def f(x):\n    return True\n", False),
@@ -211,3 +218,18 @@ def test_probe_really_tries_each_protection():
     assert re.search(r"connect to 127\.0\.0\.1:\d+ from inside: refused", checks["network"].detail)
     assert "0 variables" in checks["empty environment"].detail
     assert os.environ  # the test process itself has an environment; the sandbox's is empty
+
+
+def test_the_judge_survives_any_description_of_an_exception():
+    """What the program's process says about an exception is plain data it chose: the judge checks each field."""
+    from app.sandbox.judge import ProgramExit, _clean_info, remote_exception
+
+    for raw in ({"type": "Bad\x00Name", "bases": ["ValueError"], "message": "m"},
+                {"type": "x" * 1000, "bases": ["NotABuiltin", 3], "frames": [[1, 2, 3], "junk"]},
+                {"type": 7, "message": None, "syntax": [None, "x", 5]},
+                "not a dict",
+                {"type": "KeyboardInterrupt", "exit": True}):
+        exc = remote_exception(_clean_info(raw))
+        assert isinstance(exc, (Exception, ProgramExit))
+    err = remote_exception(_clean_info({"type": "MyError", "bases": ["ValueError", "Exception"], "message": "m"}))
+    assert isinstance(err, ValueError) and type(err).__name__ == "MyError" and str(err) == "m"

@@ -5,6 +5,7 @@ main process registers and evaluates the verifier."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -29,15 +30,18 @@ def test_two_process_training_registers_once(tmp_path, tmp_path_factory):
     ts_id = build_training_set(store, [w["round_id"]], VerifierTrainingConfig(pairs_per_problem=8,
                                                                                 holdout_fraction=0.25))
     out = tmp_path / "v"
+    with socket.socket() as sock:  # a free port for the rendezvous (port 0 makes the ranks disagree)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "0",
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
         "-m", "trainers.verifier.train", "--training-set", str(ts_id), "--base-model", tiny,
         "--database-url", url, "--output-dir", str(out), "--name", "dist", "--max-steps", "4",
         "--per-device-batch-size", "4", "--effective-batch-size", "8", "--learning-rate", "3e-3",
         "--no-bf16", "--no-gradient-checkpointing", "--no-progress", "--max-length", "512",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MUCODE_BROKER_URL": ""}
-    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+    res = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert res.returncode == 0, res.stderr[-4000:]
     assert res.stdout.count('"verifier_id"') == 1  # printed by the main process only
     [v] = store.list_verifiers()

@@ -223,3 +223,39 @@ def test_cli_train_score_metrics(tmp_path, tiny, monkeypatch):
     finally:
         get_settings.cache_clear()
         store.dispose()
+
+
+@pytest.mark.parametrize("form", ["paper", "trl"])
+def test_bt_loss_is_the_paper_objective(tiny, tmp_path, form):
+    """-log σ(r_c - r_r) + 1e-3 · mean(r²) over every score (rm_bt.py), or TRL's own centering term."""
+    import torch
+    import torch.nn.functional as F
+
+    from trainers.verifier.bt import _trainer_class, make_reward_config
+    from trainers.verifier.data import BTExample, tokenize_bt
+    from trainers.verifier.model import load_model_for_training, load_tokenizer
+
+    cfg = _fast(l2_coeff=1e-3, l2_form=form)
+    tok = load_tokenizer(tiny)
+    model = load_model_for_training(tiny, tok, cfg)
+    with torch.no_grad():  # large scores make the L2 term visible
+        model.score.weight.mul_(50)
+    rng = random.Random(0)
+    rows, _ = tokenize_bt(tok, [BTExample(1, "p", _response(rng, True), _response(rng, False), 1, 2)
+                                for _ in range(4)], 512)
+    from datasets import Dataset
+
+    cls = _trainer_class()
+    cls.l2_form = form
+    trainer = cls(model=model, args=make_reward_config(cfg, str(tmp_path / "w"), progress=False),
+                  train_dataset=Dataset.from_list(rows), processing_class=tok)
+    batch = trainer.data_collator(rows)
+    model.eval()
+    with torch.no_grad():
+        loss = trainer.compute_loss(model, dict(batch))
+        r = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.squeeze(-1)
+    rc, rr = r.chunk(2)
+    bt = -F.logsigmoid(rc - rr).mean()
+    l2 = torch.mean(r**2) if form == "paper" else torch.mean((rc + rr) ** 2)
+    assert float(l2) > 0.1  # the term matters here
+    assert float(loss) == pytest.approx(float(bt + 1e-3 * l2), rel=1e-5)

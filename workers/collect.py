@@ -447,8 +447,7 @@ def advance_batch(
         r for r in active if r.last_turn is not None and len(r.last_turn.candidates) < spec.candidates
     ]
     if to_sample:
-        sampled, tokens = _sample(store, spec, to_sample, backend_loader)
-        result["sampled"], result["tokens"] = sampled, tokens
+        result.update(sample_open_turns(store, spec, to_sample, backend_loader))
         states = store.batch_state(rollout_ids, verifier_id=verifier_id)
         active = [r for r in states if r.status == "active"]
 
@@ -519,7 +518,9 @@ def _resubmit_guard(store, owner: Owner, key: str) -> None:
     store.update_job(key, result={"resubmits": n})
 
 
-def _sample(store, spec: CollectSpec, rollouts: list[RolloutState], backend_loader) -> tuple[int, int]:
+def sample_open_turns(
+    store, spec: CollectSpec, rollouts: list[RolloutState], backend_loader: Callable[[str, str], Any]
+) -> dict[str, Any]:
     """Sample N candidates for each rollout's open turn (one backend call per generator) and write them."""
     from app.env import extract_code
     from app.hashing import code_hash
@@ -532,6 +533,7 @@ def _sample(store, spec: CollectSpec, rollouts: list[RolloutState], backend_load
     for r in rollouts:
         by_gen.setdefault(r.generator_id, []).append(r)
     written = tokens = 0
+    generate_seconds = 0.0
     for gid, group in by_gen.items():
         if gid is None:
             raise CollectError(f"rollouts {[r.id for r in group][:5]} have no generator")
@@ -539,7 +541,9 @@ def _sample(store, spec: CollectSpec, rollouts: list[RolloutState], backend_load
         backend = backend_loader(spec.backend, uri)
         conversations = [r.last_turn.messages for r in group]
         seeds = [turn_seed(r.seed, r.last_turn.index) for r in group]
+        t0 = time.perf_counter()
         outputs = backend.generate(conversations, params, seeds)
+        generate_seconds += time.perf_counter() - t0
         if len(outputs) != len(group):
             raise CollectError(f"the backend returned {len(outputs)} results for {len(group)} conversations")
         rows = []
@@ -573,7 +577,7 @@ def _sample(store, spec: CollectSpec, rollouts: list[RolloutState], backend_load
                 tokens += int(s.completion_tokens or 0)
         store.add_candidates(rows)
         written += len(rows)
-    return written, tokens
+    return {"sampled": written, "tokens": tokens, "generate_seconds": round(generate_seconds, 3)}
 
 
 def storable_text(text: str) -> str:

@@ -673,15 +673,17 @@ class EvalProgress(RoundProgress):
 # -- demo ------------------------------------------------------------------------------------------------------
 def demo_command(
     model: str = typer.Option("smollm2-135m-instruct", "--model", help="Base model (pulled if it is the default)."),
-    train_problems: int = typer.Option(20, "--train-problems", help="First N MBPP train problems."),
-    test_problems: int = typer.Option(20, "--test-problems", help="First N MBPP test problems."),
+    train_problems: int = typer.Option(8, "--train-problems", help="First N MBPP train problems."),
+    test_problems: int = typer.Option(8, "--test-problems", help="First N MBPP test problems."),
     rollouts: int = typer.Option(4, "-M", "--rollouts", help="M rollouts per train problem."),
     turns: int = typer.Option(2, "-T", "--turns", help="T turns."),
     candidates: int = typer.Option(3, "-N", "--candidates", help="N candidates per turn (BoN)."),
     chains: int = typer.Option(1, "-C", "--chains", help="C chains per problem (BoN)."),
-    max_new_tokens: int = typer.Option(256, "--max-new-tokens"),
+    max_new_tokens: int = typer.Option(192, "--max-new-tokens", help="Per response (paper: 1000)."),
     name: str | None = typer.Option(None, "--name", help="Experiment name (default: demo, demo-2, ...)."),
-    trainer_steps: int | None = typer.Option(None, "--trainer-steps", help="Cap optimizer steps (smoke runs)."),
+    trainer_steps: int | None = typer.Option(
+        None, "--trainer-steps", help="Optimizer steps of each training (default: verifier 2, generator 3)."
+    ),
 ) -> None:
     """One whole round on a small slice, on this machine (SQLite, jobs in-process): before/after accuracy."""
     from app.demo import DemoSettings, run_demo

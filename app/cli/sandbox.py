@@ -50,6 +50,9 @@ def _problem(external_id: str, data_dir: Path | None) -> tuple[Any, str]:
     raise NotFound(f"problem {external_id!r} is neither in the database nor in the {name} data files")
 
 
+DATA_DIR = typer.Option(None, "--data-dir", help="Benchmark files, when not in the database.")
+
+
 def register(root: typer.Typer) -> None:
     root.add_typer(sandbox_app, name="sandbox")
 
@@ -60,7 +63,7 @@ def run(
     file: str = typer.Argument(..., help="The program (a .py file; - reads standard input)."),
     suite: str = typer.Option("public", "--suite", "-s", help="public or private."),
     timeout: float | None = typer.Option(None, "--timeout", help="Seconds for the whole suite (default 10)."),
-    data_dir: Path | None = typer.Option(None, "--data-dir", help="Benchmark files, when not in the database."),
+    data_dir: Path | None = DATA_DIR,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Run FILE against PROBLEM's public (or private) tests with every protection on, and print the verdict,

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import builtins
 import io
-from marshal import loads as _loads
 import os
 import sys
+from marshal import loads as _loads
 from typing import Any
 
 from app.sandbox import wire
@@ -25,7 +25,6 @@ PREFIX = "<prefix>"
 SETUP = "<setup>"
 MAX_FRAMES = 12
 MAX_MESSAGE = 2000
-NEXT_BATCH = 256
 LARGE_NODES = 2_000_000  # an answer with more parts goes back as a structural hash (wire.Large)
 
 _exit = os._exit
@@ -246,10 +245,10 @@ class Harness:
         self.ns = ns
         try:
             if prefix:
-                exec(_loads(prefix) if isinstance(prefix, bytes) else compile(prefix, PREFIX, "exec"), ns)
-            exec(compile(code, SOLUTION, "exec", dont_inherit=True), ns)
+                exec(_loads(prefix) if isinstance(prefix, bytes) else compile(prefix, PREFIX, "exec"), ns)  # noqa: S102
+            exec(compile(code, SOLUTION, "exec", dont_inherit=True), ns)  # noqa: S102 - running it is the point
             if setup_imports:
-                exec(_loads(setup_imports) if isinstance(setup_imports, bytes)
+                exec(_loads(setup_imports) if isinstance(setup_imports, bytes)  # noqa: S102
                      else compile(setup_imports, SETUP, "exec"), ns)
         except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt too
             self._send(("loaderr", self._info(exc)))
@@ -366,7 +365,7 @@ def _flush() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except BaseException:  # noqa: BLE001
+        except BaseException:  # noqa: BLE001, S110 - a program may have replaced or closed its streams
             pass
 
 

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from app.sandbox import wire
 from app.sandbox.types import (
@@ -96,10 +96,10 @@ class Sandbox:
         self._lock = threading.RLock()
 
     # -- life cycle ---------------------------------------------------------------------------------------
-    def __enter__(self) -> Sandbox:
+    def __enter__(self) -> Self:
         return self.start()
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
     @property
@@ -124,7 +124,7 @@ class Sandbox:
             workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         return int(workers), bool(allow)
 
-    def start(self) -> Sandbox:
+    def start(self) -> Self:
         with self._lock:
             if self.running:
                 return self

@@ -149,7 +149,7 @@ def _make_namespaces(cfg: ZygoteConfig) -> None:
         os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
     for slot in range(cfg.slots):
-        cfg.slot_mnt_fds.append(_in_helper(lambda: isolation.make_slot_namespace(
+        cfg.slot_mnt_fds.append(_in_helper(lambda slot=slot: isolation.make_slot_namespace(
             cfg.rootns_fd, cfg.limits.tmp_mb << 20, cfg.uid_base + slot, cfg.uid_base + slot), "mnt"))
 
 
@@ -765,7 +765,7 @@ class Executor:
                 slot = key.data
                 i = slot.job
                 try:
-                    kind, jid, res = pickle.loads(wire.recv_frame(slot.sock.fileno(), time.monotonic() + 30))
+                    _, jid, res = pickle.loads(wire.recv_frame(slot.sock.fileno(), time.monotonic() + 30))
                     if jid != i:
                         raise ValueError(f"answer for job {jid}, expected {i}")
                 except (wire.WireError, OSError, pickle.PickleError, EOFError, ValueError) as exc:

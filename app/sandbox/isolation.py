@@ -8,6 +8,7 @@ Python 3.11 has no ``os.unshare``/``os.setns``/``mount``: they go through libc w
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import errno
@@ -88,11 +89,9 @@ def prctl(option: int, arg: int = 0) -> None:
 
 def set_name(name: str) -> None:
     """The process name ``ps`` and ``top`` show (PR_SET_NAME, 15 bytes)."""
-    try:
+    with contextlib.suppress(Exception):  # cosmetic
         buf = ctypes.create_string_buffer(name.encode()[:15])
         _libc.prctl(15, ctypes.addressof(buf), 0, 0, 0)
-    except Exception:  # noqa: BLE001 - cosmetic
-        pass
 
 
 def no_new_privs() -> bool:
@@ -295,10 +294,8 @@ def clear_directory(path: str) -> None:
             if e.is_dir(follow_symlinks=False):
                 shutil.rmtree(e.path, ignore_errors=True)
             else:
-                try:
+                with contextlib.suppress(OSError):
                     os.unlink(e.path)
-                except OSError:
-                    pass
 
 
 def make_slot_namespace(rootns_fd: int, tmp_bytes: int, uid: int, gid: int) -> None:
@@ -343,10 +340,8 @@ def make_cgroups(tag: str, slots: int, memory_bytes: int, pids: int) -> list[str
         os.makedirs(mem, exist_ok=True)
         os.makedirs(pid, exist_ok=True)
         Path(mem, "memory.limit_in_bytes").write_text(str(memory_bytes))
-        try:  # no swap on most hosts; where there is, cap memory+swap too
+        with contextlib.suppress(OSError):  # no swap on most hosts; where there is, cap memory+swap too
             Path(mem, "memory.memsw.limit_in_bytes").write_text(str(memory_bytes))
-        except OSError:
-            pass
         Path(pid, "pids.max").write_text(str(pids))
         made += [mem, pid]
     return made

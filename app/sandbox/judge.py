@@ -10,12 +10,14 @@ process only ever sees the arguments the tests pass to its functions.
 
 from __future__ import annotations
 
+import _signal
 import ast
 import builtins
+import contextlib
 import importlib
-import _signal
 import marshal
 import os
+import re
 import signal
 import sys
 import time
@@ -31,6 +33,7 @@ from app.sandbox.verdict import Run, status_of
 
 SETUP_FAILED = 71  # the candidate's process could not isolate itself (see executor)
 _SIGALRM = int(signal.SIGALRM)
+_TYPE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}")
 MAX_REPLY = 64 << 20  # bytes of one answer from the candidate
 TEST_TEXT_CHARS = 1000  # of each test's source kept in the result
 NOT_PLAIN_HINT = ("only None, bool, int, float, complex, str, bytes, list, tuple, dict, set and frozenset values "
@@ -73,8 +76,11 @@ def _clean_info(raw: Any) -> dict[str, Any]:
     for f in d.get("frames") if isinstance(d.get("frames"), list) else []:
         if isinstance(f, list) and len(f) == 3 and isinstance(f[0], int):
             frames.append([f[0], s(f[1], "?")[:100], s(f[2])[:200]])
+    type_name = s(d.get("type"), "Exception")
+    if not _TYPE_NAME.fullmatch(type_name):  # it names a class the judge creates: an identifier, nothing else
+        type_name = "ProgramError"
     info: dict[str, Any] = {
-        "type": s(d.get("type"), "Exception")[:100] or "Exception",
+        "type": type_name,
         "bases": [b for b in d.get("bases", []) if isinstance(b, str)][:20] if isinstance(d.get("bases"), list)
         else [],
         "message": s(d.get("message"))[:2000],
@@ -107,21 +113,21 @@ def remote_exception(info: dict[str, Any]) -> BaseException:
         if isinstance(cls, type) and issubclass(cls, Exception):
             try:
                 exc = cls(message)
-                chosen = cls
-                break
-            except Exception:  # noqa: BLE001 - e.g. UnicodeDecodeError needs 5 arguments
+            except Exception:  # noqa: BLE001, S112 - e.g. UnicodeDecodeError needs 5 arguments: try its parent
                 continue
+            chosen = cls
+            break
     if exc is None:
         exc = Exception(message)
     if chosen.__name__ != info["type"]:
         key = (info["type"], chosen)
         sub = _dynamic_classes.get(key)
         if sub is None:
+            if len(_dynamic_classes) > 1024:  # a long-lived judge: programs choose these names
+                _dynamic_classes.clear()
             sub = _dynamic_classes[key] = type(info["type"], (chosen,), {"__module__": "program"})
-        try:
+        with contextlib.suppress(Exception):
             exc = sub(message)
-        except Exception:  # noqa: BLE001
-            pass
     exc.__mucode_remote__ = info  # type: ignore[attr-defined]
     return exc
 
@@ -185,7 +191,7 @@ class LargeValue:
     def __init__(self, digest: int, length: int, type_name: str) -> None:
         self.digest, self.length, self.type_name = digest, length, type_name
 
-    def __eq__(self, other: Any) -> bool:
+    def __eq__(self, other: object) -> bool:
         if type(other) is LargeValue:
             return other.digest == self.digest
         try:
@@ -193,7 +199,7 @@ class LargeValue:
         except (TypeError, RecursionError):
             return False
 
-    def __ne__(self, other: Any) -> bool:
+    def __ne__(self, other: object) -> bool:
         return not self.__eq__(other)
 
     __hash__ = None  # type: ignore[assignment]
@@ -213,7 +219,7 @@ class LargeValue:
 
 
 class _RemoteIterator:
-    __slots__ = ("_conn", "_it", "_buf", "_done")
+    __slots__ = ("_buf", "_conn", "_done", "_it")
 
     def __init__(self, conn: Conn, it: ProgramObject) -> None:
         self._conn, self._it, self._buf, self._done = conn, it, [], False
@@ -447,7 +453,7 @@ class Judge:
                 return
         if code["prefix"] is not None:
             try:
-                exec(marshal.loads(code["prefix"]), ns)  # trusted helpers: the judge keeps its own copies
+                exec(_code(code, "prefix"), ns)  # noqa: S102 - trusted helpers: the judge keeps its own copies
             except _Deadline:
                 raise
             except BaseException as exc:  # noqa: BLE001 - a broken prefix in the dataset
@@ -515,7 +521,7 @@ class Judge:
             fetch()
         if code["setup"] is not None:
             try:
-                exec(marshal.loads(code["setup"]), ns)
+                exec(_code(code, "setup"), ns)  # noqa: S102 - the dataset's setup code
             except ProgramGone as gone:
                 self._fatal(gone.reason, None)
                 self.run.setup_error = gone.detail or gone.reason
@@ -543,7 +549,7 @@ class Judge:
                 continue
             conn.not_plain = []
             try:
-                exec(marshal.loads(blob), ns)
+                exec(_code(code, "tests", i), ns)  # noqa: S102 - the dataset's test statement
             except ProgramGone as gone:
                 self._fatal(gone.reason, i)
                 self._record(src, "error", _gone_text(gone, self.limits), "")
@@ -577,6 +583,16 @@ class Judge:
             if conn.memory_error:
                 self.run.memory = True
 
+
+
+def _code(compiled: dict[str, Any], part: str, i: int | None = None) -> Any:
+    """A code object of a compiled suite, unmarshalled once per judge (the suite stays in its cache)."""
+    cache = compiled.setdefault("_loaded", {})
+    key = (part, i)
+    code = cache.get(key)
+    if code is None:
+        code = cache[key] = marshal.loads(compiled[part] if i is None else compiled[part][i])
+    return code
 
 
 def _exit_text(info: dict[str, Any]) -> str:
@@ -697,7 +713,8 @@ def compose_feedback(judge: Judge | None, run: Run, status: str, limits: Limits)
                 parts.append(tests[i]["message"])
         elif first is not None:
             parts.append(fb.failed_test_header(tests[first]["test"]))
-            parts.append(details[first] or tests[first]["message"] or "AssertionError")
+            detail = details[first] if first < len(details) else ""
+            parts.append(detail or tests[first]["message"] or "AssertionError")
         elif not tests:
             parts.append("The test suite is empty")
         text = "\n".join(p for p in parts if p)

@@ -73,11 +73,9 @@ def _db_port() -> int:
         from app.config import get_settings
 
         url = make_url(get_settings().database_url)
-        if url.get_backend_name() == "postgresql":
-            return int(url.port or 5432)
-    except Exception:  # noqa: BLE001
-        pass
-    return 5432
+    except Exception:  # noqa: BLE001 - no settings: the default port
+        return 5432
+    return int(url.port or 5432) if url.get_backend_name() == "postgresql" else 5432
 
 
 def _host_file() -> str:
@@ -106,12 +104,11 @@ def evaluate(seen: dict[str, Any], info: dict[str, Any], limits: Limits, *, db_p
         want["nproc"] = limits.nproc
     bad = [k for k, v in want.items() if rl.get(k, [None])[0] != v]
     as_ok = rl.get("as", [-1])[0] not in (-1, None)
+    address = f"{rl['as'][0] >> 20} MiB" if as_ok else "unlimited"
     checks.append(Check("resource limits", not bad and as_ok,
-                        "cpu %ss, address space %s MiB, processes %s, file size %s KiB, open files %s" % (
-                            rl.get("cpu", ["?"])[0],
-                            (rl.get("as", [0])[0] >> 20) if as_ok else "unlimited",
-                            rl.get("nproc", ["?"])[0], (rl.get("fsize", [0])[0] or 0) >> 10,
-                            rl.get("nofile", ["?"])[0]) + (f"; not as configured: {bad}" if bad else "")))
+                        f"cpu {rl.get('cpu', ['?'])[0]}s, address space {address}, processes "
+                        f"{rl.get('nproc', ['?'])[0]}, file size {(rl.get('fsize', [0])[0] or 0) >> 10} KiB, "
+                        f"open files {rl.get('nofile', ['?'])[0]}" + (f"; not as configured: {bad}" if bad else "")))
     checks.append(Check("private working directory",
                         seen.get("cwd_entries") == [] and seen.get("cwd_writable") is True,
                         f"started empty: {seen.get('cwd_entries') == []}, writable: {seen.get('cwd_writable')}"))
