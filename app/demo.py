@@ -8,12 +8,17 @@ train the generator -> evaluate the base model G0 and the trained G1 (greedy and
 It prints the accuracy per turn before and after the round and how to open the dashboard.
 
 The scaled-down settings (all frozen into the experiment, visible with ``mucode experiment show``):
-- rollouts: T=2, M=4, temperature 0.7, at most ``max_new_tokens`` (256) tokens per response;
-- verifier: Bradley-Terry, 8 pairs per problem (paper: 32), lr 1e-5, 1 epoch, batch 8, no hold-out;
-- generator: relabel as the paper (K=3 failed + every success), lr 1e-5, 1 epoch, batch 8;
-- evaluation: the first ``test_problems`` MBPP test problems, greedy + BoN N=3, C=1 chain, PT+LV.
-The learning rates are raised from the paper's (1e-6 / 5e-7, tuned for thousands of steps on GPUs): with a
-few dozen CPU steps the paper's rates would leave both models where they started.
+- rollouts: the first 8 MBPP train problems, M=4, T=2, temperature 0.7, at most 192 new tokens per response;
+- verifier: Bradley-Terry on 8 pairs per problem (paper: 32), lr 1e-5, 2 optimizer steps of 8 pairs;
+- generator: relabeled as the paper (K=3 failed + every success), lr 1e-5, 3 optimizer steps of 8 examples;
+- evaluation: the first 8 MBPP test problems, T=2, greedy + BoN N=3 with C=1 chain and PT+LV, for the base
+  model G0 and the trained G1 (both with the round's verifier RM0).
+Why so small: on 2 CPU cores a 135M model decodes ~100 tokens/s across a batch and reads prompts (~300 tokens
+here) at a few hundred tokens/s; every sampled response is also read by the verifier, and the evaluation of
+G0 and G1 costs more than the round itself. ``--train-problems``, ``--test-problems``, ``-M``, ``-N``, ``-C``,
+``--max-new-tokens`` and ``--trainer-steps`` scale it up. The learning rates are raised from the paper's
+(1e-6 / 5e-7, tuned for thousands of steps on GPUs): with a handful of CPU steps the paper's rates would leave
+both models where they started.
 
 Nothing here imports workers or trainers at module level (``app`` stays light); the round itself runs through
 the same tasks as on a cluster (``workers/tasks/rounds.py``), only in-process.
@@ -188,7 +193,8 @@ def run_demo(s: DemoSettings, *, console=None) -> dict[str, Any]:
     if before and after:
         console.print(
             f"BoN@T (PT+LV): {before['bon']} -> {after['bon']}; greedy@T: {before['greedy']} -> {after['greedy']} "
-            "(% of problems solved; a few dozen CPU steps on 20 problems make this a smoke test, not a result)",
+            f"(% of the {s.test_problems} test problems solved; a handful of CPU training steps: a working "
+            "round, not a result)",
             highlight=False,
         )
     console.print(f"demo took {seconds / 60:.1f} min ({seconds:.0f} s) on this machine", highlight=False)

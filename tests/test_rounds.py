@@ -289,6 +289,38 @@ def test_embedded_round_with_a_failed_step_and_resume(tmp_path, knowing_model):
     r = _mucode(["round", "resume", "e1", "--json"], env)
     assert json.loads(r.stdout)["status"] == "done"
 
+    # round 1 follows the paper's schedule: G1 collects, RM0 scores its samples, RM1 is trained from the base
+    # model on the pairs of rounds 0 and 1, the relabeled union of both rounds trains G2 from the base model
+    r = _mucode(["round", "run", "e1", "--json"], env)
+    st1 = json.loads(r.stdout)
+    assert st1["status"] == "done" and st1["index"] == 1, st1
+    r0 = rnd
+    (_, r1) = store.experiment_rounds(store.get_experiment("e1").id)
+    assert r1.generator_id == r0.generator_out_id and r1.verifier_in_id == r0.verifier_out_id
+    assert r1.steps["score_old"]["state"] == "done" and r1.steps["score_old"]["result"]["verifier_id"] == r0.verifier_out_id
+    with store.session() as s:
+        v1 = s.get(m.ModelVersion, r1.verifier_out_id)
+        assert v1.name == "e1-r1-verifier-bt" and v1.base_model == knowing_model
+        ts_v = s.get(m.TrainingSet, v1.training_set_id)
+        assert ts_v.config["round_ids"] == [r0.id, r1.id]
+        g2 = s.get(m.ModelVersion, r1.generator_out_id)
+        assert g2.config["init_from"] == knowing_model  # from the base model, not from G1
+        sft_rounds = {rid for (rid,) in s.execute(
+            select(m.Rollout.round_id).join(m.SftExample, m.SftExample.rollout_id == m.Rollout.id)
+            .where(m.SftExample.training_set_id == g2.training_set_id).distinct())}
+        assert sft_rounds == {r0.id, r1.id}
+        # round 0's relabels keep round 0's verifier; round 1's use RM1
+        by_round = dict(s.execute(
+            select(m.Rollout.round_id, func.min(m.SftExample.verifier_id)).join(m.SftExample,
+            m.SftExample.rollout_id == m.Rollout.id).where(m.SftExample.training_set_id == g2.training_set_id,
+            m.SftExample.source == "relabeled").group_by(m.Rollout.round_id)).all())
+        assert by_round.get(r0.id) in (None, r0.verifier_out_id) and by_round.get(r1.id) in (None, r1.verifier_out_id)
+        # round 1's candidates were scored by RM0 (score_old) and by RM1 (score_new)
+        for vid in (r0.verifier_out_id, r1.verifier_out_id):
+            assert store.round_scored_count(r1.id, vid) == store.round_candidate_count(r1.id)
+    assert sorted(e.name.split("/", 2)[2] for e in store.round_evaluations(r1.id)) == [
+        "G2/mbpp-test/bon-pt+lv-N3-C2", "G2/mbpp-test/greedy"]
+
 
 @pytest.mark.slow
 @pytest.mark.timeout(2400)

@@ -233,3 +233,40 @@ def test_the_judge_survives_any_description_of_an_exception():
         assert isinstance(exc, (Exception, ProgramExit))
     err = remote_exception(_clean_info({"type": "MyError", "bases": ["ValueError", "Exception"], "message": "m"}))
     assert isinstance(err, ValueError) and type(err).__name__ == "MyError" and str(err) == "m"
+
+
+def test_cli_sandbox_run_prints_one_json_object(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MUCODE_DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}"}  # not loaded: data files
+    good = tmp_path / "good.py"
+    good.write_text("def has_close_elements(numbers, threshold):\n"
+                    "    return any(abs(a - b) < threshold for i, a in enumerate(numbers) for b in numbers[i + 1:])\n")
+    bad = tmp_path / "bad.py"
+    bad.write_text("def has_close_elements(numbers, threshold):\n    return numbers[10]\n")
+    runs = {}
+    for name, path in (("good", good), ("bad", bad)):
+        r = subprocess.run([sys.executable, "-m", "app.cli.main", "sandbox", "run", "HumanEval/0", str(path),
+                            "--suite", "private", "--json"], env=env, capture_output=True, text=True, timeout=120,
+                           check=False)
+        runs[name] = (r.returncode, json.loads(r.stdout))
+    code, out = runs["good"]
+    assert code == 0 and out["status"] == "passed" and len(out["tests"]) == 7
+    assert out["feedback"] == "Code passed all tests" and out["isolation"] == "strong"
+    code, out = runs["bad"]
+    assert code == 1 and out["status"] == "error"
+    assert out["tests"][0]["message"] == "IndexError: list index out of range (line 2)"
+    assert "line 2, in has_close_elements" in out["feedback"]
+
+
+def test_a_judge_stuck_in_test_code_is_replaced_and_queued_programs_still_run():
+    """Trusted test code that never returns to the interpreter (a C-level loop ignores the judge's alarm): the
+    executor kills that judge at its hard deadline, reports a timeout, and runs the queued programs on a new one."""
+    stuck = suite("assert f(2) == 4", setup="x = sum(range(10 ** 12))")
+    with Sandbox(workers=1, limits=Limits(timeout_s=1)) as one:
+        res = one.run_many([(stuck, "def f(x):\n    return x * x\n", "public")]
+                           + [(SQUARE, f"def f(x):\n    return x * x  # {i}\n", "public") for i in range(3)])
+    assert res[0].status == "timeout" and res[0].feedback.startswith("Code execution timed out")
+    assert [r.passed for r in res[1:]] == [True, True, True]

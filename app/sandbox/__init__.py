@@ -1,36 +1,37 @@
 """The sandbox: run untrusted model-written programs against test suites and decide verdicts they cannot forge.
 
-Threat model. The candidate program is hostile: it may exit early, print anything, patch builtins, return
-objects with a rigged ``__eq__``, write to any descriptor it holds, signal or kill processes, fork-bomb, eat
-memory, loop, sleep, flood output, recurse, leave threads and processes behind, read the environment, open
-sockets and write anywhere it can. It must never reach the database, the network, the host's files or another
-run, and it must never make itself look correct. Trusted: the executor, its zygote and the judges (they run
-only our code and the datasets' test code); the datasets themselves.
+Threat model. The program is hostile: it may exit early, print anything, patch builtins, return objects with a
+rigged ``__eq__``, write to any descriptor it holds, signal or kill processes, fork-bomb, eat memory, loop,
+sleep, flood its output, recurse, leave threads and processes behind, read its environment, open sockets and
+write anywhere it can. It must never reach the database, the network, the host's files or another run, and it
+must never make itself look correct. Trusted: the executor, its zygote and the judges (they run only our code
+and the datasets' test code), and the datasets.
 
-Design. A long-lived executor (``executor.py``, no DB connection, started with an empty environment) forks a
-zygote that has imported the stdlib (and numpy) before any job exists. Per program the zygote forks a *judge*,
-which at once forks the *candidate's process* (so that process is a clean copy: no test, no expected value, no
-other program in its memory) and then reads its job. The candidate's process (``child.py``) only loads the
-program and answers requests; the judge (``judge.py``) runs the prefix, the setup and every test statement in
-its own interpreter, where the program's functions and classes are proxies (``ProgramObject``). A call from a
-test is a request; the answer is plain data (None, bool, int, float, complex, str, bytes, list, tuple, dict,
-set, frozenset, nested), decoded by ``wire.py`` into objects of exactly those builtin types, so ``assert
-f(x) == expected`` is compared by the judge with the builtin types' own ``==``; a non-plain result stays in the
-candidate's process and equals nothing but itself. A test passes only when the judge finishes its statement
-without an exception: an exit, a print, a patched builtin or bytes written to any descriptor change nothing in
-the judge. Isolation of the candidate's process (``isolation.py``): own pid namespace (pid 1: when it dies,
-everything it started dies), own empty network namespace per slot (no interface up: connecting to
-127.0.0.1:5432 fails), own mount namespace whose root is a read-only minimal tree (system and Python
-directories only: no repo, no /root, no DB files) with a private tmpfs /tmp as working directory (gone with
-the namespace), own IPC namespace, an unprivileged uid/gid per slot, no_new_privs, rlimits on CPU, address
-space, processes, file size (stdout/stderr are memfds, so output is capped by the kernel, never buffered past
-the cap) and open files, an empty environment, the judge's wall-clock deadline, and a per-slot memory/pids
-cgroup where the host has cgroups v1. Without root or namespaces the executor says what is missing and refuses
-to start unless ``allow_weak_isolation`` is set.
+Design (``executor.py``). A long-lived executor (no database connection, started with an empty environment)
+forks a zygote that imports the stdlib and NumPy before any job exists. Per program the zygote forks the
+*program's process*, a clean copy holding no test, no expected value and no other program; a long-lived
+*judge* per slot (``judge.py``) runs the problem's prefix, the setup and every test statement in its own
+interpreter, where the program's functions and classes are proxies. Calling one is a request to the program's
+process (``child.py``), whose answer is plain data -- None, bool, int, float, complex, str, bytes, list,
+tuple, dict, set, frozenset, nested -- decoded (``wire.py``) into objects of exactly those builtin types, so
+``assert f(x) == expected`` is decided by the judge with the builtin types' own ``==``; anything else stays
+in the program's process and equals nothing but itself. A test passes only when the judge runs its statement
+to the end: an exit, a print, a patched builtin or bytes written to a descriptor change nothing there.
 
-Residual risks: kernel bugs; a program can read world-readable files of the Python installation; the
-arguments a test passes to a program's function are visible to that program (tests that pass the expected
-value as an argument reveal it).
+Isolation of the program's process (``isolation.py``): pid 1 of its own pid namespace (when it ends,
+everything it started is killed and reaped), its slot's empty network namespace (no interface: connecting to
+127.0.0.1:5432 fails), a read-only minimal root (system and Python directories only: no checkout, no /root,
+no database file, no /proc) with the slot's private tmpfs as working directory (emptied before each program),
+its own IPC namespace, the slot's unprivileged uid/gid, no_new_privs, rlimits on CPU, address space,
+processes, file size (stdout/stderr are memfds, so output is capped by the kernel, never buffered past it)
+and open files, an empty environment, the judge's wall-clock deadline, and per-slot memory and pids cgroups
+where the host has cgroups v1. Where root or namespaces are missing the executor says what is missing and
+refuses to start unless ``allow_weak_isolation`` is set.
+
+Residual risks: kernel bugs; a program can read the world-readable files of the Python installation; the
+arguments a test passes to a program's function are visible to it (a test that passes its expected value as
+an argument reveals it); a name the tests use but only the program defines (``math`` imported by the program
+and not by the test) is the program's choice, as in any single-process harness.
 """
 
 from app.sandbox.client import Sandbox, get_sandbox, run_suite

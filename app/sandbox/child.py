@@ -16,6 +16,8 @@ import io
 import os
 import sys
 from marshal import loads as _loads
+from select import select as _select
+from time import monotonic as _monotonic
 from typing import Any
 
 from app.sandbox import wire
@@ -25,6 +27,7 @@ PREFIX = "<prefix>"
 SETUP = "<setup>"
 MAX_FRAMES = 12
 MAX_MESSAGE = 2000
+HOLD_S = 0.005  # a batch's answers are sent together while it runs quicker than this
 LARGE_NODES = 2_000_000  # an answer with more parts goes back as a structural hash (wire.Large)
 
 _exit = os._exit
@@ -167,6 +170,7 @@ class Harness:
         self.ns: dict[str, Any] = {}
         self.code_lines: list[str] = []
         self.encoder = wire.Encoder(self._to_ref, convert=convert, max_nodes=LARGE_NODES)
+        self._held: list[bytes] = []
         self._memory_error = self._frame(("raise", {"type": "MemoryError", "bases": ["MemoryError"],
                                                      "message": "", "frames": [], "omitted": 0, "exit": False}))
 
@@ -197,7 +201,8 @@ class Harness:
     def _frame(self, msg: Any) -> bytes:
         return self.encoder.encode(msg)
 
-    def _send(self, msg: Any) -> None:
+    def _send(self, msg: Any, *, hold: bool = False) -> None:
+        """Send an answer; with ``hold`` keep it to send with the next ones (fewer wake-ups of the judge)."""
         _flush()
         try:
             value = msg[1] if msg[0] == "ok" else None
@@ -208,7 +213,14 @@ class Harness:
             payload = self._memory_error
         except wire.TooLarge as exc:
             payload = self._large(msg, exc)
-        wire.send_frame(self.fd, payload)
+        self._held.append(payload)
+        if not hold:
+            self._release()
+
+    def _release(self) -> None:
+        if self._held:
+            frames, self._held = self._held, []
+            wire.send_frames(self.fd, frames)
 
     def _large(self, msg: Any, exc: Exception) -> bytes:
         """An answer too large to send: its structural hash, which the judge compares with its own."""
@@ -253,7 +265,7 @@ class Harness:
         except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt too
             self._send(("loaderr", self._info(exc)))
             return
-        self._send(("loaded", self.snapshot()))
+        self._send(("loaded", self.snapshot()), hold=bool(_select([self.fd], [], [], 0)[0]))
 
     def snapshot(self) -> list[list[Any]]:
         """[name, kind, payload] for each global: module (its name), value (plain data) or object."""
@@ -274,9 +286,13 @@ class Harness:
 
     # -- requests --------------------------------------------------------------------------------------------
     def batch(self, calls: list[Any]) -> None:
-        """Calls the judge knows it will make (a test's ``f(<literals>)``): made in order, one answer each, sent as
-        soon as it is ready so a timeout loses only the calls not yet made."""
+        """Calls the judge knows it will make (a test's ``f(<literals>)``): made in order, one answer each. The
+        answers of a quick batch go out in one write; once the batch has run for HOLD_S, each answer goes out
+        as soon as it is ready, so a call that never returns loses no earlier answer."""
+        started = _monotonic()
         for target, args, kwargs in calls:
+            if self._held and _monotonic() - started > HOLD_S:
+                self._release()
             try:
                 if isinstance(target, str):
                     try:
@@ -287,9 +303,10 @@ class Harness:
                     fn = target
                 value = fn(*args, **kwargs)
             except BaseException as exc:  # noqa: BLE001
-                self._send(("raise", self._info(exc)))
+                self._send(("raise", self._info(exc)), hold=True)
                 continue
-            self._send(("ok", value))
+            self._send(("ok", value), hold=True)
+        self._release()
 
     def handle(self, msg: Any) -> Any:
         op = msg[0]

@@ -64,6 +64,7 @@ HARD_GRACE_S = 5.0  # beyond the program's own time limit before the executor ki
 SETUP_FAILED = judge.SETUP_FAILED  # exit status of a candidate process that could not isolate itself
 SUITE_CACHE = 64  # suites a judge keeps compiled
 PREPARED_CACHE = 2048  # suites the executor keeps compiled
+QUEUE_DEPTH = 2  # jobs a judge holds at once
 
 _pylibc = ctypes.PyDLL(None, use_errno=True)  # PyDLL: the GIL stays held across fork()
 _pylibc.fork.restype = ctypes.c_int
@@ -102,8 +103,7 @@ class ZygoteConfig:
         self.cgroup_tag = cgroup_tag
         self.preimport_numpy = preimport_numpy
         self.netns_fds: list[int] = []
-        self.rootns_fd: int | None = None
-        self.slot_mnt_fds: list[int] = []
+        self.cgroup_fds: list[list[int]] = []  # per slot: open cgroup.procs files (memory, pids)
         self.pidns_fd: int | None = None
         self.base_vm = 0
 
@@ -119,64 +119,20 @@ def _preimport(numpy: bool = True) -> list[str]:
 
 
 def _make_namespaces(cfg: ZygoteConfig) -> None:
-    """One empty network namespace per slot (a slot runs one program at a time), one for the zygote and the
-    judges, and the mount namespace holding the read-only root."""
+    """One empty network namespace per slot (a slot runs one program at a time) and one for the zygote and the
+    judges; then the zygote moves itself into a new mount namespace whose root is the minimal read-only tree, so
+    the judges and every program process start there (no capability beyond SYS_ADMIN is needed: no setns into
+    a mount namespace, no chroot)."""
     for _ in range(cfg.slots):
         isolation.unshare(isolation.CLONE_NEWNET)
         cfg.netns_fds.append(os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC))
     isolation.unshare(isolation.CLONE_NEWNET)  # the zygote and the judges: no network either
     cfg.pidns_fd = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - helper child
-        os.close(r)
-        try:
-            isolation.make_root_namespace()
-            os.write(w, b"ok")
-        except BaseException as exc:  # noqa: BLE001
-            os.write(w, f"{type(exc).__name__}: {exc}".encode()[:400])
-        os.close(w)
-        time.sleep(60)  # killed as soon as the zygote holds the namespace
-        os._exit(0)
-    os.close(w)
-    status = os.read(r, 500)
-    os.close(r)
-    try:
-        if status != b"ok":
-            raise OSError(f"cannot build the sandbox root file system: {status.decode(errors='replace')}")
-        cfg.rootns_fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
-    finally:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-    for slot in range(cfg.slots):
-        cfg.slot_mnt_fds.append(_in_helper(lambda slot=slot: isolation.make_slot_namespace(
-            cfg.rootns_fd, cfg.limits.tmp_mb << 20, cfg.uid_base + slot, cfg.uid_base + slot), "mnt"))
-
-
-def _in_helper(fn, ns: str) -> int:
-    """Run ``fn`` in a throwaway child and keep the namespace ``ns`` it ends up in (an open fd)."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - helper child
-        os.close(r)
-        try:
-            fn()
-            os.write(w, b"ok")
-        except BaseException as exc:  # noqa: BLE001
-            os.write(w, f"{type(exc).__name__}: {exc}".encode()[:400])
-        os.close(w)
-        time.sleep(60)
-        os._exit(0)
-    os.close(w)
-    status = os.read(r, 500)
-    os.close(r)
-    try:
-        if status != b"ok":
-            raise OSError(f"cannot prepare a sandbox namespace: {status.decode(errors='replace')}")
-        return os.open(f"/proc/{pid}/ns/{ns}", os.O_RDONLY | os.O_CLOEXEC)
-    finally:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
+    if cfg.cgroup_tag:  # opened now: the cgroup file system is not in the sandbox's root
+        for slot in range(cfg.slots):
+            cfg.cgroup_fds.append([os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+                                   for path in isolation.cgroup_paths(cfg.cgroup_tag, slot)])
+    isolation.make_root_namespace()
 
 
 def _child_setup(slot: int, cfg: ZygoteConfig, workdir: str | None) -> isolation.ChildSetup:
@@ -186,9 +142,8 @@ def _child_setup(slot: int, cfg: ZygoteConfig, workdir: str | None) -> isolation
         uid=cfg.uid_base + slot,
         gid=cfg.uid_base + slot,
         netns_fd=cfg.netns_fds[slot] if cfg.strong else None,
-        rootns_fd=cfg.slot_mnt_fds[slot] if cfg.strong else None,
         ipcns=cfg.ipcns,
-        cgroups=isolation.cgroup_paths(cfg.cgroup_tag, slot) if cfg.cgroup_tag else [],
+        cgroups=cfg.cgroup_fds[slot] if cfg.cgroup_fds else [],
         cpu_s=lim.cpu_s,
         address_space=lim.memory_mb << 20,
         nproc=lim.nproc,
@@ -205,12 +160,12 @@ def _candidate_process(setup: isolation.ChildSetup, sock_fd: int, out_fd: int, e
     try:
         import fcntl
 
+        for fd in setup.cgroups:  # join the slot's cgroups first: everything after is accounted there
+            os.write(fd, b"0")
         signal.set_wakeup_fd(-1)
         # Move what the setup needs above the descriptors about to be placed at 0-3.
         if setup.netns_fd is not None:
             setup.netns_fd = fcntl.fcntl(setup.netns_fd, fcntl.F_DUPFD_CLOEXEC, 100)
-        if setup.rootns_fd is not None:
-            setup.rootns_fd = fcntl.fcntl(setup.rootns_fd, fcntl.F_DUPFD_CLOEXEC, 100)
         out_hi = fcntl.fcntl(out_fd, fcntl.F_DUPFD_CLOEXEC, 100)
         err_hi = fcntl.fcntl(err_fd, fcntl.F_DUPFD_CLOEXEC, 100)
         sock_hi = fcntl.fcntl(sock_fd, fcntl.F_DUPFD_CLOEXEC, 100)
@@ -258,8 +213,6 @@ class Zygote:
 
         random.seed(0)  # every program starts from the same random state: verdicts repeat
         os.environ.clear()
-        if self.cfg.strong:
-            _make_namespaces(self.cfg)
         self.wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
@@ -267,9 +220,11 @@ class Zygote:
         gc.collect()
         gc.freeze()  # the imported modules stay shared with every fork: the collector must not touch them
         self.cfg.base_vm = isolation.vm_size()
+        threads = len(os.listdir("/proc/self/task"))
+        if self.cfg.strong:
+            _make_namespaces(self.cfg)  # last: from here on the zygote sees only the read-only root
         self.sel.register(self.ctl, selectors.EVENT_READ, "executor")
         self.sel.register(self.wake_r, selectors.EVENT_READ, "sigchld")
-        threads = len(os.listdir("/proc/self/task"))
         self.ctl.send(pickle.dumps(("ready", {"preimport_failed": failed, "threads": threads})))
 
     def serve(self) -> None:
@@ -614,8 +569,7 @@ class _Slot:
         self.sock: socket.socket | None = None
         self.pidfd: int | None = None
         self.suites: dict[int, None] = {}  # suites the judge holds, oldest first
-        self.job: int | None = None
-        self.deadline = 0.0
+        self.queue: deque[tuple[int, float]] = deque()  # jobs sent to the judge, in its order
 
 
 class Executor:
@@ -661,8 +615,29 @@ class Executor:
                 info["cgroup_error"] = str(exc)
                 isolation.remove_cgroups(tag)
         info["cgroups"] = self.cgroup_tag is not None
+        status, detail, cfg = self._start_zygote()
+        if status != "ready" and self.strong:
+            # The root file system could not be built on this host: a missing protection like the others.
+            self.caps.mntns = False
+            self.caps.errors["mntns"] = str(detail)
+            self.strong = False
+            info.update(strong=False, missing=self.caps.missing(), capabilities=asdict(self.caps))
+            if not self.allow_weak:
+                info["refused"] = True
+                return info
+            status, detail, cfg = self._start_zygote()
+        if status != "ready":
+            raise RuntimeError(f"the sandbox zygote failed to start: {detail}")
+        info.update(detail)
+        info["uid_base"] = cfg.uid_base
+        for slot in self.slots:
+            self._new_judge(slot)
+        return info
+
+    def _start_zygote(self) -> tuple[str, Any, ZygoteConfig]:
         cfg = ZygoteConfig(slots=self.nslots, strong=self.strong, ipcns=self.caps.ipcns, limits=self.limits,
-                           uid_base=_uid_base(), cgroup_tag=self.cgroup_tag, preimport_numpy=self.preimport_numpy)
+                           uid_base=_uid_base(), cgroup_tag=self.cgroup_tag if self.strong else None,
+                           preimport_numpy=self.preimport_numpy)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the zygote
@@ -671,15 +646,13 @@ class Executor:
             zygote_main(theirs, cfg)
             os._exit(0)
         theirs.close()
-        self.zygote, self.zygote_pid = ours, pid
-        status, detail = pickle.loads(ours.recv(1 << 16))
+        status, detail = pickle.loads(ours.recv(1 << 16) or pickle.dumps(("error", "no answer")))
         if status != "ready":
-            raise RuntimeError(f"the sandbox zygote failed to start: {detail}")
-        info.update(detail)
-        info["uid_base"] = cfg.uid_base
-        for slot in self.slots:
-            self._new_judge(slot)
-        return info
+            ours.close()
+            os.waitpid(pid, 0)
+            return status, detail, cfg
+        self.zygote, self.zygote_pid = ours, pid
+        return status, detail, cfg
 
     def _new_judge(self, slot: _Slot) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -723,67 +696,88 @@ class Executor:
         return hit
 
     def run_batch(self, suites: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Run every job; each slot's judge has up to QUEUE_DEPTH jobs in hand, so it starts the next one as
+        soon as it has answered the previous (no round trip through the executor in between)."""
         prepared = [self._prepare(s) for s in suites]
         results: list[dict[str, Any] | None] = [None] * len(jobs)
         pending = deque(range(len(jobs)))
         sel = selectors.DefaultSelector()
-        running: dict[int, _Slot] = {}
+        step = self.limits.timeout_s + HARD_GRACE_S
+        for slot in self.slots:
+            slot.queue = deque()  # (job index, hard deadline) in the order the judge runs them
+            sel.register(slot.sock, selectors.EVENT_READ, slot)
 
-        def dispatch(slot: _Slot) -> None:
-            while pending:
+        def send(slot: _Slot, i: int) -> bool:
+            job = jobs[i]
+            suite = prepared[job["suite"]]
+            try:
+                fd = slot.sock.fileno()
+                if suite["id"] not in slot.suites:
+                    wire.send_frame(fd, pickle.dumps(("suite", suite["id"], suite["data"])))
+                    slot.suites[suite["id"]] = None
+                    while len(slot.suites) > SUITE_CACHE:  # the judge evicts the same, oldest first
+                        slot.suites.pop(next(iter(slot.suites)))
+                wire.send_frame(fd, pickle.dumps(("job", i, suite["id"], job["code"], job.get("collect"))))
+            except OSError:
+                return False
+            last = slot.queue[-1][1] if slot.queue else time.monotonic()
+            slot.queue.append((i, max(last, time.monotonic()) + step))
+            return True
+
+        def fill(slot: _Slot) -> None:
+            while pending and len(slot.queue) < QUEUE_DEPTH:
                 i = pending.popleft()
-                job = jobs[i]
-                suite = prepared[job["suite"]]
-                try:
-                    fd = slot.sock.fileno()
-                    if suite["id"] not in slot.suites:
-                        wire.send_frame(fd, pickle.dumps(("suite", suite["id"], suite["data"])))
-                        slot.suites[suite["id"]] = None
-                        while len(slot.suites) > SUITE_CACHE:  # the judge evicts the same, oldest first
-                            slot.suites.pop(next(iter(slot.suites)))
-                    wire.send_frame(fd, pickle.dumps(("job", i, suite["id"], job["code"], job.get("collect"))))
-                except OSError as exc:
-                    results[i] = {"status": "sandbox_error", "error": f"the judge is gone: {exc}"}
-                    self._replace_judge(slot)
-                    continue
-                slot.job = i
-                slot.deadline = time.monotonic() + self.limits.timeout_s + HARD_GRACE_S
-                sel.register(slot.sock, selectors.EVENT_READ, slot)
-                running[slot.index] = slot
-                return
+                if not send(slot, i):
+                    pending.appendleft(i)
+                    restart(slot, "the judge is gone")
+                    return
 
-        def release(slot: _Slot) -> None:
+        def restart(slot: _Slot, why: str, head: dict[str, Any] | None = None) -> None:
+            """The slot's judge failed or overran: its first job gets ``head`` (or a sandbox_error), the jobs it
+            never started go back to the queue, and a new judge takes over."""
+            if slot.queue:
+                i, _ = slot.queue.popleft()
+                results[i] = head or {"status": "sandbox_error", "error": f"the judge process failed: {why}"}
+            for i, _ in reversed(slot.queue):
+                pending.appendleft(i)
+            slot.queue.clear()
             sel.unregister(slot.sock)
-            slot.job = None
-            running.pop(slot.index, None)
+            self._replace_judge(slot)
+            sel.register(slot.sock, selectors.EVENT_READ, slot)
 
         for slot in self.slots:
-            dispatch(slot)
-        while running:
-            timeout = max(0.0, min(s.deadline for s in running.values()) - time.monotonic())
+            fill(slot)
+        while any(slot.queue for slot in self.slots):
+            busy = [slot for slot in self.slots if slot.queue]
+            timeout = max(0.0, min(slot.queue[0][1] for slot in busy) - time.monotonic())
             for key, _ in sel.select(timeout):
                 slot = key.data
-                i = slot.job
+                if not slot.queue:  # an idle judge's socket closed: replace it
+                    restart(slot, "closed")
+                    fill(slot)
+                    continue
+                i = slot.queue[0][0]
                 try:
                     _, jid, res = pickle.loads(wire.recv_frame(slot.sock.fileno(), time.monotonic() + 30))
                     if jid != i:
                         raise ValueError(f"answer for job {jid}, expected {i}")
                 except (wire.WireError, OSError, pickle.PickleError, EOFError, ValueError) as exc:
-                    res = {"status": "sandbox_error", "error": f"the judge process failed: {exc}"}
-                    release(slot)
-                    self._replace_judge(slot)
+                    restart(slot, str(exc))
                 else:
-                    release(slot)
-                results[i] = res
-                dispatch(slot)
+                    slot.queue.popleft()
+                    results[i] = res
+                    if slot.queue:  # the next job started now: its deadline counts from here
+                        j, _ = slot.queue[0]
+                        slot.queue[0] = (j, time.monotonic() + step)
+                fill(slot)
             now = time.monotonic()
-            for slot in list(running.values()):
-                if now >= slot.deadline:
-                    i = slot.job
-                    results[i] = _hard_timeout(suites[jobs[i]["suite"]]["tests"], self.limits)
-                    release(slot)
-                    self._replace_judge(slot)
-                    dispatch(slot)
+            for slot in self.slots:
+                if slot.queue and now >= slot.queue[0][1]:
+                    i = slot.queue[0][0]
+                    restart(slot, "deadline", _hard_timeout(suites[jobs[i]["suite"]]["tests"], self.limits))
+                    fill(slot)
+        for slot in self.slots:
+            sel.unregister(slot.sock)
         sel.close()
         return [r if r is not None else {"status": "sandbox_error", "error": "the program was never run"}
                 for r in results]

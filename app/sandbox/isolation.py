@@ -285,33 +285,9 @@ def build_root(staging: str, extra_dirs: list[str]) -> None:
         os.makedirs(staging + d, mode=0o755, exist_ok=True)
 
 
-def clear_directory(path: str) -> None:
-    """Remove everything under ``path`` without following symbolic links."""
-    import shutil
-
-    with os.scandir(path) as entries:
-        for e in entries:
-            if e.is_dir(follow_symlinks=False):
-                shutil.rmtree(e.path, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    os.unlink(e.path)
-
-
-def make_slot_namespace(rootns_fd: int, tmp_bytes: int, uid: int, gid: int) -> None:
-    """In the calling (throwaway) process: a copy of the root namespace with the slot's own tmpfs on /tmp (its
-    programs' working directory: each one clears it before it starts)."""
-    setns(rootns_fd, CLONE_NEWNS)
-    unshare(CLONE_NEWNS)
-    mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
-          f"size={tmp_bytes},nr_inodes=4096,mode=0700,uid={uid},gid={gid}")
-
-
 def make_root_namespace() -> None:
-    """In the calling (throwaway) process: a new mount namespace whose root is the minimal read-only tree.
-
-    The caller keeps the namespace alive by opening ``/proc/<pid>/ns/mnt`` from outside before exiting.
-    """
+    """Move the calling process into a new mount namespace whose root is the minimal read-only tree (the host's
+    mounts stay untouched; only CAP_SYS_ADMIN is needed)."""
     unshare(CLONE_NEWNS)
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     # Work under /tmp of this private namespace: nothing here is visible on the host.
@@ -372,9 +348,8 @@ class ChildSetup:
     uid: int
     gid: int
     netns_fd: int | None
-    rootns_fd: int | None  # the slot's mount namespace (read-only root, the slot's tmpfs on /tmp)
     ipcns: bool
-    cgroups: list[str]
+    cgroups: list[int]  # open cgroup.procs files of the slot (joined by writing "0")
     cpu_s: int
     address_space: int | None  # bytes on top of what the zygote already maps; None = no limit
     nproc: int
@@ -409,17 +384,13 @@ def enter_child(setup: ChildSetup, keep_fds: list[int]) -> None:
         _signal.signal(sig, _signal.SIG_DFL)
     _signal.pthread_sigmask(_signal.SIG_SETMASK, ())
     if setup.strong:
-        for path in setup.cgroups:
-            with open(os.path.join(path, "cgroup.procs"), "w") as f:
-                f.write("0")
         setns(setup.netns_fd, CLONE_NEWNET)
-        setns(setup.rootns_fd, CLONE_NEWNS)  # the slot's root: moves our root and cwd there
-        if setup.ipcns:
-            unshare(CLONE_NEWIPC)
+        # A copy of the zygote's mount namespace (the read-only root) with a fresh tmpfs of our own on /tmp: the
+        # working directory, owned by our uid, gone with the namespace.
+        unshare(CLONE_NEWNS | (CLONE_NEWIPC if setup.ipcns else 0))
+        mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
+              f"size={setup.tmp_bytes},nr_inodes=4096,mode=0700,uid={setup.uid},gid={setup.gid}")
         os.chdir("/tmp")
-        clear_directory("/tmp")  # what the slot's previous program left (it is gone: its namespace died)
-        os.chown("/tmp", setup.uid, setup.gid)
-        os.chmod("/tmp", 0o700)
     else:
         os.chdir(setup.workdir or "/")
     # Close every descriptor the candidate must not inherit (namespace fds, the executor's sockets...).

@@ -52,6 +52,20 @@ def send_frame(fd: int, payload: bytes, *, _write=os.write) -> None:
         data = data[n:]
 
 
+def send_frames(fd: int, payloads: list[bytes], *, _write=os.write) -> None:
+    """Several frames in one write."""
+    if len(payloads) == 1:
+        send_frame(fd, payloads[0])
+        return
+    for p in payloads:
+        if len(p) > MAX_FRAME:
+            raise TooLarge(f"message of {len(p)} bytes is over the {MAX_FRAME} byte limit")
+    data = memoryview(b"".join(_I32.pack(len(p)) + p for p in payloads))
+    while data:
+        n = _write(fd, data)
+        data = data[n:]
+
+
 def _read_exact(fd: int, n: int, deadline: float | None, _read=os.read) -> bytes:
     chunks = []
     while n:
