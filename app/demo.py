@@ -180,7 +180,7 @@ def run_demo(s: DemoSettings, *, console=None) -> dict[str, Any]:
         import typer
 
         try:
-            st = _drive(store, rid, start, wait=False, as_json=False)
+            st = _drive(store, rid, start, wait=False, as_json=False, show_tables=False)
         except typer.Exit:
             console.print(f"the demo stopped: fix the cause above, then `mucode round resume {name}`")
             raise

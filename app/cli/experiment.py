@@ -269,7 +269,8 @@ def round_status_cmd(
     print_eval_tables(store.round_evaluations(rnd.id))
 
 
-def _drive(store, round_id: int, start, *, wait: bool, as_json: bool, show_progress: bool = True) -> dict[str, Any]:
+def _drive(store, round_id: int, start, *, wait: bool, as_json: bool, show_progress: bool = True,
+           show_tables: bool = True) -> dict[str, Any]:
     """Start the round (``start()``), then: in-process, run it here under a progress display; with a broker,
     return (or follow it with ``wait``). Exits 1 when the round ends failed."""
     from workers.dispatch import in_process
@@ -292,7 +293,7 @@ def _drive(store, round_id: int, start, *, wait: bool, as_json: bool, show_progr
         print_json(st)
     else:
         print_round_status(st)
-        if st["status"] == "done" or embedded or wait:
+        if show_tables and (st["status"] == "done" or embedded or wait):
             print_eval_tables(store.round_evaluations(round_id))
     if error is not None and st["status"] != "failed":
         raise error

@@ -390,7 +390,7 @@ def enter_child(setup: ChildSetup, keep_fds: list[int]) -> None:
         unshare(CLONE_NEWNS | (CLONE_NEWIPC if setup.ipcns else 0))
         mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
               f"size={setup.tmp_bytes},nr_inodes=4096,mode=0700,uid={setup.uid},gid={setup.gid}")
-        os.chdir("/tmp")
+        os.chdir("/")  # /tmp is entered once we are its owner (root needs no DAC capability for that)
     else:
         os.chdir(setup.workdir or "/")
     # Close every descriptor the candidate must not inherit (namespace fds, the executor's sockets...).
@@ -422,6 +422,7 @@ def enter_child(setup: ChildSetup, keep_fds: list[int]) -> None:
         os.setresuid(setup.uid, setup.uid, setup.uid)
         if os.getuid() != setup.uid or os.geteuid() != setup.uid:
             raise OSError("uid drop failed")
+        os.chdir("/tmp")
     prctl(PR_SET_NO_NEW_PRIVS, 1)
     # Credentials changed: the parent-death signal was reset, set it again (the judge dying kills us, and
     # as pid 1 of our namespace, everything we started).

@@ -181,7 +181,10 @@ class CeleryWorkers:
         concurrency: int | None = None,
         ready_timeout: float = 90.0,
         loglevel: str = "INFO",
+        nice: int = 0,
     ) -> WorkerProcess:
+        """Start a worker for ``queues`` and wait until it answers ping. ``nice`` lowers its CPU priority
+        (e.g. an execute worker sharing a CPU-only host with a sampling worker)."""
         first = queues.split(",")[0]
         node = f"{queues.replace(',', '+')}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
         use_cli = _mucode_worker_available() if self.use_cli is None else self.use_cli
@@ -224,6 +227,8 @@ class CeleryWorkers:
                 "--without-gossip",
                 "--without-mingle",
             ]
+        if nice:
+            cmd = ["nice", "-n", str(int(nice)), *cmd]
         log_path = self.log_dir / f"{node.split('@')[0]}.log"
         log_file = open(log_path, "wb")  # noqa: SIM115 -- kept open for the child's lifetime
         proc = subprocess.Popen(

@@ -619,9 +619,9 @@ def round_status(store, round_id: int, *, queues: bool = False) -> dict[str, Any
         elif step in ("train_verifier", "train_generator") and rec["state"] != "pending":
             res = rec.get("result") or {}
             if step == "train_verifier" and res:
-                row["info"] = f"{res.get('name')} (loss {res.get('final_loss')})"
+                row["info"] = f"{res.get('name')} (loss {_num(res.get('final_loss'))})"
             elif res:
-                row["info"] = f"{res.get('name')} (loss {res.get('train_loss')}, {res.get('steps')} steps)"
+                row["info"] = f"{res.get('name')} (loss {_num(res.get('train_loss'))}, {res.get('steps')} steps)"
             elif rec.get("job"):
                 job = store.get_job(rec["job"])
                 if job is not None:
@@ -696,6 +696,10 @@ def round_status(store, round_id: int, *, queues: bool = False) -> dict[str, Any
             for e in store.round_evaluations(round_id)
         ],
     }
+
+
+def _num(x: Any) -> str:
+    return f"{x:.4g}" if isinstance(x, (int, float)) else str(x)
 
 
 def _first_line(text: str | None) -> str:
