@@ -9,8 +9,10 @@ the commands only.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import sys
 import threading
 import time
 from pathlib import Path
@@ -279,9 +281,12 @@ def _drive(store, round_id: int, start, *, wait: bool, as_json: bool, show_progr
     embedded = in_process()
     progress = show_progress and not as_json and (embedded or wait)
     error: BaseException | None = None
+    # With --json, stdout is the JSON document only: in-process trainers' prints go to stderr.
+    quiet = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
     with RoundProgress(store.engine.url.render_as_string(hide_password=False), round_id, enabled=progress):
         try:
-            start()
+            with quiet:
+                start()
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # noqa: BLE001 -- in-process jobs raise here; the round records it
@@ -624,18 +629,15 @@ def eval_command(
         console.print(f"{len(ids)} evaluation(s): " + ", ".join(s.name for s in specs), highlight=False)
     embedded = in_process()
     url = store.engine.url.render_as_string(hide_password=False)
-    with EvalProgress(url, ids, enabled=not as_json and (embedded or wait)):
+    quiet = contextlib.redirect_stdout(sys.stderr) if as_json else contextlib.nullcontext()
+    with EvalProgress(url, ids, enabled=not as_json and (embedded or wait)), quiet:
         for ev_id in ids:
             tasks.start_evaluation(store, ev_id)
         if embedded:  # every job ran in-process: finish what is complete
             for ev_id in ids:
                 tasks.finalize_evaluation(store, ev_id)
         elif wait:
-            while True:
-                done = [tasks.finalize_evaluation(store, i) is not None for i in ids]
-                if all(done):
-                    break
-                time.sleep(2.0)
+            _wait_evaluations(store, ids)
     evs = [store.get_evaluation(i) for i in ids]
     if as_json:
         print_json([_eval_dict(e) for e in evs])
@@ -643,6 +645,24 @@ def eval_command(
     print_eval_tables(evs)
     if not embedded and not wait:
         console.print("queued; run the same command again (or add --wait) to see the results", highlight=False)
+
+
+def _wait_evaluations(store, ids: list[int], poll: float = 2.0) -> None:
+    """Until every evaluation is finished (results written); a failed job is an error."""
+    from app.errors import MucodeError
+    from app.store.rollouts import Owner
+    from workers import collect
+    from workers.tasks import rounds as tasks
+
+    while True:
+        if all(tasks.finalize_evaluation(store, i) is not None for i in ids):
+            return
+        for i in ids:
+            failed = collect.status(store, Owner(evaluation_id=i))["failed_jobs"]
+            if failed:
+                raise MucodeError(f"evaluation {store.get_evaluation(i).name}: job {failed[0]['key']} failed: "
+                                  f"{failed[0]['error']} (run the same command again to resume it)")
+        time.sleep(poll)
 
 
 def _slug(text: str) -> str:

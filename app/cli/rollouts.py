@@ -132,6 +132,9 @@ def collect(
         name
         or f"collect-{ds_name}{'-' + split if split else ''}-{len(problem_ids)}x{rollouts}-T{turns}-s{seed}"
     )
+    existing = store.find_evaluation(name)
+    if existing is not None and existing.mode != "collect":
+        raise ConfigError(f"{name!r} is the name of a {existing.mode} evaluation, not of a collection")
     ev_id = store.create_evaluation(
         name, generator_id=generator_id, dataset=ds_name, split=split, mode="collect", selector=selector,
         verifier_id=verifier_id, num_candidates=candidates, num_chains=rollouts, max_turns=turns,

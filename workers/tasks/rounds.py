@@ -199,9 +199,8 @@ def _check(store, facts: R.RoundFacts, step: str) -> bool:
         if facts.generator_out_id is not None:
             return _done(store, rid, step, attempt, {"generator_id": facts.generator_out_id})
         return False
-    if step == "relabel":  # a relabel that died mid-way: run it again (the build is idempotent)
-        store.update_round_step(rid, step, expect=("running",), state="pending")
-        return True
+    if step == "relabel":  # runs inline in another round_step right now, or died with it (`round resume`)
+        return False
     if step == "evaluate":
         return _check_evaluate(store, facts, attempt)
     raise MucodeError(f"no check for step {step!r}")
