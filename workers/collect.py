@@ -255,11 +255,11 @@ def resume(store, owner: Owner | dict[str, int]) -> dict[str, Any]:
     check_generators(store, [job.payload["generator_id"]])
     todo = [(b, ids) for b, (ids, active) in enumerate(batches(store, owner, spec.batch_size)) if active]
     generation = store.bump_job_attempts(collect_key(owner))
-    # Jobs of older generations that never finished (a killed worker's) are marked, not left "running".
+    # Jobs of older generations that never finished (a killed worker's) are marked superseded, not left
+    # "running" and not "failed": a status read between here and the bump above must not see a failure.
     for j in store.unfinished_jobs(key_prefix=collect_key(owner) + "/"):
         if j.state in ("queued", "running") and not j.key.startswith(f"{collect_key(owner)}/g{generation}/"):
-            store.claim_job(j.key, from_states=("queued", "running"), to_state="failed")
-            store.update_job(j.key, error=f"superseded: resumed as generation {generation}")
+            store.supersede_job(j.key, f"resumed as generation {generation}")
     if not todo:
         finished = _finish_collection(store, owner, spec, force=True)
         return {"generation": generation, "queued_batches": 0, "finished": finished}

@@ -47,7 +47,8 @@ MODEL_KINDS = ("generator", "verifier")
 SUITE_KINDS = ("public", "private")
 EXEC_STATUSES = ("passed", "failed", "error", "timeout", "memory", "output_limit", "sandbox_error")
 ROLLOUT_STATUSES = ("active", "done")
-JOB_STATES = ("queued", "running", "done", "failed")
+# superseded: queued or running when its work was handed to a new attempt (a resume after a killed worker)
+JOB_STATES = ("queued", "running", "done", "failed", "superseded")
 
 
 class Base(DeclarativeBase):

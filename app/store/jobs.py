@@ -122,6 +122,17 @@ class JobsMixin:
                 .values(state="failed", finished_at=_utcnow(), error=error[-_ERROR_CAP:])
             )
 
+    def supersede_job(self, key: str, reason: str) -> bool:
+        """Mark a job that was queued or running when a resume handed its work to a new attempt (its worker was
+        killed, or it is still waiting in a queue). Not a failure: the new attempt does the work."""
+        with self.session() as s:
+            res = s.execute(
+                update(m.Job)
+                .where(m.Job.key == key, m.Job.state.in_(["queued", "running"]))
+                .values(state="superseded", finished_at=_utcnow(), error=reason[-_ERROR_CAP:])
+            )
+            return res.rowcount == 1
+
     def claim_job(self, key: str, *, from_states: Iterable[str], to_state: str) -> bool:
         """Atomically move ``key`` from one of ``from_states`` to ``to_state``; True for the one caller that
         did it (a compare-and-set: two workers racing to finish the same thing, one wins)."""
@@ -129,7 +140,7 @@ class JobsMixin:
             res = s.execute(
                 update(m.Job)
                 .where(m.Job.key == key, m.Job.state.in_(list(from_states)))
-                .values(state=to_state, finished_at=_utcnow() if to_state in ("done", "failed") else None)
+                .values(state=to_state, finished_at=None if to_state in ("queued", "running") else _utcnow())
             )
             return res.rowcount == 1
 

@@ -193,8 +193,8 @@ if not jobs:
 else:
     jf = df(jobs)
     states = jf.groupby("state")["jobs"].sum().to_dict()
-    jc = st.columns(4)
-    for col, s_name in zip(jc, ("queued", "running", "done", "failed")):
+    jc = st.columns(5)
+    for col, s_name in zip(jc, ("queued", "running", "done", "failed", "superseded")):
         col.metric(s_name.capitalize(), int(states.get(s_name, 0)))
     show = jf.assign(avg=jf["avg_seconds"].map(c.seconds), max=jf["max_seconds"].map(c.seconds))
     st.dataframe(show[["kind", "queue", "state", "jobs", "max_attempts", "avg", "max", "oldest_queued",

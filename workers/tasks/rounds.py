@@ -531,8 +531,8 @@ def resume_round(store, round_id: int) -> dict[str, Any]:
         rec = facts.record(step)
         if step in R.JOB_TASKS or step in R.INLINE_STEPS:  # the lost attempt's job row: no longer running
             old = store.get_job(R.job_key(round_id, step, int(rec["attempt"])))
-            if old is not None and old.state in ("queued", "running"):
-                store.job_failed(old.key, "superseded: the round was resumed")
+            if old is not None:
+                store.supersede_job(old.key, "the round was resumed")
         store.update_round_step(round_id, step, expect=("running", "failed"), state="pending", retried=True)
     store.mark_round_started(round_id)
     queue_round(round_id)
