@@ -8,7 +8,9 @@ train the generator -> evaluate the base model G0 and the trained G1 (greedy and
 It prints the accuracy per turn before and after the round and how to open the dashboard.
 
 The scaled-down settings (all frozen into the experiment, visible with ``mucode experiment show``):
-- rollouts: the first 8 MBPP train problems, M=4, T=2, temperature 0.7, at most 192 new tokens per response;
+- rollouts: the first 8 MBPP train problems, M=4, T=2, temperature 0.7, at most 160 new tokens per response,
+  each ended where its code block closes (``stop_after_code``: the code that runs is whole, the prose SmolLM2
+  writes after it is not generated; the paper generates full responses: ``--full-responses``);
 - verifier: Bradley-Terry on 8 pairs per problem (paper: 32), lr 1e-5, 2 optimizer steps of 8 pairs;
 - generator: relabeled as the paper (K=3 failed + every success), lr 1e-5, 3 optimizer steps of 8 examples;
 - evaluation: the first 8 MBPP test problems, T=2, greedy + BoN N=3 with C=1 chain and PT+LV, for the base
@@ -43,7 +45,8 @@ class DemoSettings:
     turns: int = 2
     candidates: int = 3
     chains: int = 1
-    max_new_tokens: int = 192
+    max_new_tokens: int = 160
+    stop_after_code: bool = True
     name: str | None = None
     trainer_steps: int | None = None  # optimizer steps of both trainings (default: verifier 2, generator 3)
 
@@ -63,7 +66,8 @@ def demo_config(s: DemoSettings) -> dict[str, Any]:
         "rollout": {
             "turns": s.turns,
             "rollouts_per_problem": s.rollouts,
-            "sampling": {"temperature": 0.7, "top_p": 1.0, "max_new_tokens": s.max_new_tokens},
+            "sampling": {"temperature": 0.7, "top_p": 1.0, "max_new_tokens": s.max_new_tokens,
+                         "stop_after_code": s.stop_after_code},
             "batch_size": max(1, s.train_problems * s.rollouts),  # one backend call per turn
             "seed": 0,
         },

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Frozen(BaseModel):
@@ -19,6 +19,9 @@ class SamplingConfig(_Frozen):
     temperature: float = Field(0.7, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(1000, gt=0)
+    # End a response where its first Python code block closes (the code that runs is whole; the prose after it
+    # is not generated). Off = the paper (no stop strings). Transformers backend only.
+    stop_after_code: bool = False
 
 
 class RolloutConfig(_Frozen):
@@ -90,6 +93,13 @@ class ExperimentConfig(_Frozen):
     # {"verifier": VerifierTrainingConfig fields, "generator": GeneratorTrainConfig fields} (e.g. max_steps,
     # evaluate, bf16). Empty = the trainers' defaults.
     trainer_overrides: dict[str, dict[str, Any]] = {}
+
+    @model_validator(mode="after")
+    def _backend_supports_sampling(self) -> ExperimentConfig:
+        if self.backend == "vllm" and self.rollout.sampling.stop_after_code:
+            raise ValueError("rollout.sampling.stop_after_code needs the transformers backend (vLLM has no "
+                             "per-row stop at the end of a code block)")
+        return self
 
     @field_validator("trainer_overrides")
     @classmethod

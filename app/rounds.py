@@ -235,6 +235,7 @@ def collect_inputs(facts: RoundFacts) -> dict[str, Any]:
             "temperature": r.sampling.temperature,
             "top_p": r.sampling.top_p,
             "max_new_tokens": r.sampling.max_new_tokens,
+            "stop_after_code": r.sampling.stop_after_code,
             "stop_rule": r.stop_rule,
             "batch_size": r.batch_size,
             "seed": r.seed + facts.index,  # a new draw every round
@@ -293,6 +294,7 @@ class EvalSpec:
     temperature: float
     top_p: float
     max_new_tokens: int
+    stop_after_code: bool
     stop_rule: str
     batch_size: int
     seed: int
@@ -313,6 +315,7 @@ class EvalSpec:
             "temperature": self.temperature,
             "top_p": self.top_p,
             "max_new_tokens": self.max_new_tokens,
+            "stop_after_code": self.stop_after_code,
             "stop_rule": self.stop_rule,
             "batch_size": self.batch_size,
             "seed": self.seed,
@@ -358,6 +361,7 @@ def eval_specs(
         "turns": ev.turns,
         "top_p": config.rollout.sampling.top_p,
         "max_new_tokens": max_new,
+        "stop_after_code": config.rollout.sampling.stop_after_code,
         "stop_rule": config.rollout.stop_rule,
         "batch_size": config.rollout.batch_size,
         "seed": ev.seed,

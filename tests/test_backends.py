@@ -112,6 +112,8 @@ def test_same_seeds_same_samples_across_calls_and_batch_compositions(backend):
     # Same prompt with other neighbours repeated many times.
     crowd = texts(backend.generate([CONVS[2]] * 5 + [CONVS[1]], params, [7, 8, 9, 10, 11, 2]))
     assert crowd[-1] == first[1]
+    # A prompt repeated in the batch (its prefill is shared) samples as it does alone.
+    assert crowd[3] == texts(backend.generate([CONVS[2]], params, [10]))[0]
     # Seeds matter: different seeds give different samples of one prompt.
     assert len({t[0] for t in crowd[:5]}) > 1
 
@@ -236,3 +238,91 @@ def test_registry_rejects_missing_models_and_unknown_kinds(tmp_path):
         registry.get_backend("transformers", str(tmp_path / "nope"))
     with pytest.raises(ValueError, match="unknown backend"):
         registry.get_backend("onnx", str(tmp_path))
+
+
+# -- stop_after_code -----------------------------------------------------------------------------------------
+RAMBLING = {
+    "add one to x": "```python\ndef f(x):\n    return x + 1\n```\nThis adds one to x and returns it, as asked.",
+    "print two": "Sure:\n```python\nprint(2)\n```\nDone: it prints two, then says more and more.",
+}
+
+
+@pytest.fixture(scope="module")
+def rambling_model(tmp_path_factory):
+    """A tiny model taught to answer two prompts with a code block followed by prose."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from app.tiny_model import build_tiny_model
+
+    path = build_tiny_model(tmp_path_factory.mktemp("rambling"), hidden_size=128, num_layers=2, num_heads=4, seed=0)
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    eot = tok.convert_tokens_to_ids("<|im_end|>")
+    rows = []
+    for prompt, target in RAMBLING.items():
+        p = render_prompt(tok, conv(prompt))
+        ids = tok(target, add_special_tokens=False)["input_ids"] + [eot]
+        rows.append((p + ids, [-100] * len(p) + ids))
+    width = max(len(x) for x, _ in rows)
+    input_ids = torch.tensor([x + [tok.pad_token_id] * (width - len(x)) for x, _ in rows])
+    labels = torch.tensor([y + [-100] * (width - len(y)) for _, y in rows])
+    attention = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in rows])
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(400):
+        loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if loss.item() < 0.01:
+            break
+    assert loss.item() < 0.05, f"the rambling model did not learn its answers (loss {loss.item():.3f})"
+    model.save_pretrained(path)
+    return TransformersBackend(str(path), device="cpu")
+
+
+def test_stop_after_code_ends_each_row_where_its_code_block_closes(rambling_model):
+    from app.env.extract import extract_code
+
+    convs = [conv(p) for p in RAMBLING]
+    plain = rambling_model.generate(convs, SamplingParams(temperature=0.0, max_tokens=48), [1, 2])
+    assert [g[0].text for g in plain] == list(RAMBLING.values())  # the model learned its answers
+    stopped = rambling_model.generate(
+        convs, SamplingParams(temperature=0.0, max_tokens=48, stop_after_code=True), [1, 2]
+    )
+    for full, cut in zip(plain, stopped, strict=True):
+        full, cut = full[0], cut[0]
+        end = full.text.index("```", full.text.index("```") + 3) + 3
+        assert cut.text.rstrip() == full.text[:end]  # whole code block, no prose
+        assert extract_code(cut.text) == extract_code(full.text)
+        assert cut.finish_reason == "stop"
+        assert cut.completion_tokens < full.completion_tokens
+        ids = rambling_model.tokenizer(cut.text, add_special_tokens=False)["input_ids"]
+        assert cut.completion_tokens == len(ids)
+    # A block still open at the token limit: untouched.
+    short = SamplingParams(temperature=0.0, max_tokens=4, stop_after_code=True)
+    assert rambling_model.generate(convs, short, [1, 2])[0][0] == \
+        rambling_model.generate(convs, SamplingParams(temperature=0.0, max_tokens=4), [1, 2])[0][0]
+
+
+def test_stop_after_code_only_cuts_sampled_rows(rambling_model):
+    """With the same seeds the kept tokens are the ones sampling produces without the stop."""
+    convs = [conv(p) for p in RAMBLING] * 3
+    seeds = [5, 6, 7, 8, 9, 10]
+    params = SamplingParams(temperature=1.0, max_tokens=48)
+    plain = rambling_model.generate(convs, params, seeds)
+    stopped = rambling_model.generate(convs, SamplingParams(temperature=1.0, max_tokens=48, stop_after_code=True),
+                                      seeds)
+    for full, cut in zip(plain, stopped, strict=True):
+        assert full[0].text.startswith(cut[0].text)
+        assert cut[0].completion_tokens <= full[0].completion_tokens
+
+
+def test_stop_after_code_needs_the_transformers_backend():
+    from app.protocol import ExperimentConfig
+    from workers.collect import CollectSpec
+
+    with pytest.raises(ValueError, match="transformers backend"):
+        ExperimentConfig(base_model="m", backend="vllm", rollout={"sampling": {"stop_after_code": True}})
+    with pytest.raises(ValueError, match="transformers backend"):
+        CollectSpec(backend="vllm", stop_after_code=True)

@@ -96,6 +96,10 @@ def test_models_follow_the_paper_schedule():
     assert c1["generator_id"] == 21 and c0["spec"]["seed"] != c1["spec"]["seed"]
     assert c0["spec"]["samples_per_problem"] == 15 and c0["spec"]["turns"] == 3
     assert c0["spec"]["temperature"] == 0.7 and c0["spec"]["max_new_tokens"] == 1000
+    assert c0["spec"]["stop_after_code"] is False  # the paper: full responses
+    stop = facts(config={"rollout": {"sampling": {"stop_after_code": True}}}, generator_out_id=21, verifier_out_id=31)
+    assert R.collect_inputs(stop)["spec"]["stop_after_code"] is True
+    assert all(s.collect_spec()["stop_after_code"] for s in R.eval_plan(stop))  # evaluation samples the same way
 
 
 def test_eval_plan_greedy_and_bon_for_each_generator():

@@ -78,6 +78,7 @@ class CollectSpec(BaseModel):
     temperature: float = Field(0.7, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(1000, gt=0)
+    stop_after_code: bool = False  # end a response where its first code block closes (transformers backend)
     stop_rule: Literal["public", "public_and_private"] = "public"
     batch_size: int = Field(32, ge=1, description="rollouts per batch (one backend call per turn)")
     seed: int = 0
@@ -92,6 +93,8 @@ class CollectSpec(BaseModel):
             raise ValueError("N > 1 candidates per turn needs a selector (random, lv, pt, pt+lv or oracle)")
         if needs_scores(self.selector) and self.verifier_id is None:
             raise ValueError(f"the {self.selector} selector needs a verifier (verifier_id)")
+        if self.stop_after_code and self.backend != "transformers":
+            raise ValueError("stop_after_code needs the transformers backend")
         if self.then is not None and "task" not in self.then:
             raise ValueError("then must be {'task': name, 'kwargs': {...}}")
         return self
@@ -107,6 +110,7 @@ class CollectSpec(BaseModel):
             temperature=rollout.sampling.temperature,
             top_p=rollout.sampling.top_p,
             max_new_tokens=rollout.sampling.max_new_tokens,
+            stop_after_code=rollout.sampling.stop_after_code,
             batch_size=rollout.batch_size,
             seed=rollout.seed,
             **extra,
@@ -527,7 +531,8 @@ def sample_open_turns(
     from workers.backends.base import SamplingParams
 
     params = SamplingParams(
-        temperature=spec.temperature, top_p=spec.top_p, max_tokens=spec.max_new_tokens, n=spec.candidates
+        temperature=spec.temperature, top_p=spec.top_p, max_tokens=spec.max_new_tokens, n=spec.candidates,
+        stop_after_code=spec.stop_after_code,
     )
     by_gen: dict[int | None, list[RolloutState]] = {}
     for r in rollouts:

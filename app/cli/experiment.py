@@ -140,7 +140,8 @@ def _config_summary(cfg) -> str:
     evals = ", ".join(e.datasets) + (f" (first {e.limit})" if e.limit else "")
     return (
         f"  train {train}: M={r.rollouts_per_problem} T={r.turns} temperature {r.sampling.temperature} "
-        f"top_p {r.sampling.top_p} max {r.sampling.max_new_tokens} tokens, stop rule {r.stop_rule}\n"
+        f"top_p {r.sampling.top_p} max {r.sampling.max_new_tokens} tokens"
+        f"{' (stop after code)' if r.sampling.stop_after_code else ''}, stop rule {r.stop_rule}\n"
         f"  verifier {v.loss}: {v.pairs_per_problem} pairs/problem, lr {v.learning_rate:g}, {v.epochs:g} epochs, "
         f"batch {v.effective_batch_size}; relabel expert {cfg.relabel.expert}, K={cfg.relabel.relabel_failed}\n"
         f"  generator: lr {g.learning_rate:g}, {g.epochs:g} epochs, batch {g.effective_batch_size}, "
@@ -700,7 +701,11 @@ def demo_command(
     turns: int = typer.Option(2, "-T", "--turns", help="T turns."),
     candidates: int = typer.Option(3, "-N", "--candidates", help="N candidates per turn (BoN)."),
     chains: int = typer.Option(1, "-C", "--chains", help="C chains per problem (BoN)."),
-    max_new_tokens: int = typer.Option(192, "--max-new-tokens", help="Per response (paper: 1000)."),
+    max_new_tokens: int = typer.Option(160, "--max-new-tokens", help="Per response (paper: 1000)."),
+    stop_after_code: bool = typer.Option(
+        True, "--stop-after-code/--full-responses",
+        help="End responses where their code block closes (paper: full responses).",
+    ),
     name: str | None = typer.Option(None, "--name", help="Experiment name (default: demo, demo-2, ...)."),
     trainer_steps: int | None = typer.Option(
         None, "--trainer-steps", help="Optimizer steps of each training (default: verifier 2, generator 3)."
@@ -711,6 +716,7 @@ def demo_command(
 
     settings = DemoSettings(
         model=model, train_problems=train_problems, test_problems=test_problems, rollouts=rollouts, turns=turns,
-        candidates=candidates, chains=chains, max_new_tokens=max_new_tokens, name=name, trainer_steps=trainer_steps,
+        candidates=candidates, chains=chains, max_new_tokens=max_new_tokens, stop_after_code=stop_after_code, name=name,
+        trainer_steps=trainer_steps,
     )  # fmt: skip
     run_demo(settings, console=console)

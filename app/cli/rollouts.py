@@ -85,6 +85,9 @@ def collect(
     temperature: float = typer.Option(0.7, "--temperature", help="0 = greedy."),
     top_p: float = typer.Option(1.0, "--top-p"),
     max_new_tokens: int = typer.Option(1000, "--max-new-tokens"),
+    stop_after_code: bool = typer.Option(
+        False, "--stop-after-code", help="End a response where its first code block closes (transformers)."
+    ),
     stop_rule: str = typer.Option("public", "--stop-rule", help="public | public_and_private."),
     batch_size: int = typer.Option(
         32, "--batch-size", help="Rollouts per batch (one backend call per turn)."
@@ -117,7 +120,7 @@ def collect(
         spec = pipeline.CollectSpec(
             backend=backend, turns=turns, samples_per_problem=rollouts, candidates=candidates, selector=selector,
             verifier_id=verifier_id, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-            stop_rule=stop_rule, batch_size=batch_size, seed=seed,
+            stop_after_code=stop_after_code, stop_rule=stop_rule, batch_size=batch_size, seed=seed,
         )  # fmt: skip
     except ValidationError as exc:
         raise ConfigError(

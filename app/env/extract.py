@@ -69,6 +69,11 @@ def extract(text: str) -> Extraction:
     return Extraction(_clean(text), "no_fence")
 
 
+def code_block_closed(text: str) -> bool:
+    """True once ``text`` holds a whole first Python code block (rule 1): what follows cannot change the code."""
+    return extract(text).rule == "fenced"
+
+
 def extract_code(text: str) -> str:
     """The program to execute for a model response (see the module's rules)."""
     return extract(text).code

@@ -27,6 +27,8 @@ class SamplingParams:
     top_p: float = 1.0
     max_tokens: int = 1000
     n: int = 1
+    # End a row where its first Python code block closes (``app.env.extract``); transformers backend only.
+    stop_after_code: bool = False
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -44,6 +46,7 @@ class SamplingParams:
             top_p=float(config.top_p),
             max_tokens=int(config.max_new_tokens),
             n=n,
+            stop_after_code=bool(getattr(config, "stop_after_code", False)),
         )
 
     @property

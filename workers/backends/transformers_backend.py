@@ -25,6 +25,10 @@ were identical for 64 tokens alone vs in a batch of 64 (a trained model has fewe
 
 ``temperature == 0`` is greedy decoding (no processor, seeds unused).
 
+Prefill is shared: rows that repeat a prompt (M rollouts of a problem, N candidates of a turn) read it once and
+copy its KV cache (``_prompt_cache``); on 2 CPU cores 32 rows of 8 MBPP prompts sample 2.3x faster at 24 new
+tokens, with the same samples. ``stop_after_code`` ends a row where its first Python code block closes.
+
 Only torch, transformers and numpy are imported (lazily), so this module runs on a bare GPU host.
 """
 
@@ -141,44 +145,80 @@ def _pick_function(compile_sampler: bool):
     return _compiled_pick
 
 
+def _nucleus(logits, temperature: float, top_p: float):
+    """``logits`` with every token outside the top-``top_p`` nucleus of the tempered distribution at -inf."""
+    import torch
+
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits / temperature, dim=-1, descending=True)
+    probs = sorted_logits.softmax(dim=-1)
+    # Keep the smallest prefix (by probability) whose mass reaches top_p.
+    drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
+    drop = torch.zeros_like(drop_sorted).scatter_(1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
 def _make_sampler(keys, prompt_len: int, temperature: float, top_p: float, compile_sampler: bool = False):
-    """A logits processor sampling row ``i`` at step ``t`` with the noise of ``keys[i, t]`` (int32 [B, T])."""
+    """A logits processor sampling row ``i`` at step ``t`` with the noise of ``keys[i, t]`` (int32 [B, T]), for
+    ``model.generate`` (``bench/gpu_smoke.py`` and the tests compare the backend's own loop against it)."""
     import torch
     from transformers import LogitsProcessor
 
-    state: dict = {"pick": _pick_function(compile_sampler)}
+    pick = _SeededPick(compile_sampler)
 
     class SeededSampler(LogitsProcessor):
         """Gumbel-max over the tempered (and nucleus-filtered) logits; returns a one-hot score."""
 
         def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
             step = input_ids.shape[1] - prompt_len
-            if "offsets" not in state:
-                state["offsets"] = torch.arange(scores.shape[-1], dtype=torch.int32, device=scores.device) * (
-                    _as_int32(_TOKEN_STRIDE)
-                )
-            logits = scores.float()
-            if top_p < 1.0:
-                sorted_logits, order = torch.sort(logits / temperature, dim=-1, descending=True)
-                probs = sorted_logits.softmax(dim=-1)
-                # Keep the smallest prefix (by probability) whose mass reaches top_p.
-                drop_sorted = (probs.cumsum(dim=-1) - probs) >= top_p
-                drop = torch.zeros_like(drop_sorted).scatter_(1, order, drop_sorted)
-                logits = logits.masked_fill(drop, float("-inf"))
-            key = keys[:, step : step + 1]
-            try:
-                pick = state["pick"](logits, key, state["offsets"], temperature)
-            except Exception as exc:
-                if state["pick"] is seeded_pick:
-                    raise
-                import warnings
-
-                warnings.warn(f"compiled sampler failed ({exc!r}); sampling in eager mode", stacklevel=1)
-                state["pick"] = seeded_pick
-                pick = seeded_pick(logits, key, state["offsets"], temperature)
-            return scores.fill_(float("-inf")).scatter_(1, pick, 0.0)
+            chosen = pick(_nucleus(scores.float(), temperature, top_p), keys[:, step : step + 1], temperature)
+            return scores.fill_(float("-inf")).scatter_(1, chosen, 0.0)
 
     return SeededSampler()
+
+
+class _SeededPick:
+    """``seeded_pick`` with the token offsets kept between steps; compiled when asked, eager if that fails."""
+
+    def __init__(self, compile_sampler: bool = False) -> None:
+        self.fn = _pick_function(compile_sampler)
+        self.offsets = None
+
+    def __call__(self, logits, keys, temperature: float):
+        import torch
+
+        if self.offsets is None:
+            self.offsets = torch.arange(logits.shape[-1], dtype=torch.int32, device=logits.device) * (
+                _as_int32(_TOKEN_STRIDE)
+            )
+        try:
+            return self.fn(logits, keys, self.offsets, temperature)
+        except Exception as exc:
+            if self.fn is seeded_pick:
+                raise
+            import warnings
+
+            warnings.warn(f"compiled sampler failed ({exc!r}); sampling in eager mode", stacklevel=1)
+            self.fn = seeded_pick
+            return seeded_pick(logits, keys, self.offsets, temperature)
+
+
+class _CodeBlockWatch:
+    """``stop_after_code``: has a row's text closed its first Python code block? Only a token holding a
+    backtick can close one, so the text is decoded again only after such a token."""
+
+    def __init__(self, tokenizer) -> None:
+        from app.env.extract import code_block_closed
+
+        self.tokenizer, self.closed_text = tokenizer, code_block_closed
+        self.backtick: dict[int, bool] = {}
+
+    def closed(self, tokens: list[int]) -> bool:
+        last = tokens[-1]
+        if last not in self.backtick:
+            self.backtick[last] = "`" in self.tokenizer.decode([last])
+        return self.backtick[last] and self.closed_text(self.tokenizer.decode(tokens, skip_special_tokens=True))
 
 
 class TransformersBackend:
@@ -262,7 +302,6 @@ class TransformersBackend:
         self, prompts: list[list[int]], seeds: list[int], params: SamplingParams
     ) -> list[Sample]:
         import torch
-        from transformers import LogitsProcessorList
 
         width = max(len(p) for p in prompts)
         input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
@@ -270,47 +309,98 @@ class TransformersBackend:
         for i, p in enumerate(prompts):
             input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
             attention[i, width - len(p) :] = 1
-        input_ids = input_ids.to(self.device)
-        attention = attention.to(self.device)
+        with torch.inference_mode():
+            tokens, reasons = self._decode(input_ids.to(self.device), attention.to(self.device), seeds, params)
+        return [
+            Sample(
+                text=self.tokenizer.decode(toks, skip_special_tokens=True),
+                prompt_tokens=len(prompts[i]),
+                completion_tokens=len(toks) + (reason == "eos"),  # an end-of-turn token counts as generated
+                finish_reason="length" if reason == "length" else "stop",
+                seed=None if params.greedy else seeds[i],
+            )
+            for i, (toks, reason) in enumerate(zip(tokens, reasons, strict=True))
+        ]
 
-        processors = LogitsProcessorList()
+    def _decode(self, input_ids, attention, seeds: list[int], params: SamplingParams):
+        """Sample every row to its end: (tokens of each row without its end-of-turn token, why it ended:
+        ``eos``, ``code`` or ``length``). A finished row leaves the batch (its cache rows too), so the rows that
+        run long no longer pay for the whole batch, as ``generate`` would have them do."""
+        import torch
+
+        rows = list(range(input_ids.shape[0]))
+        tokens: list[list[int]] = [[] for _ in rows]
+        reasons = ["length"] * len(rows)
+        eos = set(self.eos_ids)
+        watch = _CodeBlockWatch(self.tokenizer) if params.stop_after_code else None
+        keys = pick = None
         if not params.greedy:
             keys = torch.from_numpy(step_keys(seeds, params.max_tokens).view("int32")).to(self.device)
-            processors.append(
-                _make_sampler(
-                    keys, width, params.temperature, params.top_p, compile_sampler=self.compile_sampler
-                )
-            )
-        with torch.inference_mode():
-            out = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=attention,
-                max_new_tokens=params.max_tokens,
-                do_sample=False,
-                num_beams=1,
-                logits_processor=processors,
-                pad_token_id=self.pad_id,
-                eos_token_id=self.eos_ids,
-            )
-        generated = out[:, width:].tolist()
-        eos = set(self.eos_ids)
-        samples = []
-        for i, tokens in enumerate(generated):
-            end = next((k for k, t in enumerate(tokens) if t in eos), None)
-            if end is None:
-                body, count, reason = tokens, len(tokens), "length"
+            pick = _SeededPick(self.compile_sampler)
+        cache = self._prompt_cache(input_ids, attention)
+        step_ids = input_ids[:, -1:]
+        mask = attention
+        positions = attention.sum(-1, keepdim=True) - 1  # a left-padded row's last prompt token
+        for step in range(params.max_tokens):
+            logits = self.model(input_ids=step_ids, attention_mask=mask, position_ids=positions, cache=cache,
+                                use_cache=True).logits[:, -1, :].float()
+            if keys is None:
+                chosen = logits.argmax(dim=-1, keepdim=True)
             else:
-                body, count, reason = tokens[:end], end + 1, "stop"
-            samples.append(
-                Sample(
-                    text=self.tokenizer.decode(body, skip_special_tokens=True),
-                    prompt_tokens=len(prompts[i]),
-                    completion_tokens=count,
-                    finish_reason=reason,
-                    seed=None if params.greedy else seeds[i],
-                )
-            )
-        return samples
+                logits = _nucleus(logits, params.temperature, params.top_p)
+                chosen = pick(logits, keys[:, step : step + 1], params.temperature)
+            keep = []
+            for j, (r, t) in enumerate(zip(rows, chosen[:, 0].tolist(), strict=True)):
+                if t in eos:
+                    reasons[r] = "eos"
+                    continue
+                tokens[r].append(t)
+                if watch is not None and watch.closed(tokens[r]):
+                    reasons[r] = "code"
+                    continue
+                keep.append(j)
+            if not keep:
+                break
+            if len(keep) < len(rows):
+                index = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(index)
+                rows = [rows[j] for j in keep]
+                chosen, mask, positions = chosen[index], mask[index], positions[index]
+                if keys is not None:
+                    keys = keys[index]
+            step_ids = chosen
+            mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
+            positions = positions + 1
+        return tokens, reasons
+
+    def _prompt_cache(self, input_ids, attention):
+        """The KV cache of every prompt token but the last, computed once per distinct padded prompt and copied
+        to the rows that repeat it (M rollouts of a problem, N candidates of a turn): prefill is most of the
+        work on a CPU, and the first turn of a collection reads each prompt M x N times. Every call goes this
+        way, duplicates or not, so a row's tokens do not depend on whether its prompt is repeated in the batch.
+        The first decoding step then reads the last prompt token."""
+        import torch
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        if input_ids.shape[1] < 2:
+            return cache  # a one-token prompt: nothing to prefill before the first step
+        first: dict[tuple[int, ...], int] = {}
+        pick, index = [], []
+        for i, row in enumerate(input_ids.tolist()):
+            u = first.setdefault(tuple(row), len(pick))
+            if u == len(pick):
+                pick.append(i)
+            index.append(u)
+        ids = input_ids[pick, :-1]
+        mask = attention[pick, :-1]
+        # the positions generate gives a left-padded prompt (attention mask cumsum, pads at 0)
+        positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
+                   use_cache=True, logits_to_keep=1)
+        if len(pick) < len(index):
+            cache.batch_select_indices(torch.tensor(index, device=ids.device))
+        return cache
 
     def close(self) -> None:
         import torch

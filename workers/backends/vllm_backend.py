@@ -75,6 +75,8 @@ class VLLMBackend:
     ) -> list[list[Sample]]:
         from vllm import SamplingParams as VSamplingParams
 
+        if params.stop_after_code:
+            raise ValueError("stop_after_code is implemented by the transformers backend only")
         rows = expand_requests(conversations, params, seeds)
         if not rows:
             return []
