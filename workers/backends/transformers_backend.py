@@ -35,6 +35,7 @@ Only torch, transformers and numpy are imported (lazily), so this module runs on
 from __future__ import annotations
 
 import gc
+import inspect
 from typing import Any
 
 from workers.backends.base import (
@@ -256,6 +257,9 @@ class TransformersBackend:
         if attn_implementation:
             kwargs["attn_implementation"] = attn_implementation
         self.model = AutoModelForCausalLM.from_pretrained(self.model_uri, **kwargs).to(self.device).eval()
+        # transformers 5 calls the forward's KV cache argument ``cache`` (``past_key_values`` before)
+        params = inspect.signature(self.model.forward).parameters
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         self.eos_ids = eos_token_ids(self.tokenizer, self.model.generation_config)
         pad = self.tokenizer.pad_token_id
         if pad is None:
@@ -342,8 +346,8 @@ class TransformersBackend:
         mask = attention
         positions = attention.sum(-1, keepdim=True) - 1  # a left-padded row's last prompt token
         for step in range(params.max_tokens):
-            logits = self.model(input_ids=step_ids, attention_mask=mask, position_ids=positions, cache=cache,
-                                use_cache=True).logits[:, -1, :].float()
+            logits = self.model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
+                                use_cache=True, **{self._cache_kwarg: cache}).logits[:, -1, :].float()
             if keys is None:
                 chosen = logits.argmax(dim=-1, keepdim=True)
             else:
@@ -382,7 +386,10 @@ class TransformersBackend:
         import torch
         from transformers import DynamicCache
 
-        cache = DynamicCache(config=self.model.config)
+        try:
+            cache = DynamicCache(config=self.model.config)
+        except TypeError:  # transformers 4.x
+            cache = DynamicCache()
         if input_ids.shape[1] < 2:
             return cache  # a one-token prompt: nothing to prefill before the first step
         first: dict[tuple[int, ...], int] = {}
@@ -396,8 +403,8 @@ class TransformersBackend:
         mask = attention[pick, :-1]
         # the positions generate gives a left-padded prompt (attention mask cumsum, pads at 0)
         positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
-        self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
-                   use_cache=True, logits_to_keep=1)
+        self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, logits_to_keep=1,
+                   **{self._cache_kwarg: cache})
         if len(pick) < len(index):
             cache.batch_select_indices(torch.tensor(index, device=ids.device))
         return cache
