@@ -335,3 +335,24 @@ def test_a_nul_character_in_a_response_is_stored_on_both_databases(store, tiny_m
     with store.session() as s:
         c = s.execute(select(m.Candidate)).scalar_one()
     assert "\x00" not in c.response and "\ufffd" in c.response and "\ufffd" in c.code
+
+
+def test_resume_marks_a_lost_job_superseded_not_failed(sqlite_store, tiny_model, embedded):
+    """A job left running by a killed worker is superseded by the resume: no status (however it interleaves with
+    the resume) may take it for a failure of the collection."""
+    from workers import collect
+
+    store = embedded(sqlite_store)
+    load_mbpp(store)
+    owner = make_collection(store, tiny_model, "lost", problems=2, M=1, T=1)
+    [(ids, _)] = collect.batches(store, owner, 4)
+    generation = store.bump_job_attempts(collect.collect_key(owner))  # as start() did before the worker died
+    lost = collect.step_key(owner, generation, 0, "sample", 0)
+    store.job_started(lost, worker="killed", kind="sample", queue="sample", **owner.as_dict())
+    out = collect.resume(store, owner)  # embedded: the new generation runs to the end here
+    assert out["generation"] == generation + 1
+    job = store.get_job(lost)
+    assert job.state == "superseded" and f"generation {generation + 1}" in job.error
+    assert store.list_jobs(key_prefix=collect.collect_key(owner) + "/", states=("failed",)) == []
+    st = collect.status(store, owner)
+    assert st["done"] and st["failed_jobs"] == [] and st["jobs"]["sample"]["superseded"] == 1
