@@ -248,6 +248,12 @@ def test_embedded_round_with_a_failed_step_and_resume(tmp_path, knowing_model):
     other.write_text(json.dumps(small_config(knowing_model, train_limit=2)))
     r = _mucode(["experiment", "create", "e1", "--config", str(other)], env, ok=False)
     assert r.returncode == 2 and "another config" in r.stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**small_config(knowing_model), "backend": "vllm",
+                               "rollout": {"sampling": {"stop_after_code": True}}}))
+    r = _mucode(["experiment", "create", "e2", "--config", str(bad)], env, ok=False)
+    said = " ".join(r.stderr.split())  # the console may wrap the line
+    assert r.returncode == 2 and "invalid experiment config: Value error, rollout.sampling.stop_after_code" in said
 
     # a real failure: no trained model can be written (a file where the models folder should be)
     (tmp_path / "art").mkdir()

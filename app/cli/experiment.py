@@ -84,7 +84,8 @@ def build_config(method: str | None, base_model: str | None, overrides: dict[str
     try:
         return ExperimentConfig(**data)
     except ValidationError as exc:
-        msgs = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" for e in exc.errors())
+        msgs = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" if e["loc"] else e["msg"]
+                         for e in exc.errors())
         raise ConfigError(f"invalid experiment config: {msgs}") from exc
 
 
