@@ -10,6 +10,7 @@ import time
 import pytest
 
 from app.sandbox import Limits, Sandbox
+from tests.helpers.procs import process_table
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -110,16 +111,9 @@ def _not_idle_spares(procs: list[dict[str, str]], slots: int) -> list[dict[str, 
 
 
 def _zombies_under(root: int) -> list[int]:
-    parents: dict[int, int] = {}
-    states: dict[int, str] = {}
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            parents[int(pid)], states[int(pid)] = int(fields[1]), fields[0]
+    table = process_table()
+    parents = {pid: ppid for pid, (_, ppid) in table.items()}
+    states = {pid: state for pid, (state, _) in table.items()}
     tree = {root}
     changed = True
     while changed:

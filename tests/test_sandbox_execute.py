@@ -13,6 +13,7 @@ from sqlalchemy import func, select
 from app.db import models as m
 from app.hashing import code_hash
 from app.sandbox import SANDBOX_VERSION, InfraError, Limits, Sandbox
+from tests.helpers.procs import process_table
 from tests.helpers.seed import add_problem, add_round
 from workers.tasks.execute import execute_candidates
 
@@ -99,15 +100,9 @@ def test_executes_public_and_private_once_and_records_verdicts(store, sb):
 
 def _zygote_of(sandbox: Sandbox) -> int:
     executor = sandbox._proc.pid
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open(f"/proc/{pid}/stat") as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[1] == str(executor):
-                return int(pid)
+    for pid, (_, ppid) in process_table().items():
+        if ppid == executor:
+            return pid
     raise AssertionError("no zygote")
 
 
