@@ -47,6 +47,14 @@ def _wrong(v):
 
 
 class _WrapReturns(ast.NodeTransformer):
+    """Wraps the returns of one function body, not those of functions nested in it: a nested helper made wrong
+    changes the control flow around it (HumanEval/75's ``is_prime`` negated doubles its run time)."""
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> ast.FunctionDef:
+        return node
+
+    visit_AsyncFunctionDef = visit_FunctionDef
+
     def visit_Return(self, node: ast.Return) -> ast.Return:
         if node.value is None:
             return node

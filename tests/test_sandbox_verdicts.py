@@ -147,6 +147,37 @@ def test_plain_data_rules(sb):
     assert "Note: the program returned a Box object" in rigged.feedback
 
 
+def test_a_test_that_does_not_compile_is_an_error_of_that_test_only(sb):
+    r = sb.run(suite("assert f(2) == 4", "assert f(2) ==", "assert f(3) == 9\x00", "assert f(3) == 9"),
+               "def f(x):\n    return x * x\n")
+    assert outcomes(r) == ["pass", "error", "error", "pass"]
+    assert r.tests[1]["message"].startswith("the test does not compile: SyntaxError")
+    assert r.tests[2]["message"].startswith("the test does not compile:")
+    assert not r.passed
+
+
+def test_programs_that_name_numpy_start_with_it_loaded_the_others_without(sb):
+    """NumPy is loaded in the numpy zygote only (the main zygote is a third smaller, so each fork is cheaper): a
+    program that names it, or whose suite imports it in the program's process, starts from the numpy zygote;
+    any other program from the main one, and can still import NumPy by itself."""
+    assert sb.info["numpy_zygote"] and sb.info["numpy_zygote_threads"] == 1
+    probe = "import sys\nLOADED = ('num' + 'py') in sys.modules\ndef f(x):\n    return LOADED\n"
+    loaded, not_loaded = suite("assert f(0) == True"), suite("assert f(0) == False")
+    cases = [
+        (loaded, probe + "import numpy as np\n"),
+        (not_loaded, probe),
+        (suite("assert f(0) == True", setup="import numpy as np"), probe),
+        (not_loaded, probe + "m = __import__('nu' + 'mpy')\nassert m.float64(2) * 2 == 4.0\n"),
+        (loaded, probe + "# numpy\n"),
+    ] * 3  # alternating: each judge switches zygotes back and forth
+    results = sb.run_many([(s, code, "public") for s, code in cases])
+    assert [r.status for r in results] == ["passed"] * len(cases), [r.feedback for r in results]
+    with Sandbox(workers=1, preimport_numpy=False) as bare:
+        assert not bare.info["numpy_zygote"]
+        r = bare.run(not_loaded, probe + "import numpy as np\nassert np.arange(3).sum() == 3\n")
+        assert r.passed, r.feedback
+
+
 def test_tests_can_use_what_the_program_returns(sb):
     code = ("def pairs(n):\n    for i in range(n):\n        yield (i, i * i)\n"
             "class Node:\n    def __init__(self, v):\n        self.v = v\n        self.left = self.right = None\n"

@@ -5,18 +5,23 @@ Process tree (all started from ``Sandbox``; none holds a database connection or 
     Celery worker / CLI --(socketpair: pickled batches)--> executor (python -m app.sandbox.executor)
                                                              | fork at start-up, before any job exists
                                                              v
-                                                           zygote (stdlib and numpy imported; the empty
-                                                             |     network namespaces, the read-only root;
-                                                             |     reaps everything)
-                                  fork once per slot  <------+------>  fork once per program (raw fork)
-                                           v                                     v
+                                                           zygote (stdlib imported; the empty network
+                                                             |     namespaces, the read-only root; reaps
+                                                             |     everything)
+                                                             +--fork at start-up--> numpy zygote (the same,
+                                                             |                       NumPy imported too)
+                                  fork once per slot  <------+------>  fork once per program (raw fork, by
+                                           v                                     v  either zygote)
                           judge (one per slot, long-lived:        candidate's process (pid 1 of its own pid
                           runs the tests; trusted)     <-socket->  namespace; own network, mount and IPC
                                                                    namespaces; the slot's uid; rlimits)
 
-The zygote never receives a job, so a candidate's process (a copy of it) holds no test, no expected value and
-no other program. A judge asks the zygote for the next candidate process as soon as the previous one is
-reaped, so the fork and the isolation overlap with the executor's bookkeeping.
+The zygotes never receive a job, so a candidate's process (a copy of one) holds no test, no expected value and
+no other program. A judge asks a zygote for the next candidate process as soon as the previous one is reaped,
+so the fork and the isolation overlap with the executor's bookkeeping. A program whose code (or the suite's
+code that runs in its process) names NumPy gets its process from the numpy zygote; every other program from
+the main one, which is a third smaller: the cost of a fork here (page tables, copy-on-write faults, unmapping at
+exit) grows with the memory the zygote has touched, and NumPy is most of it.
 
 Candidate processes are made with libc's ``fork()`` directly (the zygote is single-threaded and holds the
 GIL across the call), skipping CPython's after-fork hooks (``threading`` and ``random`` re-initialisation):
@@ -119,10 +124,10 @@ def _preimport(numpy: bool = True) -> list[str]:
 
 
 def _make_namespaces(cfg: ZygoteConfig) -> None:
-    """One empty network namespace per slot (a slot runs one program at a time) and one for the zygote and the
-    judges; then the zygote moves itself into a new mount namespace whose root is the minimal read-only tree, so
-    the judges and every program process start there (no capability beyond SYS_ADMIN is needed: no setns into
-    a mount namespace, no chroot)."""
+    """One empty network namespace per slot (a slot runs one program at a time) and one for the zygotes and the
+    judges. Each zygote then moves itself into a mount namespace of its own whose root is the minimal read-only
+    tree (``isolation.make_root_namespace``), so the judges and every program process start there (no capability
+    beyond SYS_ADMIN is needed: no setns into a mount namespace, no chroot)."""
     for _ in range(cfg.slots):
         isolation.unshare(isolation.CLONE_NEWNET)
         cfg.netns_fds.append(os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC))
@@ -132,7 +137,6 @@ def _make_namespaces(cfg: ZygoteConfig) -> None:
         for slot in range(cfg.slots):
             cfg.cgroup_fds.append([os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
                                    for path in isolation.cgroup_paths(cfg.cgroup_tag, slot)])
-    isolation.make_root_namespace()
 
 
 def _child_setup(slot: int, cfg: ZygoteConfig, workdir: str | None) -> isolation.ChildSetup:
@@ -188,11 +192,18 @@ def _candidate_process(setup: isolation.ChildSetup, sock_fd: int, out_fd: int, e
 
 
 class Zygote:
-    """Serves the executor (new judges) and the judges (new candidate processes, their exit statuses)."""
+    """Serves the executor (new judges) and the judges (new candidate processes, their exit statuses).
 
-    def __init__(self, ctl: socket.socket, cfg: ZygoteConfig) -> None:
+    ``numpy_role``: the numpy zygote, a fork of the main one that has imported NumPy as well. It makes no judge:
+    the main zygote hands it one socket per judge, and it serves those judges' candidates that need NumPy.
+    """
+
+    def __init__(self, ctl: socket.socket, cfg: ZygoteConfig, *, numpy_role: bool = False) -> None:
         self.ctl = ctl
         self.cfg = cfg
+        self.numpy_role = numpy_role
+        self.numpy_ctl: socket.socket | None = None  # main zygote: its line to the numpy zygote
+        self.numpy_pid = 0
         self.sel = selectors.DefaultSelector()
         self.judges: dict[socket.socket, int] = {}  # control socket -> slot
         self.judge_pids: dict[int, int] = {}  # judge pid -> slot
@@ -204,38 +215,102 @@ class Zygote:
         self.setups: dict[int, isolation.ChildSetup] = {}  # per slot (the child changes only its own copy)
 
     def start(self) -> None:
+        """The main zygote: the standard library, the harness, the namespaces; then the numpy zygote is forked
+        from it (NumPy is imported there only: it doubles the memory every fork copies, and few programs use
+        it), and both move into their read-only roots."""
         isolation.set_name("mucode-zygote")
         isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)
         isolation.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: orphans of weak-mode programs come back to us
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        failed = _preimport(self.cfg.preimport_numpy)
+        failed = _preimport(numpy=False)
         import random
 
         random.seed(0)  # every program starts from the same random state: verdicts repeat
-        os.environ.clear()
+        child.prepare(3)
+        if self.cfg.strong:
+            _make_namespaces(self.cfg)
+        info: dict[str, Any] = {"preimport_failed": failed, "numpy_zygote": False}
+        if self.cfg.preimport_numpy:
+            info.update(self._start_numpy_zygote())
+        info["threads"] = self._serve_from_root()
+        self.ctl.send(pickle.dumps(("ready", info)))
+
+    def _start_numpy(self) -> None:
+        """The numpy zygote's start, in the fork of the main zygote."""
+        isolation.set_name("mucode-zygote-np")
+        isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)  # dies with the main zygote
+        isolation.prctl(36, 1)
+        import random
+
+        import numpy  # noqa: F401 - the point of this zygote
+
+        random.seed(0)  # as in the main zygote, whatever the import did
+        self.ctl.send(pickle.dumps(("ready", {"threads": self._serve_from_root()})))
+
+    def _serve_from_root(self) -> int:
+        """Freeze what is imported, enter the read-only root, and listen; returns the zygote's thread count (a
+        fork copies only the calling thread: there must be no other)."""
+        os.environ.clear()  # now: NumPy's import reads OPENBLAS_NUM_THREADS and the like
         self.wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(wake_w)
         signal.signal(signal.SIGCHLD, lambda *_: None)
-        child.prepare(3)
         gc.collect()
         gc.freeze()  # the imported modules stay shared with every fork: the collector must not touch them
         self.cfg.base_vm = isolation.vm_size()
         threads = len(os.listdir("/proc/self/task"))
         if self.cfg.strong:
-            _make_namespaces(self.cfg)  # last: from here on the zygote sees only the read-only root
-        self.sel.register(self.ctl, selectors.EVENT_READ, "executor")
+            isolation.make_root_namespace()  # last: from here on the zygote sees only the read-only root
+        self.sel.register(self.ctl, selectors.EVENT_READ, "parent" if self.numpy_role else "executor")
         self.sel.register(self.wake_r, selectors.EVENT_READ, "sigchld")
-        self.ctl.send(pickle.dumps(("ready", {"preimport_failed": failed, "threads": threads})))
+        return threads
+
+    def _start_numpy_zygote(self) -> dict[str, Any]:
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the numpy zygote
+            mine.close()
+            self.ctl.close()
+            z = Zygote(theirs, self.cfg, numpy_role=True)
+            try:
+                z._start_numpy()
+            except BaseException as exc:  # noqa: BLE001 - reported; programs then import NumPy themselves
+                try:
+                    theirs.send(pickle.dumps(("error", f"{type(exc).__name__}: {exc}")))
+                finally:
+                    os._exit(1)
+            z.serve()
+        theirs.close()
+        status, detail = pickle.loads(mine.recv(1 << 16) or pickle.dumps(("error", "no answer")))
+        if status != "ready":
+            mine.close()
+            os.waitpid(pid, 0)
+            return {"numpy_zygote": False, "numpy_zygote_error": str(detail)}
+        self.numpy_ctl, self.numpy_pid = mine, pid
+        return {"numpy_zygote": True, "numpy_zygote_threads": detail["threads"]}
 
     def serve(self) -> None:
         while True:
             for key, _ in self.sel.select():
                 if key.data == "executor":
                     self._from_executor()
+                elif key.data == "parent":
+                    self._from_parent()
                 elif key.data == "sigchld":
                     self._reap()
                 else:
                     self._from_judge(key.fileobj)
+
+    def _from_parent(self) -> None:
+        """The numpy zygote: the main zygote hands over a new judge's socket (or is gone)."""
+        try:
+            msg, fds, _, _ = socket.recv_fds(self.ctl, 64, 1)
+        except OSError:
+            msg, fds = b"", []
+        if not msg or not fds:
+            self._shutdown()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET, fileno=fds[0])
+        self.judges[sock] = int(msg.decode())
+        self.sel.register(sock, selectors.EVENT_READ, "judge")
 
     # -- executor requests: a judge for a slot ---------------------------------------------------------
     def _from_executor(self) -> None:
@@ -248,14 +323,23 @@ class Zygote:
         slot = int(msg.decode())
         e_fd = fds[0]
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        np_theirs = None
+        if self.numpy_ctl is not None:  # the judge's own line to the numpy zygote
+            np_mine, np_theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            try:
+                socket.send_fds(self.numpy_ctl, [str(slot).encode()], [np_mine.fileno()])
+            except OSError:
+                np_theirs.close()
+                np_theirs = None
+            np_mine.close()
         pid = os.fork()
         if pid == 0:  # the judge
             try:
                 mine.close()
                 self.ctl.close()
-                keep = {e_fd, theirs.fileno()}
+                keep = {e_fd, theirs.fileno()} | ({np_theirs.fileno()} if np_theirs is not None else set())
                 _close_all_but(keep)
-                judge_server(e_fd, theirs, slot, self.cfg)
+                judge_server(e_fd, theirs, np_theirs, slot, self.cfg)
             except BaseException:  # noqa: BLE001 - the executor reports the slot's job as sandbox_error
                 traceback.print_exc()
                 sys.stderr.flush()
@@ -263,6 +347,8 @@ class Zygote:
                 os._exit(70)
         os.close(e_fd)
         theirs.close()
+        if np_theirs is not None:
+            np_theirs.close()
         self.judges[mine] = slot
         self.judge_pids[pid] = slot
         self.sel.register(mine, selectors.EVENT_READ, "judge")
@@ -273,7 +359,7 @@ class Zygote:
     def _shutdown(self) -> None:
         """The executor is gone: kill every judge and candidate process and reap them all (no zombie is left
         to a parent that may never reap it), then exit."""
-        for pid in list(self.live.values()) + list(self.judge_pids):
+        for pid in list(self.live.values()) + list(self.judge_pids) + ([self.numpy_pid] if self.numpy_pid else []):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -368,6 +454,12 @@ class Zygote:
             if pid in self.judge_pids:
                 self.judge_pids.pop(pid)
                 continue
+            if pid == self.numpy_pid:  # died: judges made from now on use this zygote for every program
+                self.numpy_pid = 0
+                if self.numpy_ctl is not None:
+                    self.numpy_ctl.close()
+                    self.numpy_ctl = None
+                continue
             slot = next((s for s, p in self.live.items() if p == pid), None)
             if slot is None:
                 continue  # an orphan of a weak-mode program
@@ -425,9 +517,10 @@ def zygote_main(ctl: socket.socket, cfg: ZygoteConfig) -> None:
 class _Candidate:
     """The next candidate process of a slot, asked for in advance."""
 
-    def __init__(self, z: socket.socket, strong: bool) -> None:
+    def __init__(self, z: socket.socket, strong: bool, numpy: bool = False) -> None:
         self.z = z
         self.strong = strong
+        self.numpy = numpy  # made by the numpy zygote
         self.j_sock, c_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self.out_fd = os.memfd_create("stdout", os.MFD_CLOEXEC)
         self.err_fd = os.memfd_create("stderr", os.MFD_CLOEXEC)
@@ -490,6 +583,16 @@ class _Candidate:
             if reply[0] == "status" and reply[1] == self.pid:
                 return reply[2]
 
+    def discard(self) -> None:
+        """Not wanted after all (the job needs the other zygote): kill it, wait until it is reaped (a slot runs
+        one process at a time), close."""
+        try:
+            if self.ready():
+                self.kill()
+                self.wait()
+        finally:
+            self.close()
+
     def close(self) -> None:
         self.j_sock.close()
         for fd in (self.out_fd, self.err_fd, self.pidfd):
@@ -504,15 +607,28 @@ class _Candidate:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def judge_server(e_fd: int, z: socket.socket, slot: int, cfg: ZygoteConfig) -> None:
-    """One slot's judge: takes jobs from the executor one at a time; never returns."""
+def needs_numpy(suite: dict[str, Any], code: str) -> bool:
+    """Whether the program's process should come from the numpy zygote: the program or the suite's part that
+    runs in its process names NumPy. A program that imports it by other means imports it itself (slower, same
+    verdict)."""
+    return suite["compiled"]["numpy"] or "numpy" in code
+
+
+def judge_server(e_fd: int, z: socket.socket, zn: socket.socket | None, slot: int, cfg: ZygoteConfig) -> None:
+    """One slot's judge: takes jobs from the executor one at a time; never returns. ``z`` and ``zn``: its lines to
+    the main and the numpy zygote (None when there is none); the next candidate process is asked for in advance,
+    from the zygote the last job needed."""
     isolation.set_name(f"mucode-judge{slot}")
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)
     limits = cfg.limits
     suites: dict[int, dict[str, Any]] = {}
-    nxt = _Candidate(z, cfg.strong)
+
+    def candidate(numpy: bool) -> _Candidate:
+        return _Candidate(zn, cfg.strong, True) if numpy and zn is not None else _Candidate(z, cfg.strong)
+
+    nxt = candidate(False)
     while True:
         try:
             msg = pickle.loads(wire.recv_frame(e_fd))
@@ -528,8 +644,12 @@ def judge_server(e_fd: int, z: socket.socket, slot: int, cfg: ZygoteConfig) -> N
             continue
         _, jid, sid, code, collect = msg
         suite = suites[sid]
+        use_numpy = zn is not None and needs_numpy(suite, code)
         cand = nxt
         try:
+            if cand.numpy != use_numpy:
+                cand.discard()
+                cand = candidate(use_numpy)
             ok = cand.ready()
         except OSError as exc:
             result: dict[str, Any] = {"status": "sandbox_error", "error": str(exc)}
@@ -540,7 +660,7 @@ def judge_server(e_fd: int, z: socket.socket, slot: int, cfg: ZygoteConfig) -> N
         else:
             result = _judge_one(cand, suite, code, collect, limits)
         cand.close()
-        nxt = _Candidate(z, cfg.strong)  # start the next process now: it isolates while we report
+        nxt = candidate(use_numpy)  # start the next process now: it isolates while we report
         wire.send_frame(e_fd, pickle.dumps(("result", jid, result)))
 
 
@@ -697,8 +817,9 @@ class Executor:
 
     def run_batch(self, suites: list[dict[str, Any]], jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Run every job; each slot's judge has up to QUEUE_DEPTH jobs in hand, so it starts the next one as
-        soon as it has answered the previous (no round trip through the executor in between)."""
-        prepared = [self._prepare(s) for s in suites]
+        soon as it has answered the previous (no round trip through the executor in between). A suite is compiled
+        when its first job is sent, so the judges start at once."""
+        prepared: dict[int, dict[str, Any]] = {}
         results: list[dict[str, Any] | None] = [None] * len(jobs)
         pending = deque(range(len(jobs)))
         sel = selectors.DefaultSelector()
@@ -727,6 +848,14 @@ class Executor:
         def fill(slot: _Slot) -> None:
             while pending and len(slot.queue) < QUEUE_DEPTH:
                 i = pending.popleft()
+                k = jobs[i]["suite"]
+                if k not in prepared:
+                    try:
+                        prepared[k] = self._prepare(suites[k])
+                    except Exception as exc:  # noqa: BLE001 - this suite's jobs fail, the batch goes on
+                        results[i] = {"status": "sandbox_error",
+                                      "error": f"the suite could not be prepared: {type(exc).__name__}: {exc}"}
+                        continue
                 if not send(slot, i):
                     pending.appendleft(i)
                     restart(slot, "the judge is gone")

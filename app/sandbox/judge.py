@@ -804,14 +804,16 @@ class _UsePrefetched(ast.NodeTransformer):
         k = self.numbers.get(id(node))
         if k is None:
             return self.generic_visit(node)
-        new = ast.Call(func=ast.Name(id=PREFETCH, ctx=ast.Load()),
-                       args=[ast.Constant(k), node.func, *node.args], keywords=node.keywords)
+        new = ast.Call(func=ast.copy_location(ast.Name(id=PREFETCH, ctx=ast.Load()), node),
+                       args=[ast.copy_location(ast.Constant(k), node), node.func, *node.args],
+                       keywords=node.keywords)
         return ast.copy_location(new, node)
 
 
-def prefetch_sites(test: str, first: int, bound: set[str]) -> tuple[ast.Module | None, list[Any]]:
+def prefetch_sites(test: str, first: int, bound: set[str]) -> tuple[ast.Module, list[Any]]:
     """Rewrite the module-level asserts of one test so their ``name(<literals>)`` calls read answers fetched in
-    one batch; returns the new tree (None when nothing changed) and the (name, args, kwargs) of each call.
+    one batch; returns the test's tree (rewritten where a call was found) and the (name, args, kwargs) of each
+    call.
     The calls are made in the same order as the test would make them; a call whose name turns out not to be
     the program's (a builtin, a helper of the tests) is made normally."""
     tree = ast.parse(test)
@@ -821,10 +823,9 @@ def prefetch_sites(test: str, first: int, bound: set[str]) -> tuple[ast.Module |
             _collect_calls(stmt.test, found)
     found = [(node, site) for node, site in found if site[0] not in bound and site[0] != PREFETCH]
     if not found:
-        return None, []
+        return tree, []
     numbers = {id(node): first + i for i, (node, _) in enumerate(found)}
-    tree = ast.fix_missing_locations(_UsePrefetched(numbers).visit(tree))
-    return tree, [site for _, site in found]
+    return _UsePrefetched(numbers).visit(tree), [site for _, site in found]
 
 
 def _bound_names(tree: ast.Module) -> set[str]:
@@ -865,8 +866,10 @@ def compile_suite(prefix: str, setup: str, tests: list[str]) -> dict[str, Any]:
         except SyntaxError as exc:
             return f"the {name.strip('<>')} code does not compile: SyntaxError: {exc.msg} (line {exc.lineno})"
 
+    imports = setup_imports(setup)
     out: dict[str, Any] = {"prefix": comp(prefix, "<prefix>"), "setup": comp(setup, "<setup>"), "tests": [],
-                           "sites": [], "pipeline": True, "setup_imports": comp(setup_imports(setup), "<setup>")}
+                           "sites": [], "pipeline": True, "setup_imports": comp(imports, "<setup>"),
+                           "numpy": "numpy" in prefix or "numpy" in imports}  # what runs in the program's process
     bound: set[str] = set()
     if setup.strip() and isinstance(out["setup"], bytes):
         tree = ast.parse(setup)
@@ -875,15 +878,15 @@ def compile_suite(prefix: str, setup: str, tests: list[str]) -> dict[str, Any]:
     for i, t in enumerate(tests):
         name = f"<test {i + 1}>"
         try:
-            plain = compile(t, name, "exec", dont_inherit=True)
-        except SyntaxError as exc:
-            out["tests"].append(f"the test does not compile: SyntaxError: {exc.msg}")
-            continue
-        try:
             tree, sites = prefetch_sites(t, len(out["sites"]), bound)
-            code = compile(tree, name, "exec", dont_inherit=True) if tree is not None else plain
-        except (SyntaxError, RecursionError, ValueError, TypeError):
-            code, sites = plain, []
+            code = compile(tree, name, "exec", dont_inherit=True)
+        except (SyntaxError, RecursionError, ValueError, TypeError, MemoryError):
+            try:  # the plain source: its own SyntaxError, or a test too deep for the rewriting
+                code, sites = compile(t, name, "exec", dont_inherit=True), []
+            except (SyntaxError, ValueError) as exc:  # ValueError: a null byte
+                out["tests"].append(f"the test does not compile: {type(exc).__name__}: "
+                                    f"{getattr(exc, 'msg', None) or exc}")
+                continue
         out["tests"].append(marshal.dumps(code))
         out["sites"].extend(sites)
     return out
