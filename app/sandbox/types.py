@@ -9,7 +9,8 @@ from app.errors import MucodeError
 
 # Stored in executions.sandbox_version: bump it whenever a verdict could change for the same program and suite
 # (harness semantics, the default limits, the plain-data rules), so the cache never mixes the two.
-SANDBOX_VERSION = "mucode-sandbox-1"
+# 2: NumPy is preloaded only for programs that name it; a test loop's calls are sent ahead of it.
+SANDBOX_VERSION = "mucode-sandbox-2"
 
 STATUSES = ("passed", "failed", "error", "timeout", "memory", "output_limit", "sandbox_error")
 OUTCOMES = ("pass", "fail", "error")
