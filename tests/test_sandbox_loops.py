@@ -73,13 +73,19 @@ def test_loop_verdicts_match_calling_one_at_a_time(sb):
     assert r_hang.status == "timeout"
 
 
-def test_the_calls_are_already_waiting_when_the_program_answers_the_first(sb):
-    """What the rewriting is for: while the program computes f(item 0), the requests for the next items are
-    already in its socket (fd 3 in the program's process); one at a time, nothing would be."""
+def test_the_calls_are_already_waiting_while_the_program_computes(sb):
+    """What the rewriting is for: while the program computes one call, the requests for the next ones are
+    already in its socket (fd 3 in the program's process); one at a time, they never are."""
     probe = ("import select\nseen = []\n"
-             "def f(x):\n    seen.append(bool(select.select([3], [], [], 0.2)[0]))\n    return seen[0]\n")
-    r = sb.run(loop_suite([[i] for i in range(40)], [True] * 40), probe, "private")
-    assert r.passed, r.feedback
+             "def f(x):\n    seen.append(bool(select.select([3], [], [], 0.05)[0]))\n    return x\n"
+             "def waiting():\n    return sum(seen)\n")
+    loop = EVALPLUS_LOOP + "n = waiting()\nassert n > 10, n\n"  # (not an assert's call: those run first)
+    on = sb.run(loop_suite([[i] for i in range(40)], list(range(40)), loop=loop), probe, "private")
+    assert on.passed, on.feedback
+    with Sandbox(workers=1, limits=Limits(timeout_s=5), send_ahead=False) as one_at_a_time:
+        off = one_at_a_time.run(loop_suite([[i] for i in range(40)], list(range(40)), loop=loop), probe,
+                                "private")
+    assert off.status == "failed" and off.feedback.endswith("AssertionError: 0"), off.feedback
 
 
 def test_large_and_many_items_do_not_block_the_judge(sb):

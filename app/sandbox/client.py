@@ -80,16 +80,19 @@ class Sandbox:
     ``workers``: programs run in parallel (default: the ``sandbox_workers`` setting, 0 = CPUs).
     ``allow_weak_isolation``: start even when a protection is missing (default: the setting); otherwise
     ``start()`` raises :class:`SandboxUnavailable` naming what is missing.
+    ``send_ahead``: a test loop's calls of the program go out ahead of the loop (``judge.map_loops``); off, each
+    call waits for the previous answer (the baseline of ``bench/sandbox_loops.py``, and a check when in doubt).
     """
 
     def __init__(self, workers: int | None = None, *, limits: Limits | None = None,
                  allow_weak_isolation: bool | None = None, pretend_missing: Sequence[str] = (),
-                 preimport_numpy: bool = True) -> None:
+                 preimport_numpy: bool = True, send_ahead: bool = True) -> None:
         self.workers = workers
         self.limits = limits or Limits()
         self.allow_weak_isolation = allow_weak_isolation
         self.pretend_missing = list(pretend_missing)  # tests: act as on a host without these protections
         self.preimport_numpy = preimport_numpy
+        self.send_ahead = send_ahead
         self.info: dict[str, Any] = {}
         self._proc: subprocess.Popen | None = None
         self._sock: socket.socket | None = None
@@ -138,6 +141,8 @@ class Sandbox:
                 cmd += ["--pretend-missing", name]
             if not self.preimport_numpy:
                 cmd.append("--no-numpy")
+            if not self.send_ahead:
+                cmd.append("--no-send-ahead")
             try:
                 proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], env=executor_env(), cwd="/",
                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

@@ -99,7 +99,7 @@ def _close_all_but(keep: set[int]) -> None:
 # -- zygote ----------------------------------------------------------------------------------------------------
 class ZygoteConfig:
     def __init__(self, *, slots: int, strong: bool, ipcns: bool, limits: Limits, uid_base: int,
-                 cgroup_tag: str | None, preimport_numpy: bool = True) -> None:
+                 cgroup_tag: str | None, preimport_numpy: bool = True, send_ahead: bool = True) -> None:
         self.slots = slots
         self.strong = strong
         self.ipcns = ipcns
@@ -107,6 +107,7 @@ class ZygoteConfig:
         self.uid_base = uid_base
         self.cgroup_tag = cgroup_tag
         self.preimport_numpy = preimport_numpy
+        self.send_ahead = send_ahead
         self.netns_fds: list[int] = []
         self.cgroup_fds: list[list[int]] = []  # per slot: open cgroup.procs files (memory, pids)
         self.pidns_fd: int | None = None
@@ -658,17 +659,17 @@ def judge_server(e_fd: int, z: socket.socket, zn: socket.socket | None, slot: in
         if not ok:
             result = {"status": "sandbox_error", "error": cand.error}
         else:
-            result = _judge_one(cand, suite, code, collect, limits)
+            result = _judge_one(cand, suite, code, collect, limits, cfg.send_ahead)
         cand.close()
         nxt = candidate(use_numpy)  # start the next process now: it isolates while we report
         wire.send_frame(e_fd, pickle.dumps(("result", jid, result)))
 
 
-def _judge_one(cand: _Candidate, suite: dict[str, Any], code: str, collect: bool, limits: Limits
-               ) -> dict[str, Any]:
+def _judge_one(cand: _Candidate, suite: dict[str, Any], code: str, collect: bool, limits: Limits,
+               send_ahead: bool = True) -> dict[str, Any]:
     started = time.monotonic()
     job = {"code": code, "tests": suite["tests"], "compiled": suite["compiled"], "collect": collect}
-    conn = judge.Conn(cand.j_sock.fileno(), started + limits.timeout_s)
+    conn = judge.Conn(cand.j_sock.fileno(), started + limits.timeout_s, send_ahead=send_ahead)
     jd = judge.Judge(job, conn, limits)
     try:
         run = jd.judge()
@@ -694,12 +695,14 @@ class _Slot:
 
 class Executor:
     def __init__(self, client: socket.socket, slots: int, limits: Limits, allow_weak: bool,
-                 pretend_missing: list[str] | None = None, preimport_numpy: bool = True) -> None:
+                 pretend_missing: list[str] | None = None, preimport_numpy: bool = True,
+                 send_ahead: bool = True) -> None:
         self.client = client
         self.nslots = max(1, min(slots, MAX_SLOTS))
         self.limits = limits
         self.allow_weak = allow_weak
         self.preimport_numpy = preimport_numpy
+        self.send_ahead = send_ahead
         self.caps = isolation.detect()
         for name in pretend_missing or []:  # tests: behave as on a host without this protection
             setattr(self.caps, name, False)
@@ -757,7 +760,7 @@ class Executor:
     def _start_zygote(self) -> tuple[str, Any, ZygoteConfig]:
         cfg = ZygoteConfig(slots=self.nslots, strong=self.strong, ipcns=self.caps.ipcns, limits=self.limits,
                            uid_base=_uid_base(), cgroup_tag=self.cgroup_tag if self.strong else None,
-                           preimport_numpy=self.preimport_numpy)
+                           preimport_numpy=self.preimport_numpy, send_ahead=self.send_ahead)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the zygote
@@ -987,12 +990,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--allow-weak", action="store_true")
     ap.add_argument("--pretend-missing", action="append", default=[])
     ap.add_argument("--no-numpy", action="store_true")
+    ap.add_argument("--no-send-ahead", action="store_true")
     args = ap.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     isolation.set_name("mucode-executor")
     client = socket.socket(fileno=args.fd)
     limits = Limits(**json.loads(args.limits))
-    ex = Executor(client, args.workers, limits, args.allow_weak, args.pretend_missing, not args.no_numpy)
+    ex = Executor(client, args.workers, limits, args.allow_weak, args.pretend_missing, not args.no_numpy,
+                  not args.no_send_ahead)
     try:
         try:
             info = ex.start()

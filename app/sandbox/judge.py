@@ -18,7 +18,9 @@ import importlib
 import marshal
 import os
 import re
+import select
 import signal
+import struct
 import sys
 import time
 import types
@@ -33,6 +35,7 @@ from app.sandbox.verdict import Run, status_of
 
 SETUP_FAILED = 71  # the candidate's process could not isolate itself (see executor)
 _SIGALRM = int(signal.SIGALRM)
+_FRAME_LEN = struct.Struct(">I")
 _TYPE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}")
 MAX_REPLY = 64 << 20  # bytes of one answer from the candidate
 # A loop's calls sent ahead, at most: well within a socket's buffer (which also counts each message's overhead,
@@ -248,7 +251,7 @@ class _RemoteIterator:
 class Conn:
     """The judge's end of the connection to the candidate's process."""
 
-    def __init__(self, fd: int, deadline: float) -> None:
+    def __init__(self, fd: int, deadline: float, *, send_ahead: bool = True) -> None:
         self.fd = fd
         self.deadline = deadline
         self.encoder = wire.Encoder(self._to_ref, convert=self._convert)
@@ -257,7 +260,9 @@ class Conn:
         self.memory_error = False
         self.pending: deque[Any] = deque()  # tags of batched calls whose answers are still to be read
         self.stream: _Stream | None = None  # a test loop's calls, sent ahead of the loop
-        self.streams = True  # off once a loop made other requests while its calls were ahead
+        self._buf = bytearray()  # what was read from the program and not yet decoded
+        self._pos = 0
+        self.streams = send_ahead  # off once a loop made other requests while its calls were ahead
 
     @staticmethod
     def _convert(v: Any) -> Any:
@@ -319,35 +324,43 @@ class Conn:
         expected next (same function, the list's next item itself), else the call made now."""
         st = self.stream
         if st is not None and fn is st.fn and st.used < st.limit and item is st.items[st.used]:
-            if st.used == st.sent:
+            if st.used:  # the previous call's iteration went through: more of them will
+                st.window = min(STREAM_CALLS, st.window * 2)
+            if st.sent - st.used <= st.window // 2:  # half the window answered: the next chunk
                 self._fill_stream()
             if st.used < st.sent:
                 st.used += 1
                 st.in_flight -= st.sizes.popleft()
-                self._fill_stream()
                 return self.reply()
         return fn(*item) if star else fn(item)
 
     def _fill_stream(self) -> None:
+        """Send the next calls, as one batch: up to the window (small at first, so a program that fails its
+        first input wastes little; doubled by each answer) and STREAM_BYTES in flight (a large call goes alone,
+        to a program waiting for it)."""
         st = self.stream
         assert st is not None
-        while st.sent < st.limit:
-            if st.next_payload is None:
-                item = st.items[st.sent]
+        chunk: list[bytes] = []
+        size = 0
+        while st.sent + len(chunk) < st.limit and st.sent + len(chunk) - st.used < st.window:
+            if st.next_call is None:
+                item = st.items[st.sent + len(chunk)]
                 try:
                     args = tuple(item) if st.star else (item,)
-                    st.next_payload = self.encoder.encode(("batch", [(st.fn, args, {})]))
+                    st.next_call = self.encoder.encode((st.fn, args, {}))
                 except Exception:  # noqa: BLE001 - not plain: from here on the loop makes its calls itself
-                    st.limit = st.sent
-                    return
-            size = len(st.next_payload)
-            if st.sizes and (st.in_flight + size > STREAM_BYTES or len(st.sizes) >= STREAM_CALLS):
-                return  # (a large item goes alone, to a program waiting for it)
-            self._send_raw(st.next_payload)
-            st.next_payload = None
-            st.sizes.append(size)
+                    st.limit = st.sent + len(chunk)
+                    break
+            if (st.sizes or chunk) and st.in_flight + size + len(st.next_call) > STREAM_BYTES:
+                break
+            chunk.append(st.next_call)
+            size += len(st.next_call)
+            st.next_call = None
+        if chunk:
+            self._send_raw(wire.batch_of(chunk))
+            st.sizes.extend(len(c) for c in chunk)
             st.in_flight += size
-            st.sent += 1
+            st.sent += len(chunk)
 
     def drain_stream(self) -> None:
         """The loop ended early or made other requests: read the answers still on their way (their calls were
@@ -405,12 +418,42 @@ class Conn:
             self.gone = ProgramGone("died")
             raise self.gone from None
 
+    def _recv_frame(self) -> bytes:
+        """The next frame, read through a buffer: answers sent together (a batch's) take one read."""
+        buf = self._buf
+        while True:
+            avail = len(buf) - self._pos
+            if avail >= 4:
+                (n,) = _FRAME_LEN.unpack_from(buf, self._pos)
+                if n > MAX_REPLY:
+                    raise wire.TooLarge(f"message of {n} bytes is over the {MAX_REPLY} byte limit")
+                if avail >= 4 + n:
+                    start = self._pos + 4
+                    self._pos = start + n
+                    frame = bytes(buf[start:self._pos])
+                    if self._pos == len(buf):
+                        buf.clear()
+                        self._pos = 0
+                    return frame
+                want = 4 + n - avail
+            else:
+                want = 4 - avail
+            if self._pos and self._pos > len(buf) // 2:
+                del buf[:self._pos]
+                self._pos = 0
+            left = self.deadline - time.monotonic()
+            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                raise wire.Timeout("deadline passed")
+            chunk = os.read(self.fd, max(want, 1 << 16) if want < 1 << 20 else 1 << 20)
+            if not chunk:
+                raise wire.Closed("connection closed")
+            buf += chunk
+
     def reply(self, expect: tuple[str, ...] = ("ok", "raise")) -> Any:
         if self.gone is not None:
             raise self.gone
         try:
-            buf = wire.recv_frame(self.fd, self.deadline, max_size=MAX_REPLY)
-            reply = wire.decode(buf, self._from_ref)
+            reply = wire.decode(self._recv_frame(), self._from_ref)
         except wire.Timeout:
             self.gone = ProgramGone("timeout")
         except (wire.Closed, BrokenPipeError, ConnectionResetError):
@@ -439,7 +482,7 @@ class Conn:
 
 
 class _Stream:
-    __slots__ = ("fn", "in_flight", "items", "limit", "next_payload", "sent", "sizes", "star", "used")
+    __slots__ = ("fn", "in_flight", "items", "limit", "next_call", "sent", "sizes", "star", "used", "window")
 
     def __init__(self, fn: ProgramObject, items: list[Any] | tuple[Any, ...], star: bool) -> None:
         self.fn, self.items, self.star = fn, items, star
@@ -448,7 +491,8 @@ class _Stream:
         self.used = 0
         self.sizes: deque[int] = deque()  # bytes of each request sent and not yet answered
         self.in_flight = 0
-        self.next_payload: bytes | None = None
+        self.next_call: bytes | None = None  # encoded, waiting for room
+        self.window = 2  # calls in flight at most
 
 
 def library_name(obj: Any) -> str | None:

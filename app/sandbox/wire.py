@@ -204,6 +204,13 @@ class Encoder:
 
 NOT_PLAIN = object()
 
+_BATCH_HEAD = b"U" + _I32.pack(2) + b"s" + _I32.pack(5) + b"batch" + b"L"
+
+
+def batch_of(calls: list[bytes]) -> bytes:
+    """The message ``("batch", [call, ...])`` from calls encoded one by one."""
+    return _BATCH_HEAD + _I32.pack(len(calls)) + b"".join(calls)
+
 _ATOMS = (str, int, float, bool, bytes, complex, type(None))
 
 
