@@ -217,8 +217,8 @@ class Zygote:
 
     def start(self) -> None:
         """The main zygote: the standard library, the harness, the namespaces; then the numpy zygote is forked
-        from it (NumPy is imported there only: it doubles the memory every fork copies, and few programs use
-        it), and both move into their read-only roots."""
+        from it (NumPy is imported there only: it adds half again to the memory every fork copies, and few
+        programs use it), and both move into their read-only roots."""
         isolation.set_name("mucode-zygote")
         isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)
         isolation.prctl(36, 1)  # PR_SET_CHILD_SUBREAPER: orphans of weak-mode programs come back to us

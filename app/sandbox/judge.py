@@ -1066,7 +1066,9 @@ def _map_loop(loop: ast.For) -> bool:
     sent to the program ahead of the loop (``Conn.map_start``) and each call reads its answer (``Conn.mapped``).
     The call must be made exactly once per iteration, first among the program's calls (the first statement,
     outside any branch), and the loop has no ``break``: the program then makes the same calls in the same
-    order as the loop would, only sooner. (EvalPlus checks are such loops, over hundreds of inputs.)"""
+    order as the loop would, only sooner (with the items as they are when sent: a loop that changed its later
+    items as it went would not be rewritten correctly; none of the datasets' does). EvalPlus checks are such
+    loops, over hundreds of inputs."""
     sources: dict[str, str] = {}
     _loop_sources(loop.target, loop.iter, sources)
     if not sources or not loop.body or _breaks(loop.body):
