@@ -211,6 +211,7 @@ def batch_of(calls: list[bytes]) -> bytes:
     """The message ``("batch", [call, ...])`` from calls encoded one by one."""
     return _BATCH_HEAD + _I32.pack(len(calls)) + b"".join(calls)
 
+
 _ATOMS = (str, int, float, bool, bytes, complex, type(None))
 
 
