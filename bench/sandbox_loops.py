@@ -28,21 +28,15 @@ for p in (ROOT, ROOT / "bench"):
 
 def programs(n: int) -> list[tuple[object, str, str]]:
     """(problem, program, kind) for the first ``n`` problems of HumanEval+ and MBPP+: reference and wrong."""
-    from sandbox import wrong_function
+    from sandbox import reference_program, wrong_program
 
     from app.datasets import parse_dataset
 
     out = []
     for name in ("humaneval_plus", "mbpp_plus"):
         for p in parse_dataset(name).problems[:n]:
-            if p.code_prefix or p.external_id.startswith("HumanEval"):
-                ref = p.prompt[len(p.code_prefix):] + p.reference_solution
-                wrong = wrong_function(p.prompt + p.reference_solution, p.entry_point)
-                wrong = wrong[wrong.index(f"def {p.entry_point}("):] if wrong else None
-            else:
-                ref = p.reference_solution
-                wrong = wrong_function(ref, p.entry_point)
-            out.append((p, ref, "reference"))
+            out.append((p, reference_program(p), "reference"))
+            wrong = wrong_program(p)
             if wrong is not None:
                 out.append((p, wrong, "wrong"))
     return out

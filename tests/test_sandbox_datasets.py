@@ -37,22 +37,13 @@ def _datasets():
         pytest.skip(f"benchmark data not available: {exc}")
 
 
-def reference_program(problem) -> str:
-    """What a model would write: HumanEval's signature, docstring and body (the prompt's imports and helpers
-    are the problem's code prefix); MBPP's whole reference code."""
-    if problem.code_prefix or problem.external_id.startswith("HumanEval"):
-        return problem.prompt[len(problem.code_prefix):] + problem.reference_solution
-    return problem.reference_solution
+reference_program = bench.reference_program
 
 
 def wrong_program(problem) -> str:
-    """The reference solution with every value it returns made wrong (bench/sandbox.py, ``wrong_function``)."""
-    wrong = bench.wrong_function(reference_program(problem) if not problem.code_prefix
-                                 else problem.prompt + problem.reference_solution, problem.entry_point)
+    """The reference solution with every value it returns made wrong (bench/sandbox.py, ``wrong_program``)."""
+    wrong = bench.wrong_program(problem)
     assert wrong is not None, problem.external_id
-    if problem.code_prefix:  # the prefix stays the problem's; the model's part starts at the entry point
-        start = wrong.index(f"def {problem.entry_point}(")
-        return wrong[start:]
     return wrong
 
 

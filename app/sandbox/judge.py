@@ -18,9 +18,7 @@ import importlib
 import marshal
 import os
 import re
-import select
 import signal
-import struct
 import sys
 import time
 import types
@@ -35,7 +33,6 @@ from app.sandbox.verdict import Run, status_of
 
 SETUP_FAILED = 71  # the candidate's process could not isolate itself (see executor)
 _SIGALRM = int(signal.SIGALRM)
-_FRAME_LEN = struct.Struct(">I")
 _TYPE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}")
 MAX_REPLY = 64 << 20  # bytes of one answer from the candidate
 # A loop's calls sent ahead, at most: well within a socket's buffer (which also counts each message's overhead,
@@ -260,8 +257,7 @@ class Conn:
         self.memory_error = False
         self.pending: deque[Any] = deque()  # tags of batched calls whose answers are still to be read
         self.stream: _Stream | None = None  # a test loop's calls, sent ahead of the loop
-        self._buf = bytearray()  # what was read from the program and not yet decoded
-        self._pos = 0
+        self.reader = wire.FrameReader(fd, max_size=MAX_REPLY)
         self.streams = send_ahead  # off once a loop made other requests while its calls were ahead
 
     @staticmethod
@@ -330,7 +326,7 @@ class Conn:
                 self._fill_stream()
             if st.used < st.sent:
                 st.used += 1
-                st.in_flight -= st.sizes.popleft()
+                st.sizes.popleft()
                 return self.reply()
         return fn(*item) if star else fn(item)
 
@@ -341,7 +337,7 @@ class Conn:
         st = self.stream
         assert st is not None
         chunk: list[bytes] = []
-        size = 0
+        size = sum(st.sizes)  # bytes in flight, with the chunk's
         while st.sent + len(chunk) < st.limit and st.sent + len(chunk) - st.used < st.window:
             if st.next_call is None:
                 item = st.items[st.sent + len(chunk)]
@@ -351,7 +347,7 @@ class Conn:
                 except Exception:  # noqa: BLE001 - not plain: from here on the loop makes its calls itself
                     st.limit = st.sent + len(chunk)
                     break
-            if (st.sizes or chunk) and st.in_flight + size + len(st.next_call) > STREAM_BYTES:
+            if (st.sizes or chunk) and size + len(st.next_call) > STREAM_BYTES:
                 break
             chunk.append(st.next_call)
             size += len(st.next_call)
@@ -359,7 +355,6 @@ class Conn:
         if chunk:
             self._send_raw(wire.batch_of(chunk))
             st.sizes.extend(len(c) for c in chunk)
-            st.in_flight += size
             st.sent += len(chunk)
 
     def drain_stream(self) -> None:
@@ -373,9 +368,7 @@ class Conn:
             for _ in range(st.sent - st.used):
                 try:
                     self.reply()
-                except ProgramGone:
-                    raise
-                except _Deadline:
+                except (ProgramGone, _Deadline):
                     raise
                 except BaseException:  # noqa: BLE001, S110 - the program's exception for a call nobody uses
                     pass
@@ -418,42 +411,11 @@ class Conn:
             self.gone = ProgramGone("died")
             raise self.gone from None
 
-    def _recv_frame(self) -> bytes:
-        """The next frame, read through a buffer: answers sent together (a batch's) take one read."""
-        buf = self._buf
-        while True:
-            avail = len(buf) - self._pos
-            if avail >= 4:
-                (n,) = _FRAME_LEN.unpack_from(buf, self._pos)
-                if n > MAX_REPLY:
-                    raise wire.TooLarge(f"message of {n} bytes is over the {MAX_REPLY} byte limit")
-                if avail >= 4 + n:
-                    start = self._pos + 4
-                    self._pos = start + n
-                    frame = bytes(buf[start:self._pos])
-                    if self._pos == len(buf):
-                        buf.clear()
-                        self._pos = 0
-                    return frame
-                want = 4 + n - avail
-            else:
-                want = 4 - avail
-            if self._pos and self._pos > len(buf) // 2:
-                del buf[:self._pos]
-                self._pos = 0
-            left = self.deadline - time.monotonic()
-            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
-                raise wire.Timeout("deadline passed")
-            chunk = os.read(self.fd, max(want, 1 << 16) if want < 1 << 20 else 1 << 20)
-            if not chunk:
-                raise wire.Closed("connection closed")
-            buf += chunk
-
     def reply(self, expect: tuple[str, ...] = ("ok", "raise")) -> Any:
         if self.gone is not None:
             raise self.gone
         try:
-            reply = wire.decode(self._recv_frame(), self._from_ref)
+            reply = wire.decode(self.reader.recv(self.deadline), self._from_ref)
         except wire.Timeout:
             self.gone = ProgramGone("timeout")
         except (wire.Closed, BrokenPipeError, ConnectionResetError):
@@ -482,7 +444,7 @@ class Conn:
 
 
 class _Stream:
-    __slots__ = ("fn", "in_flight", "items", "limit", "next_call", "sent", "sizes", "star", "used", "window")
+    __slots__ = ("fn", "items", "limit", "next_call", "sent", "sizes", "star", "used", "window")
 
     def __init__(self, fn: ProgramObject, items: list[Any] | tuple[Any, ...], star: bool) -> None:
         self.fn, self.items, self.star = fn, items, star
@@ -490,7 +452,6 @@ class _Stream:
         self.sent = 0
         self.used = 0
         self.sizes: deque[int] = deque()  # bytes of each request sent and not yet answered
-        self.in_flight = 0
         self.next_call: bytes | None = None  # encoded, waiting for room
         self.window = 2  # calls in flight at most
 

@@ -91,6 +91,45 @@ def recv_frame(fd: int, deadline: float | None = None, *, max_size: int = MAX_FR
     return _read_exact(fd, n, deadline) if n else b""
 
 
+class FrameReader:
+    """``recv_frame`` through a buffer: frames sent together (a batch's answers) take one read."""
+
+    def __init__(self, fd: int, *, max_size: int = MAX_FRAME) -> None:
+        self.fd, self.max_size = fd, max_size
+        self.buf = bytearray()
+        self.pos = 0  # start of what is not yet returned
+
+    def recv(self, deadline: float) -> bytes:
+        buf = self.buf
+        while True:
+            avail = len(buf) - self.pos
+            if avail >= 4:
+                (n,) = _I32.unpack_from(buf, self.pos)
+                if n > self.max_size:
+                    raise TooLarge(f"message of {n} bytes is over the {self.max_size} byte limit")
+                if avail >= 4 + n:
+                    start = self.pos + 4
+                    self.pos = start + n
+                    frame = bytes(buf[start:self.pos])
+                    if self.pos == len(buf):
+                        buf.clear()
+                        self.pos = 0
+                    return frame
+                want = 4 + n - avail
+            else:
+                want = 4 - avail
+            if self.pos > len(buf) // 2:
+                del buf[:self.pos]
+                self.pos = 0
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                raise Timeout("deadline passed")
+            chunk = os.read(self.fd, min(max(want, 1 << 16), 1 << 20))
+            if not chunk:
+                raise Closed("connection closed")
+            buf += chunk
+
+
 # -- plain-data codec ----------------------------------------------------------------------------------------
 PLAIN_TYPES = (type(None), bool, int, float, complex, str, bytes, list, tuple, dict, set, frozenset)
 

@@ -40,13 +40,13 @@ class SamplingParams:
 
     @classmethod
     def from_config(cls, config: Any, n: int = 1, *, greedy: bool = False) -> SamplingParams:
-        """From the protocol's ``SamplingConfig`` (temperature, top_p, max_new_tokens); ``greedy`` sets T = 0."""
+        """From the protocol's ``SamplingConfig``; ``greedy`` sets T = 0."""
         return cls(
             temperature=0.0 if greedy else float(config.temperature),
             top_p=float(config.top_p),
             max_tokens=int(config.max_new_tokens),
             n=n,
-            stop_after_code=bool(getattr(config, "stop_after_code", False)),
+            stop_after_code=bool(config.stop_after_code),
         )
 
     @property
