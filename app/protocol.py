@@ -31,11 +31,17 @@ class RolloutConfig(_Frozen):
     sampling: SamplingConfig = SamplingConfig()
     batch_size: int = Field(32, ge=1, description="trajectories sampled together in one job")
     seed: int = 0
+    # Tests shown (and checked as public tests) on MBPP train problems: "all" 3 asserts, as the reference does
+    # (while MBPP test shows only the first: a train/test prompt shift), or "first" to match the test split.
+    train_shown_tests: Literal["all", "first"] = "all"
 
 
 class VerifierConfig(_Frozen):
     loss: Literal["bt", "bce"] = "bt"
     pairs_per_problem: int = 32
+    # "per_round": pairs_per_problem pairs drawn from each round's rollouts, the rounds' sets concatenated (the
+    # reference: RM1 sees about 2x the pairs of RM0); "pooled": drawn once from all rounds' rows together.
+    pair_sampling: Literal["per_round", "pooled"] = "per_round"
     l2_coeff: float = 1e-3  # reward centering: 1e-3 * mean(r^2)
     learning_rate: float = 1e-6
     epochs: float = 2.0
@@ -76,6 +82,25 @@ class EvalConfig(_Frozen):
     max_new_tokens: int | None = Field(None, gt=0, description="None: the rollouts' sampling.max_new_tokens")
     baseline: bool = True  # round 0 also evaluates the base generator G0 (with RM0): the paper's "Instruct" rows
     seed: int = 0
+    # Which verifier searches a generator: "same_round" = one trained on that generator's own rollouts (the
+    # paper's G2 with RM2); "previous_round" = the verifier the round started with (never saw its samples).
+    verifier_pairing: Literal["same_round", "previous_round"] = "same_round"
+
+
+class HarnessConfig(_Frozen):
+    # The reference starts every program with 16 import lines (math, re, numpy as np, from typing import *, ...):
+    # code that uses math without importing it passes there. Part of what a cached verdict depends on.
+    import_prelude: bool = True
+
+
+# Values an experiment frozen before a setting existed keeps: what mucode did then, so that resuming an old
+# experiment never changes its protocol halfway.
+LEGACY_DEFAULTS: dict[str, dict[str, Any]] = {
+    "harness": {"import_prelude": False},
+    "rollout": {"train_shown_tests": "all"},
+    "verifier": {"pair_sampling": "pooled"},
+    "eval": {"verifier_pairing": "previous_round"},
+}
 
 
 class ExperimentConfig(_Frozen):
@@ -89,10 +114,23 @@ class ExperimentConfig(_Frozen):
     relabel: RelabelConfig = RelabelConfig()
     generator: GeneratorConfig = GeneratorConfig()
     eval: EvalConfig = EvalConfig()
+    harness: HarnessConfig = HarnessConfig()
     # Trainer knobs outside the paper's protocol, frozen with the experiment like everything else:
     # {"verifier": VerifierTrainingConfig fields, "generator": GeneratorTrainConfig fields} (e.g. max_steps,
     # evaluate, bf16). Empty = the trainers' defaults.
     trainer_overrides: dict[str, dict[str, Any]] = {}
+
+    @classmethod
+    def frozen(cls, stored: dict[str, Any]) -> ExperimentConfig:
+        """The config an experiment was created with, read back from the store: a setting added since then takes
+        its legacy value (``LEGACY_DEFAULTS``), not today's default."""
+        data = dict(stored)
+        for section, legacy in LEGACY_DEFAULTS.items():
+            part = data.get(section)
+            part = dict(part) if isinstance(part, dict) else ({} if part is None else part)
+            if isinstance(part, dict):
+                data[section] = {**legacy, **part}
+        return cls(**data)
 
     @model_validator(mode="after")
     def _backend_supports_sampling(self) -> ExperimentConfig:

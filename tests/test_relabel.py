@@ -316,3 +316,31 @@ def test_cli_relabel(world, tmp_path, monkeypatch):
         assert res.exit_code != 0
     finally:
         get_settings.cache_clear()
+
+
+def test_examples_come_back_in_content_order_whatever_their_ids(world):
+    """The trainer reads a set in an order that depends on the store's content, not on the timing that gave the
+    rows their ids: the same examples written in the opposite order read back identically."""
+    store = world["store"]
+    ts = build_training_set(store, world["r1"], method="mucode")
+
+    def key(r: dict) -> tuple:
+        return (r["round_id"], r["problem"], r["sample_index"], r["turn_index"], r["target_candidate_id"])
+
+    first = [key(r) for r in example_records(store, ts["id"])]
+    assert len(first) > 5
+    cols = ("training_set_id", "problem_id", "rollout_id", "turn_index", "target_candidate_id", "source",
+            "verifier_id")
+    with store.session() as s:
+        rows = s.scalars(select(m.SftExample).where(m.SftExample.training_set_id == ts["id"])
+                         .order_by(m.SftExample.id)).all()
+        copies = [{c: getattr(r, c) for c in cols} for r in rows]
+        for r in rows:
+            s.delete(r)
+        s.flush()
+        for c in reversed(copies):  # later content gets the smaller ids now
+            s.add(m.SftExample(**c))
+    again = [key(r) for r in example_records(store, ts["id"])]
+    assert again == first
+    rounds = {world["r0"]: 0, world["r1"]: 1}
+    assert [(rounds[k[0]],) + k[1:4] for k in first] == sorted((rounds[k[0]],) + k[1:4] for k in first)

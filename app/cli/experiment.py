@@ -185,7 +185,7 @@ def experiment_show(
         print_json({"id": exp.id, "name": exp.name, "method": exp.method, "base_model": exp.base_model,
                     "config": exp.config, "rounds": statuses, "evaluations": [_eval_dict(e) for e in evals]})
         return
-    cfg = ExperimentConfig(**exp.config)
+    cfg = ExperimentConfig.frozen(exp.config)
     console.print(f"[bold]{exp.name}[/]: method {exp.method}, base model {exp.base_model}", highlight=False)
     console.print(_config_summary(cfg), highlight=False)
     for st in statuses:
@@ -574,7 +574,7 @@ def eval_command(
     verifier_id = None
     if experiment is not None:
         exp = store.get_experiment(experiment)
-        base = ExperimentConfig(**exp.config)
+        base = ExperimentConfig.frozen(exp.config)
         rnd = _latest_round(store, experiment, round_index)
         gen_id = rnd.generator_out_id if which == "out" else rnd.generator_id
         if gen_id is None:

@@ -259,13 +259,16 @@ class RelabelMixin:
             return out
 
     def sft_example_rows(self, training_set_id: int, *, batch_size: int = 5000) -> Iterator[dict[str, Any]]:
-        """Every example of a set with its full lineage, in id order, streamed (server-side cursor on Postgres).
+        """Every example of a set with its full lineage, streamed (server-side cursor on Postgres).
+
+        In natural-key order (round, problem, rollout m of M, turn), never id order: ids follow the timing of
+        the jobs that wrote the rows, and the trainer's data order (hence the model) must depend on content only.
 
         Each row: the state (``prompt``: the messages shown at turn ``turn_index``), the ``target`` response,
         the source, the example's rollout/round/generator, the target candidate and the rollout it came from,
         and the verifier that chose it.
         """
-        e, t, c, ro, p = m.SftExample, m.Turn, m.Candidate, m.Rollout, m.Problem
+        e, t, c, ro, p, rd = m.SftExample, m.Turn, m.Candidate, m.Rollout, m.Problem, m.Round
         tt = m.Turn.__table__.alias("target_turn")
         q = (
             select(
@@ -278,9 +281,10 @@ class RelabelMixin:
             .join(c, c.id == e.target_candidate_id)
             .join(tt, tt.c.id == c.turn_id)
             .join(ro, ro.id == e.rollout_id)
+            .join(rd, rd.id == ro.round_id)
             .join(p, p.id == e.problem_id)
             .where(e.training_set_id == training_set_id)
-            .order_by(e.id)
+            .order_by(rd.index, p.external_id, ro.sample_index, e.turn_index, e.id)
             .execution_options(yield_per=batch_size)
         )
         with self.session() as s:

@@ -65,7 +65,7 @@ def load_facts(store, round_id: int) -> R.RoundFacts:
         experiment=exp.name,
         experiment_id=exp.id,
         index=rnd.index,
-        config=ExperimentConfig(**exp.config),
+        config=ExperimentConfig.frozen(exp.config),
         base_model=exp.base_model,
         status=rnd.status,
         steps=dict(rnd.steps or {}),
@@ -499,7 +499,7 @@ def create_round(store, experiment_name: str) -> int:
     from app.protocol import ExperimentConfig
 
     exp = store.get_experiment(experiment_name)
-    cfg = ExperimentConfig(**exp.config)
+    cfg = ExperimentConfig.frozen(exp.config)
     preflight(store, cfg)
     prior = [R.PriorRound(r.index, r.status, r.generator_out_id, r.verifier_out_id)
              for r in store.experiment_rounds(exp.id)]
