@@ -28,6 +28,18 @@ root = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+
+@root.callback()
+def _options(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at DEBUG level (default: MUCODE_LOG_LEVEL, "
+                                 "else INFO)."),
+) -> None:
+    from app.logs import setup_logging
+
+    setup_logging("DEBUG" if verbose else None)
+
+
 for _module in (db, data, problems, sandbox, models, rollouts, verifier, relabel, experiment, dashboard, ops):
     _module.register(root)
 

@@ -22,12 +22,11 @@ def parse_args(argv: list[str] | None = None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    import logging
-
     from app.errors import MucodeError
+    from app.logs import setup_logging
     from trainers.sft.trainer import train_generator
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     cfg = parse_args(argv)
     try:
         mv = train_generator(cfg)
