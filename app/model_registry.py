@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -44,6 +45,7 @@ from typing import Any
 
 from app.errors import MucodeError, NotFound
 
+log = logging.getLogger("mucode.models")
 MANIFEST = "mucode_model.json"
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*/[A-Za-z0-9_.\-]+$")
 _MODEL_FILES = ("config.json", "adapter_config.json")
@@ -136,10 +138,12 @@ def resolve_model(arg: str | Path, *, cache_dir: str | Path | None = None) -> st
     if _HUB_NAME.match(text) and not _looks_like_path(text):
         hub_pulled = root / hub_folder_name(text)
         if read_manifest(hub_pulled) is not None and _is_model_dir(hub_pulled):
+            log.debug("model %s: pulled folder %s", text, hub_pulled)
             return str(hub_pulled)
     if text in PULLABLE:
         raise NotFound(f"model {text!r} is not pulled yet: run `mucode models pull {text}`")
     if not _looks_like_path(text) and _HUB_NAME.match(text):
+        log.debug("model %s: a hub name, not pulled (from_pretrained downloads it)", text)
         return text
     known = pulled_names(root)
     raise NotFound(

@@ -360,6 +360,9 @@ def worker(
         _prepare_gpu_process()
     from workers.celery_app import celery_app
 
+    from app.logs import setup_logging
+
+    setup_logging(loglevel)
     celery_app.conf.worker_soft_shutdown_timeout = shutdown_timeout
     _install_hooks(celery_app, plan, settings.broker_url)
     celery_app.worker_main(plan.argv(loglevel))
