@@ -8,15 +8,8 @@ from pathlib import Path
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-_REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def _default_data_dir() -> Path:
-    # The benchmark files live in shared/data beside the checkout; fall back to the working directory.
-    for candidate in (_REPO_ROOT.parent / "shared" / "data", Path.cwd().parent / "shared" / "data"):
-        if candidate.is_dir():
-            return candidate
-    return _REPO_ROOT.parent / "shared" / "data"
+# The benchmark files shipped inside the package (app/data/benchmarks, with their SHA256SUMS and licences).
+PACKAGED_DATA_DIR = Path(__file__).resolve().parent / "data" / "benchmarks"
 
 
 class Settings(BaseSettings):
@@ -29,7 +22,10 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(
         default=None, description="Celery broker (redis://..., amqp://...). None runs jobs in-process."
     )
-    data_dir: Path = Field(default_factory=_default_data_dir, description="Benchmark data (MBPP, HumanEval...).")
+    data_dir: Path = Field(
+        default=PACKAGED_DATA_DIR,
+        description="Benchmark data (MBPP, HumanEval...); by default the copy installed with mucode.",
+    )
     model_cache_dir: Path = Field(
         default_factory=lambda: Path.home() / ".cache" / "mucode" / "models",
         description="Where pulled and trained models are kept.",

@@ -381,10 +381,18 @@ def check_backend(module: str, label: str, *, required: bool = False, timeout: f
 
 
 def check_data_dir(path: Path) -> Check:
-    if path.is_dir():
-        present = sorted(p.name for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
-        return Check("data", True, f"{path}: {', '.join(present) or 'empty'}", required=False)
-    return Check("data", False, f"{path} not found (set MUCODE_DATA_DIR to the benchmark files)", required=False)
+    """The benchmark files against their checksums (``mucode data verify`` shows them one by one)."""
+    from app.datasets import check_dataset_files
+    from app.errors import MucodeError
+
+    try:
+        checks = check_dataset_files(["all"], path)
+    except MucodeError as exc:
+        return Check("data", False, str(exc), required=False)
+    bad = [f"{c.relative} {c.status}" for c in checks if not c.ok]
+    if bad:
+        return Check("data", False, f"{path}: {', '.join(bad)} (mucode data verify)", required=False)
+    return Check("data", True, f"{path}: {len(checks)} benchmark files match their sha256", required=False)
 
 
 # -- all together --------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ COPY app ./app
 # it a handful of capabilities) so that it can switch each sandboxed child to an unprivileged uid of its own.
 RUN groupadd --system --gid 10001 mucode \
  && useradd --system --uid 10001 --gid mucode --create-home --home-dir /home/mucode --shell /usr/sbin/nologin mucode \
- && mkdir -p /models /artifacts /data \
+ && mkdir -p /models /artifacts \
  && chown mucode:mucode /models /artifacts
 
 USER mucode

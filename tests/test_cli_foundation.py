@@ -3,6 +3,7 @@ problems list|show, and the errors a user can act on, printed without a stack tr
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
@@ -76,13 +77,16 @@ def test_changed_file_exits_nonzero_until_forced(url, tmp_path):
     rec["test_list"][0] = rec["test_list"][0].replace("==", "!=", 1)
     lines[700] = json.dumps(rec)
     (tmp_path / "mbpp" / "mbpp.jsonl").write_text("\n".join(lines) + "\n")
-    blocked = mucode(url, "data", "load", "mbpp", data_dir=tmp_path)
+    # Another revision is loaded only on purpose, then its changed problems still wait for --force.
+    refused = mucode(url, "data", "load", "mbpp", data_dir=tmp_path)
+    assert refused.returncode == 2 and "does not match its checksum" in refused.stderr
+    blocked = mucode(url, "data", "load", "mbpp", "--allow-modified", data_dir=tmp_path)
     assert blocked.returncode == 1 and "mbpp/701" in blocked.stdout and "--force" in blocked.stderr
     assert (
         "!="
         not in json.loads(mucode(url, "problems", "show", "mbpp/701", "--json").stdout)["public_tests"][0]
     )
-    forced = mucode(url, "data", "load", "mbpp", "--force", data_dir=tmp_path)
+    forced = mucode(url, "data", "load", "mbpp", "--force", "--allow-modified", data_dir=tmp_path)
     assert forced.returncode == 0 and "updated" in forced.stdout
     assert "!=" in json.loads(mucode(url, "problems", "show", "mbpp/701", "--json").stdout)["public_tests"][0]
 
@@ -97,9 +101,10 @@ def test_clear_errors_without_a_trace(sqlite_store, tmp_path):
     assert unknown.returncode == 2 and "unknown dataset 'mbbp'" in unknown.stderr
     bad = tmp_path / "bad"
     (bad / "humaneval").mkdir(parents=True)
-    (bad / "humaneval" / "HumanEval.jsonl").write_text('{"task_id": "HumanEval/0"}\n{oops\n')
-    malformed = mucode(url, "data", "load", "humaneval", data_dir=bad)
-    assert malformed.returncode == 2 and "HumanEval.jsonl, line 1: missing field 'prompt'" in malformed.stderr
+    with gzip.open(bad / "humaneval" / "HumanEval.jsonl.gz", "wt") as f:
+        f.write('{"task_id": "HumanEval/0"}\n{oops\n')
+    malformed = mucode(url, "data", "load", "humaneval", "--allow-modified", data_dir=bad)
+    assert malformed.returncode == 2 and "HumanEval.jsonl.gz, line 1: missing field 'prompt'" in malformed.stderr
     unmigrated = mucode(f"sqlite:///{tmp_path / 'empty.db'}", "problems", "list")
     assert unmigrated.returncode == 2 and "mucode db upgrade" in unmigrated.stderr
     for r in (down, no_dir, unknown, malformed, unmigrated):

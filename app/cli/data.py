@@ -1,4 +1,4 @@
-"""CLI: mucode data load|list — benchmark files into the store."""
+"""CLI: mucode data load|list|verify — benchmark files into the store, and their checksums."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ data_app = typer.Typer(
 DATA_DIR_OPTION = typer.Option(
     None,
     "--data-dir",
-    help="Folder with the benchmark files (default: MUCODE_DATA_DIR, else shared/data).",
+    help="Folder with the benchmark files (default: MUCODE_DATA_DIR, else the copy installed with mucode).",
     file_okay=False,
 )
 
@@ -34,16 +34,30 @@ def load(
     ),
     data_dir: Path | None = DATA_DIR_OPTION,
     force: bool = typer.Option(False, "--force", help="Update problems whose content changed since loading."),
+    allow_modified: bool = typer.Option(
+        False,
+        "--allow-modified",
+        help="Load files whose sha256 differs from SHA256SUMS (another revision, on purpose); the "
+        "differences are listed.",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the load reports as JSON."),
 ) -> None:
-    """Load datasets; idempotent. A changed file is reported (exit 1) unless --force updates it."""
+    """Load datasets; idempotent. Each file's sha256 is checked first (a missing or altered file is an error).
+    A changed file is reported (exit 1) unless --force updates it."""
     from dataclasses import asdict
 
     from app.datasets import load_dataset, resolve_names
+    from app.datasets.registry import verify_dataset_files
 
     names = resolve_names(names)
     store = get_store()
-    results = [load_dataset(store, name, data_dir, force=force) for name in names]
+    # Every file of every named dataset is checked before the first one is written.
+    for c in verify_dataset_files(names, data_dir, allow_modified=allow_modified):
+        if not c.ok:
+            err_console.print(f"[yellow]warning:[/] {c.problem()} (loaded anyway: --allow-modified)")
+    results = [
+        load_dataset(store, name, data_dir, force=force, allow_modified=allow_modified) for name in names
+    ]
     if as_json:
         print_json([asdict(r) for r in results])
     else:
@@ -164,6 +178,63 @@ def list_(data_dir: Path | None = DATA_DIR_OPTION, as_json: bool = typer.Option(
     for row in cells:
         table.add_row(*row)
     console.print(table)
+
+
+@data_app.command("verify")
+def verify(
+    names: list[str] = typer.Argument(
+        None, help="Datasets whose files to check (default: all).", show_default=False
+    ),
+    data_dir: Path | None = DATA_DIR_OPTION,
+    as_json: bool = typer.Option(False, "--json", help="Print the checks as JSON."),
+) -> None:
+    """Recompute the sha256 of the benchmark files and compare with SHA256SUMS; exit 1 on any difference."""
+    from app.datasets import check_dataset_files
+    from app.datasets.registry import data_dir_or_default
+
+    root = data_dir_or_default(data_dir)
+    checks = check_dataset_files(names or ["all"], root)
+    bad = [c for c in checks if not c.ok]
+    if as_json:
+        print_json(
+            {
+                "data_dir": str(root),
+                "ok": not bad,
+                "files": [
+                    {
+                        "file": c.relative,
+                        "status": c.status,
+                        "expected": c.expected,
+                        "actual": c.actual,
+                        "listed_in": str(c.listed_in) if c.listed_in else None,
+                    }
+                    for c in checks
+                ],
+            }
+        )
+    else:
+        colors = {"ok": "green", "mismatch": "bold red", "missing": "bold red", "unlisted": "yellow"}
+        # Short checksums keep the table readable; the errors below and --json give them in full.
+        table = Table(title=f"mucode data verify: {root}", title_justify="left")
+        table.add_column("file", overflow="fold")
+        table.add_column("status", no_wrap=True, min_width=8)
+        table.add_column("expected sha256", no_wrap=True)
+        table.add_column("actual sha256", no_wrap=True)
+        for c in checks:
+            table.add_row(
+                c.relative,
+                f"[{colors[c.status]}]{c.status}[/]",
+                f"{c.expected[:16]}…" if c.expected else "-",
+                "same" if c.ok else (f"{c.actual[:16]}…" if c.actual else "-"),
+            )
+        console.print(table)
+        for c in bad:
+            err_console.print(f"[bold red]error:[/] {c.problem()}")
+        if not bad:
+            sources = sorted({str(c.listed_in) for c in checks if c.listed_in})
+            console.print(f"{len(checks)} file(s) match {', '.join(sources)}")
+    if bad:
+        raise typer.Exit(1)
 
 
 def register(root: typer.Typer) -> None:

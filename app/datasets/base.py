@@ -80,31 +80,164 @@ def lf(text: str | None) -> str:
     return (text or "").replace("\r\n", "\n")
 
 
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def sha256_files(paths: list[Path]) -> str:
     """sha256 of one file's bytes; for several files, of their "name sha" lines (order as given)."""
-    digests = []
-    for p in paths:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        digests.append(h.hexdigest())
+    digests = [sha256_file(p) for p in paths]
     if len(digests) == 1:
         return digests[0]
     lines = "".join(f"{p.name} {d}\n" for p, d in zip(paths, digests))
     return hashlib.sha256(lines.encode()).hexdigest()
 
 
-def require_file(data_dir: Path, relative: str) -> Path:
+def require_dir(data_dir: Path) -> None:
     if not data_dir.is_dir():
         raise DataError(
-            f"the data directory {data_dir} does not exist: set MUCODE_DATA_DIR or pass --data-dir "
-            "(the benchmark files are in shared/data beside the checkout)"
+            f"the data directory {data_dir} does not exist: set MUCODE_DATA_DIR or pass --data-dir to a "
+            "folder with the benchmark files, or unset both to use the copy installed with mucode"
         )
+
+
+def require_file(data_dir: Path, relative: str) -> Path:
+    require_dir(data_dir)
     path = data_dir / relative
     if not path.is_file():
         raise DataError(f"dataset file {path} is missing (expected under the data directory {data_dir})")
     return path
+
+
+# -- integrity: every benchmark file is checked against a SHA256SUMS before it is parsed ---------------------
+CHECKSUMS_FILE = "SHA256SUMS"
+
+
+def read_checksums(path: Path) -> dict[str, str]:
+    """``relative path -> sha256`` from a file in ``sha256sum`` format (``HEX  path`` or ``HEX *path``)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot be read ({exc})") from exc
+    sums: dict[str, str] = {}
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        digest, sep, name = line.partition(" ")
+        name = name[1:] if name[:1] in (" ", "*") else name
+        hexdigits = all(c in "0123456789abcdef" for c in digest.lower())
+        if not sep or not name or len(digest) != 64 or not hexdigits:
+            raise DataError(f"{path}, line {lineno}: expected '<sha256>  <file>' (the output of sha256sum)")
+        sums[name.removeprefix("./")] = digest.lower()
+    return sums
+
+
+def packaged_checksums() -> dict[str, str]:
+    """The checksums of the files shipped with mucode: the upstream files, byte for byte."""
+    from app.config import PACKAGED_DATA_DIR
+
+    return read_checksums(PACKAGED_DATA_DIR / CHECKSUMS_FILE)
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    """One benchmark file against the checksum it must have."""
+
+    relative: str  # as the loaders name it, relative to the data directory
+    path: Path
+    expected: str | None  # None: no SHA256SUMS lists it
+    actual: str | None  # None: the file is missing
+    listed_in: Path | None  # the SHA256SUMS that gave ``expected``
+
+    @property
+    def status(self) -> str:
+        if self.actual is None:
+            return "missing"
+        if self.expected is None:
+            return "unlisted"
+        return "ok" if self.actual == self.expected else "mismatch"
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def problem(self) -> str:
+        """What is wrong, for an error message (empty when the file is fine)."""
+        if self.status == "missing":
+            want = f" (expected sha256 {self.expected})" if self.expected else ""
+            return f"dataset file {self.path} is missing{want}"
+        if self.status == "unlisted":
+            return f"{self.path} is listed in no {CHECKSUMS_FILE}: actual sha256 {self.actual}"
+        if self.status == "mismatch":
+            return (
+                f"{self.path} does not match its checksum: expected sha256 {self.expected} "
+                f"(from {self.listed_in}), actual {self.actual}"
+            )
+        return ""
+
+
+def check_files(data_dir: Path, relatives: list[str] | tuple[str, ...]) -> list[FileCheck]:
+    """Recompute the sha256 of ``relatives`` under ``data_dir`` and compare.
+
+    The expected values come from the data directory's own SHA256SUMS for the files it lists (a folder with
+    another revision of a benchmark declares it there), else from the checksums of the files shipped with
+    mucode, which are the upstream files.
+    """
+    from app.config import PACKAGED_DATA_DIR
+
+    require_dir(data_dir)
+    packaged_sums = PACKAGED_DATA_DIR / CHECKSUMS_FILE
+    expected = {rel: (digest, packaged_sums) for rel, digest in packaged_checksums().items()}
+    own = data_dir / CHECKSUMS_FILE
+    if own.is_file():
+        expected.update({rel: (digest, own) for rel, digest in read_checksums(own).items()})
+    checks = []
+    for rel in relatives:
+        path = data_dir / rel
+        want, listed_in = expected.get(rel, (None, None))
+        actual = sha256_file(path) if path.is_file() else None
+        checks.append(FileCheck(rel, path, want, actual, listed_in))
+    return checks
+
+
+def verify_files(
+    data_dir: Path, relatives: list[str] | tuple[str, ...], *, allow_modified: bool = False
+) -> list[FileCheck]:
+    """``check_files``, raising a DataError for a missing file, and for any other difference unless allowed.
+
+    Returns the checks (with ``allow_modified``, the caller reports the differences it let through).
+    """
+    from app.config import PACKAGED_DATA_DIR
+
+    checks = check_files(data_dir, relatives)
+    missing = [c for c in checks if c.status == "missing"]
+    bad = missing + ([] if allow_modified else [c for c in checks if c.status in ("mismatch", "unlisted")])
+    if bad:
+        if len(missing) == len(bad):
+            hint = ""
+        elif _same_dir(data_dir, PACKAGED_DATA_DIR):
+            hint = (
+                "the copy installed with mucode was altered: reinstall mucode (or restore the file from the "
+                "repository), or point MUCODE_DATA_DIR/--data-dir at an intact copy"
+            )
+        else:
+            hint = (
+                "restore the upstream file; to load another revision deliberately, list its sha256 in "
+                f"{data_dir / CHECKSUMS_FILE} or pass --allow-modified"
+            )
+        raise DataError("; ".join(c.problem() for c in bad) + (f" ({hint})" if hint else ""))
+    return checks
+
+
+def _same_dir(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:

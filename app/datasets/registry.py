@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.datasets.base import ParsedDataset, sha256_files
+from app.datasets.base import FileCheck, ParsedDataset, check_files, sha256_files, verify_files
 from app.datasets.humaneval import HUMANEVAL_FILE, HUMANEVAL_PLUS_FILE, load_humaneval, load_humaneval_plus
 from app.datasets.mbpp import (
     MBPP_FILE,
@@ -73,9 +73,37 @@ def data_dir_or_default(data_dir: Path | str | None) -> Path:
     return Path(data_dir).expanduser()
 
 
-def parse_dataset(name: str, data_dir: Path | str | None = None) -> ParsedDataset:
-    """Read and convert one dataset file; raises DataError naming the file and line of any defect."""
-    return DATASETS[resolve_names([name])[0]].parse(data_dir_or_default(data_dir))
+def parse_dataset(
+    name: str, data_dir: Path | str | None = None, *, allow_modified: bool = False
+) -> ParsedDataset:
+    """Check and read one dataset's files; raises DataError naming the file and line of any defect.
+
+    Each file's sha256 must match its SHA256SUMS first (``check_files``): a missing or altered file is an
+    error naming it with both checksums, unless ``allow_modified`` (a deliberate other revision).
+    """
+    info = DATASETS[resolve_names([name])[0]]
+    root = data_dir_or_default(data_dir)
+    verify_files(root, info.files, allow_modified=allow_modified)
+    return info.parse(root)
+
+
+def _files_of(names: list[str]) -> list[str]:
+    files: list[str] = []
+    for name in resolve_names(names):
+        files += [f for f in DATASETS[name].files if f not in files]
+    return files
+
+
+def check_dataset_files(names: list[str], data_dir: Path | str | None = None) -> list[FileCheck]:
+    """The checksum check of every file the named datasets read (each file once, in order)."""
+    return check_files(data_dir_or_default(data_dir), _files_of(names))
+
+
+def verify_dataset_files(
+    names: list[str], data_dir: Path | str | None = None, *, allow_modified: bool = False
+) -> list[FileCheck]:
+    """``check_dataset_files``, raising one DataError for every missing or (unless allowed) altered file."""
+    return verify_files(data_dir_or_default(data_dir), _files_of(names), allow_modified=allow_modified)
 
 
 def file_sha256(name: str, data_dir: Path | str | None = None) -> str | None:
@@ -85,12 +113,15 @@ def file_sha256(name: str, data_dir: Path | str | None = None) -> str | None:
     return sha256_files(paths) if all(p.is_file() for p in paths) else None
 
 
-def load_dataset(store, name: str, data_dir: Path | str | None = None, *, force: bool = False):
-    """Parse ``name`` and write it in one transaction; returns the store's ``LoadResult``.
+def load_dataset(
+    store, name: str, data_dir: Path | str | None = None, *, force: bool = False, allow_modified: bool = False
+):
+    """Check, parse ``name`` and write it in one transaction; returns the store's ``LoadResult``.
 
-    The whole file is parsed before anything is written, so a malformed line writes nothing.
+    The checksums are checked and the whole file parsed before anything is written, so a missing or altered
+    file, or a malformed line, writes nothing.
     """
-    parsed = parse_dataset(name, data_dir)
+    parsed = parse_dataset(name, data_dir, allow_modified=allow_modified)
     return store.load_problems(
         parsed.name,
         source_path=str(parsed.source_path),
