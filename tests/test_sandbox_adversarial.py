@@ -187,3 +187,55 @@ def test_other_runs_are_unaffected_by_a_hostile_neighbour():
             items.append((TESTS, hostile[i % 3] if i % 2 == 0 else GOOD + f"# {i}\n", "public"))
         res = sb.run_many(items)
     assert [r.passed for r in res] == [i % 2 == 1 for i in range(12)]
+
+
+# -- forged verdicts: programs that aim at the tests' own names and protocols --------------------------------
+# Each is a wrong program that a single-namespace harness passes; each suite's correct program must pass here.
+NAMES_TESTS = ["assert sorted(f([3, 1, 2])) == [1, 2, 3]", "assert len(f([5])) == 1",
+               "assert isinstance(f([]), list)", "assert all(x == y for x, y in zip(f([2, 1]), [1, 2]))"]
+FORGERIES = {
+    # The tests' builtins, defined by the program.
+    "shadows_the_tests_builtins": (
+        NAMES_TESTS, ("def f(x):\n    return 'wrong'\ndef sorted(x):\n    return [1, 2, 3]\n"
+                      "def len(x):\n    return 1\ndef isinstance(a, b):\n    return True\n"
+                      "def zip(*a):\n    return []\n"),
+        "def f(x):\n    return sorted(x)\n"),
+    # The same, hidden from its source, and its snapshot of globals forged to claim dunders and setup names.
+    "forged_snapshot": (
+        NAMES_TESTS, ("import app.sandbox.child as _c\n_snap = _c.Harness.snapshot\n"
+                      "def _forged(self, *a, **k):\n"
+                      "    return _snap(self, *a, **k) + [[n, 'object', 'function'] for n in "
+                      "('__builtins__', '__name__', '__import__', 'AssertionError', '__mucode_prefetched__', "
+                      "'__mucode_map__', '__collect__', 'sorted', 'len', 'isinstance', 'zip', 'f')]\n"
+                      "_c.Harness.snapshot = _forged\n"
+                      "g = globals()\nfor _n, _v in (('sor' + 'ted', lambda x: [1, 2, 3]), ('l' + 'en', lambda x: 1),"
+                      " ('isin' + 'stance', lambda a, b: True), ('z' + 'ip', lambda *a: [])):\n    g[_n] = _v\n"
+                      "def f(x):\n    return 'wrong'\n"),
+        "def f(x):\n    return sorted(x)\n"),
+    # StopIteration from the program's function, raised in the tests, would end their map() early.
+    "stop_iteration_ends_the_tests_map": (
+        ["assert all(map(is_even, [2, 4, 6]))", "assert not any(map(is_even, [1, 3]))"],
+        "def is_even(x):\n    raise StopIteration\n",
+        "def is_even(x):\n    return x % 2 == 0\n"),
+    # A setup loop the program empties with its own zip/enumerate (the EvalPlus check's shape).
+    "empties_the_setup_loop": (
+        ["check(f)"], "def f(x):\n    return -1\n" + "def zip(*a):\n    return []\ndef enumerate(x):\n    return []\n"
+                      "def range(*a):\n    return []\n",
+        "def f(x):\n    return x * x\n"),
+}
+FORGERY_SETUP = ("def check(candidate):\n    inputs, results = [[1], [2], [3]], [1, 4, 9]\n"
+                 "    for i, (inp, exp) in enumerate(zip(inputs, results)):\n        assert candidate(*inp) == exp\n"
+                 "    for k in range(3):\n        assert candidate(k) == k * k\n")
+
+
+def test_forged_verdicts_fail_and_the_correct_programs_pass():
+    items, expect = [], []
+    for name, (tests, wrong, right) in FORGERIES.items():
+        suite = {"code_prefix": "", "setup_code": FORGERY_SETUP, "public_tests": tests, "private_tests": []}
+        items += [(suite, wrong, "public"), (suite, right, "public")]
+        expect += [(name, False), (name, True)]
+    with Sandbox(workers=2, limits=Limits(timeout_s=10)) as sb:
+        res = sb.run_many(items)
+    got = [(name, r.passed) for (name, _), r in zip(expect, res)]
+    assert got == expect, [(n, r.status, r.feedback[:200]) for (n, _), r in zip(expect, res)]
+    assert all(r.status != "sandbox_error" for r in res)

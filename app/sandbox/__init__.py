@@ -24,9 +24,11 @@ everything it started is killed and reaped), its slot's empty network namespace 
 no database file, no /proc) with the slot's private tmpfs as working directory (emptied before each program),
 its own IPC namespace, the slot's unprivileged uid/gid, no_new_privs, rlimits on CPU, address space,
 processes, file size (stdout/stderr are memfds, so output is capped by the kernel, never buffered past it)
-and open files, an empty environment, the judge's wall-clock deadline, and per-slot memory and pids cgroups
-where the host has cgroups v1. Where root or namespaces are missing the executor says what is missing and
-refuses to start unless ``allow_weak_isolation`` is set.
+and open files, an empty environment, the judge's wall-clock deadline, a fresh session keyring, a system
+call filter installed last (``seccomp.py``: EPERM for namespaces, keyrings, mounts, ptrace, BPF, io_uring, raw
+and netlink sockets...), and per-slot memory and pids cgroups on cgroup v2 or v1 hosts (``cgroups.py``; a kill by the memory limit is a ``memory`` verdict). Where root, namespaces or
+the filter are missing the executor says what is missing and refuses to start unless ``allow_weak_isolation``
+is set.
 
 Residual risks: kernel bugs; a program can read the world-readable files of the Python installation; the
 arguments a test passes to a program's function are visible to it (a test that passes its expected value as

@@ -29,6 +29,9 @@ MAX_FRAMES = 12
 MAX_MESSAGE = 2000
 HOLD_S = 0.005  # a batch's answers are sent together while it runs quicker than this
 LARGE_NODES = 2_000_000  # an answer with more parts goes back as a structural hash (wire.Large)
+SNAPSHOT_VALUE_NODES = 10_000  # a global sent with the names (plain data), at most; larger ones on request
+SNAPSHOT_NODES = 100_000  # all of them together
+SNAPSHOT_NAMES = 20_000  # globals listed at most (only where the tests look names up by string: else theirs)
 
 _exit = os._exit
 
@@ -249,9 +252,11 @@ class Harness:
         return info
 
     # -- the program -----------------------------------------------------------------------------------------
-    def load(self, prefix: str | bytes | None, code: str, setup_imports: str | bytes | None) -> None:
+    def load(self, prefix: str | bytes | None, code: str, setup_imports: str | bytes | None,
+             names: list[str] | None = None) -> None:
         """Run the problem's prefix, the program, then the setup's import lines (the trusted parts come
-        compiled, as marshalled code, from the executor)."""
+        compiled, as marshalled code, from the executor). ``names``: the globals the tests may use (None:
+        all)."""
         self.code_lines = code.splitlines()
         ns: dict[str, Any] = {"__name__": "solution", "__builtins__": builtins, "__doc__": None}
         self.ns = ns
@@ -265,22 +270,33 @@ class Harness:
         except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt too
             self._send(("loaderr", self._info(exc)))
             return
-        self._send(("loaded", self.snapshot()), hold=bool(_select([self.fd], [], [], 0)[0]))
+        self._send(("loaded", self.snapshot(names)), hold=bool(_select([self.fd], [], [], 0)[0]))
 
-    def snapshot(self) -> list[list[Any]]:
-        """[name, kind, payload] for each global: module (its name), value (plain data) or object."""
+    def snapshot(self, names: list[str] | None = None) -> list[list[Any]]:
+        """[name, kind, payload] for each global the tests may use: module (its name), value (plain data),
+        large (plain data too large to send with the others: the judge asks for it) or object. Its size never
+        decides a verdict: SNAPSHOT_NODES values in all, then only kinds."""
         out = []
-        small = wire.Encoder(_no_ref, convert=convert, max_nodes=10_000)
+        small = wire.Encoder(_no_ref, convert=convert, max_nodes=SNAPSHOT_VALUE_NODES)
+        budget = SNAPSHOT_NODES
+        wanted = None if names is None else set(names)
         for name, value in list(self.ns.items()):
-            if not isinstance(name, str) or (name.startswith("__") and name.endswith("__")):
+            if not isinstance(name, str) or (name.startswith("__") and name.endswith("__")) \
+                    or (wanted is not None and name not in wanted):
                 continue
+            if len(out) >= SNAPSHOT_NAMES:
+                break
             if isinstance(value, type(sys)):
                 out.append([name, "module", str(getattr(value, "__name__", ""))])
                 continue
             try:
+                small.max_nodes = min(SNAPSHOT_VALUE_NODES, budget)
                 small.encode(value)
+                budget -= small._nodes
                 out.append([name, "value", value])
-            except BaseException:  # noqa: BLE001 - not plain, too large, or a hostile __eq__/__iter__
+            except wire.TooLarge:
+                out.append([name, "large", type(value).__name__])
+            except BaseException:  # noqa: BLE001 - not plain, or a hostile __eq__/__iter__
                 out.append([name, "object", type(value).__name__])
         return out
 
@@ -332,6 +348,8 @@ class Harness:
                 except StopIteration:
                     return [items, True]
             return [items, False]
+        if op == "value":  # a global the snapshot left out (large): plain data, hashed or a reference
+            return msg[1]
         if op == "drop":
             for number in msg[1]:
                 self.refs.objects.pop(number, None)
@@ -352,7 +370,7 @@ class Harness:
                 self._send(("raise", self._info(exc)))
                 continue
             if msg[0] == "load":
-                self.load(msg[1], msg[2], msg[3])
+                self.load(msg[1], msg[2], msg[3], msg[4] if len(msg) > 4 else None)
                 continue
             if msg[0] == "batch":
                 self.batch(msg[1])

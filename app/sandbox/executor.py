@@ -48,7 +48,7 @@ from collections import deque
 from dataclasses import asdict
 from typing import Any
 
-from app.sandbox import child, isolation, judge, verdict, wire  # noqa: F401 - preloaded for the forks
+from app.sandbox import cgroups, child, isolation, judge, verdict, wire  # noqa: F401 - preloaded for the forks
 from app.sandbox import feedback as _feedback  # noqa: F401
 from app.sandbox.types import Limits
 
@@ -99,17 +99,21 @@ def _close_all_but(keep: set[int]) -> None:
 # -- zygote ----------------------------------------------------------------------------------------------------
 class ZygoteConfig:
     def __init__(self, *, slots: int, strong: bool, ipcns: bool, limits: Limits, uid_base: int,
-                 cgroup_tag: str | None, preimport_numpy: bool = True, send_ahead: bool = True) -> None:
+                 slot_cgroups: cgroups.SlotCgroups | None, preimport_numpy: bool = True, send_ahead: bool = True,
+                 seccomp: Any = None) -> None:
         self.slots = slots
         self.strong = strong
         self.ipcns = ipcns
         self.limits = limits
         self.uid_base = uid_base
-        self.cgroup_tag = cgroup_tag
+        self.slot_cgroups = slot_cgroups
         self.preimport_numpy = preimport_numpy
         self.send_ahead = send_ahead
+        self.seccomp = seccomp  # the programs' compiled system call filter (None: none)
+        self.tmp_binds: list[tuple[str, str]] = []  # set by the root: the interpreter's directories under /tmp
         self.netns_fds: list[int] = []
-        self.cgroup_fds: list[list[int]] = []  # per slot: open cgroup.procs files (memory, pids)
+        self.cgroup_fds: list[list[int]] = []  # per slot: open cgroup.procs files (v1: memory, pids; v2: one)
+        self.oom_fds: list[int] = []  # per slot: its open oom_kill counter (memory.events or memory.oom_control)
         self.pidns_fd: int | None = None
         self.base_vm = 0
 
@@ -134,10 +138,11 @@ def _make_namespaces(cfg: ZygoteConfig) -> None:
         cfg.netns_fds.append(os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC))
     isolation.unshare(isolation.CLONE_NEWNET)  # the zygote and the judges: no network either
     cfg.pidns_fd = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-    if cfg.cgroup_tag:  # opened now: the cgroup file system is not in the sandbox's root
+    if cfg.slot_cgroups is not None:  # opened now: the cgroup file system is not in the sandbox's root
         for slot in range(cfg.slots):
-            cfg.cgroup_fds.append([os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
-                                   for path in isolation.cgroup_paths(cfg.cgroup_tag, slot)])
+            cfg.cgroup_fds.append([os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+                                   for path in cfg.slot_cgroups.procs_files(slot)])
+            cfg.oom_fds.append(os.open(cfg.slot_cgroups.oom_file(slot), os.O_RDONLY | os.O_CLOEXEC))
 
 
 def _child_setup(slot: int, cfg: ZygoteConfig, workdir: str | None) -> isolation.ChildSetup:
@@ -157,6 +162,8 @@ def _child_setup(slot: int, cfg: ZygoteConfig, workdir: str | None) -> isolation
         tmp_bytes=lim.tmp_mb << 20,
         workdir=workdir,
         base_vm=cfg.base_vm,
+        seccomp=cfg.seccomp,
+        tmp_binds=cfg.tmp_binds,
     )
 
 
@@ -214,6 +221,7 @@ class Zygote:
         self.owner_of: dict[int, socket.socket] = {}  # candidate pid -> the judge told its exit status
         self.deferred: dict[int, deque] = {}  # slot -> spawn requests waiting for the slot's last process
         self.setups: dict[int, isolation.ChildSetup] = {}  # per slot (the child changes only its own copy)
+        self.oom_before: dict[int, int] = {}  # candidate pid -> its slot's oom_kill count when it was made
 
     def start(self) -> None:
         """The main zygote: the standard library, the harness, the namespaces; then the numpy zygote is forked
@@ -259,8 +267,8 @@ class Zygote:
         gc.freeze()  # the imported modules stay shared with every fork: the collector must not touch them
         self.cfg.base_vm = isolation.vm_size()
         threads = len(os.listdir("/proc/self/task"))
-        if self.cfg.strong:
-            isolation.make_root_namespace()  # last: from here on the zygote sees only the read-only root
+        if self.cfg.strong:  # last: from here on the zygote sees only the read-only root
+            self.cfg.tmp_binds = isolation.make_root_namespace()
         self.sel.register(self.ctl, selectors.EVENT_READ, "parent" if self.numpy_role else "executor")
         self.sel.register(self.wake_r, selectors.EVENT_READ, "sigchld")
         return threads
@@ -410,6 +418,8 @@ class Zygote:
             if workdir is None:
                 self.setups[slot] = setup
         strong = self.cfg.strong
+        oom_fd = self.cfg.oom_fds[slot] if self.cfg.oom_fds else None
+        ooms = cgroups.read_oom_kills(oom_fd) if oom_fd is not None else 0
         try:
             if strong:
                 isolation.setns(self.cfg.pidns_fd, isolation.CLONE_NEWPID)
@@ -429,6 +439,8 @@ class Zygote:
         self.live[slot] = pid
         self.owner[pid] = sock
         self.owner_of[pid] = sock
+        if oom_fd is not None:
+            self.oom_before[pid] = ooms
         try:
             pidfd = os.pidfd_open(pid)
         except OSError:
@@ -470,8 +482,11 @@ class Zygote:
             if pidfd is not None:
                 os.close(pidfd)
             owner = self.owner_of.pop(pid, None)
+            # Killed by its slot's memory limit (the cgroup's count went up while it ran): a memory verdict.
+            before = self.oom_before.pop(pid, None)
+            oom = before is not None and cgroups.read_oom_kills(self.cfg.oom_fds[slot]) > before
             if owner is not None and owner in self.judges:
-                self._send(owner, ("status", pid, status))
+                self._send(owner, ("status", pid, status, oom))
             queue = self.deferred.get(slot)
             if queue:
                 sock, req, fds = queue.popleft()
@@ -533,6 +548,7 @@ class _Candidate:
         self.pid: int | None = None
         self.pidfd: int | None = None
         self.error: str | None = None
+        self.oom_killed = False  # the slot's cgroup killed it for memory (told with its exit status)
         socket.send_fds(z, [pickle.dumps(("spawn", self.workdir))], [c_sock.fileno(), self.out_fd, self.err_fd])
         c_sock.close()
 
@@ -582,6 +598,7 @@ class _Candidate:
                 raise OSError("the zygote is gone")
             reply = pickle.loads(msg)
             if reply[0] == "status" and reply[1] == self.pid:
+                self.oom_killed = bool(reply[3:4] and reply[3])
                 return reply[2]
 
     def discard(self) -> None:
@@ -615,6 +632,28 @@ def needs_numpy(suite: dict[str, Any], code: str) -> bool:
     return suite["compiled"]["numpy"] or "numpy" in code
 
 
+def limit_judge_memory(cfg: ZygoteConfig) -> int:
+    """The judge's own memory limit: ``judge_memory_mb`` of address space beyond the zygote's (so a suite, or
+    what a program makes it hold, fails there with a MemoryError, a verdict, instead of growing the host's
+    memory). Numeric libraries a suite imports here run one thread: OpenBLAS reserves ~40 MB per thread.
+    Returns the limit in bytes."""
+    import resource
+
+    os.environ.update({k: "1" for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
+                                         "NUMEXPR_NUM_THREADS")})
+    total = (cfg.base_vm or isolation.vm_size()) + (cfg.limits.judge_memory_mb << 20)
+    resource.setrlimit(resource.RLIMIT_AS, (total, total))
+    return total
+
+
+def judge_usage() -> dict[str, int]:
+    """What the judge observes of its own memory: its address-space limit and its peak resident size so far."""
+    import resource
+
+    return {"memory_limit": resource.getrlimit(resource.RLIMIT_AS)[0],
+            "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+
+
 def judge_server(e_fd: int, z: socket.socket, zn: socket.socket | None, slot: int, cfg: ZygoteConfig) -> None:
     """One slot's judge: takes jobs from the executor one at a time; never returns. ``z`` and ``zn``: its lines to
     the main and the numpy zygote (None when there is none); the next candidate process is asked for in advance,
@@ -624,6 +663,7 @@ def judge_server(e_fd: int, z: socket.socket, zn: socket.socket | None, slot: in
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     isolation.prctl(isolation.PR_SET_PDEATHSIG, signal.SIGKILL)
     limits = cfg.limits
+    limit_judge_memory(cfg)
     suites: dict[int, dict[str, Any]] = {}
 
     def candidate(numpy: bool) -> _Candidate:
@@ -676,8 +716,14 @@ def _judge_one(cand: _Candidate, suite: dict[str, Any], code: str, collect: bool
         alone = cand.exited() or (conn.gone is not None and conn.gone.reason == "died")
         cand.kill()
         status = cand.wait()
-        return judge.result_of(jd, run, limits, wait_status=status, alone=alone, out_fd=cand.out_fd,
-                               err_fd=cand.err_fd, started=started)
+        if cand.oom_killed:  # its memory (shared memory included) went past the slot's cgroup limit
+            run.memory = True
+            run.fatal = run.fatal or "memory"
+        result = judge.result_of(jd, run, limits, wait_status=status, alone=alone, out_fd=cand.out_fd,
+                                 err_fd=cand.err_fd, started=started)
+        result["judge"] = {**judge_usage(), "received_bytes": judge.JOB_BYTES - conn.bytes_left,
+                           "received_values": conn.values[0], "received_objects": conn.objects}
+        return result
     except BaseException as exc:  # noqa: BLE001 - a bug here must come back as sandbox_error, not a verdict
         cand.kill()
         return {"status": "sandbox_error", "error": "".join(traceback.format_exception(exc))[-2000:]}
@@ -696,19 +742,25 @@ class _Slot:
 class Executor:
     def __init__(self, client: socket.socket, slots: int, limits: Limits, allow_weak: bool,
                  pretend_missing: list[str] | None = None, preimport_numpy: bool = True,
-                 send_ahead: bool = True) -> None:
+                 send_ahead: bool = True, measure_without: list[str] | None = None) -> None:
         self.client = client
         self.nslots = max(1, min(slots, MAX_SLOTS))
         self.limits = limits
         self.allow_weak = allow_weak
         self.preimport_numpy = preimport_numpy
         self.send_ahead = send_ahead
+        try:  # a read-only cgroup2 (a container's): writable again in the executor's own mount namespace
+            cgroups.remount_v2_writable()
+        except OSError:
+            pass  # detect() reports the cgroup as not writable
         self.caps = isolation.detect()
         for name in pretend_missing or []:  # tests: behave as on a host without this protection
             setattr(self.caps, name, False)
             self.caps.errors[name] = "disabled for a test (--pretend-missing)"
         self.strong = self.caps.strong
-        self.cgroup_tag: str | None = None
+        # Benchmarks only (bench/sandbox.py's baseline): protections left out while the host still has them.
+        self.measure_without = sorted(set(measure_without or []) & {"seccomp"})
+        self.cgroups: cgroups.SlotCgroups | None = None
         self.zygote: socket.socket | None = None
         self.zygote_pid = 0
         self.slots = [_Slot(i) for i in range(self.nslots)]
@@ -728,16 +780,22 @@ class Executor:
         if not self.strong and not self.allow_weak:
             info["refused"] = True
             return info
+        if self.measure_without:
+            info["measured_without"] = self.measure_without
         if self.strong and self.caps.cgroup:
-            tag = str(os.getpid())
+            # Memory (shared memory and /tmp included: no rlimit sees those) and processes per slot.
+            found = cgroups.detect()
+            made = cgroups.SlotCgroups(found.version or self.caps.cgroup, cgroups.executor_tag(), found.home)
             try:
+                made.sweep()
                 mem = (self.limits.memory_mb + self.limits.tmp_mb + 256) << 20
-                isolation.make_cgroups(tag, self.nslots, mem, self.limits.nproc + 8)
-                self.cgroup_tag = tag
+                made.make(self.nslots, mem, self.limits.nproc + 8)
+                self.cgroups = made
             except OSError as exc:
-                info["cgroup_error"] = str(exc)
-                isolation.remove_cgroups(tag)
-        info["cgroups"] = self.cgroup_tag is not None
+                info["cgroup_error"] = f"cgroup {made.version}: {exc}"
+                made.remove()
+        info["cgroups"] = self.cgroups is not None
+        info["cgroup_version"] = self.cgroups.version if self.cgroups is not None else None
         status, detail, cfg = self._start_zygote()
         if status != "ready" and self.strong:
             # The root file system could not be built on this host: a missing protection like the others.
@@ -758,9 +816,11 @@ class Executor:
         return info
 
     def _start_zygote(self) -> tuple[str, Any, ZygoteConfig]:
+        seccomp = isolation.program_filter() if self.caps.seccomp and "seccomp" not in self.measure_without \
+            else None
         cfg = ZygoteConfig(slots=self.nslots, strong=self.strong, ipcns=self.caps.ipcns, limits=self.limits,
-                           uid_base=_uid_base(), cgroup_tag=self.cgroup_tag if self.strong else None,
-                           preimport_numpy=self.preimport_numpy, send_ahead=self.send_ahead)
+                           uid_base=_uid_base(), slot_cgroups=self.cgroups if self.strong else None,
+                           preimport_numpy=self.preimport_numpy, send_ahead=self.send_ahead, seccomp=seccomp)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the zygote
@@ -804,7 +864,7 @@ class Executor:
     def _prepare(self, s: dict[str, Any]) -> dict[str, Any]:
         """A suite compiled for the judges, cached across batches by content (a round runs the same problems
         again and again); its id stays the same, so judges keep their copy too."""
-        key = (s["prefix"], s["setup"], tuple(s["tests"]))
+        key = (s["prefix"], s["setup"], tuple(s["tests"]), s.get("entry_point"))
         hit = self._prepared.get(key)
         if hit is not None:
             self._prepared[key] = self._prepared.pop(key)  # most recently used last
@@ -812,7 +872,8 @@ class Executor:
         self._suite_ids += 1
         hit = {"id": self._suite_ids,
                "data": {"prefix": s["prefix"], "tests": s["tests"],
-                        "compiled": judge.compile_suite(s["prefix"], s["setup"], s["tests"])}}
+                        "compiled": judge.compile_suite(s["prefix"], s["setup"], s["tests"],
+                                                        s.get("entry_point"))}}
         self._prepared[key] = hit
         while len(self._prepared) > PREPARED_CACHE:
             self._prepared.pop(next(iter(self._prepared)))
@@ -962,10 +1023,9 @@ class Executor:
                     os.waitpid(self.zygote_pid, 0)
                     break
                 time.sleep(0.01)
-        if self.cgroup_tag:
-            for _ in range(50):
-                isolation.remove_cgroups(self.cgroup_tag)
-                if not os.path.exists(f"/sys/fs/cgroup/memory/mucode/{self.cgroup_tag}"):
+        if self.cgroups is not None:
+            for _ in range(50):  # the last processes may still be on their way out
+                if self.cgroups.remove():
                     break
                 time.sleep(0.02)
 
@@ -991,13 +1051,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--pretend-missing", action="append", default=[])
     ap.add_argument("--no-numpy", action="store_true")
     ap.add_argument("--no-send-ahead", action="store_true")
+    ap.add_argument("--measure-without", action="append", default=[])
     args = ap.parse_args(argv)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     isolation.set_name("mucode-executor")
     client = socket.socket(fileno=args.fd)
     limits = Limits(**json.loads(args.limits))
     ex = Executor(client, args.workers, limits, args.allow_weak, args.pretend_missing, not args.no_numpy,
-                  not args.no_send_ahead)
+                  not args.no_send_ahead, args.measure_without)
     try:
         try:
             info = ex.start()

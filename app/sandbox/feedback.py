@@ -1,6 +1,6 @@
 """Feedback text for the model: what failed, in the model's own line numbers, with no host paths, capped.
 
-Formats (DESIGN.md "Feedback"): ``Code passed all tests`` on a pass; otherwise the failing test, then the
+Formats (docs/method.md §1): ``Code passed all tests`` on a pass; otherwise the failing test, then the
 exception type and message (with the frames of the model's code, ``line N, in f``); a timeout starts with
 ``Code execution timed out``; memory and output limits are named plainly.
 """

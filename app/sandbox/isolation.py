@@ -1,8 +1,9 @@
-"""Linux isolation primitives for the sandbox: namespaces, mounts, uid drop, rlimits, cgroups.
+"""Linux isolation primitives for the sandbox: namespaces, mounts, uid drop, rlimits, keyrings, seccomp.
 
 Everything here is called in the executor's processes (never in the Celery worker): ``detect()`` finds out
 what this host allows, ``build_root_template()`` prepares a read-only minimal root file system once,
-``enter_child()`` is the sequence a candidate's process runs (as root) before it drops to its own uid.
+``enter_child()`` is the sequence a candidate's process runs (as root) before it drops to its own uid. The
+per-slot cgroups are in ``app.sandbox.cgroups``, the system call filter in ``app.sandbox.seccomp``.
 Python 3.11 has no ``os.unshare``/``os.setns``/``mount``: they go through libc with ctypes.
 """
 
@@ -19,6 +20,7 @@ import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -41,6 +43,11 @@ PR_SET_DUMPABLE = 4
 PR_SET_NO_NEW_PRIVS = 38
 
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "ppc64le": 203, "s390x": 217}
+_SYS_KEYCTL = {"x86_64": 250, "aarch64": 219, "ppc64le": 271, "s390x": 280}
+KEYCTL_JOIN_SESSION_KEYRING = 1
+KEYCTL_CLEAR = 7
+KEY_SPEC_USER_KEYRING = -4
+KEY_SPEC_USER_SESSION_KEYRING = -5
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
 _libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
@@ -83,6 +90,34 @@ def pivot_root(new_root: str, put_old: str) -> None:
     _check(_libc.syscall(nr, _b(new_root), _b(put_old)), "pivot_root")
 
 
+def keyctl(op: int, arg: int = 0) -> int:
+    nr = _SYS_KEYCTL.get(platform.machine())
+    if nr is None:
+        raise OSError(errno.ENOSYS, f"keyctl: unknown syscall number on {platform.machine()}")
+    ret = _libc.syscall(nr, ctypes.c_long(op), ctypes.c_long(arg), ctypes.c_long(0), ctypes.c_long(0))
+    if ret < 0:
+        e = ctypes.get_errno()
+        raise OSError(e, f"keyctl({op}): {os.strerror(e)}")
+    return ret
+
+
+def fresh_keyrings(clear_user: bool, strict: bool) -> None:
+    """A new, empty session keyring for the calling process (not the one inherited from the executor), and
+    (``clear_user``) the uid's user and user-session keyrings emptied: the kernel keeps those per uid, across
+    processes, so a program could leave keys there for the slot's next one. Clearing creates them when absent
+    and they then stay for good, so it is done only where no filter refuses the key calls to the program.
+    A kernel without keyrings, or a container whose own filter refuses the key calls (Docker's default), has
+    nothing to reset; ``strict``: any other failure is an error (else the filter makes it harmless)."""
+    try:
+        keyctl(KEYCTL_JOIN_SESSION_KEYRING, 0)
+        if clear_user:
+            keyctl(KEYCTL_CLEAR, KEY_SPEC_USER_KEYRING)
+            keyctl(KEYCTL_CLEAR, KEY_SPEC_USER_SESSION_KEYRING)
+    except OSError as exc:
+        if strict and exc.errno not in (errno.ENOSYS, errno.EPERM):
+            raise
+
+
 def prctl(option: int, arg: int = 0) -> None:
     _check(_libc.prctl(option, arg, 0, 0, 0), f"prctl({option})")
 
@@ -115,12 +150,13 @@ class Capabilities:
     pidns: bool = False
     ipcns: bool = False
     uid_drop: bool = False
-    cgroup: str | None = None  # "v1" | None (optional: memory and process count per slot)
+    seccomp: bool = False  # the program's system call filter loads and refuses what it should
+    cgroup: str | None = None  # "v2" | "v1" | None (optional: memory and process count per slot)
     errors: dict[str, str] = field(default_factory=dict)
 
     @property
     def strong(self) -> bool:
-        return self.root and self.netns and self.mntns and self.pidns and self.uid_drop
+        return self.root and self.netns and self.mntns and self.pidns and self.uid_drop and self.seccomp
 
     def missing(self) -> list[str]:
         names = {
@@ -129,6 +165,8 @@ class Capabilities:
             "mntns": "a mount namespace with a read-only minimal root and a private /tmp",
             "pidns": "a pid namespace per child (everything it starts dies with it)",
             "uid_drop": "an unprivileged uid/gid per child",
+            "seccomp": "a system call filter per child (no user namespaces, keyrings, mounts, io_uring, BPF, "
+                       "raw or netlink sockets)",
         }
         out = []
         for key, text in names.items():
@@ -192,7 +230,41 @@ def _probe_uid() -> None:
         raise OSError("setuid did not take effect")
 
 
+_FILTER: list = []  # the compiled filter, once (see program_filter)
+
+
+def program_filter():
+    """The compiled system call filter (``app.sandbox.seccomp.Filter``), built on first use."""
+    if not _FILTER:
+        from app.sandbox import seccomp
+
+        _FILTER.append(seccomp.build())
+    return _FILTER[0]
+
+
+def _probe_seccomp() -> None:
+    """Install the filter in this (throwaway) process, then check that a refused call is refused and that
+    fork still works: the filter is judged by what it does, not by having loaded."""
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+    program_filter().install()
+    try:
+        unshare(0x10000000)  # CLONE_NEWUSER
+    except OSError as exc:
+        if exc.errno != errno.EPERM:
+            raise OSError(f"unshare(CLONE_NEWUSER) failed with {errno.errorcode.get(exc.errno)}, not EPERM") \
+                from exc
+    else:
+        raise OSError("unshare(CLONE_NEWUSER) succeeded under the filter")
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    if os.waitpid(pid, 0)[1] != 0:
+        raise OSError("fork failed under the filter")
+
+
 def detect() -> Capabilities:
+    from app.sandbox import cgroups
+
     caps = Capabilities(root=os.geteuid() == 0)
     if not caps.root:
         caps.errors["root"] = f"running as uid {os.geteuid()}"
@@ -207,8 +279,19 @@ def detect() -> Capabilities:
         setattr(caps, key, err is None)
         if err:
             caps.errors[key] = err
-    if caps.root and os.access("/sys/fs/cgroup/memory", os.W_OK) and os.access("/sys/fs/cgroup/pids", os.W_OK):
-        caps.cgroup = "v1"
+    try:
+        program_filter()  # built here, in the executor: the zygotes and every program's process inherit it
+    except (ImportError, OSError) as exc:
+        err = str(exc)
+    else:
+        err = _try_in_child(_probe_seccomp)
+    caps.seccomp = err is None
+    if err:
+        caps.errors["seccomp"] = err
+    found = cgroups.detect()
+    caps.cgroup = found.version
+    if found.why:
+        caps.errors["cgroup"] = found.why
     return caps
 
 
@@ -246,9 +329,21 @@ _ETC_FILES = {
 }
 
 
-def build_root(staging: str, extra_dirs: list[str]) -> None:
+HIDDEN_TMP = "/.tmp-binds"  # in the root: read-only copies of the Python directories that live under /tmp
+
+
+def _under_tmp(d: str) -> bool:
+    return d.startswith("/tmp/")
+
+
+def build_root(staging: str, extra_dirs: list[str], sources: dict[str, str] | None = None
+               ) -> list[tuple[str, str]]:
     """Populate ``staging`` (a fresh tmpfs, in a private mount namespace) with read-only binds of the system
-    and Python directories, a minimal /dev and /etc, and empty /proc and /tmp mount points."""
+    and Python directories, a minimal /dev and /etc, and empty /proc and /tmp mount points. ``sources``: where
+    to bind a directory from when its own path is covered (a venv under /tmp). Returns the (hidden copy, path)
+    pairs a program's process binds again over its private /tmp."""
+    sources = sources or {}
+    tmp_binds: list[tuple[str, str]] = []
     os.chmod(staging, 0o755)
     binds: list[str] = []
     for d in _SYSTEM_DIRS:
@@ -260,11 +355,16 @@ def build_root(staging: str, extra_dirs: list[str]) -> None:
         if not any(d == b or d.startswith(b + "/") for b in binds):
             binds.append(d)
     for d in binds:
-        target = staging + d
-        os.makedirs(target, mode=0o755, exist_ok=True)
-        # Intermediate directories created by makedirs (e.g. /root for /root/.pyenv) are 0755 in the tmpfs.
-        mount(d, target, None, MS_BIND)
-        mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+        targets = [staging + d]
+        if _under_tmp(d):  # a program's private /tmp would hide it: a second, hidden copy to bind from
+            hidden = f"{HIDDEN_TMP}/{len(tmp_binds)}"
+            tmp_binds.append((hidden, d))
+            targets.append(staging + hidden)
+        for target in targets:
+            os.makedirs(target, mode=0o755, exist_ok=True)
+            # Intermediate directories created by makedirs (e.g. /root for /root/.pyenv) are 0755 in the tmpfs.
+            mount(sources.get(d, d), target, None, MS_BIND)
+            mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
     os.makedirs(staging + "/dev", mode=0o755)
     mount("tmpfs", staging + "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "size=64k,mode=0755")
     for dev in _DEVICES:
@@ -283,60 +383,35 @@ def build_root(staging: str, extra_dirs: list[str]) -> None:
             f.write(text)
     for d in ("/proc", "/tmp", "/.old"):  # /proc stays empty: a program sees no process, not even itself
         os.makedirs(staging + d, mode=0o755, exist_ok=True)
+    return tmp_binds
 
 
-def make_root_namespace() -> None:
+def make_root_namespace() -> list[tuple[str, str]]:
     """Move the calling process into a new mount namespace whose root is the minimal read-only tree (the host's
-    mounts stay untouched; only CAP_SYS_ADMIN is needed)."""
+    mounts stay untouched; only CAP_SYS_ADMIN is needed). Returns ``build_root``'s (hidden copy, path) pairs."""
     unshare(CLONE_NEWNS)
     mount(None, "/", None, MS_REC | MS_PRIVATE)
-    # Work under /tmp of this private namespace: nothing here is visible on the host.
-    mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
-    staging = "/tmp/root"
-    os.mkdir(staging)
-    mount("tmpfs", staging, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
-    build_root(staging, _python_dirs())
+    dirs = _python_dirs()
+    # A Python installed under /tmp (a venv on a CI runner) is reached through descriptors opened now: the
+    # tmpfs about to cover /tmp hides its path.
+    held = {d: os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for d in dirs if _under_tmp(d)}
+    try:
+        # Work under /tmp of this private namespace: nothing here is visible on the host.
+        mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
+        staging = "/tmp/root"
+        os.mkdir(staging)
+        mount("tmpfs", staging, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
+        tmp_binds = build_root(staging, dirs, {d: f"/proc/self/fd/{fd}" for d, fd in held.items()})
+    finally:
+        for fd in held.values():
+            os.close(fd)
     os.chdir(staging)
     pivot_root(".", ".old")
     os.chdir("/")
     umount("/.old", MNT_DETACH)
     os.rmdir("/.old")
     mount(None, "/", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
-
-
-# -- per-slot cgroups (optional) --------------------------------------------------------------------------
-def cgroup_paths(tag: str, slot: int) -> list[str]:
-    return [f"/sys/fs/cgroup/memory/mucode/{tag}/slot{slot}", f"/sys/fs/cgroup/pids/mucode/{tag}/slot{slot}"]
-
-
-def make_cgroups(tag: str, slots: int, memory_bytes: int, pids: int) -> list[str]:
-    made = []
-    for slot in range(slots):
-        mem, pid = cgroup_paths(tag, slot)
-        os.makedirs(mem, exist_ok=True)
-        os.makedirs(pid, exist_ok=True)
-        Path(mem, "memory.limit_in_bytes").write_text(str(memory_bytes))
-        with contextlib.suppress(OSError):  # no swap on most hosts; where there is, cap memory+swap too
-            Path(mem, "memory.memsw.limit_in_bytes").write_text(str(memory_bytes))
-        Path(pid, "pids.max").write_text(str(pids))
-        made += [mem, pid]
-    return made
-
-
-def remove_cgroups(tag: str) -> None:
-    for root in ("/sys/fs/cgroup/memory/mucode", "/sys/fs/cgroup/pids/mucode"):
-        base = Path(root, tag)
-        if not base.is_dir():
-            continue
-        for d in sorted(base.glob("slot*"), reverse=True):
-            try:
-                d.rmdir()
-            except OSError:
-                pass
-        try:
-            base.rmdir()
-        except OSError:
-            pass
+    return tmp_binds
 
 
 # -- the child's own sequence ------------------------------------------------------------------------------
@@ -358,6 +433,8 @@ class ChildSetup:
     tmp_bytes: int
     workdir: str | None = None  # weak mode: a private directory made by the judge
     base_vm: int = 0  # the zygote's address space size (a fork starts with the same)
+    seccomp: Any = None  # app.sandbox.seccomp.Filter to install last; None: none (weak isolation, a benchmark)
+    tmp_binds: list[tuple[str, str]] = field(default_factory=list)  # (copy in the root, path under /tmp)
 
 
 def vm_size() -> int:
@@ -390,6 +467,10 @@ def enter_child(setup: ChildSetup, keep_fds: list[int]) -> None:
         unshare(CLONE_NEWNS | (CLONE_NEWIPC if setup.ipcns else 0))
         mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
               f"size={setup.tmp_bytes},nr_inodes=4096,mode=0700,uid={setup.uid},gid={setup.gid}")
+        for hidden, target in setup.tmp_binds:  # the interpreter's own directories under /tmp, read-only
+            os.makedirs(target, mode=0o755, exist_ok=True)
+            mount(hidden, target, None, MS_BIND)
+            mount(None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
         os.chdir("/")  # /tmp is entered once we are its owner (root needs no DAC capability for that)
     else:
         os.chdir(setup.workdir or "/")
@@ -423,8 +504,12 @@ def enter_child(setup: ChildSetup, keep_fds: list[int]) -> None:
         if os.getuid() != setup.uid or os.geteuid() != setup.uid:
             raise OSError("uid drop failed")
         os.chdir("/tmp")
+    # In weak mode the uid is the host user's: its keys stay.
+    fresh_keyrings(clear_user=setup.strong and setup.seccomp is None, strict=setup.seccomp is None)
     prctl(PR_SET_NO_NEW_PRIVS, 1)
     # Credentials changed: the parent-death signal was reset, set it again (the judge dying kills us, and
     # as pid 1 of our namespace, everything we started).
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     os.environ.clear()
+    if setup.seccomp is not None:
+        setup.seccomp.install()  # last: everything above needed calls it refuses

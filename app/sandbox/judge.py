@@ -1,9 +1,11 @@
 """The judge: the trusted process that runs a suite's test code against a candidate living in another process.
 
 One judge per program, forked from the zygote, parent of the candidate's process. It runs the problem's prefix
-(trusted helpers), the setup code and each test statement in its own interpreter, where every name the
-candidate's program defined is a :class:`ProgramObject`: calling it, reading an attribute or iterating it is a
-request to the candidate's process, whose answer comes back as plain data (``app.sandbox.wire``). So the test
+(trusted helpers), the setup code and each test statement in its own interpreter, where each name of the
+candidate's program that the tests read is a :class:`ProgramObject`: calling it, reading an attribute or
+iterating it is a request to the candidate's process, whose answer comes back as plain data
+(``app.sandbox.wire``). Only those names: a global of the program never replaces a builtin or a name of the
+suite (``compile_suite`` finds which names the suite's bytecode reads and binds). So the test
 code, the expected values and the comparisons all stay here, where the candidate cannot reach; the candidate's
 process only ever sees the arguments the tests pass to its functions.
 """
@@ -14,7 +16,8 @@ import _signal
 import ast
 import builtins
 import contextlib
-import importlib
+import dis
+import keyword
 import marshal
 import os
 import re
@@ -35,6 +38,14 @@ SETUP_FAILED = 71  # the candidate's process could not isolate itself (see execu
 _SIGALRM = int(signal.SIGALRM)
 _TYPE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,99}")
 MAX_REPLY = 64 << 20  # bytes of one answer from the candidate
+# What one program's answers may make the judge hold, counted as received in all (the items of iterations
+# over its objects included): past any of these the program fails with status ``memory``. The datasets'
+# reference solutions need at most 147 MB (HumanEval+/15), 10 million values (HumanEval+/130) and 56 objects.
+# The judge's own memory limit (``Limits.judge_memory_mb``, an address-space rlimit) is the backstop for what
+# the tests compute from them.
+JOB_BYTES = 384 << 20
+JOB_VALUES = 32_000_000
+JOB_OBJECTS = 100_000
 # A loop's calls sent ahead, at most: well within a socket's buffer (which also counts each message's overhead,
 # about 1 KiB), so that sending never waits for the program.
 STREAM_BYTES = 64 << 10
@@ -44,8 +55,12 @@ NOT_PLAIN_HINT = ("only None, bool, int, float, complex, str, bytes, list, tuple
                   "(and nestings of them) can be compared")
 _SAFE_STDLIB = frozenset(getattr(sys, "stdlib_module_names", ())) - {
     "antigravity", "this", "idlelib", "tkinter", "turtle", "turtledemo", "webbrowser", "pydoc", "ensurepip",
-    "venv", "lib2to3", "pdb", "code", "pty", "tty", "curses",
+    "venv", "lib2to3", "pdb", "code", "pty", "tty", "curses", "__main__",
 }
+_BUILTIN_NAMES = frozenset(vars(builtins))
+# Names that look globals up by a string the tests' names cannot show: with one of them in a suite, every
+# program global not shadowing a builtin or a name of the suite is put in the tests' namespace.
+_DYNAMIC_LOOKUP = frozenset({"eval", "exec", "globals", "vars", "locals", "dir", "__import__"})
 
 
 class ProgramGone(BaseException):
@@ -114,6 +129,8 @@ def remote_exception(info: dict[str, Any]) -> BaseException:
     chosen: type = Exception
     for name in info["bases"]:
         cls = getattr(builtins, name, None)
+        if cls is StopIteration or cls is StopAsyncIteration:
+            continue  # raised as such, it would end the tests' loop early (``all(map(f, xs))`` true) instead
         if isinstance(cls, type) and issubclass(cls, Exception):
             try:
                 exc = cls(message)
@@ -259,6 +276,9 @@ class Conn:
         self.stream: _Stream | None = None  # a test loop's calls, sent ahead of the loop
         self.reader = wire.FrameReader(fd, max_size=MAX_REPLY)
         self.streams = send_ahead  # off once a loop made other requests while its calls were ahead
+        self.bytes_left = JOB_BYTES  # the caps on what the program's answers may make this judge hold
+        self.values = [0]
+        self.objects = 0
 
     @staticmethod
     def _convert(v: Any) -> Any:
@@ -276,6 +296,9 @@ class Conn:
         raise TypeError(f"a {type(obj).__name__} object cannot be passed to the program: {NOT_PLAIN_HINT}")
 
     def _from_ref(self, tag: bytes, ident: Any) -> Any:
+        self.objects += 1
+        if self.objects > JOB_OBJECTS:
+            raise wire.OverBudget(f"more than {JOB_OBJECTS} objects")
         if tag == b"H":
             return LargeValue(*ident)
         if tag != b"R":
@@ -415,13 +438,24 @@ class Conn:
         if self.gone is not None:
             raise self.gone
         try:
-            reply = wire.decode(self.reader.recv(self.deadline), self._from_ref)
+            self.reader.max_size = min(MAX_REPLY, self.bytes_left)
+            frame = self.reader.recv(self.deadline)
+            self.bytes_left -= len(frame)
+            reply = wire.decode(frame, self._from_ref, max_nodes=JOB_VALUES, count=self.values)
         except wire.Timeout:
             self.gone = ProgramGone("timeout")
         except (wire.Closed, BrokenPipeError, ConnectionResetError):
             self.gone = ProgramGone("died")
+        except wire.OverBudget as exc:
+            self.gone = ProgramGone("memory", f"the program returned too much to the tests: {exc} in all")
         except wire.TooLarge as exc:
-            self.gone = ProgramGone("broken", f"the program's answer is too large ({exc})")
+            if exc.size is not None and exc.size <= MAX_REPLY:  # within one answer's limit: over the total
+                self.gone = ProgramGone("memory", "the program returned too much to the tests: more than "
+                                                  f"{JOB_BYTES >> 20} MiB in all")
+            else:
+                self.gone = ProgramGone("broken", f"the program's answer is too large ({exc})")
+        except MemoryError:
+            self.gone = ProgramGone("memory", "the tests ran out of memory holding the program's results")
         except (wire.WireError, OSError, ValueError, TypeError, OverflowError) as exc:
             self.gone = ProgramGone("broken", f"the program corrupted its connection to the tests ({exc})")
         if self.gone is not None:
@@ -482,14 +516,12 @@ def library_name(obj: Any) -> str | None:
 
 
 def _module_for(name: str) -> Any:
-    """The judge's own copy of a module the program imported (only stdlib and already-imported modules)."""
-    if name in sys.modules:
-        return sys.modules[name]
-    if name.split(".")[0] in _SAFE_STDLIB:
-        try:
-            return importlib.import_module(name)
-        except Exception:  # noqa: BLE001
-            return None
+    """The judge's own copy of a module the program imported: only one the judge has already loaded, of the
+    standard library or NumPy (never imported on the program's word: importing runs the module's code here,
+    and a few, ``unittest.__main__``, end the process)."""
+    mod = sys.modules.get(name)
+    if isinstance(mod, types.ModuleType) and name.split(".")[0] in _SAFE_STDLIB | {"numpy"}:
+        return mod
     return None
 
 
@@ -535,12 +567,14 @@ class Judge:
             self._record(tests_src[len(self.run.tests)], "error", reason, "")
         return self.run
 
-    def _fatal(self, reason: str, index: int | None) -> None:
+    def _fatal(self, reason: str, index: int | None, detail: str = "") -> None:
         if self.run.fatal is None:
             self.run.fatal = reason
             self.run.fatal_test = index
             if reason == "timeout":
                 self.run.timed_out = True
+            if reason == "memory":
+                self.run.memory_detail = detail or None
 
     def _record(self, test: str, outcome: str, message: str, detail: str) -> None:
         text = test if len(test) <= TEST_TEXT_CHARS else test[: TEST_TEXT_CHARS - 3] + "..."
@@ -565,18 +599,30 @@ class Judge:
                 self.run.setup_error = "the problem's code prefix failed: " + _exc_line(exc)
                 return
         trusted = set(ns)
+        names = code.get("names")
+        wanted = None if names is None else frozenset(names)
+
+        def admits(name: Any) -> bool:
+            """Whether a global of the program may be bound in the tests' namespace: one the suite reads
+            (``names``), never a name of its own, a builtin (the problem's entry point excepted: MBPP's
+            ``sum``) or a dunder."""
+            return (type(name) is str and (wanted is None or name in wanted) and name.isidentifier()
+                    and not keyword.iskeyword(name) and not (name.startswith("__") and name.endswith("__"))
+                    and name not in trusted and name not in code.get("bound", ())
+                    and (name not in _BUILTIN_NAMES or name == code.get("entry_point")))
+
         # Calls of the tests' asserts with literal arguments, made in one batch (see prefetch_sites).
-        sites = [(k, site) for k, site in enumerate(code["sites"]) if site[0] not in trusted]
+        sites = [(k, site) for k, site in enumerate(code["sites"]) if admits(site[0])]
         calls = [site for _, site in sites]
         try:
-            conn.send(("load", code["prefix"], job["code"], code["setup_imports"]))
+            conn.send(("load", code["prefix"], job["code"], code["setup_imports"], names))
             if calls and code["pipeline"]:
                 conn.send(("batch", calls))
             op, payload = conn.reply(expect=("loaded", "loaderr"))
             if calls and code["pipeline"]:
                 conn.pending.extend(k for k, _ in sites)
         except ProgramGone as gone:
-            self._fatal(gone.reason, None)
+            self._fatal(gone.reason, None, gone.detail)
             self.run.load_error = {"gone": gone.reason, "detail": gone.detail}
             return
         self.run.tests_started = True
@@ -586,17 +632,18 @@ class Judge:
             if info["type"] == "MemoryError":
                 self.run.memory = True
             return
+        fetch_values: list[str] = []
         for entry in payload if isinstance(payload, list) else []:
-            if not (isinstance(entry, list) and len(entry) == 3 and isinstance(entry[0], str)):
+            if not (isinstance(entry, list) and len(entry) == 3 and admits(entry[0])):
                 continue
             name, kind, value = entry
-            if name in trusted or not name.isidentifier():
-                continue
             if kind == "module" and isinstance(value, str):
                 mod = _module_for(value)
                 ns[name] = mod if mod is not None else conn.global_ref(name, "module")
             elif kind == "value":
                 ns[name] = value
+            elif kind == "large":  # plain data too large for the snapshot: asked for once the batch is read
+                fetch_values.append(name)
             else:
                 ns[name] = conn.global_ref(name, value if isinstance(value, str) else "object")
         if job.get("collect"):
@@ -625,17 +672,30 @@ class Judge:
         ns[MAP], ns[MAPPED] = conn.map_start, conn.mapped
         if calls and code["pipeline"]:
             fetch()
+        for name in fetch_values:
+            try:
+                ns[name] = conn.request(("value", conn.global_ref(name, "object")))
+            except ProgramGone as gone:
+                self._fatal(gone.reason, None, gone.detail)
+                self.run.setup_error = gone.detail or gone.reason
+                return
+            except _Deadline:
+                raise
+            except BaseException:  # noqa: BLE001 - its own answer: the name stays unbound, as a test will say
+                ns.pop(name, None)
         if code["setup"] is not None:
             try:
                 exec(_code(code, "setup"), ns)  # noqa: S102 - the dataset's setup code
             except ProgramGone as gone:
-                self._fatal(gone.reason, None)
+                self._fatal(gone.reason, None, gone.detail)
                 self.run.setup_error = gone.detail or gone.reason
                 return
             except _Deadline:
                 raise
             except BaseException as exc:  # noqa: BLE001
                 info = getattr(exc, "__mucode_remote__", None)
+                if info is None and isinstance(exc, MemoryError):
+                    self._fatal("memory", None, "the tests ran out of memory on the program's results")
                 self.run.setup_error = fb.summary(info) if info else _exc_line(exc)
                 self.details_setup = fb.traceback_text(info) if info else _exc_line(exc)
                 return
@@ -643,7 +703,7 @@ class Judge:
             try:
                 conn.start_batch(calls, [k for k, _ in sites])
             except ProgramGone as gone:
-                self._fatal(gone.reason, 0)
+                self._fatal(gone.reason, 0, gone.detail)
                 return
             fetch()
         for i, src in enumerate(tests_src):
@@ -654,10 +714,13 @@ class Judge:
                 self._record(src, "error", blob, blob)
                 continue
             conn.not_plain = []
+            gone_before = conn.gone
             try:
                 exec(_code(code, "tests", i), ns)  # noqa: S102 - the dataset's test statement
+                if conn.gone is not gone_before:  # the test caught it (``except BaseException``): still gone
+                    raise conn.gone  # type: ignore[misc]
             except ProgramGone as gone:
-                self._fatal(gone.reason, i)
+                self._fatal(gone.reason, i, gone.detail)
                 self._record(src, "error", _gone_text(gone, self.limits), "")
                 return
             except ProgramExit as ex:
@@ -678,6 +741,10 @@ class Judge:
                 raise
             except BaseException as exc:  # noqa: BLE001 - anything else the test statement raised
                 info = getattr(exc, "__mucode_remote__", None)
+                if info is None and isinstance(exc, MemoryError):  # the judge's own limit, on the program's values
+                    self._fatal("memory", i, "the tests ran out of memory on the program's results")
+                    self._record(src, "error", "MemoryError", "")
+                    return
                 if info is not None:
                     if info["type"] == "MemoryError":
                         self.run.memory = True
@@ -713,6 +780,8 @@ def _gone_text(gone: ProgramGone, limits: Limits) -> str:
         return f"timed out (limit {limits.timeout_s:g} s)"
     if gone.reason == "died":
         return "the program's process ended before the test finished"
+    if gone.reason == "memory":
+        return "out of memory" + (f": {gone.detail}" if gone.detail else "")
     return gone.detail or "the program broke its connection to the tests"
 
 
@@ -782,11 +851,18 @@ def compose_feedback(judge: Judge | None, run: Run, status: str, limits: Limits)
         text = f"Code execution timed out: the limit is {limits.timeout_s:g} s for loading and all tests" + where
     else:
         parts = []
+        le = run.load_error
+        if status == "memory" and run.memory_detail:  # a cap on what the tests hold of its results
+            parts.append(f"Code execution ran out of memory: {run.memory_detail}"
+                         + (" (while it was being loaded, before any test ran)" if le is not None else where))
+            return fb.cap(fb.sanitize("\n".join(parts)))
         if status == "memory":
             parts.append(f"Code execution ran out of memory (the limit is {limits.memory_mb} MB)")
-        le = run.load_error
         if le is not None and "gone" in le:
-            if run.exit_signal is not None:
+            if le["gone"] == "broken":
+                parts.append("The program broke its connection to the tests while it was being loaded, before "
+                             "any test ran" + (f": {le['detail']}" if le.get("detail") else ""))
+            elif run.exit_signal is not None:
                 parts.append(f"The program crashed while it was being loaded (killed by "
                              f"{_signal_name(run.exit_signal)}), before any test ran")
             else:
@@ -1110,9 +1186,41 @@ def _runs_calls(tree: ast.Module) -> bool:
     return False
 
 
-def compile_suite(prefix: str, setup: str, tests: list[str]) -> dict[str, Any]:
-    """Compile the trusted code once (in the executor) for every judge: marshalled code objects, and the calls
-    to fetch in one batch."""
+_OP = dis.opmap
+_EXTENDED_ARG, _LOAD_GLOBAL = _OP["EXTENDED_ARG"], _OP["LOAD_GLOBAL"]
+_READS = frozenset(_OP[n] for n in ("LOAD_NAME", "LOAD_FROM_DICT_OR_GLOBALS") if n in _OP)
+_BINDS = frozenset({_OP["STORE_NAME"], _OP["DELETE_NAME"]})
+_BINDS_GLOBAL = frozenset({_OP["STORE_GLOBAL"], _OP["DELETE_GLOBAL"]})
+
+
+def global_names(code: types.CodeType, reads: set[str], binds: set[str]) -> None:
+    """The names a module's code reads from its globals (``reads``, builtins included) and binds there
+    (``binds``), from its bytecode: what the interpreter will look up, in functions and class bodies too.
+    Reads the instructions' bytes directly (``dis.get_instructions`` is 15x slower on the EvalPlus suites)."""
+    todo = [(code, True)]
+    while todo:
+        co, module = todo.pop()
+        raw, names, ext = co.co_code, co.co_names, 0
+        for i in range(0, len(raw), 2):
+            op, arg = raw[i], raw[i + 1] | ext
+            if op == _EXTENDED_ARG:
+                ext = arg << 8
+                continue
+            ext = 0
+            if op == _LOAD_GLOBAL:
+                reads.add(names[arg >> 1])  # the low bit: whether a NULL is pushed too
+            elif op in _READS:
+                reads.add(names[arg])
+            elif op in _BINDS_GLOBAL or (module and op in _BINDS):  # a class body's STORE_NAME is its own
+                binds.add(names[arg])
+        todo.extend((c, False) for c in co.co_consts if isinstance(c, types.CodeType))
+
+
+def compile_suite(prefix: str, setup: str, tests: list[str], entry_point: str | None = None) -> dict[str, Any]:
+    """Compile the trusted code once (in the executor) for every judge: marshalled code objects, the calls
+    to fetch in one batch, and which of the program's globals the tests may see (``names``: those the suite
+    reads and does not bind itself, none named like a builtin but the entry point; None where the suite looks
+    names up by string)."""
     def comp(src: str, name: str) -> bytes | str | None:
         if not src.strip():
             return None
@@ -1124,7 +1232,8 @@ def compile_suite(prefix: str, setup: str, tests: list[str]) -> dict[str, Any]:
     imports = setup_imports(setup)
     out: dict[str, Any] = {"prefix": comp(prefix, "<prefix>"), "setup": comp(setup, "<setup>"), "tests": [],
                            "sites": [], "pipeline": True, "setup_imports": comp(imports, "<setup>"),
-                           "numpy": "numpy" in prefix or "numpy" in imports}  # what runs in the program's process
+                           "numpy": "numpy" in prefix or "numpy" in imports,  # what runs in the program's process
+                           "entry_point": entry_point if isinstance(entry_point, str) and entry_point else None}
     bound: set[str] = set()
     if setup.strip() and isinstance(out["setup"], bytes):
         tree = ast.parse(setup)
@@ -1147,6 +1256,16 @@ def compile_suite(prefix: str, setup: str, tests: list[str]) -> dict[str, Any]:
                 continue
         out["tests"].append(marshal.dumps(code))
         out["sites"].extend(sites)
+    reads: set[str] = set()
+    binds: set[str] = set()
+    for blob in [out["prefix"], out["setup"], *out["tests"]]:
+        if isinstance(blob, bytes):
+            global_names(marshal.loads(blob), reads, binds)
+    entry = out["entry_point"]
+    out["bound"] = frozenset(binds)
+    out["names"] = None if reads & _DYNAMIC_LOOKUP else sorted(
+        n for n in reads - binds
+        if not (n.startswith("__") and n.endswith("__")) and (n not in _BUILTIN_NAMES or n == entry))
     return out
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from app.sandbox.types import Check, Limits
 
 PROBE_CODE = r'''
-import os, socket, resource
+import os, socket, resource, sys, sysconfig
 
 def probe(host_file, db_port):
     seen = {}
@@ -62,7 +62,33 @@ def probe(host_file, db_port):
         seen["visible_pids"] = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())[:20]
     except OSError:
         seen["visible_pids"] = []
+    seen["python_dirs"] = {p: os.path.isdir(p) for p in sorted({sysconfig.get_paths()[k] for k in
+                           ("stdlib", "platstdlib", "purelib", "platlib")})}
+    seen["kernel"] = kernel_surface()  # last: an unshare that worked changes what the checks above would see
     return seen
+
+def kernel_surface():
+    """What the system call filter must refuse: the errno of each attempt, or "allowed"."""
+    import ctypes, errno, platform
+    libc = ctypes.CDLL(None, use_errno=True)
+    def attempt(call):
+        ctypes.set_errno(0)
+        ok = call() >= 0
+        return "allowed" if ok else errno.errorcode.get(ctypes.get_errno(), str(ctypes.get_errno()))
+    out = {}
+    add_key = {"x86_64": 248, "aarch64": 217, "ppc64le": 269, "s390x": 278}.get(platform.machine())
+    if add_key is not None:
+        out["add_key"] = attempt(lambda: libc.syscall(add_key, b"user", b"mucode-probe", b"x",
+                                                      ctypes.c_size_t(1), ctypes.c_int(-4)))
+    for name, family, kind in (("socket(AF_NETLINK)", 16, socket.SOCK_RAW), ("socket(AF_PACKET)", 17,
+                               socket.SOCK_RAW), ("socket(AF_INET, SOCK_RAW)", socket.AF_INET, socket.SOCK_RAW)):
+        try:
+            socket.socket(family, kind, 0).close()
+            out[name] = "allowed"
+        except OSError as exc:
+            out[name] = errno.errorcode.get(exc.errno, str(exc.errno))
+    out["unshare(CLONE_NEWUSER)"] = attempt(lambda: libc.unshare(0x10000000))
+    return out
 '''
 
 
@@ -123,9 +149,23 @@ def evaluate(seen: dict[str, Any], info: dict[str, Any], limits: Limits, *, db_p
                         f"{[p for p in pids if p != 1][:5] or 'none'}"))
     checks.append(Check("no new privileges", seen.get("no_new_privs") == "1",
                         f"NoNewPrivs {seen.get('no_new_privs')}"))
+    kernel = seen.get("kernel") or {}
+    refused = bool(kernel) and all(v == "EPERM" for v in kernel.values())
+    checks.append(Check("seccomp", refused, ", ".join(f"{k}: {v}" for k, v in kernel.items()) if kernel
+                        else "not observed"))
+    dirs = seen.get("python_dirs") or {}
+    hidden = [p for p, ok in dirs.items() if not ok]
+    checks.append(Check("interpreter visible", bool(dirs) and not hidden,
+                        f"the interpreter's directories are readable inside: {', '.join(dirs)}" if not hidden
+                        else f"hidden inside the sandbox: {', '.join(hidden)} (programs cannot import from them)"))
+    version = info.get("cgroup_version")
+    caps_errors = (info.get("capabilities") or {}).get("errors") or {}
     checks.append(Check("cgroup limits", bool(info.get("cgroups")),
-                        "per-slot memory and process cgroups" if info.get("cgroups")
-                        else "not available (rlimits still apply)", required=False))
+                        f"per-slot memory and process cgroups (cgroup {version}); a kill by the memory limit is "
+                        "reported as memory" if info.get("cgroups")
+                        else "not available (rlimits still apply; shared memory is not limited): "
+                        + (info.get("cgroup_error") or caps_errors.get("cgroup") or "no cgroup found"),
+                        required=False))
     return checks
 
 
@@ -143,6 +183,7 @@ def probe_protections(limits: Limits | None = None) -> list[Check]:
     with Sandbox(workers=1, limits=limits, allow_weak_isolation=True) as sb:
         info = sb.info
         raw = sb.run_raw([(problem, PROBE_CODE, "public")], collect=True)[0]
+        flood = sb.run_raw([(JUDGE_PROBE_PROBLEM, JUDGE_PROBE_CODE, "public")])[0]
     checks = [Check("isolation", bool(info.get("strong")),
                     "all protections available" if info.get("strong")
                     else "WEAK, missing: " + "; ".join(info.get("missing", [])))]
@@ -152,4 +193,24 @@ def probe_protections(limits: Limits | None = None) -> list[Check]:
             raise InfraError(f"the sandbox probe could not run: {detail}")
         checks.append(Check("probe", False, f"the probe program did not report: {detail[:300]}"))
         return checks
-    return checks + evaluate(raw["collected"][0], info, limits, db_port=port, host_uid=os.getuid())
+    return (checks + evaluate(raw["collected"][0], info, limits, db_port=port, host_uid=os.getuid())
+            + [judge_limit_check(flood)])
+
+
+# A program that floods the tests with results (600 MB of strings through ``tuple(f())``): the judge must stop
+# it as the program's failure (``memory``) while its own memory stays far below its limit.
+JUDGE_PROBE_CODE = "def f():\n    return ('x' * 200_000 for _ in range(3000))\n"
+JUDGE_PROBE_PROBLEM = {"public_tests": ["assert tuple(f()) == ()"], "private_tests": []}
+
+
+def judge_limit_check(raw: dict[str, Any]) -> Check:
+    judge = raw.get("judge") or {}
+    limit, peak_kb = judge.get("memory_limit"), judge.get("peak_rss_kb")
+    ok = raw.get("status") == "memory" and bool(limit) and peak_kb is not None and peak_kb * 1024 < limit
+    if ok:
+        detail = (f"a program flooding the tests was stopped as 'memory' after {judge.get('received_bytes', 0) >> 20}"
+                  f" MiB; judge peak {peak_kb >> 10} MiB of its {limit >> 20} MiB limit")
+    else:
+        detail = (f"a program flooding the tests got {raw.get('status')!r} (judge limit {limit}, peak "
+                  f"{peak_kb} kB): the judge is not protected")
+    return Check("judge memory limit", ok, detail)

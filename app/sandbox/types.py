@@ -10,7 +10,10 @@ from app.errors import MucodeError
 # Stored in executions.sandbox_version: bump it whenever a verdict could change for the same program and suite
 # (harness semantics, the default limits, the plain-data rules), so the cache never mixes the two.
 # 2: NumPy is preloaded only for programs that name it; a test loop's calls are sent ahead of it.
-SANDBOX_VERSION = "mucode-sandbox-2"
+# 3: the tests see only the program globals they read, never one named like a builtin or a name of the suite;
+#    caps on what a program's results may make the judge hold; the snapshot of globals never decides a verdict;
+#    a system call filter (EPERM for namespaces, keyrings, mounts...); a kill by the slot's cgroup is `memory`.
+SANDBOX_VERSION = "mucode-sandbox-3"
 
 STATUSES = ("passed", "failed", "error", "timeout", "memory", "output_limit", "sandbox_error")
 OUTCOMES = ("pass", "fail", "error")
@@ -35,6 +38,9 @@ class Limits:
 
     timeout_s: float = 10.0  # wall clock for loading the program and running all the suite's tests
     memory_mb: int = 2048  # address space the program may add to the interpreter's (RLIMIT_AS)
+    # Address space each judge may add to the zygote's (RLIMIT_AS): the tests themselves run there (MBPP+/255's
+    # reference function builds 1.2 GB).
+    judge_memory_mb: int = 2048
     nproc: int = 32  # processes and threads of the program's uid (RLIMIT_NPROC; fork bombs)
     output_bytes: int = 4 << 20  # stdout, stderr and any file it writes (RLIMIT_FSIZE): beyond it, output_limit
     nofile: int = 64  # open file descriptors

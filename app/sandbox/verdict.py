@@ -26,6 +26,7 @@ class Run:
     fatal: str | None = None  # "timeout" | "died" | "broken" | "memory" once the program cannot go on
     fatal_test: int | None = None
     memory: bool = False  # a MemoryError was raised by the program
+    memory_detail: str | None = None  # set when a cap on what the judge holds of its results stopped it
     exit_signal: int | None = None  # the candidate process was killed by this signal (not by the judge)
     exit_code: int | None = None
     output_bytes: int = 0
