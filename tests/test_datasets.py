@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
@@ -19,42 +20,14 @@ from app.errors import DataError
 
 DATA = get_settings().data_dir
 
-# HumanEval problems whose docstring gives no usable example: their public test is the first standalone
-# assert of check (or the whole check for 38 and 50, whose check has none).
-HUMANEVAL_PUBLIC_FALLBACK = [
-    38,
-    41,
-    50,
-    67,
-    68,
-    76,
-    78,
-    80,
-    81,
-    83,
-    84,
-    94,
-    105,
-    107,
-    108,
-    112,
-    115,
-    116,
-    120,
-    122,
-    128,
-    129,
-    133,
-    141,
-    142,
-    143,
-    145,
-    147,
-    149,
-    156,
-    160,
-    162,
-]
+# HumanEval problems whose docstring examples are written in prose (transcribed by hand), wrong (corrected) or
+# absent (one assert from the statement); every other problem's public test is parsed from its docstring.
+HUMANEVAL_PUBLIC_SOURCE = {
+    **{i: "prose" for i in (67, 68, 76, 78, 80, 81, 84, 94, 105, 107, 112, 115, 120, 122, 129, 133, 141, 142, 143,
+                            147, 149, 160)},
+    116: "corrected",
+    **{i: "statement" for i in (38, 41, 50, 83)},
+}
 
 
 @cache
@@ -74,8 +47,9 @@ def test_split_counts_after_loading_everything(store):
         "mbpp_plus": {"prompt": 7, "test": 224, "validation": 39, "train": 108},
     }
     assert [p.external_id for p in store.list_problems("mbpp", "train", limit=2)] == ["mbpp/601", "mbpp/602"]
-    fallback = [p.external_id for p in store.list_problems("humaneval") if p.meta.get("public_fallback")]
-    assert fallback == [f"HumanEval/{i}" for i in HUMANEVAL_PUBLIC_FALLBACK]
+    sources = {p.external_id: p.meta["public_source"] for p in store.list_problems("humaneval")
+               if "public_source" in p.meta}
+    assert sources == {f"HumanEval/{i}": src for i, src in sorted(HUMANEVAL_PUBLIC_SOURCE.items())}
 
 
 def _snapshot(store) -> list:
@@ -107,6 +81,9 @@ def _copy_mbpp(tmp_path: Path, edit) -> Path:  # edit(lines) changes the list in
     lines = (DATA / "mbpp" / "mbpp.jsonl").read_text().splitlines()
     edit(lines)
     (tmp_path / "mbpp" / "mbpp.jsonl").write_text("\n".join(lines) + "\n")
+    # A deliberate other revision declares its checksum; without it the load stops at the checksum.
+    digest = hashlib.sha256((tmp_path / "mbpp" / "mbpp.jsonl").read_bytes()).hexdigest()
+    (tmp_path / "SHA256SUMS").write_text(f"{digest}  mbpp/mbpp.jsonl\n")
     return tmp_path
 
 
@@ -163,7 +140,7 @@ def test_malformed_line_names_file_and_line_and_writes_nothing(store, tmp_path):
 def test_missing_data_directory_and_file(tmp_path):
     with pytest.raises(DataError, match=r"data directory .*nowhere does not exist.*MUCODE_DATA_DIR"):
         parse_dataset("mbpp", tmp_path / "nowhere")
-    with pytest.raises(DataError, match=r"humaneval/HumanEval\.jsonl is missing"):
+    with pytest.raises(DataError, match=r"humaneval/HumanEval\.jsonl\.gz is missing \(expected sha256 b796127e"):
         parse_dataset("humaneval", tmp_path)
     with pytest.raises(DataError, match="unknown dataset 'mbpp_pluss'"):
         parse_dataset("mbpp_pluss", DATA)
@@ -209,19 +186,55 @@ def test_humaneval_protocol():
     assert p32["private_tests"] == ["check(find_zero)"] and "def check(candidate)" in p32["setup_code"]
     assert p32["code_prefix"].startswith("import math") and "def poly(" in p32["code_prefix"]
     assert p32["public_tests"] == ["assert round(find_zero([1, 2]), 2) == -0.5"]
-    # Inline examples ("f(x) ==> y") count; the fallback is check's first standalone assert.
+    # Inline examples ("f(x) ==> y") and ">>> f(x) == y" lines count; prose examples come from the table.
     assert he["HumanEval/77"]["public_tests"] == ["assert iscube(1) == True"]
-    assert he["HumanEval/41"]["public_tests"] == [he["HumanEval/41"]["private_tests"][0]]
-    assert he["HumanEval/38"]["public_tests"] == ["check(decode_cyclic)"]
+    assert he["HumanEval/162"]["public_tests"] == [("assert string_to_md5('Hello world') == "
+                                                    "'3e25960a79dbc69b674cd4ec67a72c62'")]
+    assert he["HumanEval/68"]["public_tests"] == ["assert pluck([4, 2, 3]) == [2, 1]"]
+    assert he["HumanEval/38"]["public_tests"] == ["assert decode_cyclic(encode_cyclic('abcdefgh')) == 'abcdefgh'"]
     # Docstring lines that contradict the reference are not used.
     assert "assert tri(1) == 3" not in he["HumanEval/130"]["shown_tests"]
-    # The hidden tests never appear among the shown ones.
-    assert all(
-        not t.startswith("check(") and "def check" not in t
-        for p in he.values()
-        if not p["meta"].get("public_fallback")
-        for t in p["shown_tests"]
-    )
+    assert "assert sort_array([1, 5, 2, 3, 4]) == [1, 2, 3, 4, 5]" not in he["HumanEval/116"]["shown_tests"]
+    # The hidden tests never appear among the shown ones; a test written from the statement is not a hidden one.
+    assert all(not t.startswith("check(") and "def check" not in t for p in he.values() for t in p["shown_tests"])
+    for i, src in HUMANEVAL_PUBLIC_SOURCE.items():
+        if src == "statement":
+            assert he[f"HumanEval/{i}"]["public_tests"][0] not in he[f"HumanEval/{i}"]["private_tests"]
+
+
+@pytest.mark.parametrize("name", ["humaneval", "humaneval_plus"])
+def test_every_humaneval_public_test_is_one_nontrivial_assert_calling_the_entry_point(name):
+    """The rule of app/datasets/humaneval.py, checked on the AST of each of the 164 public tests."""
+    import ast
+
+    problems = parsed(name)
+    assert len(problems) == 164
+    bad = []
+    for pid, p in problems.items():
+        [test] = p["public_tests"]  # exactly one
+        tree = ast.parse(test)
+        ok = len(tree.body) == 1 and isinstance(tree.body[0], ast.Assert)
+        cond = tree.body[0].test if ok else None
+        calls = {n.func.id for n in ast.walk(cond) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)} \
+            if ok else set()
+        if not ok or isinstance(cond, ast.Constant) or p["entry_point"] not in calls or test not in p["shown_tests"]:
+            bad.append((pid, test))
+    assert bad == []
+
+
+def test_public_test_rule_is_enforced_at_load_time(tmp_path):
+    """A problem whose only example would break the rule is a DataError naming it, not a silent fallback."""
+    from app.datasets.humaneval import humaneval_problem, public_test_problem
+
+    assert public_test_problem("assert True, 'x'", "f") == "it asserts a constant"
+    assert public_test_problem("check(f)", "f") == "it is not a single assert statement"
+    assert public_test_problem("assert g(1) == 2", "f") == "it does not call f"
+    assert public_test_problem("assert f(1) == 2", "f") is None
+    record = {"task_id": "HumanEval/999", "entry_point": "f", "canonical_solution": "    return 1\n",
+              "prompt": 'def f():\n    """Returns one."""\n',
+              "test": "def check(candidate):\n    assert candidate() == 1\n"}
+    with pytest.raises(DataError, match=r"HumanEval/999 has no docstring example"):
+        humaneval_problem(record, "file, line 1", id_prefix="HumanEval")
 
 
 def test_plus_datasets():
@@ -307,3 +320,26 @@ def test_reference_solutions_pass_plus_suites_sample():
 def test_reference_solutions_pass_all_plus_suites():
     rows = list(parsed("humaneval_plus").values()) + list(parsed("mbpp_plus").values())
     assert [f[0] for f in _failures(rows)] == ["HumanEvalPlus/32"]
+
+
+@pytest.mark.timeout(900)
+def test_every_humaneval_public_test_passes_the_canonical_solution_and_fails_a_wrong_one():
+    """In the real sandbox, with the import prelude (the default harness): every canonical solution passes its
+    public test; for the problems whose public test used to be ``assert True`` or the whole ``check``, a wrong
+    solution now fails it (the feedback says something)."""
+    import importlib.util
+
+    from app.sandbox import Limits, Sandbox
+
+    spec = importlib.util.spec_from_file_location("mucode_bench_sandbox", Path(__file__).parents[1] / "bench" /
+                                                  "sandbox.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    problems = parse_dataset("humaneval", DATA).problems
+    with Sandbox(workers=2, limits=Limits(timeout_s=60)) as sb:
+        right = sb.run_many([(p, bench.reference_program(p), "public") for p in problems], prelude=True)
+        were_trivial = [p for p in problems if int(p.external_id.split("/")[1]) in (38, 50, 68, 83, 84, 105, 115,
+                                                                                     116, 128)]
+        wrong = sb.run_many([(p, bench.wrong_program(p), "public") for p in were_trivial], prelude=True)
+    assert [(p.external_id, r.feedback[:200]) for p, r in zip(problems, right) if not r.passed] == []
+    assert [p.external_id for p, r in zip(were_trivial, wrong) if r.passed] == []

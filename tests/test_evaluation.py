@@ -1,4 +1,4 @@
-"""Evaluation metrics (METHOD §7) on hand-built stores: every selector, numbers computed by hand.
+"""Evaluation metrics (docs/method.md §7) on hand-built stores: every selector, numbers computed by hand.
 
 Two problems (A, B), C=2 chains, N=3 candidates per turn, T=3. A candidate is (public, private, score). For the
 lv, pt and pt+lv evaluations the chains see the same candidate pool; each selector picks differently, so its

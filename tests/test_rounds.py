@@ -102,29 +102,87 @@ def test_models_follow_the_paper_schedule():
     assert all(s.collect_spec()["stop_after_code"] for s in R.eval_plan(stop))  # evaluation samples the same way
 
 
+LEGACY = {"eval": {"verifier_pairing": "previous_round"}}
+
+
 def test_eval_plan_greedy_and_bon_for_each_generator():
     f = facts(generator_out_id=21, verifier_out_id=31,
               config={"eval": {"datasets": ["mbpp:test", "humaneval"], "selectors": ["random", "pt+lv"]}})
     specs = R.eval_plan(f)
     names = [s.name for s in specs]
-    # round 0 evaluates the base model G0 too (baseline) and the trained G1, both with RM0
+    # round 0 evaluates the base model G0 with RM0, the verifier trained on G0's rollouts (not G1: it has no
+    # verifier trained on its samples yet; round 1 evaluates it)
     assert names == [
         "exp/r0/G0/mbpp-test/greedy", "exp/r0/G0/mbpp-test/bon-random-N5-C10", "exp/r0/G0/mbpp-test/bon-pt+lv-N5-C10",
         "exp/r0/G0/humaneval/greedy", "exp/r0/G0/humaneval/bon-random-N5-C10", "exp/r0/G0/humaneval/bon-pt+lv-N5-C10",
-        "exp/r0/G1/mbpp-test/greedy", "exp/r0/G1/mbpp-test/bon-random-N5-C10", "exp/r0/G1/mbpp-test/bon-pt+lv-N5-C10",
-        "exp/r0/G1/humaneval/greedy", "exp/r0/G1/humaneval/bon-random-N5-C10", "exp/r0/G1/humaneval/bon-pt+lv-N5-C10",
     ]
+    assert all(s.generator_id == 100 and s.verifier_id == 31 for s in specs)
     greedy = specs[0]
     assert (greedy.temperature, greedy.candidates, greedy.chains, greedy.selector) == (0.0, 1, 1, "first")
-    assert greedy.generator_id == 100 and specs[6].generator_id == 21
     bon = specs[2].collect_spec()
     assert bon["candidates"] == 5 and bon["samples_per_problem"] == 10 and bon["verifier_id"] == 31
     assert bon["temperature"] == 0.7 and bon["selector"] == "pt+lv" and bon["stop_rule"] == "public"
     assert specs[1].collect_spec()["verifier_id"] is None  # random needs no scores
-    # later rounds: only G_{k+1}
-    assert all("/G2/" in s.name for s in R.eval_plan(facts(index=1, generator_out_id=22, verifier_out_id=32)))
     with pytest.raises(ValueError, match="needs a verifier"):
         R.eval_specs(f.config, name_prefix="x", generator_label="G", generator_id=1, verifier_id=None)
+
+
+def test_each_generator_is_searched_with_the_verifier_trained_on_its_rollouts():
+    # round k (collects with G_k, trains RM_k on rounds 0..k) evaluates G_k with RM_k; G_{k+1} waits for round k+1
+    r1 = facts(index=1, generator_id=21, verifier_in_id=31, verifier_out_id=32, generator_out_id=22)
+    specs = R.eval_plan(r1)
+    assert specs and all("/r1/G1/" in s.name and s.generator_id == 21 and s.verifier_id == 32 for s in specs)
+    assert R.eval_generators(r1) == [(1, "in")]
+    # it needs no trained generator: the evaluation does not depend on G_{k+1}
+    assert R.eval_plan(facts(index=1, generator_id=21, verifier_out_id=32)) == specs
+    # without the baseline, round 0 has nothing to evaluate: the step is skipped, with the reason
+    nobase = facts(config={"eval": {"baseline": False}}, verifier_out_id=31)
+    assert R.eval_plan(nobase) == [] and "baseline" in R.skip_reason("evaluate", nobase)
+    assert R.skip_reason("evaluate", facts(verifier_out_id=31)) is None
+    assert dict(R.progress(nobase))["evaluate"] == "skipped"
+
+
+def test_previous_round_pairing_keeps_the_old_pairs():
+    """Experiments stored before the setting read it as previous_round: G_{k+1} with RM_k (and G0 at k=0)."""
+    legacy = ExperimentConfig.frozen({"base_model": "base", "eval": {"datasets": ["mbpp:test"], "selectors": ["lv"]}})
+    assert legacy.eval.verifier_pairing == "previous_round"
+    f0 = facts(config=legacy.model_dump(exclude={"base_model", "method"}), generator_out_id=21, verifier_out_id=31)
+    assert [(s.name, s.generator_id, s.verifier_id) for s in R.eval_plan(f0)] == [
+        ("exp/r0/G0/mbpp-test/greedy", 100, 31), ("exp/r0/G0/mbpp-test/bon-lv-N5-C10", 100, 31),
+        ("exp/r0/G1/mbpp-test/greedy", 21, 31), ("exp/r0/G1/mbpp-test/bon-lv-N5-C10", 21, 31)]
+    f1 = facts(index=1, config=LEGACY, generator_id=21, verifier_in_id=31, verifier_out_id=32, generator_out_id=22)
+    assert {(s.name.split("/")[2], s.generator_id, s.verifier_id) for s in R.eval_plan(f1)} == {("G2", 22, 32)}
+    with pytest.raises(ValueError, match="no trained generator"):
+        R.eval_plan(facts(index=1, config=LEGACY, generator_id=21, verifier_out_id=32))
+    assert R.eval_generators(facts(config={"eval": {"verifier_pairing": "previous_round", "baseline": False}})) == [
+        (1, "out")]
+
+
+def test_a_final_round_evaluates_its_generator_and_trains_none():
+    for config in ({}, LEGACY):  # whatever the pairing: the last generator with the last verifier
+        f = facts(index=2, config=config, final=True, generator_id=22, verifier_in_id=31, verifier_out_id=32)
+        specs = R.eval_plan(f)
+        assert specs and all("/r2/G2/" in s.name and (s.generator_id, s.verifier_id) == (22, 32) for s in specs)
+        shown = dict(R.progress(f))
+        assert [st for st, state in shown.items() if state == "skipped"] == [
+            "score_old", "score_new", "relabel", "train_generator"]
+        assert "final round" in R.skip_reason("train_generator", f)
+    # the steps run in order: collect, train_verifier, evaluate
+    f = facts(index=2, final=True, generator_id=22, verifier_in_id=31)
+    assert R.next_action(f) == R.Action("start", "collect")
+    f = facts(index=2, final=True, generator_id=22, verifier_in_id=31, steps=done("collect"))
+    assert R.next_action(f).kind == "skip" and R.next_action(f).step == "score_old"
+    skipped = {n: {"state": "skipped"} for n in ("score_old", "score_new", "relabel", "train_generator")}
+    f = facts(index=2, final=True, steps={**done("collect"), "score_old": {"state": "skipped"}})
+    assert R.next_action(f) == R.Action("start", "train_verifier")
+    f = facts(index=2, final=True, steps={**done("collect", "train_verifier"), **skipped})
+    assert R.next_action(f) == R.Action("start", "evaluate")
+    # no round follows a final one; a final round that failed is resumed first
+    prior = [R.PriorRound(0, "done", 21, 31), R.PriorRound(1, "done", None, 32, final=True)]
+    with pytest.raises(ValueError, match="final round"):
+        R.plan_next_round(prior, 5)
+    with pytest.raises(ValueError, match="resume"):
+        R.plan_next_round([R.PriorRound(0, "failed", None, None, final=True)], 5)
 
 
 def test_config_defaults_are_the_paper_protocol():
@@ -208,8 +266,11 @@ def check_round_rows(store, experiment: str, *, problems=P_TRAIN, rollouts=M, tu
         ver = s.get(m.ModelVersion, rnd.verifier_out_id)
         assert ver.kind == "verifier" and ver.name == f"{experiment}-r0-verifier-bt"
     evs = store.round_evaluations(rnd.id)
+    # round 0 evaluates the base model G0 with RM0, the verifier trained on G0's own rollouts
     assert sorted(e.name.split("/", 2)[2] for e in evs) == sorted(
-        f"{g}/mbpp-test/{mode}" for g in ("G0", "G1") for mode in ("greedy", f"bon-pt+lv-N{candidates}-C{chains}"))
+        f"G0/mbpp-test/{mode}" for mode in ("greedy", f"bon-pt+lv-N{candidates}-C{chains}"))
+    assert {(p["generator"], p["verifier"]) for p in store.evaluation_pairs([e.id for e in evs]).values()} == {
+        ("G0", "RM0")}
     for e in evs:
         assert e.status == "done" and e.metrics["problems"] == eval_problems
         n_chains = 1 if e.mode == "greedy" else chains
@@ -223,9 +284,7 @@ def check_round_rows(store, experiment: str, *, problems=P_TRAIN, rollouts=M, tu
         assert len(chains_rows) == eval_problems * n_chains
         assert n_cands == executed * (1 if e.mode == "greedy" else candidates)
         assert len(store.evaluation_results(e.id)) == executed == e.metrics["results"]
-        assert e.generator_id == (rnd.generator_id if "/G0/" in e.name else rnd.generator_out_id)
-        if e.mode == "bon":
-            assert e.verifier_id == rnd.verifier_out_id
+        assert e.generator_id == rnd.generator_id and e.verifier_id == rnd.verifier_out_id
     return {"round": rnd, "evaluations": evs, "rollouts": len(ro), "candidates": cands}
 
 
@@ -277,7 +336,8 @@ def test_embedded_round_with_a_failed_step_and_resume(tmp_path, knowing_model):
 
     (tmp_path / "art" / "models").unlink()
     r = _mucode(["round", "resume", "e1"], env)
-    assert "G1" in r.stdout and "turn 1" in r.stdout  # the tables were printed
+    assert "G0" in r.stdout and "turn 1" in r.stdout  # the tables were printed
+    assert "G0 with RM0" in r.stdout and "G0 searched with RM0" in r.stdout  # which pair was evaluated
     res = check_round_rows(store, "e1")
     rnd = res["round"]
     assert rnd.steps["collect"]["attempt"] == 1  # finished steps were not redone
@@ -328,8 +388,46 @@ def test_embedded_round_with_a_failed_step_and_resume(tmp_path, knowing_model):
         # round 1's candidates were scored by RM0 (score_old) and by RM1 (score_new)
         for vid in (r0.verifier_out_id, r1.verifier_out_id):
             assert store.round_scored_count(r1.id, vid) == store.round_candidate_count(r1.id)
-    assert sorted(e.name.split("/", 2)[2] for e in store.round_evaluations(r1.id)) == [
-        "G2/mbpp-test/bon-pt+lv-N3-C2", "G2/mbpp-test/greedy"]
+    # round 1 evaluates G1 with RM1, trained on pairs that include G1's own rollouts (not G2: round 2 does)
+    evs1 = store.round_evaluations(r1.id)
+    assert sorted(e.name.split("/", 2)[2] for e in evs1) == ["G1/mbpp-test/bon-pt+lv-N3-C2", "G1/mbpp-test/greedy"]
+    assert {(e.generator_id, e.verifier_id) for e in evs1} == {(r1.generator_id, r1.verifier_out_id)}
+    assert {(e["generator"], e["verifier"]) for e in st1["evaluations"]} == {("G1", "RM1")}
+    with store.session() as s:
+        pairs = s.execute(select(m.VerifierPair.chosen_candidate_id, m.VerifierPair.rejected_candidate_id)
+                          .where(m.VerifierPair.training_set_id == ts_v.id)).all()
+        cand_round = dict(s.execute(
+            select(m.Candidate.id, m.Rollout.round_id).select_from(m.Candidate)
+            .join(m.Turn, m.Turn.id == m.Candidate.turn_id).join(m.Rollout, m.Rollout.id == m.Turn.rollout_id)
+            .where(m.Rollout.round_id.in_([r0.id, r1.id]))).all())
+    # RM1's pairs: 4 per mixed problem from each round's own rollouts, so some come from G1's samples
+    assert all(cand_round[c] == cand_round[r] for c, r in pairs)
+    assert {cand_round[c] for c, _ in pairs} == {r0.id, r1.id}
+
+    # the final round: G2 collects, RM2 is trained on rounds 0-2, G2 is evaluated with RM2; no generator
+    r = _mucode(["round", "run", "e1", "--final", "--json"], env)
+    st2 = json.loads(r.stdout)
+    assert st2["status"] == "done" and st2["index"] == 2 and st2["final"], st2
+    r2 = store.experiment_rounds(store.get_experiment("e1").id)[2]
+    assert r2.final and r2.generator_id == r1.generator_out_id and r2.verifier_out_id
+    assert r2.generator_out_id is None
+    assert {k: v["state"] for k, v in r2.steps.items()} == {
+        "collect": "done", "score_old": "skipped", "train_verifier": "done", "score_new": "skipped",
+        "relabel": "skipped", "train_generator": "skipped", "evaluate": "done"}
+    with store.session() as s:
+        assert s.execute(select(func.count()).select_from(m.TrainingSet).where(
+            m.TrainingSet.round_id == r2.id, m.TrainingSet.kind.notin_(("bt", "bce")))).scalar_one() == 0
+        assert s.get(m.TrainingSet, s.get(m.ModelVersion, r2.verifier_out_id).training_set_id).config[
+            "round_ids"] == [r0.id, r1.id, r2.id]
+    evs2 = store.round_evaluations(r2.id)
+    assert sorted(e.name.split("/", 2)[2] for e in evs2) == ["G2/mbpp-test/bon-pt+lv-N3-C2", "G2/mbpp-test/greedy"]
+    assert {(e.generator_id, e.verifier_id) for e in evs2} == {(r2.generator_id, r2.verifier_out_id)}
+    assert {(e["generator"], e["verifier"]) for e in st2["evaluations"]} == {("G2", "RM2")}
+    # nothing follows a final round
+    r = _mucode(["round", "run", "e1"], env, ok=False)
+    assert r.returncode == 2 and "final round" in r.stderr
+    r = _mucode(["round", "status", "e1"], env)
+    assert "final round 2" in r.stdout and "G2 with RM2" in r.stdout
 
 
 @pytest.mark.slow

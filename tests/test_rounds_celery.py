@@ -75,7 +75,7 @@ def test_round_with_celery_workers_completes_and_stores_its_numbers(pg_store, tm
         except AssertionError:
             print(workers.logs())
             raise
-        assert "done" in r.stdout and "G1" in r.stdout
+        assert "done" in r.stdout and "G0 with RM0" in r.stdout
         res = check_round_rows(pg_store, "c1")
         st = json.loads(_mucode(["round", "status", "c1", "--json"], env).stdout)
         assert st["status"] == "done" and not st["failed_jobs"]

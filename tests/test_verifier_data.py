@@ -126,8 +126,9 @@ def test_bt_training_set_pairs_are_train_only_seeded_and_stored(store):
         by_problem.setdefault(p["problem_id"], []).append(p)
     expected = {w["pids"][e] for e in TRAIN if e not in ("mbpp/602", "mbpp/603")} - holdout
     assert set(by_problem) == expected  # both classes only, held-out problems excluded
-    assert all(sorted(q["pair_index"] for q in v) == list(range(32)) for v in by_problem.values())
-    assert ts["stats"]["pairs"] == 32 * len(expected) == len(pairs)
+    # 32 pairs from each of the two rounds (the default per-round draw), indexed on across the rounds
+    assert all(sorted(q["pair_index"] for q in v) == list(range(64)) for v in by_problem.values())
+    assert ts["stats"]["pairs"] == 2 * 32 * len(expected) == len(pairs)
     # intermediate responses do appear as rejected ones
     assert any("/t1/" in resp[p["rejected_candidate_id"]] for p in pairs)
     assert store.verifier_training_set_leaks(ts_id) == []

@@ -1,4 +1,4 @@
-"""The collection pipeline: rollouts of a round or an evaluation, pipelined per batch (DESIGN.md "Flow of a round").
+"""The collection pipeline: rollouts of a round or an evaluation, pipelined per batch (docs/design.md).
 
 Shape. A *collection* is every rollout of one owner (a round, or an evaluation: greedy/BoN chains or a
 standalone ``mucode rollouts collect``). ``create_collection`` writes the rollouts (problem x M, a seed each)
@@ -64,6 +64,10 @@ class CollectError(MucodeError):
     pass
 
 
+# What a collection created before a setting existed did (its stored spec lacks the field).
+LEGACY_SPEC: dict[str, Any] = {"import_prelude": False, "shown_tests": "all"}
+
+
 class CollectSpec(BaseModel):
     """Everything that decides what a collection does; frozen into its ``collect/`` job at creation."""
 
@@ -82,6 +86,10 @@ class CollectSpec(BaseModel):
     stop_rule: Literal["public", "public_and_private"] = "public"
     batch_size: int = Field(32, ge=1, description="rollouts per batch (one backend call per turn)")
     seed: int = 0
+    # The harness (app.harness): the reference's import prelude before every program; "first" shows and checks
+    # only a problem's first public test (MBPP train shows all 3 in the reference, the test split 1).
+    import_prelude: bool = True
+    shown_tests: Literal["all", "first"] = "all"
     # Queued once when the whole collection is done, e.g. {"task": "mucode.round_step", "kwargs": {...}}.
     then: dict[str, Any] | None = None
 
@@ -100,6 +108,18 @@ class CollectSpec(BaseModel):
         return self
 
     @classmethod
+    def stored(cls, data: dict[str, Any]) -> CollectSpec:
+        """The spec of a collection as stored: a setting added since it was created takes its legacy value
+        (``LEGACY_SPEC``), so resuming it never changes how it runs."""
+        return cls(**{**LEGACY_SPEC, **data})
+
+    @property
+    def harness(self):
+        from app.harness import Harness
+
+        return Harness(import_prelude=self.import_prelude, shown_tests=self.shown_tests)
+
+    @classmethod
     def from_rollout_config(cls, rollout: Any, *, backend: str = "transformers", **extra: Any) -> CollectSpec:
         """The spec of a training collection from an experiment's ``RolloutConfig``."""
         return cls(
@@ -113,6 +133,7 @@ class CollectSpec(BaseModel):
             stop_after_code=rollout.sampling.stop_after_code,
             batch_size=rollout.batch_size,
             seed=rollout.seed,
+            shown_tests=rollout.train_shown_tests,
             **extra,
         )
 
@@ -167,7 +188,7 @@ def get_spec(store, owner: Owner) -> tuple[CollectSpec, int, str]:
     job = store.get_job(collect_key(owner))
     if job is None:
         raise NotFound(f"no collection for {owner.as_dict()} (create_collection was never called)")
-    return CollectSpec(**job.payload["spec"]), int(job.attempts), job.state
+    return CollectSpec.stored(job.payload["spec"]), int(job.attempts), job.state
 
 
 def batches(store, owner: Owner, batch_size: int) -> list[tuple[list[int], bool]]:
@@ -225,8 +246,11 @@ def create_collection(
     payload = {"spec": spec.model_dump(mode="json"), "generator_id": generator_id, "problems": len(problems)}
     key = collect_key(owner)
     existing = store.get_job(key)
-    if existing is not None and existing.payload.get("spec") != payload["spec"]:
-        raise ConfigError(f"collection {owner.as_dict()} already exists with another spec")
+    old_spec = CollectSpec.stored(existing.payload.get("spec") or {}).model_dump(mode="json") if existing else None
+    if old_spec is not None and old_spec != payload["spec"]:
+        differ = sorted(k for k in set(old_spec) | set(payload["spec"]) if old_spec.get(k) != payload["spec"].get(k))
+        raise ConfigError(f"collection {owner.as_dict()} already exists with another spec (differs in: "
+                          f"{', '.join(differ)})")
     rows = [
         {
             "problem_id": pid,
@@ -408,7 +432,9 @@ def advance_batch(
         for r in to_finalize:
             t = r.last_turn
             picks[r.id] = select(spec.selector, t.candidates, seed=selection_seed(r.seed, t.index))
-        executions = store.public_feedback([c.id for c in picks.values()])
+        executions = store.public_feedback(
+            [c.id for c in picks.values()], harness_tag=spec.harness.tag
+        )
         for r in to_finalize:
             t, c = r.last_turn, picks[r.id]
             if c.id not in executions:
@@ -435,9 +461,10 @@ def advance_batch(
                 )
     if fresh:
         problems = store.collection_problems(r.problem_id for r in fresh)
+        harness = spec.harness
         for r in fresh:
             open_turns.append(
-                {"rollout_id": r.id, "index": 1, "messages": initial_messages(problems[r.problem_id])}
+                {"rollout_id": r.id, "index": 1, "messages": initial_messages(harness.view(problems[r.problem_id]))}
             )
     if chosen_map or feedback_map or finish or open_turns:
         store.advance_batch(chosen=chosen_map, feedback=feedback_map, finish=finish, open_turns=open_turns)
@@ -476,7 +503,7 @@ def advance_batch(
                     store,
                     owner,
                     "mucode.execute",
-                    {"candidate_ids": unexecuted, "then": score_ref},
+                    {"candidate_ids": unexecuted, "then": score_ref, "harness": spec.harness.as_dict()},
                     step_key(owner, generation, batch, "execute", turn),
                 )
                 result["queued"] = "execute+score"
@@ -487,7 +514,8 @@ def advance_batch(
         else:
             key = step_key(owner, generation, batch, "execute", turn)
             _resubmit_guard(store, owner, key)
-            _queue(store, owner, "mucode.execute", {"candidate_ids": unexecuted, "then": then_ref}, key)
+            _queue(store, owner, "mucode.execute",
+                   {"candidate_ids": unexecuted, "then": then_ref, "harness": spec.harness.as_dict()}, key)
             result["queued"] = "execute"
         return result
     if active:  # active rollouts with nothing to do would stall the chain: say so

@@ -1,7 +1,7 @@
 """CLI: ``mucode experiment create|list|show``, ``mucode round run|status|resume``, ``mucode eval``, ``mucode demo``.
 
-An experiment freezes its whole configuration (``app.protocol.ExperimentConfig``: every protocol default of
-DESIGN.md, sizes, datasets, backend) at creation. ``round run`` queues the next round of expert iteration as
+An experiment freezes its whole configuration (``app.protocol.ExperimentConfig``: every protocol default,
+sizes, datasets, backend) at creation. ``round run`` queues the next round of expert iteration as
 jobs (``workers/tasks/rounds.py``); with a broker it returns once queued (``--wait`` follows it), without one
 (the embedded default) it runs every job here, with progress bars. Workers and trainers are imported inside
 the commands only.
@@ -67,14 +67,18 @@ def read_config_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def build_config(method: str | None, base_model: str | None, overrides: dict[str, Any]):
-    """ExperimentConfig = protocol defaults <- file values <- --method/--base-model."""
+def build_config(method: str | None, base_model: str | None, overrides: dict[str, Any], preset: str | None = None):
+    """ExperimentConfig = protocol defaults <- preset (``app.presets``) <- file values <- --method/--base-model."""
     from pydantic import ValidationError
 
+    from app import presets
     from app.errors import ConfigError
     from app.protocol import ExperimentConfig
 
-    data = dict(overrides)
+    try:
+        data = presets.build(preset, overrides)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     if method is not None:
         data["method"] = method
     if base_model is not None:
@@ -114,20 +118,27 @@ def experiment_create(
     method: str | None = typer.Option(None, "--method", help="mucode (default) | multi_rft | rft | rft_lv."),
     base_model: str | None = typer.Option(None, "--base-model", help="Hub name, local folder or pulled name."),
     config_file: Path | None = typer.Option(  # noqa: B008
-        None, "--config", help="JSON/TOML/YAML with ExperimentConfig fields."
+        None, "--config", help="JSON/TOML/YAML with ExperimentConfig fields (applied over the preset)."
+    ),
+    preset: str = typer.Option(
+        "mucode", "--preset", help="mucode: the paper's protocol with the reference code's bugs fixed (default); "
+        "reference: the µCode reference code's protocol. See docs/protocol.md.",
     ),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Create an experiment; its config (protocol defaults, sizes, datasets, backend) is frozen into it."""
+    """Create an experiment; its config (protocol, sizes, datasets, backend) is frozen into it: the preset's
+    protocol, then the config file's fields, then --method and --base-model."""
     from app.model_registry import resolve_model
+    from app.presets import closest_preset
 
     overrides = read_config_file(config_file) if config_file else {}
-    cfg = build_config(method, base_model, overrides)
+    cfg = build_config(method, base_model, overrides, preset)
     resolve_model(cfg.base_model)  # a missing model is an error now, not in a worker later
     store = get_store()
     eid, created = create_experiment(store, name, cfg)
     if as_json:
-        print_json({"id": eid, "name": name, "created": created, "config": cfg.model_dump(mode="json")})
+        print_json({"id": eid, "name": name, "created": created, "preset": closest_preset(cfg)[0],
+                    "config": cfg.model_dump(mode="json")})
         return
     verb = "created" if created else "exists (same config)"
     console.print(f"experiment [bold]{name}[/] {verb}: method {cfg.method}, base model {cfg.base_model}", highlight=False)
@@ -136,6 +147,8 @@ def experiment_create(
 
 
 def _config_summary(cfg) -> str:
+    from app import presets
+
     r, v, g, e = cfg.rollout, cfg.verifier, cfg.generator, cfg.eval
     train = ", ".join(cfg.train_datasets) + (f" (first {cfg.train_limit})" if cfg.train_limit else "")
     evals = ", ".join(e.datasets) + (f" (first {e.limit})" if e.limit else "")
@@ -143,13 +156,22 @@ def _config_summary(cfg) -> str:
         f"  train {train}: M={r.rollouts_per_problem} T={r.turns} temperature {r.sampling.temperature} "
         f"top_p {r.sampling.top_p} max {r.sampling.max_new_tokens} tokens"
         f"{' (stop after code)' if r.sampling.stop_after_code else ''}, stop rule {r.stop_rule}\n"
-        f"  verifier {v.loss}: {v.pairs_per_problem} pairs/problem, lr {v.learning_rate:g}, {v.epochs:g} epochs, "
-        f"batch {v.effective_batch_size}; relabel expert {cfg.relabel.expert}, K={cfg.relabel.relabel_failed}\n"
+        f"  verifier {v.loss}: {v.pairs_per_problem} pairs/problem drawn {_words(v.pair_sampling)}, "
+        f"lr {v.learning_rate:g}, {v.epochs:g} epochs, batch {v.effective_batch_size}; relabel expert "
+        f"{cfg.relabel.expert}, K={cfg.relabel.relabel_failed}\n"
         f"  generator: lr {g.learning_rate:g}, {g.epochs:g} epochs, batch {g.effective_batch_size}, "
         f"{'from base each round' if g.from_base_each_round else 'warm start'}\n"
-        f"  eval {evals}: T={e.turns}, greedy={'yes' if e.greedy else 'no'}, BoN N={e.bon_candidates} "
-        f"C={e.bon_chains} selectors {', '.join(e.selectors)}; backend {cfg.backend}"
+        f"  eval {evals}: T={e.turns}, greedy={'yes' if e.greedy else 'no'} (counted on the "
+        f"{METRIC_NAMES[e.greedy_metric]}), BoN N={e.bon_candidates} C={e.bon_chains} selectors "
+        f"{', '.join(e.selectors)} (verifier of the {_words(e.verifier_pairing)}); backend {cfg.backend}\n"
+        f"  harness: import prelude {'on' if cfg.harness.import_prelude else 'off'}, MBPP train shows "
+        f"{r.train_shown_tests} tests\n"
+        + "\n".join(f"  {line}" for line in presets.describe(cfg))
     )
+
+
+def _words(value: str) -> str:
+    return value.replace("_", " ")
 
 
 @experiment_app.command("list")
@@ -173,7 +195,9 @@ def experiment_show(
     name: str = typer.Argument(...),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """The frozen config, every round (steps, models) and every evaluation's accuracy per turn."""
+    """The frozen config (the preset it follows, what differs from it and from the defaults), every round
+    (steps, models) and every evaluation's accuracy per turn."""
+    from app.presets import closest_preset, differences
     from app.protocol import ExperimentConfig
     from workers.tasks.rounds import round_status
 
@@ -182,15 +206,21 @@ def experiment_show(
     statuses = [round_status(store, r.id) for r in store.experiment_rounds(exp.id)]
     evals = store.experiment_evaluations(exp.id)
     if as_json:
+        cfg = ExperimentConfig.frozen(exp.config)
+        preset, own = closest_preset(cfg)
         print_json({"id": exp.id, "name": exp.name, "method": exp.method, "base_model": exp.base_model,
-                    "config": exp.config, "rounds": statuses, "evaluations": [_eval_dict(e) for e in evals]})
+                    "config": exp.config, "preset": preset,
+                    "changed_from_preset": [{"setting": p, "value": a, "preset": b} for p, a, b in own],
+                    "changed_from_defaults": [{"setting": p, "value": a, "default": b}
+                                              for p, a, b in differences(cfg)],
+                    "rounds": statuses, "evaluations": [_eval_dict(e) for e in evals]})
         return
     cfg = ExperimentConfig.frozen(exp.config)
     console.print(f"[bold]{exp.name}[/]: method {exp.method}, base model {exp.base_model}", highlight=False)
     console.print(_config_summary(cfg), highlight=False)
     for st in statuses:
         print_round_status(st, brief=True)
-    print_eval_tables(evals)
+    print_eval_tables(evals, pairs=store.evaluation_pairs([e.id for e in evals]))
 
 
 # -- round ---------------------------------------------------------------------------------------------------
@@ -213,19 +243,25 @@ def _latest_round(store, name: str, index: int | None = None):
 def round_run(
     name: str = typer.Argument(..., help="The experiment."),
     wait: bool = typer.Option(False, "--wait", help="With a broker: follow the round with progress to the end."),
+    final: bool = typer.Option(
+        False, "--final", help="The experiment's last round: collect with its generator G_k, train RM_k and "
+        "evaluate G_k with RM_k; no generator is trained and no round follows it."),
     as_json: bool = typer.Option(False, "--json", help="Print the final status as JSON."),
 ) -> None:
     """Queue the next round (collect -> score -> train verifier -> score -> relabel -> train generator ->
-    evaluate). Embedded mode runs it here to the end."""
+    evaluate). Round k evaluates its generator G_k with the verifier RM_k trained on G_k's rollouts (the config's
+    eval.verifier_pairing); the last generator is evaluated by a --final round. Embedded mode runs it here to
+    the end."""
     from workers.dispatch import check_broker
     from workers.tasks import rounds as tasks
 
     check_broker()
     store = get_store()
-    rid = tasks.create_round(store, name)
+    rid = tasks.create_round(store, name, final=final)
     rnd = store.get_round(rid)
     if not as_json:
-        console.print(f"round {rnd.index} of [bold]{name}[/] (id {rid})", highlight=False)
+        console.print(f"{'final ' if final else ''}round {rnd.index} of [bold]{name}[/] (id {rid})",
+                      highlight=False)
     _drive(store, rid, lambda: tasks.queue_round(rid), wait=wait, as_json=as_json)
 
 
@@ -270,7 +306,8 @@ def round_status_cmd(
         print_json(st)
         return
     print_round_status(st)
-    print_eval_tables(store.round_evaluations(rnd.id))
+    evs = store.round_evaluations(rnd.id)
+    print_eval_tables(evs, pairs=store.evaluation_pairs([e.id for e in evs]))
 
 
 def _drive(store, round_id: int, start, *, wait: bool, as_json: bool, show_progress: bool = True,
@@ -301,7 +338,8 @@ def _drive(store, round_id: int, start, *, wait: bool, as_json: bool, show_progr
     else:
         print_round_status(st)
         if show_tables and (st["status"] == "done" or embedded or wait):
-            print_eval_tables(store.round_evaluations(round_id))
+            evs = store.round_evaluations(round_id)
+            print_eval_tables(evs, pairs=store.evaluation_pairs([e.id for e in evs]))
     if error is not None and st["status"] != "failed":
         raise error
     if st["status"] == "failed":
@@ -424,7 +462,7 @@ def print_round_status(st: dict[str, Any], *, brief: bool = False) -> None:
 
     secs = st.get("seconds")
     head = (
-        f"[bold]{st['experiment']}[/] round {st['index']}: {st['status']}"
+        f"[bold]{st['experiment']}[/] {'final ' if st.get('final') else ''}round {st['index']}: {st['status']}"
         + (f" in {_fmt_secs(secs)}" if secs else "")
     )
     console.print(head, highlight=False)
@@ -497,12 +535,23 @@ def _generator_label(ev) -> str:
     return parts[-3] if len(parts) >= 3 else ""
 
 
-def print_eval_tables(evaluations, *, title: str | None = None) -> None:
+METRIC_NAMES = {"last_turn": "last turn", "first_public": "first public pass"}
+
+
+def _pairs_caption(evs, pairs: dict[int, dict]) -> str | None:
+    """``verifier: G0 searched with RM0, G1 searched with RM1`` (the verifier ranks the lv and pt+lv picks)."""
+    seen = dict.fromkeys((pairs[e.id]["generator"], pairs[e.id]["verifier"]) for e in evs
+                         if pairs.get(e.id, {}).get("verifier"))
+    return ("verifier: " + ", ".join(f"{g} searched with {v}" for g, v in seen)) if seen else None
+
+
+def print_eval_tables(evaluations, *, title: str | None = None, pairs: dict[int, dict] | None = None) -> None:
     """The paper's tables: per dataset, one row per (generator, greedy / BoN selector): true success per turn
-    (cumulative), public success and any-of-C at T."""
+    (cumulative), public success and any-of-C at T. ``pairs`` (``store.evaluation_pairs``): a caption names the
+    verifier each generator was searched with."""
     from rich.table import Table
 
-    from app.evaluation import label, percent
+    from app.evaluation import CHAIN_METRICS, label, percent
 
     done = [e for e in evaluations if e.metrics and e.metrics.get("per_turn")]
     pending = [e for e in evaluations if e not in done]
@@ -521,12 +570,23 @@ def print_eval_tables(evaluations, *, title: str | None = None) -> None:
         t.add_column("public@T", justify="right")
         t.add_column("any-of-C", justify="right")
         t.add_column("false pub.", justify="right")
+        t.caption, t.caption_justify = _pairs_caption(evs, pairs or {}), "left"
         for e in sorted(evs, key=lambda e: (_generator_label(e), e.mode != "greedy", e.selector or "")):
             mt = e.metrics
             per = {row["turn"]: row for row in mt["per_turn"]}
             cells = [percent(per[k]["true_success"]) if k in per else "" for k in range(1, T + 1)]
             anyc = percent(mt["any_success"]) if e.num_chains > 1 else "–"
-            t.add_row(_generator_label(e), label(e.mode, e.selector, e.num_candidates, e.num_chains), *cells,
+            search = label(e.mode, e.selector, e.num_candidates, e.num_chains)
+            metric = mt.get("metric")
+            if e.mode == "greedy" and metric:  # name how greedy chains were counted; the other count when it differs
+                other = next(m for m in CHAIN_METRICS if m != metric)
+                alt = [percent(per[k].get(f"{other}_success")) if k in per else "" for k in range(1, T + 1)]
+                t.add_row(_generator_label(e), f"{search}, {METRIC_NAMES[metric]}", *cells,
+                          percent(mt["public_success"]), anyc, str(mt.get("false_public", 0)))
+                if alt != cells and f"{other}_success" in mt:
+                    t.add_row("", f"{search}, {METRIC_NAMES[other]}", *alt, "", "", "")
+                continue
+            t.add_row(_generator_label(e), search, *cells,
                       percent(mt["public_success"]), anyc, str(mt.get("false_public", 0)))
         console.print(t)
     for e in pending:
@@ -538,7 +598,9 @@ def eval_command(
     model: str | None = typer.Option(None, "--model", "-m", help="Generator: model folder, pulled or hub name."),
     experiment: str | None = typer.Option(None, "--experiment", "-e", help="Evaluate this experiment's round."),
     round_index: int | None = typer.Option(None, "--round", help="With --experiment: round K (default latest)."),
-    which: str = typer.Option("out", "--generator", help="With --experiment: 'out' = G_{K+1}, 'in' = G_K."),
+    which: str | None = typer.Option(None, "--generator", help="With --experiment: 'in' = G_K, 'out' = G_{K+1} "
+                                     "(default: as the experiment's eval.verifier_pairing pairs RM_K: same_round "
+                                     "G_K, previous_round G_{K+1})."),
     verifier: str | None = typer.Option(None, "--verifier", help="Verifier (name or id) for lv and pt+lv."),
     datasets: list[str] = typer.Option(None, "--dataset", "-d", help="DATASET[:SPLIT]; repeat. "  # noqa: B008
                                        "Default mbpp:test, humaneval:test (or the experiment's)."),
@@ -555,14 +617,20 @@ def eval_command(
     batch_size: int | None = typer.Option(None, "--batch-size", help="Chains per batch."),
     backend: str | None = typer.Option(None, "--backend", help="transformers | vllm."),
     seed: int | None = typer.Option(None, "--seed"),
+    prelude: bool | None = typer.Option(None, "--prelude/--no-prelude", help="Run the reference's 16 import "
+                                        "lines before every program (default: on, or the experiment's)."),
+    preset: str | None = typer.Option(None, "--preset", help="With --model: the protocol to evaluate under, "
+                                      "mucode (default) or reference (e.g. the paper's Instruct rows)."),
     name: str | None = typer.Option(None, "--name", help="Name prefix of the evaluations (default: derived)."),
     wait: bool = typer.Option(False, "--wait", help="With a broker: wait for the results and print them."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Greedy multi-turn and multi-turn Best-of-N (N per turn, C chains per problem; selectors random, lv, pt,
-    pt+lv). A chain is solved when its first public-passing pick also passes the private tests. Results are
-    stored per problem, chain and turn and printed as the paper's tables. Running the same command again
-    resumes the unfinished evaluations and prints the results."""
+    pt+lv). A Best-of-N chain is solved when its first public-passing pick also passes the private tests; a
+    greedy chain as eval.greedy_metric says (default: its last turn passes the public and private tests, as the
+    paper counts N=1; the other count is stored beside it). Results are stored per problem, chain and turn and
+    printed as the paper's tables. Running the same command again resumes the unfinished evaluations and prints
+    the results."""
     from app.errors import ConfigError
     from app.protocol import EvalConfig, ExperimentConfig
     from workers.dispatch import check_broker, in_process
@@ -572,10 +640,16 @@ def eval_command(
     store = get_store()
     base: ExperimentConfig | None = None
     verifier_id = None
+    if experiment is not None and preset is not None:
+        raise ConfigError("--preset is for --model: an experiment's protocol was frozen when it was created")
     if experiment is not None:
         exp = store.get_experiment(experiment)
         base = ExperimentConfig.frozen(exp.config)
         rnd = _latest_round(store, experiment, round_index)
+        if which is None:
+            which = "in" if base.eval.verifier_pairing == "same_round" else "out"
+        if which not in ("in", "out"):
+            raise ConfigError(f"--generator is 'in' (G_K) or 'out' (G_K+1), not {which!r}")
         gen_id = rnd.generator_out_id if which == "out" else rnd.generator_id
         if gen_id is None:
             raise ConfigError(f"round {rnd.index} of {experiment} has no {'trained ' if which == 'out' else ''}"
@@ -587,6 +661,15 @@ def eval_command(
         gen_id = tasks.base_generator_id(store, model)
         gen_label = "model"
         prefix = name or f"eval/{_slug(store.get_model_version(gen_id).name)}"
+        if preset is not None:
+            from app import presets
+
+            try:
+                base = ExperimentConfig(**presets.build(preset, {"base_model": model}))
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from exc
+            if preset != presets.DEFAULT_PRESET and name is None:
+                prefix += f"-{preset}"  # another protocol: other evaluations, never a clash with the default's
     else:
         raise ConfigError("give --model MODEL or --experiment NAME")
     if verifier is not None:
@@ -613,6 +696,11 @@ def eval_command(
         if batch_size is not None:
             cfg_data.setdefault("rollout", {})
             cfg_data["rollout"] = {**(cfg_data.get("rollout") or {}), "batch_size": batch_size}
+        if prelude is not None:
+            own = base.harness.import_prelude if base is not None else True
+            cfg_data["harness"] = {**(cfg_data.get("harness") or {}), "import_prelude": prelude}
+            if prelude != own and name is None:  # other verdicts: other evaluations, never a clash
+                prefix += "-prelude" if prelude else "-no-prelude"
         cfg = ExperimentConfig(**cfg_data)
     except Exception as exc:
         raise ConfigError(f"invalid evaluation settings: {exc}") from exc

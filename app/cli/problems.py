@@ -54,6 +54,8 @@ def list_(
                         "split": p.split,
                         "entry_point": p.entry_point,
                         "prompt": p.prompt,
+                        "public_tests": p.public_tests,
+                        "meta": p.meta,
                     }
                     for p in problems
                 ],

@@ -89,6 +89,14 @@ def collect(
         False, "--stop-after-code", help="End a response where its first code block closes (transformers)."
     ),
     stop_rule: str = typer.Option("public", "--stop-rule", help="public | public_and_private."),
+    prelude: bool = typer.Option(
+        True, "--prelude/--no-prelude",
+        help="Run the reference's 16 import lines (math, re, numpy as np, typing *, ...) before every program.",
+    ),
+    shown_tests: str = typer.Option(
+        "all", "--shown-tests",
+        help="all | first: show and check every public test (MBPP train: 3 asserts) or only the first.",
+    ),
     batch_size: int = typer.Option(
         32, "--batch-size", help="Rollouts per batch (one backend call per turn)."
     ),
@@ -101,8 +109,6 @@ def collect(
     as_json: bool = typer.Option(False, "--json", help="Print the final status as JSON."),
 ) -> None:
     """Create a collection (problem x M rollouts) and queue it; in embedded mode it runs to the end here."""
-    from pathlib import Path
-
     from pydantic import ValidationError
 
     from app.errors import ConfigError
@@ -121,6 +127,7 @@ def collect(
             backend=backend, turns=turns, samples_per_problem=rollouts, candidates=candidates, selector=selector,
             verifier_id=verifier_id, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
             stop_after_code=stop_after_code, stop_rule=stop_rule, batch_size=batch_size, seed=seed,
+            import_prelude=prelude, shown_tests=shown_tests,
         )  # fmt: skip
     except ValidationError as exc:
         raise ConfigError(
@@ -128,9 +135,10 @@ def collect(
         ) from exc
     ds_name, split = _parse_dataset(dataset)
     problem_ids = pipeline.dataset_problem_ids(store, ds_name, split, limit)
-    # A local folder is named by its absolute path; a pulled or hub name by itself.
-    gen_name = uri if Path(model).expanduser().exists() else model
-    generator_id = store.ensure_model_version(gen_name, "generator", model, uri)
+    from app.model_registry import provenance, version_name
+
+    generator_id = store.ensure_model_version(version_name(model, uri), "generator", model, uri,
+                                              config=provenance(uri))
     name = (
         name
         or f"collect-{ds_name}{'-' + split if split else ''}-{len(problem_ids)}x{rollouts}-T{turns}-s{seed}"

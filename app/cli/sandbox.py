@@ -63,6 +63,8 @@ def run(
     file: str = typer.Argument(..., help="The program (a .py file; - reads standard input)."),
     suite: str = typer.Option("public", "--suite", "-s", help="public or private."),
     timeout: float | None = typer.Option(None, "--timeout", help="Seconds for the whole suite (default 10)."),
+    prelude: bool = typer.Option(True, "--prelude/--no-prelude", help="Run the reference's 16 import lines "
+                                 "(math, re, numpy as np, typing *, ...) first, as experiments do by default."),
     data_dir: Path | None = DATA_DIR,
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
@@ -81,7 +83,7 @@ def run(
     prob, source = _problem(problem, data_dir)
     limits = Limits(timeout_s=timeout) if timeout else Limits()
     with Sandbox(workers=1, limits=limits) as sb:
-        result = sb.run(prob, code, suite)
+        result = sb.run(prob, code, suite, prelude=prelude)
         strong = not sb.weak
     if as_json:
         print_json({
@@ -89,6 +91,7 @@ def run(
             "suite": suite,
             "source": source,
             "sandbox_version": SANDBOX_VERSION,
+            "import_prelude": prelude,
             "isolation": "strong" if strong else "weak",
             **result.to_dict(),
         })
@@ -96,7 +99,8 @@ def run(
         from rich.table import Table
 
         colour = "green" if result.passed else "red"
-        console.print(f"[bold]{problem}[/] {suite} suite ({len(result.tests)} tests, from {source}): "
+        console.print(f"[bold]{problem}[/] {suite} suite ({len(result.tests)} tests, from {source}"
+                      f"{', import prelude' if prelude else ', no prelude'}): "
                       f"[bold {colour}]{result.status}[/] in {result.duration_ms:.0f} ms"
                       + ("" if strong else " [yellow](weak isolation)[/]"))
         table = Table(show_header=True, header_style="bold", expand=False)

@@ -1,4 +1,4 @@
-"""CLI: ``mucode verifier train|score|metrics|dataset|list`` (issue 5). Trainers and workers load lazily."""
+"""CLI: ``mucode verifier train|score|metrics|dataset|list``. Trainers and workers load lazily."""
 
 from __future__ import annotations
 
@@ -12,6 +12,11 @@ from app.errors import MucodeError
 verifier_app = typer.Typer(
     help="The learned verifier R(x, y): training sets, BT/BCE training, scoring, metrics.", no_args_is_help=True
 )
+
+
+_PAIR_SAMPLING_HELP = ("per_round (default, the paper): the pairs per problem drawn from each round's rollouts, "
+                       "the rounds' sets concatenated; pooled: drawn once from all rounds together")
+_HOLDOUT_HELP = "share of train problems kept out of training to measure the verifier on (default 0: the paper)"
 
 
 def _ids(text: str | None) -> list[int] | None:
@@ -30,7 +35,9 @@ def _scope(store, experiment: str | None, round_index: int | None, rounds: str |
     if experiment:
         exp = store.get_experiment(experiment)
         round_ids = store.verifier_round_ids(experiment, round_index)
-        return round_ids, exp.id, round_ids[-1], (exp.config or {}).get("verifier"), exp.base_model
+        from trainers.verifier.config import frozen_protocol
+
+        return round_ids, exp.id, round_ids[-1], frozen_protocol(exp.config), exp.base_model
     if rounds:
         round_ids = _ids(rounds)
         return round_ids, None, None, None, None
@@ -40,7 +47,10 @@ def _scope(store, experiment: str | None, round_index: int | None, rounds: str |
 def _config(protocol, **overrides):
     from trainers.verifier.config import VerifierTrainingConfig
 
-    return VerifierTrainingConfig.from_protocol(protocol, **{k: v for k, v in overrides.items() if v is not None})
+    try:
+        return VerifierTrainingConfig.from_protocol(protocol, **{k: v for k, v in overrides.items() if v is not None})
+    except ValueError as exc:  # e.g. --pair-sampling pooledd: one line naming the setting, no traceback
+        raise MucodeError(f"invalid verifier setting: {exc}") from exc
 
 
 def _fmt(x: Any) -> str:
@@ -58,7 +68,8 @@ def dataset_cmd(
     rounds: str = typer.Option(None, "--rounds", help="comma-separated round ids"),
     loss: str = typer.Option(None, "--loss", help="bt (pairs, default) or bce (rows)"),
     pairs_per_problem: int = typer.Option(None, "--pairs-per-problem"),
-    holdout_fraction: float = typer.Option(None, "--holdout-fraction"),
+    pair_sampling: str = typer.Option(None, "--pair-sampling", help=_PAIR_SAMPLING_HELP),
+    holdout_fraction: float = typer.Option(None, "--holdout-fraction", help=_HOLDOUT_HELP),
     seed: int = typer.Option(None, "--seed"),
     name: str = typer.Option(None, "--name", help="training set name (default: hash of rounds and config)"),
     as_json: bool = typer.Option(False, "--json"),
@@ -68,8 +79,8 @@ def dataset_cmd(
 
     store = get_store()
     round_ids, exp_id, round_id, protocol, _ = _scope(store, experiment, round_index, rounds)
-    cfg = _config(protocol, loss=loss, pairs_per_problem=pairs_per_problem, holdout_fraction=holdout_fraction,
-                  seed=seed)
+    cfg = _config(protocol, loss=loss, pairs_per_problem=pairs_per_problem, pair_sampling=pair_sampling,
+                  holdout_fraction=holdout_fraction, seed=seed)
     ts_id = build_training_set(store, round_ids, cfg, name=name, experiment_id=exp_id, round_id=round_id)
     ts = store.get_verifier_training_set(ts_id)
     ts["config"].pop("rows", None)
@@ -98,7 +109,8 @@ def train_cmd(
     effective_batch_size: int = typer.Option(None, "--effective-batch-size"),
     max_length: int = typer.Option(None, "--max-length"),
     pairs_per_problem: int = typer.Option(None, "--pairs-per-problem"),
-    holdout_fraction: float = typer.Option(None, "--holdout-fraction"),
+    pair_sampling: str = typer.Option(None, "--pair-sampling", help=_PAIR_SAMPLING_HELP),
+    holdout_fraction: float = typer.Option(None, "--holdout-fraction", help=_HOLDOUT_HELP),
     seed: int = typer.Option(None, "--seed"),
     gpus: int = typer.Option(1, "--gpus", help="> 1: run under `accelerate launch` with this many processes"),
     accelerate_config: str = typer.Option(
@@ -127,7 +139,7 @@ def train_cmd(
     overrides = {"loss": loss, "use_lora": lora, "learning_rate": learning_rate, "epochs": epochs, "max_steps": max_steps,
                      "per_device_batch_size": per_device_batch_size, "effective_batch_size": effective_batch_size,
                      "max_length": max_length, "pairs_per_problem": pairs_per_problem,
-                     "holdout_fraction": holdout_fraction, "seed": seed}
+                     "pair_sampling": pair_sampling, "holdout_fraction": holdout_fraction, "seed": seed}
     if no_eval:
         overrides["evaluate"] = False
     if training_set is not None:
@@ -222,8 +234,11 @@ def _print_metrics(v: dict[str, Any]) -> None:
             f"{_fmt(tr.get('final_loss'))}, {_fmt(tr.get('seconds'))} s "
             f"({_fmt(tr.get(f'seconds_per_1k_{unit}'))} s per 1k {unit})"
         )
-    table = Table("metric", "held-out train problems", "MBPP test rollouts", title=f"verifier {v['name']}")
-    parts = [ev.get("holdout") or {}, ev.get("mbpp_test") or {}]
+    # one column per measured part: a verifier trained on every train problem has no held-out column
+    measured = [(ev[k], title) for k, title in (("holdout", "held-out train problems"),
+                                                ("mbpp_test", "MBPP test rollouts")) if ev.get(k)]
+    table = Table("metric", *(title for _, title in measured), title=f"verifier {v['name']}")
+    parts = [p for p, _ in measured]
     for key, label in (
         ("rows", "responses"), ("unscored", "unscored"), ("positives", "correct"), ("problems", "problems"),
         ("roc_auc", "ROC-AUC"), ("pairs", "same-problem pairs"), ("pair_accuracy", "pair accuracy"),
@@ -233,10 +248,12 @@ def _print_metrics(v: dict[str, Any]) -> None:
         ("ece", "ECE (BCE)"), ("brier", "Brier (BCE)"),
     ):  # fmt: skip
         if any(key in p for p in parts):
-            table.add_row(label, *(_fmt(p.get(key)) if p else "–" for p in parts))
-    console.print(table)
+            table.add_row(label, *(_fmt(p.get(key)) for p in parts))
+    if parts:
+        console.print(table)
     if not ev.get("holdout"):
-        console.print("held-out: none (the training set held out no problem, or the verifier has no set)")
+        console.print("held-out: none (every train problem trained this verifier, as in the paper; "
+                      "`--holdout-fraction` holds some out to measure it on problems it never saw)")
     if not ev.get("mbpp_test"):
         console.print("MBPP test: no executed MBPP-test evaluation rollouts in the store yet")
     for part, title in (("holdout", "held-out train problems"), ("mbpp_test", "MBPP test rollouts")):

@@ -1,13 +1,22 @@
 """HumanEval and HumanEval+ (EvalPlus OriginFmt).
 
-Protocol (DESIGN.md): the prompt field is the problem; the code prefix is the prompt up to
-``def <entry_point>`` (imports and helper functions the candidate may rely on). Public = one docstring example
-turned into an assert (doctest ``>>>`` lines and inline forms such as ``f(1) ==> 2``); when none can be
-derived, the first assert of ``check`` that stands alone, else the whole ``check`` (recorded in
-``meta["public_fallback"]``).
-Shown = every derivable docstring example (the reference showed the whole example block). Private = the full
-``check``: its body split into top-level asserts when it is only asserts, else ``check(<entry_point>)`` with
-the test module as setup code.
+Protocol: the prompt field is the problem; the code prefix is the prompt up to ``def <entry_point>`` (imports
+and helper functions the candidate may rely on). Private = the full ``check``: its body split into top-level
+asserts when it is only asserts, else ``check(<entry_point>)`` with the test module as setup code.
+
+The public test. Rule: a problem's public test is ONE ``assert`` statement that calls the entry point and is not
+always true (``public_test_problem`` checks it at load time; the tests check that every one passes with the
+canonical solution in the sandbox). It comes from the entry point's docstring examples, never from ``check``
+(a test of check would show the model a hidden test, and ``assert True`` would pass any program that loads):
+
+- ``docstring``: the first example parsed from the docstring (doctest ``>>>`` lines, ``>>> f(x) == y``, inline
+  forms such as ``f(1) ==> 2``) that agrees with the canonical solution (``WRONG_EXAMPLES`` lists the ones that
+  do not);
+- otherwise the examples a docstring gives in prose, transcribed by hand in ``PROSE_EXAMPLES`` (``prose``; or
+  ``corrected`` where every example of the docstring is wrong, ``statement`` where it has none), recorded in
+  ``meta["public_source"]``.
+ Shown = every such example (the reference showed the whole example
+block); public = the first of them.
 """
 
 from __future__ import annotations
@@ -29,11 +38,11 @@ from app.datasets.base import (
 )
 from app.errors import DataError
 
-HUMANEVAL_FILE = "humaneval/HumanEval.jsonl"
+HUMANEVAL_FILE = "humaneval/HumanEval.jsonl.gz"  # as upstream publishes it
 HUMANEVAL_PLUS_FILE = "evalplus/HumanEvalPlus-OriginFmt-v0.1.10.jsonl.gz"
 
-# Known upstream defects of the loaded data (shared/data/README.md); the sandbox's reference-solution test
-# skips them. Keyed by task id.
+# Known upstream defects of the loaded data (app/data/benchmarks/README.md); the sandbox's reference-solution
+# test skips them. Keyed by task id.
 HUMANEVAL_PLUS_BROKEN = {
     "HumanEval/32": "OriginFmt oracle calls _poly(*candidate(*inp), inp): every solution fails (EvalPlus)",
 }
@@ -42,8 +51,94 @@ HUMANEVAL_PLUS_BROKEN = {
 # (upstream typos, and a recurrence definition); never used as shown or public tests.
 WRONG_EXAMPLES = {
     "HumanEval/47": {"assert median([-10, 4, 6, 1000, 10, 20]) == 15.0"},
+    "HumanEval/116": {"assert sort_array([1, 5, 2, 3, 4]) == [1, 2, 3, 4, 5]",
+                      "assert sort_array([-2, -3, -4, -5, -6]) == [-6, -5, -4, -3, -2]"},
     "HumanEval/130": {"assert tri(1) == 3", "assert tri(4) == 3"},
     "HumanEval/148": {"assert bf('Earth', 'Mercury') == 'Venus'"},
+}
+
+# The examples of docstrings written in prose ("For lst = [1,2,3] the output should be 14", "Input: ... Output:
+# ...", "f(x) => true"), transcribed by hand as asserts, in the docstring's order: (source, asserts).
+#   "prose": the docstring's own examples, word for word.
+#   "corrected": the docstring's inputs, with the outputs of the canonical solution and the hidden tests (every
+#       example the docstring gives is wrong).
+#   "statement": the docstring has no example; one assert follows from the statement, on an input the hidden
+#       tests do not use.
+PROSE_EXAMPLES: dict[str, tuple[str, list[str]]] = {
+    "HumanEval/38": ("statement", ["assert decode_cyclic(encode_cyclic('abcdefgh')) == 'abcdefgh'"]),
+    "HumanEval/41": ("statement", ["assert car_race_collision(5) == 25"]),
+    "HumanEval/50": ("statement", ["assert decode_shift(encode_shift('abcxyz')) == 'abcxyz'"]),
+    "HumanEval/67": ("prose", [
+        "assert fruit_distribution('5 apples and 6 oranges', 19) == 8",
+        "assert fruit_distribution('0 apples and 1 oranges', 3) == 2",
+        "assert fruit_distribution('2 apples and 3 oranges', 100) == 95",
+        "assert fruit_distribution('100 apples and 1 oranges', 120) == 19"]),
+    "HumanEval/68": ("prose", [
+        "assert pluck([4, 2, 3]) == [2, 1]", "assert pluck([1, 2, 3]) == [2, 1]", "assert pluck([]) == []",
+        "assert pluck([5, 0, 3, 0, 4, 2]) == [0, 1]"]),
+    "HumanEval/76": ("prose", [
+        "assert is_simple_power(1, 4) == True", "assert is_simple_power(2, 2) == True",
+        "assert is_simple_power(8, 2) == True", "assert is_simple_power(3, 2) == False",
+        "assert is_simple_power(3, 1) == False", "assert is_simple_power(5, 3) == False"]),
+    "HumanEval/78": ("prose", [
+        "assert hex_key('AB') == 1", "assert hex_key('1077E') == 2", "assert hex_key('ABED1A33') == 4",
+        "assert hex_key('123456789ABCDEF0') == 6", "assert hex_key('2020') == 2"]),
+    "HumanEval/80": ("prose", [
+        "assert is_happy('a') == False", "assert is_happy('aa') == False", "assert is_happy('abcd') == True",
+        "assert is_happy('aabb') == False", "assert is_happy('adb') == True", "assert is_happy('xyy') == False"]),
+    "HumanEval/81": ("prose", [
+        "assert numerical_letter_grade([4.0, 3, 1.7, 2, 3.5]) == ['A+', 'B', 'C-', 'C', 'A-']"]),
+    "HumanEval/83": ("statement", ["assert starts_one_ends(6) == 180000"]),
+    "HumanEval/84": ("prose", [
+        "assert solve(1000) == '1'", "assert solve(150) == '110'", "assert solve(147) == '1100'"]),
+    "HumanEval/94": ("prose", [
+        "assert skjkasdkd([0, 3, 2, 1, 3, 5, 7, 4, 5, 5, 5, 2, 181, 32, 4, 32, 3, 2, 32, 324, 4, 3]) == 10",
+        "assert skjkasdkd([1, 0, 1, 8, 2, 4597, 2, 1, 3, 40, 1, 2, 1, 2, 4, 2, 5, 1]) == 25",
+        "assert skjkasdkd([1, 3, 1, 32, 5107, 34, 83278, 109, 163, 23, 2323, 32, 30, 1, 9, 3]) == 13",
+        "assert skjkasdkd([0, 724, 32, 71, 99, 32, 6, 0, 5, 91, 83, 0, 5, 6]) == 11",
+        "assert skjkasdkd([0, 81, 12, 3, 1, 21]) == 3", "assert skjkasdkd([0, 8, 1, 2, 1, 7]) == 7"]),
+    "HumanEval/105": ("prose", [
+        ("assert by_length([2, 1, 1, 4, 5, 8, 2, 3]) == "
+         "['Eight', 'Five', 'Four', 'Three', 'Two', 'Two', 'One', 'One']"),
+        "assert by_length([]) == []", "assert by_length([1, -1, 55]) == ['One']"]),
+    "HumanEval/107": ("prose", [
+        "assert even_odd_palindrome(3) == (1, 2)", "assert even_odd_palindrome(12) == (4, 6)"]),
+    "HumanEval/112": ("prose", [
+        "assert reverse_delete('abcde', 'ae') == ('bcd', False)",
+        "assert reverse_delete('abcdef', 'b') == ('acdef', False)",
+        "assert reverse_delete('abcdedcba', 'ab') == ('cdedc', True)"]),
+    "HumanEval/115": ("prose", [
+        "assert max_fill([[0, 0, 1, 0], [0, 1, 0, 0], [1, 1, 1, 1]], 1) == 6",
+        "assert max_fill([[0, 0, 1, 1], [0, 0, 0, 0], [1, 1, 1, 1], [0, 1, 1, 1]], 2) == 5",
+        "assert max_fill([[0, 0, 0], [0, 0, 0]], 5) == 0"]),
+    "HumanEval/116": ("corrected", [
+        "assert sort_array([1, 5, 2, 3, 4]) == [1, 2, 4, 3, 5]",
+        "assert sort_array([-2, -3, -4, -5, -6]) == [-4, -2, -6, -5, -3]",
+        "assert sort_array([1, 0, 2, 3, 4]) == [0, 1, 2, 4, 3]"]),
+    "HumanEval/120": ("prose", [
+        "assert maximum([-3, -4, 5], 3) == [-4, -3, 5]", "assert maximum([4, -4, 4], 2) == [4, 4]",
+        "assert maximum([-3, 2, 1, 2, -1, -2, 1], 1) == [2]"]),
+    "HumanEval/122": ("prose", ["assert add_elements([111, 21, 3, 4000, 5, 6, 7, 8, 9], 4) == 24"]),
+    "HumanEval/129": ("prose", [
+        "assert minPath([[1, 2, 3], [4, 5, 6], [7, 8, 9]], 3) == [1, 2, 1]",
+        "assert minPath([[5, 9, 3], [4, 1, 6], [7, 8, 2]], 1) == [1]"]),
+    "HumanEval/133": ("prose", [
+        "assert sum_squares([1, 2, 3]) == 14", "assert sum_squares([1, 4, 9]) == 98",
+        "assert sum_squares([1, 3, 5, 7]) == 84", "assert sum_squares([1.4, 4.2, 0]) == 29",
+        "assert sum_squares([-2.4, 1, 1]) == 6"]),
+    "HumanEval/141": ("prose", [
+        "assert file_name_check('example.txt') == 'Yes'", "assert file_name_check('1example.dll') == 'No'"]),
+    "HumanEval/142": ("prose", [
+        "assert sum_squares([1, 2, 3]) == 6", "assert sum_squares([]) == 0",
+        "assert sum_squares([-1, -5, 2, -1, -5]) == -126"]),
+    "HumanEval/143": ("prose", [
+        "assert words_in_sentence('This is a test') == 'is'",
+        "assert words_in_sentence('lets go for swimming') == 'go for'"]),
+    "HumanEval/147": ("prose", ["assert get_max_triples(5) == 1"]),
+    "HumanEval/149": ("prose", [
+        "assert sorted_list_sum(['aa', 'a', 'aaa']) == ['aa']",
+        "assert sorted_list_sum(['ab', 'a', 'aaa', 'cd']) == ['ab', 'cd']"]),
+    "HumanEval/160": ("prose", ["assert do_algebra(['+', '*', '-'], [2, 3, 4, 5]) == 9"]),
 }
 
 # Inline example forms besides doctest: "f(1) == 2", "f(1) ==> 2", "f(1) ➞ 2", "f(1) returns 2", ...
@@ -74,6 +169,17 @@ def _as_assert(expr_src: str, out_src: str, entry_point: str) -> str | None:
     if isinstance(expr, (ast.Compare, ast.BoolOp, ast.IfExp, ast.Lambda)):  # ">>> f(x) == y" / True
         left = f"({left})"
     return f"assert {left} == {ast.unparse(out)}"
+
+
+def _compare_example(src: str, entry_point: str) -> str | None:
+    """``>>> f(x) == y`` with no output line: the comparison itself is the example."""
+    try:
+        node = parse_python(src.strip(), "eval").body
+    except SyntaxError:
+        return None
+    if not (isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.ops[0], ast.Eq)):
+        return None
+    return _as_assert(ast.unparse(node.left), ast.unparse(node.comparators[0]), entry_point)
 
 
 def _inline_example(line: str, entry_point: str) -> str | None:
@@ -112,12 +218,31 @@ def docstring_examples(signature_and_doc: str, entry_point: str) -> list[str]:
                     break
                 out.append(nxt)
                 i += 1
-            example = _as_assert(line[3:], " ".join(out), entry_point) if out else None
+            example = _as_assert(line[3:], " ".join(out), entry_point) if out else _compare_example(line[3:],
+                                                                                                     entry_point)
         else:
             example = _inline_example(line.lstrip("*-• ").strip(), entry_point)
         if example and example not in found:
             found.append(example)
     return found
+
+
+def public_test_problem(test: str, entry_point: str) -> str | None:
+    """Why ``test`` breaks the public-test rule (None when it keeps it): one ``assert`` statement that calls the
+    entry point and is not always true."""
+    try:
+        tree = parse_python(test)
+    except SyntaxError as exc:
+        return f"it does not parse ({exc.msg})"
+    if len(tree.body) != 1 or not isinstance(tree.body[0], ast.Assert):
+        return "it is not a single assert statement"
+    cond = tree.body[0].test
+    if isinstance(cond, ast.Constant):
+        return "it asserts a constant"
+    calls = {n.func.id for n in ast.walk(cond) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+    if entry_point not in calls:
+        return f"it does not call {entry_point}"
+    return None
 
 
 class _Rename(ast.NodeTransformer):
@@ -196,11 +321,19 @@ def humaneval_problem(
             raise DataError(f"{where}: the test code must define check(candidate)")
         setup_code, private = test, [f"check({entry_point})"]
         first_assert = split_check(fallback_check, entry_point, where)[2]
+    del first_assert  # the rule below never takes a test of check: it would show a hidden test
     wrong = WRONG_EXAMPLES.get(task_id, set())
     shown = [t for t in docstring_examples(signature, entry_point) if t not in wrong]
-    meta: dict[str, Any] = {}
+    meta: dict[str, Any] = {}  # public_source: absent = parsed from the docstring
+    if not shown and task_id in PROSE_EXAMPLES:
+        meta["public_source"], shown = PROSE_EXAMPLES[task_id][0], list(PROSE_EXAMPLES[task_id][1])
     if not shown:
-        shown, meta["public_fallback"] = [first_assert], True
+        raise DataError(f"{where}: {task_id} has no docstring example to use as its public test (add one to "
+                        "PROSE_EXAMPLES in app/datasets/humaneval.py)")
+    for test in shown:
+        problem = public_test_problem(test, entry_point)
+        if problem:
+            raise DataError(f"{where}: {task_id}: {test!r} cannot be a public test: {problem}")
     number = task_id.rsplit("/", 1)[-1]
     return ProblemSpec(
         external_id=f"{id_prefix}/{number}",

@@ -1,6 +1,6 @@
 """MBPP (full), sanitized MBPP and MBPP+ (EvalPlus OriginFmt).
 
-Protocol (DESIGN.md, METHOD.md §1): train problems (task ids 601-974) show and check all three asserts; every
+Protocol (docs/method.md §2): train problems (task ids 601-974) show and check all three asserts; every
 other split shows and checks the first one. The shown tests start with the setup code, as in the reference
 prompt ({TESTS} = test_setup_code + asserts). The private suite is every assert plus the challenge asserts,
 which run as real statements (the reference code appended them as a list repr, so they never ran: bug B1).

@@ -1,4 +1,4 @@
-"""The data model (DESIGN.md): SQLAlchemy 2 typed declarative models.
+"""The data model (docs/design.md): SQLAlchemy 2 typed declarative models.
 
 Every table has a natural unique key so that each write can be idempotent (``ON CONFLICT``), and the
 indexes the trainers and the dashboard query by. JSON columns are JSONB on Postgres, JSON elsewhere.
@@ -23,6 +23,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     func,
     text,
 )
@@ -148,6 +149,8 @@ class Round(Base):
     verifier_out_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     generator_out_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
     steps: Mapped[dict[str, Any]] = mapped_column(default=dict)  # per-step state, errors and timings
+    # the experiment's last round: evaluates its own generator, trains none (app/rounds.py)
+    final: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=_now())
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from app.sandbox import wire
+from app.sandbox.prelude import names_numpy, prelude_for
 from app.sandbox.types import (
     SUITE_KINDS,
     Check,
@@ -45,16 +46,22 @@ def _get(obj: Any, name: str, default: Any = None) -> Any:
     return getattr(obj, name, default)
 
 
-def suite_of(problem_like: Any, kind: str) -> dict[str, Any]:
-    """The parts of a problem one suite needs: code prefix, setup code and the suite's test statements."""
+def suite_of(problem_like: Any, kind: str, *, prelude: bool = False, code: str = "") -> dict[str, Any]:
+    """The parts of a problem one suite needs: code prefix, setup code and the suite's test statements.
+
+    ``prelude``: the reference's import lines (``app.sandbox.prelude``) run first, before the problem's own
+    prefix, as trusted code in the program's process and in the judge; their NumPy lines only when ``code`` or
+    the suite names NumPy."""
     if kind not in SUITE_KINDS:
         raise ValueError(f"suite kind must be one of {SUITE_KINDS}, not {kind!r}")
-    tests = _get(problem_like, "public_tests" if kind == "public" else "private_tests") or []
-    return {
-        "prefix": _get(problem_like, "code_prefix") or "",
-        "setup": _get(problem_like, "setup_code") or "",
-        "tests": [str(t) for t in tests],
-    }
+    tests = [str(t) for t in _get(problem_like, "public_tests" if kind == "public" else "private_tests") or []]
+    prefix = _get(problem_like, "code_prefix") or ""
+    setup = _get(problem_like, "setup_code") or ""
+    if prelude:
+        prefix = prelude_for(code, prefix, setup, tests) + prefix
+    # entry_point: the program's function the tests call, the one program global that may be named like a
+    # builtin in the tests' namespace (MBPP's ``sum``).
+    return {"prefix": prefix, "setup": setup, "tests": tests, "entry_point": _get(problem_like, "entry_point")}
 
 
 def executor_env() -> dict[str, str]:
@@ -86,13 +93,16 @@ class Sandbox:
 
     def __init__(self, workers: int | None = None, *, limits: Limits | None = None,
                  allow_weak_isolation: bool | None = None, pretend_missing: Sequence[str] = (),
-                 preimport_numpy: bool = True, send_ahead: bool = True) -> None:
+                 preimport_numpy: bool = True, send_ahead: bool = True, measure_without: Sequence[str] = ()
+                 ) -> None:
         self.workers = workers
         self.limits = limits or Limits()
         self.allow_weak_isolation = allow_weak_isolation
         self.pretend_missing = list(pretend_missing)  # tests: act as on a host without these protections
         self.preimport_numpy = preimport_numpy
         self.send_ahead = send_ahead
+        # Benchmarks only: protections to leave out ("seccomp") to measure what they cost; never for verdicts.
+        self.measure_without = list(measure_without)
         self.info: dict[str, Any] = {}
         self._proc: subprocess.Popen | None = None
         self._sock: socket.socket | None = None
@@ -143,6 +153,8 @@ class Sandbox:
                 cmd.append("--no-numpy")
             if not self.send_ahead:
                 cmd.append("--no-send-ahead")
+            for name in self.measure_without:
+                cmd += ["--measure-without", name]
             try:
                 proc = subprocess.Popen(cmd, pass_fds=[theirs.fileno()], env=executor_env(), cwd="/",
                                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -198,20 +210,23 @@ class Sandbox:
         wire.send_frame(fd, pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
         return pickle.loads(wire.recv_frame(fd, time.monotonic() + timeout))
 
-    def run_raw(self, items: Sequence[tuple[Any, str, str]], *, collect: bool = False) -> list[dict[str, Any]]:
-        """The executor's result dicts for (problem_like, code, kind) items; identical items run once."""
+    def run_raw(self, items: Sequence[tuple[Any, str, str]], *, collect: bool = False,
+                prelude: bool = False) -> list[dict[str, Any]]:
+        """The executor's result dicts for (problem_like, code, kind) items; identical items run once.
+        ``prelude``: run the reference's import prelude before each program (see ``suite_of``)."""
         suites: list[dict[str, Any]] = []
         suite_ix: dict[Any, int] = {}
-        by_obj: dict[tuple[int, str], int] = {}
+        by_obj: dict[tuple[int, str, bool], int] = {}
         jobs: list[dict[str, Any]] = []
         job_ix: dict[tuple[int, str], int] = {}
         order: list[int] = []
         for problem_like, code, kind in items:
-            key_obj = (id(problem_like), kind)
+            # With the prelude, a problem has two suites: with its NumPy lines (the program names NumPy) or not.
+            key_obj = (id(problem_like), kind, prelude and names_numpy(code))
             si = by_obj.get(key_obj)
             if si is None:
-                suite = suite_of(problem_like, kind)
-                skey = (suite["prefix"], suite["setup"], tuple(suite["tests"]))
+                suite = suite_of(problem_like, kind, prelude=prelude, code=code)
+                skey = (suite["prefix"], suite["setup"], tuple(suite["tests"]), suite["entry_point"])
                 si = suite_ix.get(skey)
                 if si is None:
                     si = suite_ix[skey] = len(suites)
@@ -261,29 +276,31 @@ class Sandbox:
                 proc.kill()
             proc.wait()
 
-    def run_many(self, items: Iterable[tuple[Any, str, str]]) -> list[ExecutionResult]:
+    def run_many(self, items: Iterable[tuple[Any, str, str]], *, prelude: bool = False) -> list[ExecutionResult]:
         """Run each (problem_like, code, kind) — kind "public" or "private" — and return one result each, in
-        order. A result with status ``sandbox_error`` is an infrastructure failure, never a verdict."""
+        order. A result with status ``sandbox_error`` is an infrastructure failure, never a verdict.
+        ``prelude``: the reference's import lines run before each program (``app.sandbox.prelude``); the
+        experiment's ``harness.import_prelude`` decides it for collected candidates."""
         items = list(items)
         if not items:
             return []
         out = []
-        for (_, _, kind), r in zip(items, self.run_raw(items)):
+        for (_, _, kind), r in zip(items, self.run_raw(items, prelude=prelude)):
             if r.get("status") == "sandbox_error":
                 out.append(ExecutionResult.infra_error(r.get("error", "unknown")))
             else:
                 out.append(ExecutionResult.from_dict(r))
         return out
 
-    def run(self, problem_like: Any, code: str, kind: str = "public") -> ExecutionResult:
-        return self.run_many([(problem_like, code, kind)])[0]
+    def run(self, problem_like: Any, code: str, kind: str = "public", *, prelude: bool = False) -> ExecutionResult:
+        return self.run_many([(problem_like, code, kind)], prelude=prelude)[0]
 
     def protections(self) -> list[Check]:
         """What the executor found at start-up (static; ``probe_protections`` tries each one for real)."""
         caps = self.info.get("capabilities", {})
         errors = caps.get("errors", {})
         return [Check(k, bool(caps.get(k)), errors.get(k, "")) for k in ("root", "netns", "mntns", "pidns",
-                                                                        "uid_drop")]
+                                                                        "uid_drop", "seccomp")]
 
 
 _shared: Sandbox | None = None
@@ -309,7 +326,7 @@ def _close_shared() -> None:
         _shared = None
 
 
-def run_suite(problem_like: Any, code: str, kind: str = "public") -> ExecutionResult:
+def run_suite(problem_like: Any, code: str, kind: str = "public", *, prelude: bool = False) -> ExecutionResult:
     """Run one program against one suite of ``problem_like`` (an ORM Problem or anything with code_prefix,
-    setup_code, public_tests, private_tests, entry_point)."""
-    return get_sandbox().run_many([(problem_like, code, kind)])[0]
+    setup_code, public_tests, private_tests, entry_point); ``prelude``: the reference's import lines first."""
+    return get_sandbox().run_many([(problem_like, code, kind)], prelude=prelude)[0]

@@ -1,7 +1,9 @@
-"""Store queries: executions, the sandbox's cache (issue 3).
+"""Store queries: executions, the sandbox's cache.
 
 An execution is keyed by (code hash, suite hash, suite kind, sandbox version) and shared by every candidate
-whose code has that hash. ``candidates_for_execution`` reads what the execute task needs in one query,
+whose code has that hash. The sandbox version carries the harness's tag (``app.harness``: ``+prelude`` when the
+import prelude ran, ``+first`` when only the first public test was checked), so a verdict is only reused for
+the same harness. ``candidates_for_execution`` reads what the execute task needs in one query,
 ``executions_by_key`` finds what is cached, ``record_executions`` writes new executions and copies the
 verdicts onto the candidates (``public_passed``/``private_passed``) in one transaction.
 """
@@ -13,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db import models as m
@@ -47,6 +49,23 @@ class CandidateToExecute:
     code: str
     code_hash: str
     problem: SuiteProblem
+
+
+@dataclass(frozen=True)
+class StoredVerdict:
+    """A stored candidate with its labels and problem, for re-judging it (``stored_verdicts``)."""
+
+    candidate_id: int
+    code: str
+    code_hash: str
+    dataset: str
+    split: str
+    problem: SuiteProblem
+    problem_meta: dict[str, Any]
+    public_passed: bool
+    private_passed: bool
+    evaluation_id: int | None
+    round_id: int | None
 
 
 def _problem(row: Any) -> SuiteProblem:
@@ -172,3 +191,45 @@ class ExecutionsMixin:
         with self.session() as s:
             row = s.execute(q).first()
             return _problem(row) if row is not None else None
+
+    # -- re-judging stored candidates (bench/reference_agreement.py) --------------------------------------------
+    def stored_verdicts(self, *, evaluation_ids: Sequence[int] = (), round_ids: Sequence[int] = (),
+                        limit: int | None = None) -> list[StoredVerdict]:
+        """The executed candidates of some collections (evaluations, standalone collections, or rounds'
+        training rollouts), in id order, with their code, labels and problem."""
+        if not evaluation_ids and not round_ids:
+            return []
+        owner = or_(m.Rollout.evaluation_id.in_([int(i) for i in evaluation_ids]),
+                    m.Rollout.round_id.in_([int(i) for i in round_ids]))
+        q = (
+            select(
+                m.Candidate.id, m.Candidate.code, m.Candidate.code_hash, m.Candidate.public_passed,
+                m.Candidate.private_passed, m.Rollout.evaluation_id, m.Rollout.round_id,
+                m.Dataset.name.label("dataset"), m.Problem.split, m.Problem.meta,
+                m.Problem.id.label("problem_id"), m.Problem.external_id, m.Problem.entry_point,
+                m.Problem.code_prefix, m.Problem.setup_code, m.Problem.public_tests, m.Problem.private_tests,
+                m.Problem.public_suite_hash, m.Problem.private_suite_hash,
+            )
+            .join(m.Turn, m.Turn.id == m.Candidate.turn_id)
+            .join(m.Rollout, m.Rollout.id == m.Turn.rollout_id)
+            .join(m.Problem, m.Problem.id == m.Rollout.problem_id)
+            .join(m.Dataset, m.Dataset.id == m.Problem.dataset_id)
+            .where(owner, m.Candidate.public_passed.is_not(None), m.Candidate.private_passed.is_not(None))
+            .order_by(m.Candidate.id)
+        )
+        if limit is not None:
+            q = q.limit(int(limit))
+        problems: dict[int, SuiteProblem] = {}
+        out: list[StoredVerdict] = []
+        with self.session() as s:
+            for row in s.execute(q):
+                problem = problems.get(row.problem_id)
+                if problem is None:
+                    problem = problems[row.problem_id] = _problem(row)
+                out.append(StoredVerdict(
+                    candidate_id=row.id, code=row.code or "", code_hash=row.code_hash, dataset=row.dataset,
+                    split=row.split, problem=problem, problem_meta=dict(row.meta or {}),
+                    public_passed=bool(row.public_passed), private_passed=bool(row.private_passed),
+                    evaluation_id=row.evaluation_id, round_id=row.round_id,
+                ))  # fmt: skip
+        return out

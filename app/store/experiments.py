@@ -4,7 +4,7 @@ Creation is keyed by the natural unique key (name, or (experiment, index) for ro
 ``create_*``/``ensure_*`` twice returns the same row. Getters return detached ORM rows (the session does not
 expire them on commit).
 
-Round state (issue 7): ``rounds.steps`` holds one record per step (state, attempt, timings, error, result);
+Round state: ``rounds.steps`` holds one record per step (state, attempt, timings, error, result);
 ``update_round_step`` changes one record as a compare-and-set under a row lock, so two orchestrators never
 start the same step twice. Evaluations: ``evaluation_picks`` reads the chosen candidate of every executed turn
 of the finished chains, ``write_evaluation_results`` stores the per (problem, chain, turn) rows
@@ -13,10 +13,12 @@ of the finished chains, ``write_evaluation_results`` stores the per (problem, ch
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select, update
+from sqlalchemy.orm import aliased
 
 from app.db import models as m
 from app.errors import MucodeError, NotFound
@@ -100,7 +102,10 @@ class ExperimentsMixin:
         generator_id: int | None = None,
         verifier_in_id: int | None = None,
         status: str = "pending",
+        final: bool = False,
     ) -> int:
+        """The round ``index`` of the experiment, created if missing. An existing round is returned as it is,
+        unless it disagrees on ``final`` (a round's plan never changes once it exists)."""
         with self.session() as s:
             self.insert_ignore(
                 s,
@@ -113,13 +118,22 @@ class ExperimentsMixin:
                         "generator_id": generator_id,
                         "verifier_in_id": verifier_in_id,
                         "steps": {},
+                        "final": final,
                     }
                 ],
                 ["experiment_id", "index"],
             )
-            return s.execute(
-                select(m.Round.id).where(m.Round.experiment_id == experiment_id, m.Round.index == index)
-            ).scalar_one()
+            rid, was_final = s.execute(
+                select(m.Round.id, m.Round.final).where(
+                    m.Round.experiment_id == experiment_id, m.Round.index == index
+                )
+            ).one()
+            if bool(was_final) != final:
+                raise MucodeError(
+                    f"round {index} exists as a {'final' if was_final else 'normal'} round, not a "
+                    f"{'final' if final else 'normal'} one"
+                )
+            return rid
 
     def get_round(self, round_id: int) -> m.Round:
         with self.session() as s:
@@ -340,6 +354,32 @@ class ExperimentsMixin:
                     select(m.Evaluation).where(m.Evaluation.round_id == round_id).order_by(m.Evaluation.id)
                 ).scalars()
             )
+
+    def evaluation_pairs(self, evaluation_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """Which (generator, verifier) pair each evaluation searched with: ``{id: {"generator", "verifier",
+        "generator_model", "verifier_model"}}``. The labels are ``G<j>`` for a round's own generators (G_k it
+        collected with, G_{k+1} it trained) and ``RM<j>`` for the verifier trained by round j of the same
+        experiment; any other model is named by its model version (None: no verifier)."""
+        g, v, vr = aliased(m.ModelVersion), aliased(m.ModelVersion), aliased(m.Round)
+        q = (
+            select(m.Evaluation.id, m.Evaluation.generator_id, g.name, v.name, m.Round.index, m.Round.generator_id,
+                   m.Round.generator_out_id, func.coalesce(m.Round.experiment_id, m.Evaluation.experiment_id),
+                   vr.index, vr.experiment_id)
+            .outerjoin(m.Round, m.Round.id == m.Evaluation.round_id)
+            .join(g, g.id == m.Evaluation.generator_id)
+            .outerjoin(v, v.id == m.Evaluation.verifier_id)
+            .outerjoin(vr, vr.id == v.round_id)
+            .where(m.Evaluation.id.in_([int(i) for i in evaluation_ids]))
+            .order_by(m.Evaluation.id)
+        )
+        out: dict[int, dict[str, Any]] = {}
+        with self.session() as s:
+            for ev_id, gid, g_name, v_name, k, g_in, g_out, exp_id, v_index, v_exp in s.execute(q):
+                gen = {g_in: f"G{k}", g_out: f"G{k + 1}"}.get(gid) if k is not None else None
+                ver = f"RM{v_index}" if v_index is not None and v_exp == exp_id else v_name
+                out[ev_id] = {"generator": gen or g_name, "verifier": ver, "generator_model": g_name,
+                              "verifier_model": v_name}
+        return out
 
     def experiment_evaluations(self, experiment_id: int) -> list[m.Evaluation]:
         """Evaluations of the experiment's rounds and the ones attached to the experiment itself."""

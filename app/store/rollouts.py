@@ -230,9 +230,12 @@ class RolloutsMixin:
                     )
         return [states[i] for i in ids if i in states]
 
-    def public_feedback(self, candidate_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+    def public_feedback(self, candidate_ids: Iterable[int], *, harness_tag: str | None = None
+                        ) -> dict[int, dict[str, Any]]:
         """``{candidate_id: {"status", "feedback"}}``: the public-suite execution of each candidate's code
         (from the execution cache; ``app.env.feedback_text`` turns it into the text the model sees).
+        ``harness_tag``: only executions made with that harness (``app.harness``: the part of the sandbox
+        version after its first "+"; "" = the legacy harness), whatever the sandbox's own version.
 
         Where a code has several public executions (sandbox versions), a real verdict beats a
         ``sandbox_error`` and the newest wins.
@@ -255,9 +258,12 @@ class RolloutsMixin:
             )
             .where(m.Candidate.id.in_(ids))
         )
+        q = q.add_columns(m.Execution.sandbox_version)
         best: dict[int, tuple[tuple[int, int], dict[str, Any]]] = {}
         with self.session() as s:
-            for cid, feedback, status, eid in s.execute(q):
+            for cid, feedback, status, eid, version in s.execute(q):
+                if harness_tag is not None and (version.partition("+")[2] != harness_tag):
+                    continue
                 rank = (0 if status == "sandbox_error" else 1, int(eid))
                 if cid not in best or rank > best[cid][0]:
                     best[cid] = (rank, {"status": status, "feedback": feedback or ""})

@@ -1,4 +1,4 @@
-"""Store queries: verifier training sets, drawn pairs, scores and the rows the verifier metrics read (issue 5).
+"""Store queries: verifier training sets, drawn pairs, scores and the rows the verifier metrics read.
 
 Split hygiene is enforced here, in SQL: every query that feeds a verifier *training* set joins the problem and
 its dataset and keeps only ``problems.split = 'train'`` of a training dataset (``TRAINING_DATASETS``), and only
@@ -182,8 +182,8 @@ class VerifierMixin:
 
         One row per chosen candidate of every turn of a rollout with status ``done``: the final turn's label is
         its ``private_passed`` (rows whose final verdict is still NULL are left out), every intermediate turn's
-        label is False (METHOD §4). Only train-split problems of training datasets, enforced in the query.
-        With ``verifier_id`` each row also carries that verifier's ``score`` (None when not scored).
+        label is False (docs/method.md §4). Only train-split problems of training datasets, enforced in the
+        query. With ``verifier_id`` each row also carries that verifier's ``score`` (None when not scored).
         Ordered by (problem, round index, rollout sample index, turn index): deterministic for seeded draws.
         """
         if not round_ids:

@@ -1,13 +1,15 @@
 """Generator SFT: tokenization with an exact label mask, TRL's SFTTrainer, registration in the store.
 
-The label mask (what the reference code got wrong, METHOD §5 / B5):
+The label mask (where the µCode reference code's SFT went wrong):
 - the loss covers exactly the target assistant message's tokens plus the end-of-turn token that closes it, and
   nothing of the state (the prompt, earlier responses and feedback);
 - no marker token: the model is trained on exactly the text it sees at inference (the chat template's rendering);
 - the end-of-turn token is in the loss even when ``pad == eos`` (labels are built here and padded with -100 by
   the collator, never derived from pad ids);
-- no doubled BOS: the conversation is rendered and tokenized by ``apply_chat_template`` in one step, which
-  tokenizes without special tokens, so the only BOS is the one the template writes; a doubled BOS is an error.
+- no doubled BOS: the conversation is rendered and tokenized by ``app.env.chat.render_chat`` in one step, which
+  tokenizes without special tokens, so the only BOS is the one the template writes; a doubled BOS is an error;
+- the same rendering as sampling (``render_chat``, same pinned template variables such as Llama 3's date): the
+  state is trained on exactly the tokens the model is prompted with.
 Where the template marks assistant text with ``{% generation %}`` the mask is the template's assistant mask
 restricted to the target (the last message); otherwise it is the token boundary between the rendered prompt
 (``add_generation_prompt=True``) and the full conversation, up to and including the end-of-turn token (a
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.env.chat import render_chat
 from trainers.sft.config import GeneratorTrainConfig
 
 log = logging.getLogger(__name__)
@@ -93,17 +96,15 @@ def tokenize_example(
     eot = eot_ids if eot_ids is not None else end_of_turn_ids(tokenizer)
     template = chat_template or tokenizer.chat_template
     markers = has_generation_markers(template)
-    full = tokenizer.apply_chat_template(
-        messages, chat_template=chat_template, tokenize=True, return_dict=True,
-        return_assistant_tokens_mask=markers,
+    # The same rendering as sampling (app.env.chat): the state's tokens are exactly the prompt the model sees.
+    full = render_chat(
+        tokenizer, messages, add_generation_prompt=False, tokenize=True, chat_template=chat_template,
+        assistant_mask=markers,
     )
-    ids = list(full["input_ids"])
-    prompt_ids = list(
-        tokenizer.apply_chat_template(
-            messages[:-1], chat_template=chat_template, tokenize=True, return_dict=True,
-            add_generation_prompt=True,
-        )["input_ids"]
-    )
+    ids = full.input_ids
+    prompt_ids = render_chat(
+        tokenizer, messages[:-1], add_generation_prompt=True, tokenize=True, chat_template=chat_template
+    ).input_ids
     bos = tokenizer.bos_token_id
     if bos is not None and len(ids) > 1 and ids[0] == bos and ids[1] == bos:
         raise MaskError("the tokenized conversation starts with two BOS tokens")
@@ -118,7 +119,7 @@ def tokenize_example(
     start = end = None
     method = "boundary"
     if markers:
-        amask = list(full["assistant_masks"])
+        amask = full.assistant_mask or []
         positions = [i for i in range(b, n) if amask[i]]
         if positions:
             method = "assistant_mask"
@@ -214,7 +215,7 @@ def _resolve_model(arg: str) -> str:
     if Path(arg).expanduser().exists():
         return str(Path(arg).expanduser())
     try:
-        from app.model_registry import resolve_model  # issue 4a; absent in a bare checkout
+        from app.model_registry import resolve_model  # absent in a bare checkout
     except Exception:  # noqa: BLE001
         return arg
     try:

@@ -18,11 +18,25 @@ from app.protocol import VerifierConfig
 _P = VerifierConfig()
 
 
+def frozen_protocol(stored: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The verifier section of an experiment's stored config, read as ``ExperimentConfig.frozen`` reads it: a
+    setting added since the experiment was created takes its legacy value. None when there is no section."""
+    from app.protocol import LEGACY_DEFAULTS
+
+    part = (stored or {}).get("verifier")
+    if not isinstance(part, dict):
+        return None
+    return {**LEGACY_DEFAULTS.get("verifier", {}), **part}
+
+
 @dataclass
 class VerifierTrainingConfig:
-    # -- protocol (paper defaults, METHOD §4) ---------------------------------------------------
+    # -- protocol (paper defaults, docs/method.md §4) --------------------------------------------
     loss: Literal["bt", "bce"] = _P.loss
     pairs_per_problem: int = _P.pairs_per_problem  # BT pairs drawn with replacement per problem
+    # "per_round": pairs_per_problem pairs per problem from each round's rollouts, concatenated (the paper);
+    # "pooled": pairs_per_problem pairs per problem drawn once from every round's rows together
+    pair_sampling: Literal["per_round", "pooled"] = _P.pair_sampling
     l2_coeff: float = _P.l2_coeff  # TRL's center_rewards_coefficient; paper: 1e-3
     # "paper": l2 * mean(r^2) over every score of the batch (rm_bt.py); "trl": TRL's l2 * mean((r_c + r_r)^2)
     l2_form: Literal["paper", "trl"] = "paper"
@@ -40,7 +54,9 @@ class VerifierTrainingConfig:
     warmup_ratio: float = 0.0
     max_grad_norm: float = 1.0
     # -- data ------------------------------------------------------------------------------------
-    holdout_fraction: float = 0.1  # share of train problems held out of training, for metrics
+    # share of train problems held out of training, to measure the verifier on problems it never saw; the paper
+    # trains on every train problem (0)
+    holdout_fraction: float = 0.0
     # -- model -------------------------------------------------------------------------------------
     reinit_score_head: bool = True  # N(0, 1/sqrt(hidden + 1)) as rm_bt.py
     lora_r: int = 16
@@ -63,6 +79,8 @@ class VerifierTrainingConfig:
             raise ValueError(f"loss must be 'bt' or 'bce', not {self.loss!r}")
         if self.l2_form not in ("paper", "trl"):
             raise ValueError(f"l2_form must be 'paper' or 'trl', not {self.l2_form!r}")
+        if self.pair_sampling not in ("per_round", "pooled"):
+            raise ValueError(f"pair_sampling must be 'per_round' or 'pooled', not {self.pair_sampling!r}")
         if not 0.0 <= self.holdout_fraction < 1.0:
             raise ValueError("holdout_fraction must be in [0, 1)")
         for name in ("pairs_per_problem", "effective_batch_size", "per_device_batch_size", "max_length"):
@@ -103,6 +121,7 @@ class VerifierTrainingConfig:
         return {
             "loss": self.loss,
             "pairs_per_problem": self.pairs_per_problem,
+            "pair_sampling": self.pair_sampling,
             "holdout_fraction": self.holdout_fraction,
             "seed": self.seed,
         }

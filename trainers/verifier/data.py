@@ -1,13 +1,19 @@
 """Verifier datasets from the store: labelled rows, seeded hold-out split, Bradley-Terry pairs, tokenization.
 
-What a verifier trains on (METHOD §4):
+What a verifier trains on (docs/method.md §4):
 - one row per chosen response of every turn of the finished training rollouts of the given rounds, with the
   *first* user message (the problem prompt) as its context — the history is never shown: R(x, y);
 - label = the final turn's oracle verdict (private tests), 0 for every intermediate turn;
-- BT: per problem with both classes, ``pairs_per_problem`` (correct, incorrect) pairs drawn with replacement
-  from ``Random(f"{seed}:{external_id}")``; pairs are stored (``verifier_pairs``) so a run repeats exactly;
+- BT, ``pair_sampling="per_round"`` (the default, as the reference's ``merge_datasets``): for each round and
+  each problem with both classes among that round's rows, ``pairs_per_problem`` (correct, incorrect) pairs
+  drawn with replacement from ``Random(f"{seed}:r{round_index}:{external_id}")``; the rounds' pair sets are
+  concatenated, so RM_k sees about k+1 times the pairs of RM_0 and RM_k's set extends RM_{k-1}'s.
+  ``"pooled"``: ``pairs_per_problem`` pairs per problem drawn once from every round's rows together, from
+  ``Random(f"{seed}:{external_id}")``. Pairs are stored (``verifier_pairs``) so a run repeats exactly;
 - BCE: the labelled rows themselves (stored as candidate ids in the training set's config).
-A seeded share of train problems (``holdout_fraction``) is held out of training for the metrics.
+Draws depend only on the store's content (rows ordered by problem, round index, sample index and turn), never
+on ids or insertion order. A seeded share of train problems (``holdout_fraction``, 0 by default: the paper
+trains on all of them) can be held out of training for the metrics.
 
 Split hygiene lives in the store query (train split of training datasets only); this module never builds a
 query of its own. No heavy import at module level: the round orchestrator builds training sets without torch.
@@ -22,6 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from app.env.chat import render_chat
 from app.errors import MucodeError
 from app.hashing import json_hash
 from trainers.verifier.config import VerifierTrainingConfig
@@ -60,17 +67,19 @@ def split_holdout(problem_keys: dict[int, str], fraction: float, seed: int) -> s
 
 
 def draw_pairs(
-    rows: Sequence[dict[str, Any]], pairs_per_problem: int, seed: int
+    rows: Sequence[dict[str, Any]], pairs_per_problem: int, seed: int, *, round_index: int | None = None
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Draw BT pairs as the reference (convert_multiturn_preference.py): per problem with at least one correct
     and one incorrect response, ``pairs_per_problem`` (random correct, random incorrect) pairs, with
     replacement. ``rows`` are store rows (candidate_id, problem_id, external_id, label) in a deterministic
-    order. Returns (pairs, stats)."""
+    order. ``round_index`` (the rows of one round) is part of the random key, so that every round draws anew.
+    Returns (pairs, stats); ``pair_index`` counts from 0 per problem."""
     by_problem: dict[int, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         by_problem[r["problem_id"]].append(r)
     pairs: list[dict[str, Any]] = []
     only_pos = only_neg = used = 0
+    prefix = f"{seed}:" if round_index is None else f"{seed}:r{round_index}:"
     for pid in sorted(by_problem):
         prows = by_problem[pid]
         pos = [r["candidate_id"] for r in prows if r["label"]]
@@ -80,7 +89,7 @@ def draw_pairs(
             only_neg += bool(neg)
             continue
         used += 1
-        rng = random.Random(f"{seed}:{prows[0]['external_id']}")
+        rng = random.Random(prefix + prows[0]["external_id"])
         for i in range(pairs_per_problem):
             pairs.append(
                 {
@@ -99,8 +108,41 @@ def draw_pairs(
     return pairs, stats
 
 
+def draw_pairs_per_round(
+    rows: Sequence[dict[str, Any]], pairs_per_problem: int, seed: int
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The reference's per-iteration draw: ``draw_pairs`` on each round's rows (``round_index``) on its own,
+    the rounds' sets concatenated in round order (a problem's ``pair_index`` runs on across its rounds).
+    A problem counts in a round only when that round's rows hold both classes. Returns (pairs, stats): totals,
+    the problems with at least one pair, and the same counts per round (``by_round``)."""
+    by_round: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for r in rows:
+        by_round[int(r["round_index"])].append(r)
+    pairs: list[dict[str, Any]] = []
+    next_index: dict[int, int] = defaultdict(int)
+    per_round: dict[str, dict[str, int]] = {}
+    for ri in sorted(by_round):
+        drawn, st = draw_pairs(by_round[ri], pairs_per_problem, seed, round_index=ri)
+        for p in drawn:
+            p["pair_index"] = next_index[p["problem_id"]]
+            next_index[p["problem_id"]] += 1
+        pairs += drawn
+        per_round[str(ri)] = st
+    problems = {r["problem_id"] for r in rows}
+    stats: dict[str, Any] = {
+        "problems_with_pairs": len(next_index),
+        "problems_without_pairs": len(problems) - len(next_index),
+        "pairs": len(pairs),
+        "by_round": per_round,
+    }
+    return pairs, stats
+
+
 def default_training_set_name(round_ids: Sequence[int], config: VerifierTrainingConfig) -> str:
     key = {"round_ids": sorted(round_ids), **config.data_config()}
+    # pooled is the one draw there was before the option, and BCE draws no pair: those sets keep their names
+    if key["pair_sampling"] == "pooled" or config.loss == "bce":
+        del key["pair_sampling"]
     return f"verifier-{config.loss}-{json_hash(key)[:12]}"
 
 
@@ -150,12 +192,17 @@ def build_training_set(
     }
     pairs: list[dict[str, Any]] = []
     if config.loss == "bt":
-        pairs, pstats = draw_pairs(train_rows, config.pairs_per_problem, config.seed)
+        if config.pair_sampling == "per_round":
+            pairs, pstats = draw_pairs_per_round(train_rows, config.pairs_per_problem, config.seed)
+        else:
+            pairs, pstats = draw_pairs(train_rows, config.pairs_per_problem, config.seed)
         stats.update(pstats)
         if not pairs:
             raise MucodeError(
                 f"no training pairs: of {stats['train_problems']} train-split problem(s) in rounds {round_ids}, "
-                "none has both a correct and an incorrect response (finished rollouts of train-split MBPP "
+                "none has both a correct and an incorrect response"
+                + (" within one round" if config.pair_sampling == "per_round" else "")
+                + " (finished rollouts of train-split MBPP "
                 "problems only; test, validation and HumanEval problems never count)"
             )
     else:
@@ -213,8 +260,7 @@ def encode(tokenizer, prompt: str, response: str) -> list[int]:
     """
     messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
     if getattr(tokenizer, "chat_template", None):
-        enc = tokenizer.apply_chat_template(messages, tokenize=True, add_generation_prompt=False)
-        ids = list(enc["input_ids"] if hasattr(enc, "keys") else enc)
+        ids = render_chat(tokenizer, messages, add_generation_prompt=False, tokenize=True).input_ids  # as sampling
     else:  # a base model without a template: plain text, as TRL does for non-conversational data
         text = f"{prompt}\n\n{response}"
         ids = tokenizer(text, add_special_tokens=True)["input_ids"]

@@ -71,7 +71,7 @@ def train_verifier(
     if ts["kind"] != config.loss:
         raise MucodeError(f"training set {ts['name']!r} holds {ts['kind']} data, but the loss is {config.loss}")
     # the set decides the data fields: record what was actually used
-    for k in ("pairs_per_problem", "holdout_fraction", "seed"):
+    for k in ("pairs_per_problem", "pair_sampling", "holdout_fraction", "seed"):
         if k in ts["config"]:
             setattr(config, k, ts["config"][k])
     leaks = store.verifier_training_set_leaks(ts["id"])
@@ -222,6 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                       ("--pairs-per-problem", int), ("--holdout-fraction", float), ("--seed", int),
                       ("--l2-coeff", float)):
         p.add_argument(flag, type=typ, default=None)
+    p.add_argument("--pair-sampling", choices=["per_round", "pooled"], default=None)
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--no-eval", action="store_true", help="skip scoring the held-out/test candidates")
@@ -232,8 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace, protocol: dict[str, Any] | None = None) -> VerifierTrainingConfig:
     overrides: dict[str, Any] = json.loads(args.config_json) if args.config_json else {}
     for key in ("loss", "learning_rate", "epochs", "max_steps", "per_device_batch_size", "effective_batch_size",
-                "max_length", "pairs_per_problem", "holdout_fraction", "seed", "l2_coeff", "bf16",
-                "gradient_checkpointing"):
+                "max_length", "pairs_per_problem", "pair_sampling", "holdout_fraction", "seed", "l2_coeff",
+                "bf16", "gradient_checkpointing"):
         val = getattr(args, key, None)
         if val is not None:
             overrides[key] = val
@@ -247,6 +248,7 @@ def config_from_args(args: argparse.Namespace, protocol: dict[str, Any] | None =
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from app.store import Store
+    from trainers.verifier.config import frozen_protocol
     from trainers.verifier.data import build_training_set
 
     store = Store(args.database_url) if args.database_url else Store.from_settings()
@@ -255,7 +257,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     experiment_id = None
     if args.experiment:
         exp = store.get_experiment(args.experiment)
-        protocol = (exp.config or {}).get("verifier")
+        protocol = frozen_protocol(exp.config)
         experiment_id = exp.id
         round_ids = store.verifier_round_ids(args.experiment, args.round_index)
         round_id = round_id if round_id is not None else round_ids[-1]

@@ -13,12 +13,10 @@ import hashlib
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, Protocol, runtime_checkable
 
+from app.env.chat import render_chat
+
 FinishReason = Literal["stop", "length"]
 SEED_MASK = (1 << 63) - 1  # seeds are non-negative 63-bit integers (torch and vLLM both take them)
-
-# Pinned for templates that print a date (Llama 3.x: "Today Date: ..."), so a prompt renders the same every day.
-# It is Llama 3's own fallback date; templates that do not use it ignore it.
-CHAT_TEMPLATE_KWARGS: dict[str, Any] = {"date_string": "26 Jul 2024"}
 
 
 @dataclass(frozen=True)
@@ -106,17 +104,12 @@ def group_samples(samples: list[Sample], n: int) -> list[list[Sample]]:
 
 
 def render_prompt(tokenizer: Any, messages: list[dict]) -> list[int]:
-    """The token ids a model sees for ``messages``: the tokenizer's chat template with the generation prompt.
+    """The token ids a model sees for ``messages``: the chat template with the generation prompt.
 
-    The template is rendered to text and tokenized without adding special tokens (the template writes its own
-    BOS where it wants one), so no second BOS sneaks in. Both backends use this, so they see identical tokens.
+    Rendered by ``app.env.chat.render_chat``, the same function SFT and the verifier use (same pinned template
+    variables, no second BOS). Both backends use this, so they see identical tokens.
     """
-    if not getattr(tokenizer, "chat_template", None):
-        raise ValueError("the model's tokenizer has no chat template")
-    text = tokenizer.apply_chat_template(
-        messages, tokenize=False, add_generation_prompt=True, **CHAT_TEMPLATE_KWARGS
-    )
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return render_chat(tokenizer, messages, add_generation_prompt=True, tokenize=True).input_ids
 
 
 def eos_token_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:

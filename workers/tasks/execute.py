@@ -5,6 +5,11 @@ suite hash, suite kind, sandbox version) executions are already stored, run the 
 private suites) in one batch through the process's sandbox, write them and the candidates' verdicts in one
 transaction. A redelivered job finds everything cached and changes nothing. A ``sandbox_error`` (the sandbox
 itself failed) is never stored: the good results are written, then ``InfraError`` makes Celery retry.
+
+The job's ``harness`` (``app.harness``: import prelude, shown tests; frozen in the collection's spec) decides
+how the suites run, and its tag is part of the stored sandbox version, so a verdict made without the prelude
+is never reused for a run with it. A job queued without a harness (by a version of mucode before it existed)
+runs with the legacy harness, as its collection did.
 """
 
 from __future__ import annotations
@@ -33,23 +38,30 @@ def _worker_store():
     return store
 
 
-def execute_candidates(store, candidate_ids: Sequence[int], *, sandbox=None, stats: dict[str, Any] | None = None
-                       ) -> dict[int, dict[str, Any]]:
+def execute_candidates(store, candidate_ids: Sequence[int], *, sandbox=None, stats: dict[str, Any] | None = None,
+                       harness: Any = None) -> dict[int, dict[str, Any]]:
     """Execute the public and private suites of each candidate (cached per code and suite) and record the
     verdicts. Returns ``{candidate_id: {"public": Execution, "private": Execution}}`` (stored ORM rows).
 
-    ``sandbox`` overrides the process's shared ``app.sandbox.get_sandbox()``. Raises ``InfraError`` when the
-    sandbox failed for some of them (after storing the others), so a retry runs only what is missing.
+    ``sandbox`` overrides the process's shared ``app.sandbox.get_sandbox()``. ``harness`` (a ``Harness`` or its
+    dict; None = the default, the reference's) decides the prelude and the public tests. Raises ``InfraError``
+    when the sandbox failed for some of them (after storing the others), so a retry runs only what is missing.
     """
-    from app.sandbox import SANDBOX_VERSION
+    from app.harness import Harness
 
+    harness = Harness.of(harness)
+    version = harness.sandbox_version()
     t0 = time.monotonic()
     cands = store.candidates_for_execution(candidate_ids)
+    views: dict[int, Any] = {}  # problem id -> the problem as the harness checks it
     want: dict[tuple[str, str, str, str], tuple[Any, str, str]] = {}  # key -> (problem, code, kind)
     for c in cands:
+        view = views.get(c.problem.id)
+        if view is None:
+            view = views[c.problem.id] = harness.view(c.problem)
         for kind in KINDS:
-            key = (c.code_hash, c.problem.suite_hash(kind), kind, SANDBOX_VERSION)
-            want.setdefault(key, (c.problem, c.code, kind))
+            key = (c.code_hash, c.problem.suite_hash(kind), kind, version)
+            want.setdefault(key, (view, c.code, kind))
     cached = store.executions_by_key(want)
     todo = [k for k in want if k not in cached]
     failed: list[str] = []
@@ -59,7 +71,7 @@ def execute_candidates(store, candidate_ids: Sequence[int], *, sandbox=None, sta
             from app.sandbox import get_sandbox
 
             sandbox = get_sandbox()
-        results = sandbox.run_many([want[k] for k in todo])
+        results = sandbox.run_many([want[k] for k in todo], prelude=harness.import_prelude)
         for key, res in zip(todo, results):
             if res.status == "sandbox_error":
                 failed.append(res.feedback)
@@ -70,20 +82,20 @@ def execute_candidates(store, candidate_ids: Sequence[int], *, sandbox=None, sta
                    for r in rows})
     verdicts: dict[int, tuple[bool, bool]] = {}
     for c in cands:
-        pub, priv = ((c.code_hash, c.problem.suite_hash(kind), kind, SANDBOX_VERSION) for kind in KINDS)
+        pub, priv = ((c.code_hash, c.problem.suite_hash(kind), kind, version) for kind in KINDS)
         if pub in passed and priv in passed:  # a candidate whose sandbox failed keeps NULL verdicts (retried)
             verdicts[c.id] = (passed[pub], passed[priv])
     done = dict(cached)
     done.update(store.record_executions(rows, verdicts))
     if stats is not None:
         stats.update(candidates=len(cands), executions=len(want), cached=len(cached), ran=len(rows),
-                     failed=len(failed), seconds=round(time.monotonic() - t0, 3))
+                     failed=len(failed), sandbox_version=version, seconds=round(time.monotonic() - t0, 3))
     if failed:
         raise InfraError(f"the sandbox failed on {len(failed)} of {len(todo)} executions (stored the others); "
                          f"first error: {failed[0][:500]}")
     out: dict[int, dict[str, Any]] = {}
     for c in cands:
-        out[c.id] = {kind: done[(c.code_hash, c.problem.suite_hash(kind), kind, SANDBOX_VERSION)] for kind in KINDS}
+        out[c.id] = {kind: done[(c.code_hash, c.problem.suite_hash(kind), kind, version)] for kind in KINDS}
     return out
 
 
@@ -97,9 +109,13 @@ def execute_candidates(store, candidate_ids: Sequence[int], *, sandbox=None, sta
     retry_jitter=True,
     max_retries=8,
 )
-def execute(self, candidate_ids: list[int], then: dict | None = None) -> dict[str, Any]:
+def execute(self, candidate_ids: list[int], then: dict | None = None, harness: dict | None = None) -> dict[str, Any]:
+    from app.harness import Harness
+
     stats: dict[str, Any] = {}
-    execute_candidates(_worker_store(), candidate_ids, stats=stats)
+    # No harness: queued by a mucode that predates it, for a collection that ran with the legacy harness.
+    execute_candidates(_worker_store(), candidate_ids, stats=stats,
+                       harness=Harness.legacy() if harness is None else harness)
     log.info("executed %s", stats)
     if then:
         from workers.dispatch import submit

@@ -74,6 +74,7 @@ def load_facts(store, round_id: int) -> R.RoundFacts:
         verifier_out_id=rnd.verifier_out_id,
         generator_out_id=rnd.generator_out_id,
         round_ids_upto=tuple(r.id for r in rounds if r.index <= rnd.index),
+        final=bool(rnd.final),
     )
 
 
@@ -373,7 +374,7 @@ def create_evaluation(store, spec: R.EvalSpec, *, then: dict[str, Any] | str | N
 
     problem_ids = _problem_ids(store, [(spec.dataset, spec.split)], spec.limit)
     ev_id = store.create_evaluation(spec.name, experiment_id=experiment_id, round_id=round_id,
-                                    config=spec.collect_spec(), **spec.evaluation_row())
+                                    config=spec.stored_config(), **spec.evaluation_row())
     if then == "self":
         then = {"task": "mucode.round_step", "kwargs": {"evaluation_id": ev_id}}
     cspec = collect.CollectSpec(**spec.collect_spec(), then=then)
@@ -407,12 +408,14 @@ def finalize_evaluation(store, evaluation_id: int) -> dict[str, Any] | None:
     if not counts["rollouts"] or counts["active"]:
         return None
     picks = store.evaluation_picks(evaluation_id)
-    rows = E.result_rows(picks)
+    metric = (ev.config or {}).get("metric", "first_public")  # evaluations stored before the setting: first_public
+    rows = E.result_rows(picks, metric)
     n = store.write_evaluation_results(evaluation_id, rows)
     if n != len(rows):
         raise MucodeError(f"evaluation {ev.name}: {n} result rows stored for {len(rows)} picks")
     problems = store.evaluation_problem_count(evaluation_id)
-    metrics = E.compute_metrics(picks, ev.max_turns, expected_problems=problems, expected_chains=ev.num_chains)
+    metrics = E.compute_metrics(picks, ev.max_turns, metric=metric, expected_problems=problems,
+                                expected_chains=ev.num_chains)
     metrics["results"] = n
     metrics["candidates"] = counts["candidates"]
     metrics["completion_tokens"] = counts["completion_tokens"]
@@ -475,13 +478,11 @@ def _check_evaluate(store, facts: R.RoundFacts, attempt: int) -> bool:
 # -- new rounds and resume (called by the CLI) -------------------------------------------------------------------
 def base_generator_id(store, base_model: str) -> int:
     """The model version of the experiment's base model (a local folder is named by its absolute path)."""
-    from pathlib import Path
-
-    from app.model_registry import resolve_model
+    from app.model_registry import provenance, resolve_model, version_name
 
     uri = resolve_model(base_model)
-    name = uri if Path(base_model).expanduser().exists() else base_model
-    return store.ensure_model_version(name, "generator", base_model, uri)
+    return store.ensure_model_version(version_name(base_model, uri), "generator", base_model, uri,
+                                      config=provenance(uri))
 
 
 def preflight(store, config) -> None:
@@ -494,21 +495,22 @@ def preflight(store, config) -> None:
         _problem_ids(store, [(ds, split)], 1)
 
 
-def create_round(store, experiment_name: str) -> int:
-    """Create the experiment's next round (not queued yet) with its input models; returns its id."""
+def create_round(store, experiment_name: str, *, final: bool = False) -> int:
+    """Create the experiment's next round (not queued yet) with its input models; returns its id. ``final``: the
+    experiment's last round (evaluates its generator G_k with RM_k, trains no generator, none follows it)."""
     from app.protocol import ExperimentConfig
 
     exp = store.get_experiment(experiment_name)
     cfg = ExperimentConfig.frozen(exp.config)
     preflight(store, cfg)
-    prior = [R.PriorRound(r.index, r.status, r.generator_out_id, r.verifier_out_id)
+    prior = [R.PriorRound(r.index, r.status, r.generator_out_id, r.verifier_out_id, final=bool(r.final))
              for r in store.experiment_rounds(exp.id)]
     try:
         plan = R.plan_next_round(prior, base_generator_id(store, exp.base_model))
     except ValueError as exc:
         raise MucodeError(str(exc)) from exc
     return store.create_round(exp.id, plan["index"], generator_id=plan["generator_id"],
-                              verifier_in_id=plan["verifier_in_id"])
+                              verifier_in_id=plan["verifier_in_id"], final=final)
 
 
 def queue_round(round_id: int) -> None:
@@ -645,7 +647,9 @@ def round_status(store, round_id: int, *, queues: bool = False) -> dict[str, Any
                     row["error"] = f"job {st['failed_jobs'][0]['key']}: {st['failed_jobs'][0]['error']}"
                 failed_jobs += st["failed_jobs"]
             row["progress"] = {"done": done, "total": total, "unit": "chains"}
-            row["info"] = f"{len(ids)} evaluations"
+            row["info"] = f"{len(ids)} evaluations" + _pairs_text(store.evaluation_pairs(ids).values())
+        elif step == "evaluate" and shown == "pending":
+            row["info"] = "will search " + ", ".join(f"G{j} with RM{facts.index}" for j, _ in R.eval_generators(facts))
         if row["state"] == "failed" and failed_step is None:
             failed_step = step
         steps.append(row)
@@ -665,6 +669,8 @@ def round_status(store, round_id: int, *, queues: bool = False) -> dict[str, Any
         start = rnd.started_at if rnd.started_at.tzinfo else rnd.started_at.replace(tzinfo=UTC)
         end = end if end.tzinfo else end.replace(tzinfo=UTC)
         secs = max(0.0, (end - start).total_seconds())
+    evaluations = store.round_evaluations(round_id)
+    pairs = store.evaluation_pairs([e.id for e in evaluations])
     error = rnd.error
     if failed_step is not None and not error:
         error = next((s["error"] for s in steps if s["step"] == failed_step), None)
@@ -674,6 +680,8 @@ def round_status(store, round_id: int, *, queues: bool = False) -> dict[str, Any
         "index": facts.index,
         "method": facts.method,
         "status": status,
+        "final": facts.final,
+        "verifier_pairing": facts.config.eval.verifier_pairing,
         "error": error,
         "failed_step": failed_step,
         "started_at": rnd.started_at,
@@ -691,10 +699,17 @@ def round_status(store, round_id: int, *, queues: bool = False) -> dict[str, Any
         "queues": queue_depths() if queues else None,
         "embedded": in_process(),
         "evaluations": [
-            {"id": e.id, "name": e.name, "status": e.status, "true_success": (e.metrics or {}).get("true_success")}
-            for e in store.round_evaluations(round_id)
+            {"id": e.id, "name": e.name, "status": e.status, "true_success": (e.metrics or {}).get("true_success"),
+             **pairs.get(e.id, {})}
+            for e in evaluations
         ],
     }
+
+
+def _pairs_text(pairs) -> str:
+    """``: G1 with RM1`` -- the distinct (generator, verifier) pairs of a round's evaluations."""
+    seen = list(dict.fromkeys((p["generator"], p["verifier"]) for p in pairs))
+    return (": " + ", ".join(f"{g} with {v}" if v else g for g, v in seen)) if seen else ""
 
 
 def _num(x: Any) -> str:
