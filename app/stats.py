@@ -58,6 +58,32 @@ def bootstrap_ci(values: Sequence[float], *, level: float = DEFAULT_LEVEL, resam
     return Interval(float(x.mean()), low, high, int(x.size), level)
 
 
+def bootstrap_cis(samples: Sequence[Sequence[float]], *, level: float = DEFAULT_LEVEL,
+                  resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> list[Interval]:
+    """``[bootstrap_ci(s) for s in samples]``, computed together: ``bootstrap_ci`` draws the same resampled
+    indices for every sample of the same size, so they are drawn once per size, counted per resample, and the
+    means of all samples of that size are one matrix product. The intervals equal ``bootstrap_ci``'s up to the
+    rounding of the means (a report with a hundred cells takes a fraction of the time)."""
+    _check(level, resamples)
+    xs = [np.asarray(s, dtype=float) for s in samples]
+    out: list[Interval | None] = [None] * len(xs)
+    by_size: dict[int, list[int]] = {}
+    for i, x in enumerate(xs):
+        by_size.setdefault(int(x.size), []).append(i)
+    for n, members in by_size.items():
+        if n == 0:
+            for i in members:
+                out[i] = Interval(float("nan"), float("nan"), float("nan"), 0, level)
+            continue
+        idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))  # as bootstrap_ci draws them
+        counts = np.bincount((idx + np.arange(resamples)[:, None] * n).ravel(), minlength=resamples * n)
+        means = counts.reshape(resamples, n).astype(float) @ np.stack([xs[i] for i in members], axis=1) / n
+        for j, i in enumerate(members):
+            low, high = _percentiles(means[:, j], level)
+            out[i] = Interval(float(xs[i].mean()), low, high, n, level)
+    return out  # type: ignore[return-value]
+
+
 def paired_bootstrap_ci(a: Mapping[object, float], b: Mapping[object, float], *, level: float = DEFAULT_LEVEL,
                         resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> Interval:
     """``mean(a) - mean(b)`` over the problems both have, with the interval of the paired differences

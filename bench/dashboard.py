@@ -5,7 +5,8 @@ trajectories of up to 3 turns for each of the 374 MBPP train problems, and evalu
 HumanEval (164) - greedy (1 chain) and Best-of-N (N=5, 10 chains, PT+LV) - with their rollouts, candidates,
 shared executions, verifier scores, per-chain results, relabeled SFT examples and jobs. Rounds are added until
 the candidate count reaches ``--candidates``. Then it times every ``dash_*`` store query the dashboard runs
-and every page through ``streamlit.testing`` (cold cache), and prints a table. Target: every page < 2 s.
+(with the Compare page's interval and scaling-curve computations) and every page through ``streamlit.testing``
+(cold cache), and prints a table. Target: every page < 2 s.
 
     python bench/dashboard.py                        # build (drop + create) and time
     python bench/dashboard.py --reuse                # time an existing bench database
@@ -381,6 +382,11 @@ def time_queries(url: str, meter: CpuMeter) -> list[tuple[str, float, float, flo
     def per_round(fn):
         return lambda: [fn(rid) for rid in window]
 
+    evals = s.dash_evaluations(exp)
+    all_evals = [e["id"] for e in evals]
+    bon_mbpp = [e["id"] for e in evals if e["mode"] == "bon" and e["dataset"] == "mbpp"]
+    window_verifiers = [v["id"] for v in verifiers if v["round"] is not None][-5:]
+
     cases = [
         ("dash_summary", lambda: s.dash_summary()),
         ("dash_summary (exact counts)", lambda: s.dash_summary(exact_below=10**12)),
@@ -418,6 +424,15 @@ def time_queries(url: str, meter: CpuMeter) -> list[tuple[str, float, float, flo
         ("dash_problem_ranking (page)", lambda: s.dash_problem_ranking(prob["id"], vid, limit=50)),
         ("dash_relabel_targets", lambda: s.dash_relabel_targets(prob["id"], limit=100)),
         ("dash_sft_state", lambda: s.dash_sft_state(sft[0]["id"]) if sft else None),
+        # the Compare page: per-problem outcomes of one setting's evaluations (one query each, as the page
+        # caches them), the first-turn candidates of the last round's MBPP Best-of-N, and the curve itself
+        ("dash_eval_problem_outcomes x rounds", lambda: [s.dash_eval_problem_outcomes([e]) for e in bon_mbpp]),
+        ("dash_eval_problem_outcomes, all evals", lambda: s.dash_eval_problem_outcomes(all_evals)),
+        ("dash_bon_first_turn (MBPP BoN)", lambda: s.dash_bon_first_turn(bon_mbpp[-1])),
+        ("scaling curve + intervals (pt+lv, random)", lambda: _scaling(s.dash_bon_first_turn(bon_mbpp[-1]))),
+        ("accuracy intervals x rounds x turns", lambda: _intervals(s, bon_mbpp)),
+        # the Rankings page's calibration and ROC: the verifiers of the last 5 rounds, one query each
+        ("dash_verifier_curves x5 verifiers", lambda: [s.dash_verifier_curves([v]) for v in window_verifiers]),
     ]
     out = []
     for name, fn in cases:
@@ -426,6 +441,30 @@ def time_queries(url: str, meter: CpuMeter) -> list[tuple[str, float, float, flo
     _ = hard
     s.dispose()
     return out
+
+
+def _scaling(rows: list[dict]) -> None:
+    """What the Compare page computes from the first-turn candidates: two selectors' curves and intervals."""
+    from app.scaling import scaling_curve
+    from app.stats import bootstrap_ci
+
+    for selector in ("pt+lv", "random"):
+        curve = scaling_curve(rows, selector, 5)
+        for n in range(1, 6):
+            bootstrap_ci(curve.at(n), resamples=2000)
+
+
+def _intervals(s, evaluation_ids: list[int]) -> None:
+    """The Compare page's accuracy intervals: every round's evaluation at every turn (2,000 resamples)."""
+    from app.stats import bootstrap_ci
+
+    for ev in evaluation_ids:
+        per: dict[int, list] = {}
+        for r in s.dash_eval_problem_outcomes([ev]):
+            per.setdefault(r["problem_id"], []).append((r["first_solved"], r["chains"]))
+        for t in (1, 2, 3):
+            bootstrap_ci([sum(n for f, n in h if f is not None and f <= t) / sum(n for _, n in h)
+                          for h in per.values()], resamples=2000)
 
 
 def time_pages(url: str, meter: CpuMeter, repeat: int = 3) -> list[tuple[str, float, float, float, str]]:
@@ -439,7 +478,8 @@ def time_pages(url: str, meter: CpuMeter, repeat: int = 3) -> list[tuple[str, fl
     AppTest.from_file(app, default_timeout=120).run()  # warm up imports (streamlit, altair, pandas)
     out = []
     for page, query in (("views/overview.py", {}), ("views/trajectories.py", {"problem": "mbpp/700"}),
-                        ("views/failures.py", {}), ("views/rankings.py", {"problem": "mbpp/700"})):
+                        ("views/failures.py", {}), ("views/rankings.py", {"problem": "mbpp/700"}),
+                        ("views/compare.py", {"dataset": "mbpp"})):
         colds, cold_cpu, warm, warm_cpu, note = [], [], 0.0, 0.0, ""
         for _ in range(repeat):
             at = AppTest.from_file(app, default_timeout=120)

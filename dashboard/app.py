@@ -1,8 +1,9 @@
 """The mucode dashboard: ``mucode dashboard`` (or ``streamlit run dashboard/app.py``).
 
 Pages: Overview (rounds, accuracy, gaps, queue, timings), Trajectories (a problem's rollouts turn by turn),
-Failures (error types, limits, never-solved problems) and Rankings (verifier rankings, verifier metrics,
-relabeled targets). The database is ``MUCODE_DATABASE_URL``; every read goes through ``app.store.Store``.
+Failures (error types, limits, never-solved problems), Rankings (verifier rankings, verifier metrics, calibration
+and ROC, relabeled targets) and Compare (experiments side by side with intervals, Best-of-n scaling). The
+database is ``MUCODE_DATABASE_URL``; every read goes through ``app.store.Store``.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ common.PAGES.update(
                          url_path="trajectories"),
     failures=st.Page(_HERE / "views" / "failures.py", title="Failures", icon=":material/bug_report:", url_path="failures"),
     rankings=st.Page(_HERE / "views" / "rankings.py", title="Rankings", icon=":material/leaderboard:", url_path="rankings"),
+    compare=st.Page(_HERE / "views" / "compare.py", title="Compare", icon=":material/compare_arrows:", url_path="compare"),
 )
 nav = st.navigation(list(common.PAGES.values()))
 

@@ -108,6 +108,14 @@ def eval_turn_success(evals: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def eval_pair(e: dict[str, Any]) -> str:
+    """``G1 · RM1``: the generator an evaluation searched and the verifier it was paired with (model names where
+    they are not an experiment round's own)."""
+    gen = e.get("generator_label") or e.get("generator") or "?"
+    ver = e.get("verifier_label") or e.get("verifier")
+    return f"{gen} · {ver}" if ver else str(gen)
+
+
 def round_finished(r: dict[str, Any]) -> bool:
     return r.get("status") in ("done", "failed", "cancelled") and r.get("finished_at") is not None
 
@@ -277,6 +285,8 @@ def metric_parts(metrics: Any) -> dict[str, Any]:
         parts = {k: v for k, v in ev.items() if isinstance(v, dict)}
         if parts:
             return parts
+        if "holdout" in ev or "mbpp_test" in ev:  # evaluate.py's layout, nothing measured (no hold-out, no test)
+            return {"–": {}}
         return {"eval": ev}
     return {"stored": metrics} if metrics else {"–": {}}
 
@@ -318,3 +328,64 @@ def step_rows(rounds: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         "started_at": rec.get("started_at"), "finished_at": rec.get("finished_at"),
                         "error": rec.get("error")})
     return out
+
+
+# -- comparison: per-problem scores and their intervals ------------------------------------------------
+# Bootstrap resamples on the dashboard (interactive; `mucode report` uses app.stats' default for tables).
+DASH_RESAMPLES = 2000
+
+
+def eval_setting(e: dict[str, Any]) -> str:
+    """``greedy (T=0)`` / ``BoN N=5 C=10 pt+lv``: the evaluation setting, as the report names its columns."""
+    from app.evaluation import label
+
+    return label(e["mode"], e.get("selector"), int(e.get("num_candidates") or 1), int(e.get("num_chains") or 1))
+
+
+def _eval_version(e: dict[str, Any]) -> str | None:
+    """A finished evaluation's cache version (None while it can still change)."""
+    if e.get("status") == "done" and e.get("finished_at") is not None:
+        return f"{e['id']}@{e['finished_at']}"
+    return None
+
+
+def eval_problem_scores(evals: list[dict[str, Any]]) -> dict[int, dict[int, list[float]]]:
+    """Per evaluation, per problem: its true success at turns 1..max_turns (the share of its chains solved by
+    turn t) from ``evaluation_results``; a finished evaluation's rows come from the long cache."""
+    rows: list[dict[str, Any]] = []
+    for e in evals:
+        version = _eval_version(e)
+        if version is not None:
+            rows += q_finished("dash_eval_problem_outcomes", version, evaluation_ids=(e["id"],))
+        else:
+            rows += q("dash_eval_problem_outcomes", evaluation_ids=(e["id"],))
+    turns = {e["id"]: max(1, int(e.get("max_turns") or 1)) for e in evals}
+    hist: dict[int, dict[int, list[tuple[int | None, int]]]] = {}
+    for r in rows:
+        hist.setdefault(r["evaluation_id"], {}).setdefault(r["problem_id"], []).append(
+            (r["first_solved"], int(r["chains"])))
+    out: dict[int, dict[int, list[float]]] = {}
+    for ev_id, problems in hist.items():
+        t_max = turns.get(ev_id, 1)
+        out[ev_id] = {
+            pid: [sum(n for f, n in h if f is not None and f <= t) / sum(n for _, n in h) for t in range(1, t_max + 1)]
+            for pid, h in problems.items()
+        }
+    return out
+
+
+@st.cache_data(ttl=FINISHED_TTL_S, show_spinner=False, max_entries=5000)
+def _interval(key: tuple, _values: tuple[float, ...], resamples: int) -> dict[str, float]:
+    from app.stats import bootstrap_ci
+
+    return bootstrap_ci(_values, resamples=resamples).as_dict()
+
+
+def interval(values: list[float], key: tuple | None, resamples: int = DASH_RESAMPLES) -> dict[str, float]:
+    """The mean of per-problem ``values`` and its 95% percentile-bootstrap interval (app.stats); cached under
+    ``key`` when the values cannot change any more (None: computed every time)."""
+    if key is None:
+        from app.stats import bootstrap_ci
+
+        return bootstrap_ci(values, resamples=resamples).as_dict()
+    return _interval((database_url(),) + tuple(key), tuple(values), resamples)

@@ -10,10 +10,17 @@ from urllib.parse import parse_qs
 import pytest
 from sqlalchemy import text
 
-from tests.helpers.dashboard_seed import EXPECTED, seed_dashboard
+from tests.helpers.dashboard_seed import (
+    COMPARE_EXPECTED,
+    COMPARE_FIRST_TURN,
+    EXPECTED,
+    seed_comparison,
+    seed_dashboard,
+)
 
 APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
-PAGES = ("views/overview.py", "views/trajectories.py", "views/failures.py", "views/rankings.py")
+PAGES = ("views/overview.py", "views/trajectories.py", "views/failures.py", "views/rankings.py",
+         "views/compare.py")
 
 
 # -- fixtures -------------------------------------------------------------------------------------------
@@ -25,6 +32,20 @@ def seeded_sqlite(tmp_path_factory):
     store = Store(url)
     store.upgrade()
     ids = seed_dashboard(store)
+    yield url, ids
+    store.dispose()
+
+
+@pytest.fixture(scope="module")
+def compare_sqlite(tmp_path_factory):
+    """The seeded store plus a second experiment (exp-rft) evaluated on the same problems."""
+    from app.store import Store
+
+    url = f"sqlite:///{tmp_path_factory.mktemp('dash') / 'compare.db'}"
+    store = Store(url)
+    store.upgrade()
+    ids = seed_dashboard(store)
+    ids["rft"] = seed_comparison(store, ids)
     yield url, ids
     store.dispose()
 
@@ -216,6 +237,8 @@ def test_overview_page(seeded_sqlite, monkeypatch):
     assert metrics["Queued"] == "2" and metrics["Running"] == "1" and metrics["Failed"] == "1"
 
     pivot = _frame(at, "mbpp · bon")
+    assert list(pivot.index) == [(0, "G1 · RM0"), (1, "G1 · RM1")]  # (round, generator · verifier pair)
+    pivot = pivot.droplevel("pair")
     assert pivot.loc[0, "mbpp · bon"] == "50.0" and pivot.loc[1, "mbpp · bon"] == "100.0"
     assert pivot.loc[1, "humaneval · greedy"] == "66.7" and pivot.loc[0, "mbpp · greedy"] == "50.0"
     per_turn = _frame(at, "any-of-chains")
@@ -403,7 +426,7 @@ def test_unmigrated_and_unreachable_database(tmp_path, monkeypatch):
 def test_every_page_on_postgres(seeded_pg, monkeypatch):
     url, ids = seeded_pg
     at = _app(monkeypatch, url)
-    assert _frame(at, "mbpp · bon").loc[1, "mbpp · bon"] == "100.0"
+    assert _frame(at, "mbpp · bon").droplevel("pair").loc[1, "mbpp · bon"] == "100.0"
     at.switch_page("views/trajectories.py")
     at.query_params.update(problem="mbpp/601", rollout=str(ids["rollouts"]["r0/601/0"]))
     at.run()
@@ -458,3 +481,166 @@ def test_experiment_picker_scopes_the_pages(sqlite_store, monkeypatch):
     # a link can preselect the experiment
     at = _app(monkeypatch, url, "views/overview.py", experiment="exp-demo")
     assert at.sidebar.selectbox(key="experiment").value == "exp-demo"
+
+
+# -- comparison, scaling and verifier diagnostics ---------------------------------------------------------
+def _brute_best_of_n(cands: list[tuple[bool, bool, float]], n: int) -> float:
+    """Mean first-turn success of the real pt+lv selector over every n-subset of the candidates."""
+    import itertools
+    from types import SimpleNamespace
+
+    from app.selection import select
+
+    objs = [SimpleNamespace(sample_index=i, public_passed=p, private_passed=q, score=s)
+            for i, (p, q, s) in enumerate(cands)]
+    picks = [select("pt+lv", list(sub)) for sub in itertools.combinations(objs, n)]
+    return sum(p.public_passed and p.private_passed for p in picks) / len(picks)
+
+
+def _v0_candidates() -> list[tuple[float, bool]]:
+    """v0's scores and oracle labels in the seed (its 10 round-0 training candidates)."""
+    return [(-1.0, False), (2.0, True), (1.5, True), (0.5, False), (0.8, False), (1.2, False), (0.9, True),
+            (-2.0, False), (-1.5, False), (-0.5, False)]
+
+
+def test_store_comparison_queries(store):
+    import math
+
+    from app.calibration import auc, verifier_curves
+    from app.scaling import scaling_curve
+
+    ids = seed_dashboard(store)
+    rft = seed_comparison(store, ids)
+    # per-problem outcomes: their mean over problems is the stored accuracy, turn by turn, for every evaluation
+    ev_ids = [e["id"] for e in store.dash_evaluations()]
+    rows = store.dash_eval_problem_outcomes(ev_ids)
+    per: dict[int, dict[int, list]] = {}
+    for r in rows:
+        per.setdefault(r["evaluation_id"], {}).setdefault(r["problem_id"], []).append((r["first_solved"], r["chains"]))
+    stored = {(a["evaluation_id"], a["turn"]): a["true_success"] for a in store.dash_eval_turn_success()}
+    assert len(stored) == 12 * 3
+    for (ev, t), acc in stored.items():
+        shares = [sum(n for f, n in h if f is not None and f <= t) / sum(n for _, n in h) for h in per[ev].values()]
+        assert sum(shares) / len(shares) == pytest.approx(acc), (ev, t)
+    for (rnd, mode), expected in COMPARE_EXPECTED["eval_true"].items():
+        ev = rft["evaluations"][(rnd, mode)]
+        assert [round(100 * stored[(ev, t)], 1) for t in (1, 2, 3)] == expected
+    assert store.dash_eval_problem_outcomes([]) == []
+
+    # first-turn candidates of the BoN evaluation: all 2 problems x 2 chains x 5, scored by its verifier
+    first = store.dash_bon_first_turn(rft["evaluations"][(1, "bon")])
+    assert len(first) == 20 and all(r["score"] is not None for r in first)
+    curve = scaling_curve(first, "pt+lv", 5)
+    for n in range(1, 6):
+        brute = [_brute_best_of_n([c for chain in chains for c in chain], n) for chains in COMPARE_FIRST_TURN.values()]
+        assert curve.at(n) == pytest.approx(brute), n
+    assert store.dash_bon_first_turn(rft["evaluations"][(1, "greedy")]) == []
+
+    # ROC and reliability of v0 on its 10 scored candidates (no ties)
+    v0 = _v0_candidates()
+    pos = [s for s, y in v0 if y]
+    neg = [s for s, y in v0 if not y]
+    mann_whitney = sum(p > q for p in pos for q in neg) / (len(pos) * len(neg))
+    rows = store.dash_verifier_curves([ids["v0"]], points=100, bins=10)
+    curves = verifier_curves(rows, 10)[ids["v0"]]
+    assert len({r["tile"] for r in rows}) == 10 and curves["candidates"] == 10 and curves["correct"] == 3
+    assert curves["auc"] == pytest.approx(mann_whitney) == pytest.approx(20 / 21)
+    assert auc(curves["roc"]) == pytest.approx(mann_whitney)
+    coarse = verifier_curves(store.dash_verifier_curves([ids["v0"]], points=2), 10)[ids["v0"]]["roc"]
+    assert [(p["fpr"], p["tpr"]) for p in coarse] == [(0, 0), (2 / 7, 1.0), (1.0, 1.0)]
+    assert coarse[1]["threshold"] == 0.8  # the upper half: 0.8 and above
+    assert store.dash_verifier_curves([ids["v0"]], source="eval") == []
+    assert len(store.dash_verifier_curves([ids["v0"]], source="train")) == len(rows)
+    both = verifier_curves(store.dash_verifier_curves([ids["v0"], ids["v1"]]), 10)
+    assert set(both) == {ids["v0"], ids["v1"]} and both[ids["v1"]]["auc"] == 1.0
+
+    expected: dict[int, list] = {}
+    for s, y in v0:
+        p = 1 / (1 + math.exp(-s))
+        e = expected.setdefault(int(p * 10), [0, 0, 0.0])
+        e[0], e[1], e[2] = e[0] + 1, e[1] + int(y), e[2] + p
+    rel = curves["reliability"]
+    got = {r["bin"]: [r["candidates"], r["observed"] * r["candidates"], r["predicted"] * r["candidates"]]
+           for r in rel["points"]}
+    assert got.keys() == expected.keys()
+    for b, (n, k, sp) in expected.items():
+        assert got[b][:2] == [n, k] and got[b][2] == pytest.approx(sp), b
+    assert rel["candidates"] == 10 and rel["points"][-1]["observed"] == 1.0
+    with pytest.raises(ValueError, match="unknown source"):
+        store.dash_verifier_curves([ids["v0"]], source="both")
+
+
+def test_compare_page(compare_sqlite, monkeypatch):
+    url, _ = compare_sqlite
+    at = _app(monkeypatch, url, "views/compare.py")
+    assert at.title[0].value == "Compare"
+    assert sorted(at.multiselect(key="cmp_experiments").value) == ["exp-demo", "exp-rft"]
+    assert at.selectbox(key="cmp_setting").value == "BoN N=5 C=2 pt+lv"  # Best-of-N first
+    assert at.selectbox(key="cmp_turn").value == 3
+
+    # accuracy per round at turn 3, with intervals over the 2 problems
+    table = _frame(at, "exp-rft")
+    demo = next(col for col in table.columns if col.startswith("exp-demo"))
+    assert table.loc[0, demo].startswith("50.0 [") and table.loc[1, demo].startswith("100.0 [")
+    assert table.loc[0, "exp-rft"].startswith("50.0 [") and table.loc[1, "exp-rft"].startswith("75.0 [")
+    # round 1, exp-rft: problems score 1/2 and 1 -> the bootstrap means are 0.5, 0.75 or 1
+    assert table.loc[1, "exp-rft"] == "75.0 [50.0, 100.0]"
+
+    # paired: exp-rft minus exp-demo at round 1: per problem (1/2 - 1) and (1 - 1) -> -25 points
+    at.selectbox(key="cmp_baseline").set_value(demo).run()
+    _no_exception(at)
+    paired = _frame(at, "difference (points)")
+    r1 = paired[paired["round"] == 1].iloc[0]
+    assert r1["series"] == "exp-rft" and r1["difference (points)"] == "-25.0" and r1["shared problems"] == 2
+    assert r1["95% interval"] == "[-50.0, +0.0]" and r1["verdict"] == "no clear difference"
+
+    # the scaling curve of round 1 (exp-demo stored no first-turn candidates for mbpp/12: left out)
+    scaling = _frame(at, "exp-rft · pt+lv")
+    for n in range(1, 6):
+        brute = [_brute_best_of_n([c for chain in chains for c in chain], n) for chains in COMPARE_FIRST_TURN.values()]
+        assert scaling.loc[n, "exp-rft · pt+lv"].startswith(f"{100 * sum(brute) / 2:.1f} ["), n
+    assert scaling.loc[1, "exp-rft · random"] == scaling.loc[5, "exp-rft · random"]
+    assert "Exact (unbiased) for the first turn only" in _texts(at)
+    assert "left out" in _texts(at)
+
+    # per-turn curves follow the chosen round; turn 1 restricts the per-round table
+    at.selectbox(key="cmp_turn").set_value(1).run()
+    _no_exception(at)
+    assert _frame(at, "exp-rft").loc[1, "exp-rft"].startswith("50.0 [")
+    at.checkbox(key="cmp_extend").check().run()
+    _no_exception(at)
+    assert 10 in _frame(at, "exp-rft · pt+lv").index  # pooled over the 2 chains: n up to 10
+
+    # greedy has no scaling curve
+    at.selectbox(key="cmp_setting").set_value("greedy (T=0)").run()
+    _no_exception(at)
+    assert any("needs a Best-of-N setting" in i.value for i in at.info)
+
+
+def test_compare_page_from_a_link_with_one_experiment(compare_sqlite, monkeypatch):
+    url, _ = compare_sqlite
+    at = _app(monkeypatch, url, "views/compare.py", experiments="exp-rft")
+    assert at.multiselect(key="cmp_experiments").value == ["exp-rft"]
+    assert any("two or more experiments" in i.value for i in at.info)
+    # the dataset both experiments share comes first, unless a link chooses another
+    assert _app(monkeypatch, url, "views/compare.py").selectbox(key="cmp_dataset").value == "mbpp"
+    at = _app(monkeypatch, url, "views/compare.py", dataset="humaneval")
+    assert at.selectbox(key="cmp_dataset").value == "humaneval"
+    assert list(_frame(at, "exp-demo").index) == [0, 1]
+
+
+def test_rankings_calibration_and_roc_per_round(seeded_sqlite, monkeypatch):
+    url, _ = seeded_sqlite
+    at = _app(monkeypatch, url, "views/rankings.py", problem="mbpp/602")
+    summary = _frame(at, "ECE (10 bins)")
+    got = {r["verifier"]: (r["round"], r["candidates"], r["correct"], r["exact AUC"]) for _, r in summary.iterrows()}
+    # v0: 10 training candidates, AUC 20/21; v1: 6 training + 2 evaluation candidates, every correct one on top
+    assert got == {"exp-demo/r0/verifier": (0, 10, 3, 0.952), "exp-demo/r1/verifier": (1, 8, 3, 1.0)}
+    v0 = summary[summary["verifier"] == "exp-demo/r0/verifier"].iloc[0]
+    assert 0 < v0["ECE (10 bins)"] < 1
+    charts = at.get("vega_lite_chart")
+    assert len(charts) >= 4  # ranking, live deciles, reliability, ROC
+    at.radio(key="calib_source").set_value("evaluation chains (test problems)").run()
+    _no_exception(at)
+    summary = _frame(at, "ECE (10 bins)")
+    assert list(summary["verifier"]) == ["exp-demo/r1/verifier"] and list(summary["candidates"]) == [2]

@@ -1,5 +1,5 @@
-"""The dashboard in a real browser: start `mucode dashboard` on a free port against a seeded SQLite store, open
-every page in headless Chromium (Debian's /usr/bin/chromium, driven by Playwright; no browser download), wait
+"""The dashboard in a real browser: start `mucode dashboard` on a free port against a seeded SQLite store (two
+experiments), open every page in headless Chromium (Debian's /usr/bin/chromium, driven by Playwright; no browser download), wait
 for Streamlit to finish rendering, fail on any exception text, and keep screenshots in
 test-artifacts/dashboard/."""
 
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.dashboard_seed import seed_dashboard
+from tests.helpers.dashboard_seed import seed_comparison, seed_dashboard
 
 pytestmark = pytest.mark.browser
 
@@ -52,6 +52,7 @@ def server(tmp_path_factory):
     store = Store(url)
     store.upgrade()
     ids = seed_dashboard(store)
+    ids["rft"] = seed_comparison(store, ids)  # a second experiment, older: exp-demo stays the default
     store.dispose()
     port = _free_port()
     env = dict(os.environ, MUCODE_DATABASE_URL=url)
@@ -178,6 +179,17 @@ def test_every_page_renders_in_chromium(server, browser_page):
 
     body = _visit(page, base, "/rankings?problem=mbpp/602", "Rankings", "rankings")
     assert "candidates ranked by verifier score" in body and "Verifier metrics per version" in body
+    assert "Calibration and ROC per round" in body and "Reliability diagram" in body
+    assert page.locator('[data-testid="stVegaLiteChart"]').count() >= 4
+
+    body = _visit(page, base, "/compare", "Compare", "compare")
+    for heading in ("Accuracy per round", "Accuracy per turn", "Paired differences", "Best-of-n scaling"):
+        assert heading in body, heading
+    assert "exp-demo" in body and "exp-rft" in body  # both experiments are chosen
+    assert "Exact (unbiased) for the first turn only" in body
+    # per-round bands, per-turn bands and the scaling curve are drawn
+    assert page.locator('[data-testid="stVegaLiteChart"]').count() == 3
+    assert page.locator('[data-testid="stVegaLiteChart"] canvas, [data-testid="stVegaLiteChart"] svg').count() >= 3
 
 
 def test_a_click_goes_from_failures_to_the_example(server, browser_page):

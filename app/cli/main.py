@@ -11,10 +11,12 @@ from app.cli import (
     data,
     db,
     experiment,
+    group,
     models,
     ops,
     problems,
     relabel,
+    report,
     rollouts,
     sandbox,
     verifier,
@@ -40,7 +42,8 @@ def _options(
     setup_logging("DEBUG" if verbose else None)
 
 
-for _module in (db, data, problems, sandbox, models, rollouts, verifier, relabel, experiment, dashboard, ops):
+for _module in (db, data, problems, sandbox, models, rollouts, verifier, relabel, experiment, group, report,
+                dashboard, ops):
     _module.register(root)
 
 

@@ -8,6 +8,7 @@ from app.store.experiments import ExperimentsMixin
 from app.store.jobs import JobsMixin
 from app.store.problems import ProblemsMixin
 from app.store.relabel import RelabelMixin
+from app.store.report import ReportMixin
 from app.store.rollouts import RolloutsMixin
 from app.store.verifier import VerifierMixin
 
@@ -21,6 +22,7 @@ class Store(
     RelabelMixin,
     ExperimentsMixin,
     DashboardMixin,
+    ReportMixin,
     BulkMixin,
     StoreBase,
 ):

@@ -1,4 +1,4 @@
-"""Store queries: read-only aggregates for the dashboard (issue 8).
+"""Store queries: read-only aggregates for the dashboard.
 
 Every query the Streamlit dashboard runs lives here. Aggregates are computed in SQL (GROUP BY, window
 functions) so the dashboard never pulls a table into Python; lists are paged (LIMIT/OFFSET where the list is
@@ -7,11 +7,11 @@ returns plain Python values (lists of dicts), so the dashboard can cache them. T
 PostgreSQL and SQLite (>= 3.25 for window functions); the few dialect-specific pieces (durations, the
 regular expression that extracts an exception type) go through small helpers.
 
-Conventions the queries rely on (DESIGN.md, app/db/models.py):
+Conventions the queries rely on (docs/design.md, app/db/models.py):
 - a candidate's oracle label is ``candidates.private_passed`` (NULL until executed);
 - an execution of a candidate's code for problem P and suite kind K has ``suite_hash`` = P's
   ``public_suite_hash`` / ``private_suite_hash`` and ``suite_kind`` = K;
-- ``evaluation_results.solved`` is cumulative per chain ("true success" at turn t, METHOD §7);
+- ``evaluation_results.solved`` is cumulative per chain ("true success" at turn t, docs/method.md §7);
 - training rollouts stop at the first public pass, so a training trajectory "solved by turn t" is one that
   finished at turn <= t with ``final_label`` true.
 """
@@ -19,6 +19,7 @@ Conventions the queries rely on (DESIGN.md, app/db/models.py):
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime
@@ -41,12 +42,18 @@ def _error_type_py(feedback: str | None) -> str | None:
     return found.group(1) if found else None
 
 
+def _sigmoid_py(x: float | None) -> float | None:
+    if x is None:
+        return None
+    return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
+
+
 # Result columns decoded uniformly on both backends (SQLite hands back JSON as text, booleans as 0/1 and
 # timestamps as text; Postgres hands back Decimal for SUM/AVG).
 _JSON_COLS = {"steps", "metrics", "config", "messages", "tests", "sampling", "public_tests", "private_tests",
               "shown_tests"}
 _BOOL_COLS = {"final_label", "public_passed", "private_passed", "chosen", "passed", "rollout_label",
-              "target_label"}
+              "target_label", "final"}
 _TIME_COLS = {"created_at", "started_at", "finished_at", "queued_at", "oldest_queued", "last_finished",
               "loaded_at"}
 
@@ -82,7 +89,7 @@ class DashboardMixin:
 
     # -- plumbing ---------------------------------------------------------------------------------
     def _dash_rows(self, sql: str, params: dict[str, Any] | None = None, expanding: Iterable[str] = (),
-                   *, error_type: bool = False) -> list[dict[str, Any]]:
+                   *, error_type: bool = False, sigmoid: bool = False) -> list[dict[str, Any]]:
         stmt = text(sql)
         expanding = set(expanding) | {k for k, v in (params or {}).items() if isinstance(v, (list, tuple))}
         if expanding:
@@ -96,9 +103,12 @@ class DashboardMixin:
                 s.execute(text(f"SET LOCAL work_mem = '{self.DASH_WORK_MEM}'"))
                 s.execute(text("SET LOCAL jit = off"))
                 s.execute(text("SET LOCAL random_page_cost = 1.1"))
-            elif error_type:
+            elif error_type or sigmoid:
                 dbapi = s.connection().connection.driver_connection
-                dbapi.create_function("mucode_error_type", 1, _error_type_py, deterministic=True)
+                if error_type:
+                    dbapi.create_function("mucode_error_type", 1, _error_type_py, deterministic=True)
+                if sigmoid:  # SQLite builds without the math functions have no EXP
+                    dbapi.create_function("mucode_sigmoid", 1, _sigmoid_py, deterministic=True)
             return [{k: _norm(k, v) for k, v in r.items()} for r in s.execute(stmt, params or {}).mappings()]
 
     def _dash_one(self, sql: str, params: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any] | None:
@@ -195,7 +205,7 @@ class DashboardMixin:
                        SUM(num_turns) AS turns
                 FROM rollouts WHERE round_id IS NOT NULL GROUP BY round_id
             )
-            SELECT rd.id, rd.experiment_id, ex.name AS experiment, rd."index" AS round, rd.status,
+            SELECT rd.id, rd.experiment_id, ex.name AS experiment, rd."index" AS round, rd.status, rd.final,
                    rd.created_at, rd.started_at, rd.finished_at, {secs} AS seconds, rd.error, rd.steps,
                    g.name AS generator, vi.name AS verifier_in, vo.name AS verifier_out,
                    gout.name AS generator_out,
@@ -285,7 +295,9 @@ class DashboardMixin:
         )
 
     def dash_evaluations(self, experiment_id: int | None = None) -> list[dict[str, Any]]:
-        """Evaluations (of an experiment's rounds, or all) with their round and models."""
+        """Evaluations (of an experiment's rounds, or all) with their round and models. ``generator_label`` /
+        ``verifier_label`` name the pair as ``G<j>`` / ``RM<j>`` where the models are the experiment's own (the
+        round's G_k or G_{k+1}; the verifier trained by round j), NULL otherwise."""
         where = ""
         params: dict[str, Any] = {}
         if experiment_id is not None:
@@ -296,13 +308,19 @@ class DashboardMixin:
             SELECT ev.id, ev.name, ev.dataset, ev.split, ev.mode, ev.selector, ev.num_candidates,
                    ev.num_chains, ev.max_turns, ev.status, ev.created_at, ev.finished_at, ev.metrics,
                    ev.round_id, rd."index" AS round, COALESCE(ex.name, ex2.name) AS experiment,
-                   g.name AS generator, v.name AS verifier
+                   g.name AS generator, v.name AS verifier,
+                   CASE WHEN ev.generator_id = rd.generator_id THEN 'G' || rd."index"
+                        WHEN ev.generator_id = rd.generator_out_id THEN 'G' || (rd."index" + 1) END
+                       AS generator_label,
+                   CASE WHEN vr.experiment_id = COALESCE(rd.experiment_id, ev.experiment_id)
+                        THEN 'RM' || vr."index" END AS verifier_label
             FROM evaluations ev
             LEFT JOIN rounds rd ON rd.id = ev.round_id
             LEFT JOIN experiments ex ON ex.id = rd.experiment_id
             LEFT JOIN experiments ex2 ON ex2.id = ev.experiment_id
             LEFT JOIN model_versions g ON g.id = ev.generator_id
             LEFT JOIN model_versions v ON v.id = ev.verifier_id
+            LEFT JOIN rounds vr ON vr.id = v.round_id
             WHERE 1 = 1 {where}
             ORDER BY rd."index", ev.dataset, ev.mode, ev.id
             """,
@@ -311,7 +329,7 @@ class DashboardMixin:
 
     def dash_eval_turn_success(self, experiment_id: int | None = None,
                                evaluation_ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
-        """Per evaluation and turn t (1..max_turns): METHOD §7 metrics from ``evaluation_results``.
+        """Per evaluation and turn t (1..max_turns): docs/method.md §7 metrics from ``evaluation_results``.
 
         - ``true_success``: share of (problem, chain) whose cumulative ``solved`` is true at turn <= t;
         - ``public_success``: share of chains whose pick passed the public tests at some turn <= t;
@@ -964,3 +982,96 @@ class DashboardMixin:
             {"id": int(example_id)},
         )
         return row
+
+    # -- comparison and verifier diagnostics --------------------------------------------------------
+    def dash_eval_problem_outcomes(self, evaluation_ids: Sequence[int]) -> list[dict[str, Any]]:
+        """Per evaluation and problem, a histogram of its chains by the turn at which each is first solved
+        (``first_solved``; NULL: never): ``chains`` chains of the problem have that value. The share of a
+        problem's chains with ``first_solved <= t`` is its true success at turn t; its mean over problems is
+        the stored accuracy of ``dash_eval_turn_success``, and the per-problem values are what the intervals
+        resample."""
+        ids = [int(e) for e in evaluation_ids] or [-1]
+        return self._dash_rows(
+            """
+            WITH chains AS (
+                SELECT er.evaluation_id, er.problem_id, er.chain_index,
+                       MIN(CASE WHEN er.solved THEN er.turn_index END) AS first_solved
+                FROM evaluation_results er
+                WHERE er.evaluation_id IN :evids
+                GROUP BY er.evaluation_id, er.problem_id, er.chain_index
+            )
+            SELECT evaluation_id, problem_id, first_solved, COUNT(*) AS chains
+            FROM chains GROUP BY evaluation_id, problem_id, first_solved
+            ORDER BY evaluation_id, problem_id, first_solved
+            """,
+            {"evids": ids},
+        )
+
+    def dash_bon_first_turn(self, evaluation_id: int) -> list[dict[str, Any]]:
+        """Every first-turn candidate of an evaluation's chains with its verdicts and its score by the
+        evaluation's verifier (NULL when unscored): the input of the Best-of-n scaling curve."""
+        return self._dash_rows(
+            """
+            SELECT ro.problem_id, ro.sample_index AS chain_index, c.sample_index, c.public_passed,
+                   c.private_passed, vs.score
+            FROM evaluations ev
+            JOIN rollouts ro ON ro.evaluation_id = ev.id
+            JOIN turns t ON t.rollout_id = ro.id AND t."index" = 1
+            JOIN candidates c ON c.turn_id = t.id
+            LEFT JOIN verifier_scores vs ON vs.candidate_id = c.id AND vs.verifier_id = ev.verifier_id
+            WHERE ev.id = :evid
+            ORDER BY ro.problem_id, ro.sample_index, c.sample_index
+            """,
+            {"evid": int(evaluation_id)},
+        )
+
+    def dash_verifier_curves(self, verifier_ids: Sequence[int], *, source: str | None = None, points: int = 100,
+                             bins: int = 10) -> list[dict[str, Any]]:
+        """The reliability diagram and the ROC curve of each verifier, from one scan of its executed candidates.
+
+        Rows per (verifier, ``tile``, ``bin``): ``tile`` is the candidate's score quantile (NTILE(``points``),
+        lowest first: the ROC thresholds), ``bin`` its predicted-probability bin (``sigmoid(score)`` in ``bins``
+        equal-width bins of [0, 1], i.e. score edges ``logit(k / bins)``); each with the candidates, how many
+        pass the private tests, the summed predicted probability, the score range and the summed (doubled)
+        mid-ranks of its correct candidates, from which the exact AUC follows (Mann-Whitney, ties half).
+        ``source``: ``train`` / ``eval`` rollouts only, or every scored candidate (None).
+        ``app.calibration.verifier_curves`` turns the rows into the plotted points.
+        """
+        from app.calibration import probability_edges
+
+        edges = probability_edges(int(bins))
+        bin_sql = "CASE " + " ".join(f"WHEN score < {e!r} THEN {i}" for i, e in enumerate(edges)) + \
+                  f" ELSE {len(edges)} END"
+        if self.is_postgres:  # type: ignore[attr-defined]
+            prob = "1.0 / (1.0 + EXP(-LEAST(GREATEST(score, -700.0), 700.0)))"
+        else:
+            prob = "mucode_sigmoid(score)"
+        if source is None:
+            scope = ""  # every scored candidate: no need to reach its rollout
+        elif source in ("train", "eval"):
+            owner = "ro.evaluation_id" if source == "eval" else "ro.round_id"
+            scope = f"JOIN turns t ON t.id = c.turn_id JOIN rollouts ro ON ro.id = t.rollout_id AND {owner} IS NOT NULL"
+        else:
+            raise ValueError(f"unknown source {source!r} (expected 'train', 'eval' or none)")
+        return self._dash_rows(
+            f"""
+            WITH s AS (
+                SELECT vs.verifier_id, vs.score, CASE WHEN c.private_passed THEN 1 ELSE 0 END AS y
+                FROM verifier_scores vs
+                JOIN candidates c ON c.id = vs.candidate_id {scope}
+                WHERE vs.verifier_id IN :vids AND c.private_passed IS NOT NULL
+            ),
+            r AS (
+                -- twice the mid-rank, an integer: exact, and no per-row decimal arithmetic
+                SELECT verifier_id, score, y, NTILE(:points) OVER w AS tile, {bin_sql} AS bin, {prob} AS prob,
+                       RANK() OVER w + COUNT(*) OVER w AS midrank2
+                FROM s WINDOW w AS (PARTITION BY verifier_id ORDER BY score)
+            )
+            SELECT verifier_id, tile, bin, COUNT(*) AS candidates, SUM(y) AS correct, SUM(prob) AS sum_prob,
+                   MIN(score) AS min_score, MAX(score) AS max_score,
+                   SUM(CASE WHEN y = 1 THEN midrank2 ELSE 0 END) AS midrank2_correct
+            FROM r GROUP BY verifier_id, tile, bin ORDER BY verifier_id, tile, bin
+            """,
+            {"vids": [int(v) for v in verifier_ids] or [-1], "points": int(points)},
+            sigmoid=True,
+        )

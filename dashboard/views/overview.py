@@ -30,7 +30,8 @@ if not rounds:
     st.info("No rounds yet — queue one with `mucode round run NAME` (or `mucode demo`).")
 else:
     table = pd.DataFrame([{
-        "experiment": r["experiment"], "round": r["round"], "status": r["status"],
+        "experiment": r["experiment"], "round": r["round"], "final": "yes" if r.get("final") else "",
+        "status": r["status"],
         "generator": r["generator"], "verifier in": r["verifier_in"], "verifier out": r["verifier_out"],
         "generator out": r["generator_out"], "problems": r["problems"], "rollouts": r["rollouts"],
         "solved": pct(r["rollouts_solved"] / r["rollouts_done"]) if r["rollouts_done"] else "–",
@@ -53,7 +54,8 @@ else:
         e = ev_by_id.get(a["evaluation_id"])
         if e is None:
             continue
-        rows.append({"evaluation": e["name"], "round": e["round"], "dataset": e["dataset"], "mode": e["mode"],
+        rows.append({"evaluation": e["name"], "round": e["round"], "pair": c.eval_pair(e),
+                     "dataset": e["dataset"], "mode": e["mode"],
                      "selector": e["selector"] or "", "N": e["num_candidates"], "chains": e["num_chains"],
                      "turn": a["turn"], "max_turns": e["max_turns"],
                      "true success": 100.0 * a["true_success"], "public success": 100.0 * a["public_success"],
@@ -68,17 +70,19 @@ else:
         .encode(x=alt.X("round:O", title="round (-1 = no round)", axis=alt.Axis(labelAngle=0)),
                 y=alt.Y("true success:Q", title="true success at T (%)", scale=alt.Scale(domain=[0, 100])),
                 color=alt.Color("series:N", title="dataset · mode"),
-                tooltip=["evaluation", "round", "dataset", "mode", "selector", "N", "chains",
+                tooltip=["evaluation", "round", "pair", "dataset", "mode", "selector", "N", "chains",
                          alt.Tooltip("true success:Q", format=".1f"),
                          alt.Tooltip("public success:Q", format=".1f"),
                          alt.Tooltip("any-of-chains:Q", format=".1f")])
         .properties(height=280)
     )
     st.altair_chart(chart)
-    st.caption("True success at the last turn T (METHOD §7): a chain counts when the first pick that passes the "
-               "public tests also passes the private tests; averaged over problems × chains (greedy: one chain; "
-               "Best-of-N: N candidates per turn picked by the evaluation's selector).")
-    pivot = final.pivot_table(index="round", columns="series", values="true success", aggfunc="first")
+    st.caption("True success at the last turn T (docs/method.md §7): a chain counts when the first pick that "
+               "passes the public tests also passes the private tests; averaged over problems × chains (greedy: one chain; "
+               "Best-of-N: N candidates per turn picked by the evaluation's selector). **Pair**: the generator "
+               "evaluated and the verifier that ranked its candidates (G1 · RM1: RM1 was trained on rollouts of "
+               "G1, as in the paper; G1 · RM0: an experiment that pairs each generator with the previous verifier).")
+    pivot = final.pivot_table(index=["round", "pair"], columns="series", values="true success", aggfunc="first")
     st.dataframe(pivot.map(lambda v: "–" if pd.isna(v) else f"{v:.1f}"), key="acc_pivot")
 
     st.subheader("Accuracy per turn")

@@ -194,4 +194,76 @@ else:
                 tooltip=["bin", "candidates", alt.Tooltip("mean_score:Q", format=".3f"),
                          alt.Tooltip("observed:Q", format=".3f")]).properties(height=220))
 
+# -- calibration and ROC per round -------------------------------------------------------------------------
+st.header("Calibration and ROC per round")
+if verifiers:
+    from app.calibration import verifier_curves
+
+    exp_name = next((e["name"] for e in q("dash_experiments") if e["id"] == c.current_experiment()), None)
+    mine = [v for v in verifiers if v["round"] is not None and (exp_name is None or v["experiment"] == exp_name)]
+    window = c.ROUND_WINDOWS.get(st.session_state.get("rounds_window", "last 5 rounds"), 5)
+    if window is not None and mine:
+        last = {}
+        for v in mine:
+            last[v["experiment"]] = max(last.get(v["experiment"], -1), v["round"])
+        mine = [v for v in mine if v["round"] > last[v["experiment"]] - window]
+    sources = {"all scored candidates": None, "evaluation chains (test problems)": "eval",
+               "training rollouts": "train"}
+    vc = st.columns([2, 3])
+    source = vc[0].radio("Measured on", list(sources), key="calib_source",
+                         help="Evaluation chains are problems no verifier was trained on.")
+    labels = {v["id"]: (f"{v['experiment']} · " if exp_name is None else "") + f"round {v['round']} · {v['name']}"
+              for v in mine}
+    # each verifier scans every candidate it scored: the three most recent by default
+    picked = vc[1].multiselect("Verifiers", list(labels), default=list(labels)[-3:], format_func=labels.get,
+                               key="calib_verifiers", help="The rounds in the sidebar's window.")
+    roc_rows, rel_rows, summary = [], [], []
+    for v in [v for v in mine if v["id"] in picked]:
+        label = labels[v["id"]]
+        # one query per verifier, so each is cached on its own
+        curves = verifier_curves(q("dash_verifier_curves", (v["id"],), source=sources[source], points=100,
+                                   bins=10), 10).get(v["id"])
+        if curves is None:
+            continue
+        auc_v, rel = curves["auc"], curves["reliability"]
+        summary.append({"verifier": v["name"], "round": v["round"], "candidates": curves["candidates"],
+                        "correct": curves["correct"],
+                        "exact AUC": None if auc_v is None else round(auc_v, 3),
+                        "ECE (10 bins)": None if rel["ece"] is None else round(rel["ece"], 3)})
+        name = f"{label} (AUC {auc_v:.3f})" if auc_v is not None else label
+        roc_rows += [{**p, "verifier": name, "order": i} for i, p in enumerate(curves["roc"])]
+        rel_rows += [{**p, "verifier": label} for p in rel["points"]]
+    if not summary:
+        st.info("No verifier of these rounds has scored an executed candidate here yet.")
+    else:
+        st.dataframe(pd.DataFrame(summary), hide_index=True, key="calib_summary")
+        diag = alt.Chart(pd.DataFrame({"x": [0.0, 1.0], "y": [0.0, 1.0]})).mark_line(
+            strokeDash=[4, 4], color="gray").encode(x="x:Q", y="y:Q")
+        gc = st.columns(2)
+        with gc[0]:
+            st.markdown("**Reliability diagram**")
+            rf = pd.DataFrame(rel_rows)
+            st.altair_chart((diag + alt.Chart(rf).mark_line(point=True).encode(
+                x=alt.X("predicted:Q", title="predicted probability, sigmoid(score)", scale=alt.Scale(domain=[0, 1])),
+                y=alt.Y("observed:Q", title="observed private pass rate", scale=alt.Scale(domain=[0, 1])),
+                color=alt.Color("verifier:N", title="verifier", scale=alt.Scale(scheme="category10")),
+                tooltip=["verifier", "bin", "candidates", alt.Tooltip("predicted:Q", format=".3f"),
+                         alt.Tooltip("observed:Q", format=".3f")])).properties(height=300))
+        with gc[1]:
+            st.markdown("**ROC**")
+            cf = pd.DataFrame(roc_rows).drop(columns=["threshold"])
+            st.altair_chart((diag + alt.Chart(cf).mark_line().encode(
+                x=alt.X("fpr:Q", title="false-positive rate"), y=alt.Y("tpr:Q", title="true-positive rate"),
+                order="order:Q", color=alt.Color("verifier:N", title="verifier (AUC)", scale=alt.Scale(scheme="category10")),
+                tooltip=["verifier", alt.Tooltip("fpr:Q", format=".3f"), alt.Tooltip("tpr:Q", format=".3f")]))
+                .properties(height=300))
+        st.caption("Each round's verifier on the candidates it scored, against the oracle label (the private "
+                   "tests). Reliability: candidates in ten equal-width bins of sigmoid(score), the mean predicted "
+                   "probability against the observed pass rate (on the diagonal = calibrated); ECE is the "
+                   "candidate-weighted mean gap. ROC: thresholds at 100 score quantiles; AUC is exact (the "
+                   "Mann-Whitney statistic over all candidates, ties half). The verifiers to pick from are those of the "
+                   "rounds in the sidebar's window; the three most recent are shown by default.")
+else:
+    st.info("No verifier trained yet.")
+
 c.footer()

@@ -274,3 +274,83 @@ def seed_dashboard(store) -> dict[str, Any]:
         job("r1/execute/0", "execute", "execute", "queued", r1, None, None)
         job("r1/execute/1", "execute", "execute", "queued", r1, None, None)
     return ids
+
+
+# -- a second experiment for the comparison page ---------------------------------------------------------
+# exp-rft: the same MBPP test problems and settings as exp-demo (greedy, and BoN N=5 C=2 pt+lv, 3 turns).
+# Plans as above: per problem, per chain (first public turn, first solved turn).
+COMPARE_PLANS: dict[tuple[int, str], dict[str, list[tuple[int | None, int | None]]]] = {
+    (0, "greedy"): {"mbpp/11": [(1, 1)], "mbpp/12": [(None, None)]},
+    (0, "bon"): {"mbpp/11": [(1, 1), (1, 1)], "mbpp/12": [(1, None), (None, None)]},
+    (1, "greedy"): {"mbpp/11": [(1, 1)], "mbpp/12": [(2, 2)]},
+    (1, "bon"): {"mbpp/11": [(1, None), (1, 1)], "mbpp/12": [(2, 2), (1, 1)]},
+}
+# exp-rft round 1 BoN: every first-turn candidate (public, private, score of the round's verifier) per problem
+# and chain; pt+lv picks the best-scored public pass (marked *), which the plans above follow.
+COMPARE_FIRST_TURN: dict[str, list[list[tuple[bool, bool, float]]]] = {
+    "mbpp/11": [[(False, False, 0.1), (True, True, 0.4), (True, False, 0.9), (False, False, 2.0),  # * 0.9
+                 (False, False, -1.0)],
+                [(True, True, 1.5), (False, False, 0.3), (True, True, 0.2), (False, False, -0.4),  # * 1.5
+                 (False, True, 0.8)]],
+    "mbpp/12": [[(False, False, 0.5), (False, False, 0.1), (False, False, -0.2), (False, False, 1.1),  # * 1.1
+                 (False, False, 0.0)],
+                [(True, True, 0.6), (False, False, 0.9), (False, False, 0.25), (True, True, -0.3),  # * 0.6
+                 (False, False, 0.4)]],
+}
+COMPARE_EXPECTED: dict[str, Any] = {
+    # true success per turn (percent) of exp-rft's evaluations
+    "eval_true": {(0, "greedy"): [50.0, 50.0, 50.0], (0, "bon"): [50.0, 50.0, 50.0],
+                  (1, "greedy"): [50.0, 100.0, 100.0], (1, "bon"): [50.0, 75.0, 75.0]},
+}
+
+
+def seed_comparison(store, ids: dict[str, Any]) -> dict[str, Any]:
+    """Add exp-rft (after ``seed_dashboard``): two finished rounds evaluated on exp-demo's MBPP test problems,
+    created before exp-demo so that exp-demo stays the sidebar's default. Returns its ids."""
+    P = ids["problems"]
+    out: dict[str, Any] = {"evaluations": {}}
+    g0 = add_model(store, "exp-rft/r0/generator", "generator")
+    g1 = add_model(store, "exp-rft/r1/generator", "generator")
+    v0 = add_model(store, "exp-rft/r0/verifier", "verifier")
+    v1 = add_model(store, "exp-rft/r1/verifier", "verifier")
+    r0 = add_round(store, "exp-rft", 0, method="rft", generator_id=g0)
+    r1 = add_round(store, "exp-rft", 1, method="rft", generator_id=g1)
+    out.update(g0=g0, g1=g1, v0=v0, v1=v1, r0=r0, r1=r1)
+    with store.session() as s:
+        exp = s.query(m.Experiment).filter_by(name="exp-rft").one()
+        exp.created_at = T0 - timedelta(days=1)
+        out["experiment"] = exp.id
+        for rid, gid, vid, rnd in ((r0, g0, v0, 0), (r1, g1, v1, 1)):
+            rd = s.get(m.Round, rid)
+            rd.status, rd.verifier_out_id = "done", vid
+            rd.started_at, rd.finished_at = T0 + timedelta(hours=rnd), T0 + timedelta(hours=rnd + 1)
+            s.get(m.ModelVersion, vid).round_id = rid
+            for mode in ("greedy", "bon"):
+                ev = m.Evaluation(
+                    name=f"exp-rft/r{rnd}/mbpp/{mode}", experiment_id=exp.id, round_id=rid, generator_id=gid,
+                    verifier_id=vid, dataset="mbpp", split="test", mode=mode,
+                    selector="pt+lv" if mode == "bon" else None, num_candidates=5 if mode == "bon" else 1,
+                    num_chains=2 if mode == "bon" else 1, max_turns=3, status="done",
+                    finished_at=T0 + timedelta(hours=rnd + 1))
+                s.add(ev)
+                s.flush()
+                out["evaluations"][(rnd, mode)] = ev.id
+                for ext, chains in COMPARE_PLANS[(rnd, mode)].items():
+                    for chain, (pub, sol) in enumerate(chains):
+                        for t in range(1, (pub or 3) + 1):
+                            s.add(m.EvaluationResult(
+                                evaluation_id=ev.id, problem_id=P[ext], chain_index=chain, turn_index=t,
+                                public_passed=pub == t, private_passed=sol == t,
+                                solved=sol is not None and t >= sol))
+    ev_bon = out["evaluations"][(1, "bon")]
+    for ext, chains in COMPARE_FIRST_TURN.items():
+        for chain, cands in enumerate(chains):
+            specs = [_c(f"def f(x):\n    return x  # {ext} chain {chain} candidate {i}", pub, priv, score, v1)
+                     for i, (pub, priv, score) in enumerate(cands)]
+            key = [100.0 * pub + score for pub, _, score in cands]
+            turns = [{"candidates": specs, "chosen": key.index(max(key))}]
+            if not cands[key.index(max(key))][0]:  # no public pass at turn 1: turn 2 passes (plan (2, 2))
+                turns.append(_c(f"def f(x):\n    return x + 1  # {ext} chain {chain} turn 2", True, True, 1.0, v1))
+            add_rollout(store, problem_id=P[ext], sample_index=chain, evaluation_id=ev_bon, generator_id=g1,
+                        turns=turns)
+    return out
