@@ -1,4 +1,4 @@
-"""Best-of-N selectors (METHOD.md §7): which of a turn's N candidates a chain keeps.
+"""Best-of-N selectors (docs/method.md §7): which of a turn's N candidates a chain keeps.
 
 | selector | rule |
 |---|---|

@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlparse
 import pytest
 
 from app.model_registry import MANIFEST, hub_folder_name, provenance, resolve_model, version_name
-from tests.helpers.models import tiny_model_dir
+from tests.helpers.models import tiny_model_dir  # noqa: F401  (session fixture)
 
 REPO = "acme/tiny-chat"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"

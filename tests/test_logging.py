@@ -33,6 +33,9 @@ def test_cli_logs_at_the_level_asked_in_plain_lines():
 
 def test_setup_installs_one_handler_and_leaves_other_libraries_at_warning(tmp_path):
     root = logging.getLogger()
+    installed = [h for h in root.handlers if h.get_name() == "mucode"]  # by an in-process CLI test before
+    for h in installed:
+        root.removeHandler(h)
     before = list(root.handlers)
     try:
         with open(tmp_path / "log.txt", "w") as stream:
@@ -47,5 +50,7 @@ def test_setup_installs_one_handler_and_leaves_other_libraries_at_warning(tmp_pa
     finally:
         for h in root.handlers[len(before):]:
             root.removeHandler(h)
+        for h in installed:
+            root.addHandler(h)
         for n in OURS:
             logging.getLogger(n).setLevel(logging.NOTSET)

@@ -1,4 +1,4 @@
-"""The full stack's compose file, `mucode worker` and `mucode doctor` (issue 9).
+"""The full stack's compose file, `mucode worker` and `mucode doctor`.
 
 Real Redis (a database number of its own, so other tests' workers never answer here), real SQLite and Postgres,
 real Celery worker processes.

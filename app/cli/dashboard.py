@@ -1,4 +1,4 @@
-"""CLI: mucode dashboard (issue 8) - runs the Streamlit app in dashboard/app.py."""
+"""CLI: mucode dashboard - runs the Streamlit app in dashboard/app.py."""
 
 from __future__ import annotations
 

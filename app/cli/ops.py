@@ -1,4 +1,4 @@
-"""CLI: ``mucode worker`` and ``mucode doctor`` (issue 9).
+"""CLI: ``mucode worker`` and ``mucode doctor``.
 
 ``mucode worker --queues Q[,Q...]`` wraps the Celery worker with the pool each kind of queue needs:
 
@@ -358,9 +358,8 @@ def worker(
         )
     if plan.gpu:
         _prepare_gpu_process()
-    from workers.celery_app import celery_app
-
     from app.logs import setup_logging
+    from workers.celery_app import celery_app
 
     setup_logging(loglevel)
     celery_app.conf.worker_soft_shutdown_timeout = shutdown_timeout

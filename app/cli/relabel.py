@@ -1,4 +1,4 @@
-"""CLI: ``mucode relabel``, ``mucode generator train`` (issue 6)."""
+"""CLI: ``mucode relabel``, ``mucode generator train``."""
 
 from __future__ import annotations
 

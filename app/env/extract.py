@@ -1,4 +1,4 @@
-"""Code extraction from a model response (DESIGN.md: "Code extraction"; METHOD.md §1, bug B2).
+"""Code extraction from a model response (docs/method.md §1, "Code extraction"; bug B2).
 
 Rules, in order:
 1. The first fenced block whose info string is ``python``, ``py``, ``python3``, ``py3`` (any case) or empty

@@ -1,4 +1,4 @@
-"""The message history of a trajectory (DESIGN.md, "The multi-turn environment").
+"""The message history of a trajectory (docs/method.md §1, "Messages").
 
 Turn 1 sees one user message with the problem prompt. After each assistant turn the history gets the assistant's
 raw response (prose and fences, not only the extracted code) and a user message ``"Feedback: " + feedback``

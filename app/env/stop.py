@@ -1,4 +1,4 @@
-"""When a trajectory stops, and its label (DESIGN.md: "Oracle label", "Stop rule").
+"""When a trajectory stops, and its label (docs/method.md §1, "Oracle label and stop rule").
 
 - ``public`` (default): stop at the first turn whose public tests pass, or after ``max_turns`` turns.
 - ``public_and_private``: the reference code's rule (``success = public and private``), which lets a turn that

@@ -1,4 +1,4 @@
-"""Store queries: relabeling (the µCode expert and the baselines), SFT examples and generator versions (issue 6).
+"""Store queries: relabeling (the µCode expert and the baselines), SFT examples and generator versions.
 
 The relabel build is set-based: one statement chain of common table expressions ranks every finished train-split
 trajectory of the rounds in scope with window functions (``ROW_NUMBER() OVER (PARTITION BY round, problem ...)``)

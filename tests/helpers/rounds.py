@@ -1,4 +1,4 @@
-"""A tiny model that *knows* some MBPP answers, for round tests (issue 7).
+"""A tiny model that *knows* some MBPP answers, for round tests.
 
 A random tiny model never writes a passing program, so a round on it has no (correct, incorrect) pair and the
 verifier cannot be trained. This helper trains the tiny random Llama of ``app.tiny_model`` (a few seconds of

@@ -1,8 +1,8 @@
 """Arguments of a generator SFT run (a TRL-style dataclass; ``HfArgumentParser`` reads it from the command line).
 
-Defaults are the paper's (METHOD §5): lr 5e-7, linear decay, no warmup, AdamW, weight decay 0, 2 epochs,
-effective batch 16 (per-device batch x gradient accumulation x processes), full fine-tune, max length 8192,
-no packing, from the base model each round. ``to_sft_config`` turns it into ``trl.SFTConfig``.
+Defaults are the paper's (docs/method.md §5): lr 5e-7, linear decay, no warmup, AdamW, weight decay 0,
+2 epochs, effective batch 16 (per-device batch x gradient accumulation x processes), full fine-tune, max
+length 8192, no packing, from the base model each round. ``to_sft_config`` turns it into ``trl.SFTConfig``.
 """
 
 from __future__ import annotations
