@@ -33,6 +33,7 @@ def probe(host_file, db_port):
     names = {"cpu": resource.RLIMIT_CPU, "as": resource.RLIMIT_AS, "nproc": resource.RLIMIT_NPROC,
              "fsize": resource.RLIMIT_FSIZE, "nofile": resource.RLIMIT_NOFILE}
     seen["rlimits"] = {k: list(resource.getrlimit(v)) for k, v in names.items()}
+    seen["cwd"] = os.getcwd()
     seen["cwd_entries"] = os.listdir(".")
     with open("probe.txt", "w") as f:
         f.write("x")
@@ -135,9 +136,16 @@ def evaluate(seen: dict[str, Any], info: dict[str, Any], limits: Limits, *, db_p
                         f"cpu {rl.get('cpu', ['?'])[0]}s, address space {address}, processes "
                         f"{rl.get('nproc', ['?'])[0]}, file size {(rl.get('fsize', [0])[0] or 0) >> 10} KiB, "
                         f"open files {rl.get('nofile', ['?'])[0]}" + (f"; not as configured: {bad}" if bad else "")))
-    checks.append(Check("private working directory",
-                        seen.get("cwd_entries") == [] and seen.get("cwd_writable") is True,
-                        f"started empty: {seen.get('cwd_entries') == []}, writable: {seen.get('cwd_writable')}"))
+    # The interpreter's directories under /tmp (a venv there) are bound into each program's private /tmp, so
+    # their mount points are the only entries a fresh working directory may have.
+    cwd = str(seen.get("cwd") or "/tmp").rstrip("/") + "/"
+    bound = {d[len(cwd):].split("/")[0] for d in seen.get("python_dirs") or {} if d.startswith(cwd)}
+    entries = seen.get("cwd_entries")
+    left = None if entries is None else [e for e in entries if e not in bound]
+    checks.append(Check("private working directory", left == [] and seen.get("cwd_writable") is True,
+                        f"started empty: {left == []}" + (f" (leftovers: {left[:5]})" if left else "")
+                        + (f" but for the interpreter's mount points {sorted(bound)}" if bound else "")
+                        + f", writable: {seen.get('cwd_writable')}"))
     outside = seen.get("write_outside", {})
     written = [p for p, r in outside.items() if r == "written"]
     checks.append(Check("file system", not written and seen.get("host_file") != "readable",
