@@ -9,7 +9,7 @@ Two settings of an experiment decide it (``ExperimentConfig.harness.import_prelu
   public test (every test split, HumanEval) are the same either way.
 
 Both can change a verdict for the same program and problem, so both are part of the execution cache's key: the
-stored ``sandbox_version`` is the sandbox's version plus the harness tag (``mucode-sandbox-2+prelude``). The
+stored ``sandbox_version`` is the sandbox's version plus the harness tag (``mucode-sandbox-3+prelude``). The
 legacy harness (no prelude, all tests) has no tag, so executions stored before the harness existed are reused
 only by experiments frozen before it (they keep the legacy harness), never by a run with the prelude.
 """
