@@ -319,6 +319,28 @@ def test_shared_memory_past_the_limit_is_a_memory_verdict():
     assert after.passed and honest.passed and last.passed, (after.feedback, honest.feedback, last.feedback)
 
 
+def test_a_slot_waits_for_the_last_programs_memory_to_be_freed(tmp_path):
+    """The kernel frees a dead program's shared memory a little after its last process is gone: the slot's
+    next program starts once the charge is down (or after the timeout), never on the stale count."""
+    import threading
+
+    usage = tmp_path / "memory.current"
+    usage.write_text(str(600 << 20))
+    fd = os.open(usage, os.O_RDONLY)
+    try:
+        timer = threading.Timer(0.15, lambda: usage.write_text(str(1 << 20)))
+        timer.start()
+        t0 = time.monotonic()
+        assert cg.settle(fd, 36 << 20) == 1 << 20
+        assert 0.1 < time.monotonic() - t0 < 0.9
+        usage.write_text(str(600 << 20))  # never freed: the wait ends at the timeout with what is left
+        t0 = time.monotonic()
+        assert cg.settle(fd, 36 << 20, timeout_s=0.2) == 600 << 20
+        assert time.monotonic() - t0 >= 0.2
+    finally:
+        os.close(fd)
+
+
 # -- cgroup v2 -----------------------------------------------------------------------------------------------
 def test_cgroup_v2_makes_room_for_controllers_by_moving_processes_to_a_leaf():
     """The "no internal processes" rule, on this host's real cgroup2 hierarchy: a cgroup holding a process

@@ -25,6 +25,7 @@ import contextlib
 import errno
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,6 +139,11 @@ class SlotCgroups:
         if self.version == "v2":
             return str(self.base / f"slot{slot}" / "memory.events")
         return f"{_V1_ROOTS['memory']}/mucode/{self.tag}/slot{slot}/memory.oom_control"
+
+    def usage_file(self, slot: int) -> str:
+        if self.version == "v2":
+            return str(self.base / f"slot{slot}" / "memory.current")
+        return f"{_V1_ROOTS['memory']}/mucode/{self.tag}/slot{slot}/memory.usage_in_bytes"
 
     def dirs(self) -> list[Path]:
         if self.version == "v2":
@@ -261,3 +267,27 @@ def read_oom_kills(fd: int) -> int:
         return oom_kills(os.pread(fd, 4096, 0).decode())
     except OSError:
         return 0
+
+
+def read_usage(fd: int) -> int:
+    try:
+        return int(os.pread(fd, 64, 0))
+    except (OSError, ValueError):
+        return 0
+
+
+def settle(usage_fd: int, threshold: int, timeout_s: float = 1.0, poll_s: float = 0.005) -> int:
+    """Wait until a slot's memory use falls to ``threshold`` and return it (or what is left at ``timeout_s``).
+
+    A program's shared memory and /tmp are freed with its IPC and mount namespaces, which the kernel tears down
+    asynchronously after its last process is gone (about 0.1 s for 1 GiB): without the wait, the slot's next
+    program would start with the last one's charge against its limit and could be killed for memory it never
+    used. What stays longer (page cache) is reclaimable and does not count against the next program."""
+    used = read_usage(usage_fd)
+    if used <= threshold:
+        return used
+    deadline = time.monotonic() + timeout_s
+    while used > threshold and time.monotonic() < deadline:
+        time.sleep(poll_s)
+        used = read_usage(usage_fd)
+    return used

@@ -97,6 +97,11 @@ def _close_all_but(keep: set[int]) -> None:
 
 
 # -- zygote ----------------------------------------------------------------------------------------------------
+def slot_memory_bytes(limits: Limits) -> int:
+    """A slot cgroup's memory limit: the program's own, its /tmp, and room for the interpreter's pages."""
+    return (limits.memory_mb + limits.tmp_mb + 256) << 20
+
+
 class ZygoteConfig:
     def __init__(self, *, slots: int, strong: bool, ipcns: bool, limits: Limits, uid_base: int,
                  slot_cgroups: cgroups.SlotCgroups | None, preimport_numpy: bool = True, send_ahead: bool = True,
@@ -114,6 +119,9 @@ class ZygoteConfig:
         self.netns_fds: list[int] = []
         self.cgroup_fds: list[list[int]] = []  # per slot: open cgroup.procs files (v1: memory, pids; v2: one)
         self.oom_fds: list[int] = []  # per slot: its open oom_kill counter (memory.events or memory.oom_control)
+        self.usage_fds: list[int] = []  # per slot: its open memory use (memory.current or memory.usage_in_bytes)
+        # A slot's next program starts once the last one's memory is down to this (see cgroups.settle).
+        self.settle_bytes = slot_memory_bytes(limits) // 16
         self.pidns_fd: int | None = None
         self.base_vm = 0
 
@@ -143,6 +151,7 @@ def _make_namespaces(cfg: ZygoteConfig) -> None:
             cfg.cgroup_fds.append([os.open(path, os.O_WRONLY | os.O_CLOEXEC)
                                    for path in cfg.slot_cgroups.procs_files(slot)])
             cfg.oom_fds.append(os.open(cfg.slot_cgroups.oom_file(slot), os.O_RDONLY | os.O_CLOEXEC))
+            cfg.usage_fds.append(os.open(cfg.slot_cgroups.usage_file(slot), os.O_RDONLY | os.O_CLOEXEC))
 
 
 def _child_setup(slot: int, cfg: ZygoteConfig, workdir: str | None) -> isolation.ChildSetup:
@@ -420,6 +429,8 @@ class Zygote:
         strong = self.cfg.strong
         oom_fd = self.cfg.oom_fds[slot] if self.cfg.oom_fds else None
         ooms = cgroups.read_oom_kills(oom_fd) if oom_fd is not None else 0
+        if self.cfg.usage_fds:  # the slot's last program is gone; its shared memory and /tmp may not be yet
+            cgroups.settle(self.cfg.usage_fds[slot], self.cfg.settle_bytes)
         try:
             if strong:
                 isolation.setns(self.cfg.pidns_fd, isolation.CLONE_NEWPID)
@@ -788,8 +799,7 @@ class Executor:
             made = cgroups.SlotCgroups(found.version or self.caps.cgroup, cgroups.executor_tag(), found.home)
             try:
                 made.sweep()
-                mem = (self.limits.memory_mb + self.limits.tmp_mb + 256) << 20
-                made.make(self.nslots, mem, self.limits.nproc + 8)
+                made.make(self.nslots, slot_memory_bytes(self.limits), self.limits.nproc + 8)
                 self.cgroups = made
             except OSError as exc:
                 info["cgroup_error"] = f"cgroup {made.version}: {exc}"
