@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -38,6 +39,61 @@ class Settings(BaseSettings):
         description="Run the sandbox even when namespaces or an unprivileged uid are unavailable.",
     )
     sandbox_workers: int = Field(default=0, description="Parallel sandbox children; 0 = number of CPUs.")
+    heartbeat_s: float = Field(
+        default=10.0, gt=0,
+        description="How often a worker tells the broker it is alive and which jobs it runs (a worker silent for "
+        "3 heartbeats is gone).",
+    )
+    healer_sweep_s: float = Field(
+        default=20.0, gt=0, description="How often a control worker looks for rounds whose work was lost.")
+    healer_grace_s: float = Field(
+        default=60.0, gt=0,
+        description="A job queued or started this long ago that no worker runs and no queue holds is lost.")
+    outage_wait_s: float = Field(
+        default=3600.0, ge=0,
+        description="How long a job waits, running again with backoff, for an unreachable database or broker to "
+        "come back before it gives up (MUCODE_OUTAGE_WAIT_S).",
+    )
+    tracking: Literal["none", "tensorboard", "mlflow", "wandb"] = Field(
+        default="none",
+        description="Where trainers log their curves and rounds their results (MUCODE_TRACKING); an experiment's "
+        "own `tracking` overrides it (app/tracking.py).",
+    )
+    tracking_uri: str | None = Field(
+        default=None,
+        description="TensorBoard folder, MLflow tracking URI or W&B local folder (MUCODE_TRACKING_URI); default: "
+        "under <artifacts_dir>/tracking.",
+    )
+    # The `server` sampling backend (workers/backends/openai_server.py): an OpenAI-compatible server such as
+    # `vllm serve`, SGLang or a router in front of several.
+    server_url: str | None = Field(
+        default=None, description="The sampling server's URL, e.g. http://gpu-host:8000 (MUCODE_SERVER_URL).")
+    server_api_key: str | None = Field(
+        default=None, description="Bearer token for the sampling server (vllm serve --api-key).")
+    server_model: str | None = Field(
+        default=None,
+        description="The model's name on the sampling server (vllm serve --served-model-name); default: the "
+        "model's path or hub name.",
+    )
+    server_concurrency: int = Field(default=16, ge=1, description="Requests in flight at once per sampling job.")
+    server_timeout_s: float = Field(default=600.0, gt=0, description="Seconds one completion request may take.")
+    server_max_retries: int = Field(
+        default=5, ge=0, description="Tries again after a connection error, a timeout, 429 or 5xx (with backoff).")
+    server_dialect: Literal["auto", "vllm", "transformers", "openai"] = Field(
+        default="auto",
+        description="What the server accepts: vllm (token-id prompts and every sampling knob; vLLM, SGLang), "
+        "transformers (transformers serve), openai (plain fields); auto tries them in that order.",
+    )
+
+    @field_validator("tracking", mode="before")
+    @classmethod
+    def _tracking_name(cls, v: object) -> object:
+        return "none" if v in ("", None) else str(v).strip().lower()
+
+    @field_validator("tracking_uri", mode="before")
+    @classmethod
+    def _empty_uri_is_none(cls, v: object) -> object:
+        return None if v in ("", "none", "None") else v
 
     @field_validator("broker_url", mode="before")
     @classmethod

@@ -13,6 +13,9 @@ The scaled-down settings (all frozen into the experiment, visible with ``mucode 
   writes after it is not generated; the paper generates full responses: ``--full-responses``);
 - verifier: Bradley-Terry on 8 pairs per problem (paper: 32), lr 1e-5, 2 optimizer steps of 8 pairs;
 - generator: relabeled as the paper (K=3 failed + every success), lr 1e-5, 3 optimizer steps of 8 examples;
+- memory: both trainers checkpoint activations and accumulate micro-batches (2 pairs, 1 example), and the round
+  releases the models a step does not use (``workers/memory.py``), so the demo fits a laptop; it prints its
+  peak resident memory at the end;
 - evaluation: the first 8 MBPP test problems, T=2, greedy + BoN N=3 with C=1 chain and PT+LV, for the base
   model G0 and the trained G1 (both with the round's verifier RM0).
 Why so small: on 2 CPU cores a 135M model decodes ~100 tokens/s across a batch and reads prompts (~300 tokens
@@ -53,10 +56,15 @@ class DemoSettings:
 
 def demo_config(s: DemoSettings) -> dict[str, Any]:
     """The experiment config of the demo (ExperimentConfig fields; everything else is the protocol default)."""
+    # Gradient checkpointing and small micro-batches (same optimizer steps, same effective batch) keep the
+    # trainers' activations small: without them the verifier's step alone takes ~7 GB on a CPU. Adafactor
+    # instead of AdamW drops the optimizer's second moment per weight (~1 GB for 135M parameters in fp32):
+    # the demo shows the pipeline on a laptop; the protocol's runs keep AdamW.
     verifier_over: dict[str, Any] = {"evaluate": False, "holdout_fraction": 0.0, "logging_steps": 1,
-                                     "max_steps": s.trainer_steps or 2}
-    generator_over: dict[str, Any] = {"gradient_checkpointing": False, "logging_steps": 1,
-                                      "max_steps": s.trainer_steps or 3}
+                                     "max_steps": s.trainer_steps or 2, "gradient_checkpointing": True,
+                                     "optim": "adafactor"}
+    generator_over: dict[str, Any] = {"gradient_checkpointing": True, "logging_steps": 1,
+                                      "max_steps": s.trainer_steps or 3, "optim": "adafactor"}
     return {
         "method": "mucode",
         "base_model": s.model,
@@ -73,10 +81,10 @@ def demo_config(s: DemoSettings) -> dict[str, Any]:
         },
         "verifier": {
             "pairs_per_problem": 8, "learning_rate": 1e-5, "epochs": 1.0, "effective_batch_size": 8,
-            "per_device_batch_size": 4, "max_length": 1024,
+            "per_device_batch_size": 2, "max_length": 1024,
         },
         "generator": {
-            "learning_rate": 1e-5, "epochs": 1.0, "effective_batch_size": 8, "per_device_batch_size": 2,
+            "learning_rate": 1e-5, "epochs": 1.0, "effective_batch_size": 8, "per_device_batch_size": 1,
             "max_length": 2048,
         },
         "eval": {
@@ -205,6 +213,12 @@ def run_demo(s: DemoSettings, *, console=None) -> dict[str, Any]:
             highlight=False,
         )
     console.print(f"demo took {seconds / 60:.1f} min ({seconds:.0f} s) on this machine", highlight=False)
+    mem = peak_memory()
+    console.print(
+        f"peak memory {mem['self'] / 2**30:.2f} GiB (this process"
+        + (f"; largest child process {mem['children'] / 2**30:.2f} GiB" if mem["children"] else "") + ")",
+        highlight=False,
+    )
     console.print(
         "\nnext:\n"
         "  mucode dashboard                    # open http://127.0.0.1:8501: rounds, trajectories, verifier\n"
@@ -212,7 +226,21 @@ def run_demo(s: DemoSettings, *, console=None) -> dict[str, Any]:
         f"  mucode round run {name}             # round 1 (G1 collects, RM1 on rounds 0-1, G2 from base)",
         highlight=False,
     )
-    return {"experiment": name, "round_id": rid, "seconds": seconds, "status": st["status"] if st else None}
+    return {"experiment": name, "round_id": rid, "seconds": seconds, "status": st["status"] if st else None,
+            "peak_memory": mem}
+
+
+def peak_memory() -> dict[str, int]:
+    """Peak resident memory so far, in bytes: of this process, and of the largest child process it has
+    waited for (the sandbox's programs; a child still running is not counted yet)."""
+    import resource
+    import sys
+
+    unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is in bytes on macOS, in KiB on Linux
+    return {
+        "self": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit,
+        "children": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * unit,
+    }
 
 
 def _headline(evs, label: str) -> dict[str, str] | None:

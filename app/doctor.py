@@ -30,12 +30,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from app.errors import first_line
+
 # Liveness beacons: every `mucode worker` writes one key per worker node to a Redis broker, refreshed by a
 # thread, so that a solo-pool worker busy with a long GPU job (which answers no control command until the job
-# ends) still counts as alive.
+# ends) still counts as alive. Refreshed every ``Settings.heartbeat_s``; a key 3 heartbeats old expires.
 BEACON_PREFIX = "mucode:worker:"
-BEACON_TTL_S = 30
-BEACON_INTERVAL_S = 10
 
 GPU_QUEUES = frozenset({"sample", "score", "train"})
 
@@ -63,8 +63,7 @@ def exit_code(checks: Iterable[Check]) -> int:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0]
+    return first_line(str(exc) or type(exc).__name__, 10_000)
 
 
 # -- database ------------------------------------------------------------------------------------------------
@@ -250,13 +249,16 @@ def check_workers(
         beacons = read_beacons(broker_url, timeout=timeout) if broker_url else {}
     except Exception:  # noqa: BLE001 - the broker row already says whether it is reachable
         beacons = {}
+    from app.config import get_settings
+
+    heartbeat = get_settings().heartbeat_s
     now = time.time()
     for node, beacon in beacons.items():
         if node in replies:
             continue
         age = now - float(beacon.get("beat", 0))
         for q in beacon.get("queues", []):
-            if q in busy and age <= BEACON_TTL_S:
+            if q in busy and age <= 3 * heartbeat:
                 busy[q].append(f"{node} (busy, seen {age:.0f}s ago)")
     rows = []
     for q in queues:

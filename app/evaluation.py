@@ -33,7 +33,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-METRIC_KEYS = ("true_success", "public_success", "any_success")
 CHAIN_METRICS = ("first_public", "last_turn")
 
 

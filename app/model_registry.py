@@ -153,6 +153,66 @@ def resolve_model(arg: str | Path, *, cache_dir: str | Path | None = None) -> st
     )
 
 
+_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+_ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+# What AutoTokenizer can build a tokenizer from (fast JSON, sentencepiece, BPE or WordPiece vocabularies,
+# tiktoken files); tokenizer_config.json alone names a class but holds no vocabulary.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model",
+                    "vocab.json", "vocab.txt", "tiktoken.model")
+
+
+def _read_json(path: Path, folder: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise MucodeError(f"model folder {folder}: {path.name} is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise MucodeError(f"model folder {folder}: {path.name} does not hold a JSON object")
+    return data
+
+
+def _check_weights(folder: Path, singles: tuple[str, ...]) -> None:
+    if any((folder / f).is_file() for f in singles):
+        return
+    indexes = [folder / f"{f}.index.json" for f in singles if (folder / f"{f}.index.json").is_file()]
+    if not indexes:
+        raise MucodeError(f"model folder {folder} has no weights: none of {', '.join(singles)} "
+                          "(or a sharded *.index.json)")
+    index = indexes[0]
+    weight_map = _read_json(index, folder).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise MucodeError(f"model folder {folder}: {index.name} has no weight_map")
+    missing = sorted({str(f) for f in weight_map.values() if not (folder / str(f)).is_file()})
+    if missing:
+        raise MucodeError(f"model folder {folder}: {index.name} names {len(missing)} shard(s) that are not "
+                          f"there: {', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
+
+
+def check_model_folder(path: str | Path) -> None:
+    """Refuse, cheaply and without torch, a folder ``from_pretrained`` would fail on: config.json (or a LoRA
+    adapter_config.json) must parse and name a model type (or a base model), weights must be there (a single
+    file, or an index whose shards all exist) and a tokenizer file too. A full load costs seconds to minutes
+    and happens in a worker; this catches a broken copy or download before anything is queued."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise NotFound(f"model folder {folder} does not exist")
+    if (folder / "config.json").is_file():
+        config = _read_json(folder / "config.json", folder)
+        if not (isinstance(config.get("model_type"), str) and config["model_type"].strip()):
+            raise MucodeError(f"model folder {folder}: config.json names no model_type; transformers cannot tell "
+                              "which model it is")
+        _check_weights(folder, _WEIGHTS)
+    elif (folder / "adapter_config.json").is_file():
+        adapter = _read_json(folder / "adapter_config.json", folder)
+        if not adapter.get("base_model_name_or_path"):
+            raise MucodeError(f"model folder {folder}: adapter_config.json names no base_model_name_or_path")
+        _check_weights(folder, _ADAPTER_WEIGHTS)
+    else:
+        raise NotFound(f"model folder {folder} has no config.json: it is not a saved model")
+    if not any((folder / f).is_file() for f in _TOKENIZER_FILES) and not any(folder.glob("*.tiktoken")):
+        raise MucodeError(f"model folder {folder} has no tokenizer: none of {', '.join(_TOKENIZER_FILES)}")
+
+
 def hub_folder_name(repo_id: str) -> str:
     """The model cache folder of a hub model: ``org/name`` -> ``org--name``."""
     return repo_id.replace("/", "--")

@@ -8,11 +8,39 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def dataset_splits() -> dict[str, tuple[str, ...] | None]:
+    """{every registered dataset: its splits}. MBPP and its subsets split by task id; HumanEval and HumanEval+
+    are one test split. None: a dataset registered since, whose splits are not listed here (any is accepted)."""
+    from app.datasets import DATASETS
+    from app.datasets.base import MBPP_SPLITS
+
+    mbpp = tuple(name for name, _, _ in MBPP_SPLITS)
+    known = {"mbpp": mbpp, "mbpp_sanitized": mbpp, "mbpp_plus": mbpp, "humaneval": ("test",),
+             "humaneval_plus": ("test",)}
+    return {name: known.get(name) for name in DATASETS}
+
+
+def check_dataset_specs(specs: list[str]) -> list[str]:
+    """Refuse a ``DATASET[:SPLIT]`` whose dataset is not registered or whose split does not exist, naming the
+    known ones: at creation, not when a round first reads the dataset."""
+    splits = dataset_splits()
+    for spec in specs:
+        name, _, split = str(spec).partition(":")
+        name, split = name.strip(), split.strip()
+        if name not in splits:
+            raise ValueError(f"unknown dataset {name!r} in {spec!r}; known datasets: {', '.join(splits)} "
+                             "(DATASET or DATASET:SPLIT, e.g. mbpp:train)")
+        own = splits[name]
+        if split and own is not None and split not in own:
+            raise ValueError(f"dataset {name} has no split {split!r} (in {spec!r}); its splits: {', '.join(own)}")
+    return specs
 
 
 class SamplingConfig(_Frozen):
@@ -38,33 +66,33 @@ class RolloutConfig(_Frozen):
 
 class VerifierConfig(_Frozen):
     loss: Literal["bt", "bce"] = "bt"
-    pairs_per_problem: int = 32
+    pairs_per_problem: int = Field(32, gt=0)
     # "per_round": pairs_per_problem pairs drawn from each round's rollouts, the rounds' sets concatenated (the
     # reference: RM1 sees about 2x the pairs of RM0); "pooled": drawn once from all rounds' rows together.
     pair_sampling: Literal["per_round", "pooled"] = "per_round"
-    l2_coeff: float = 1e-3  # reward centering: 1e-3 * mean(r^2)
-    learning_rate: float = 1e-6
-    epochs: float = 2.0
-    effective_batch_size: int = 64
-    per_device_batch_size: int = 4
-    max_length: int = 2048
+    l2_coeff: float = Field(1e-3, ge=0.0)  # reward centering: 1e-3 * mean(r^2)
+    learning_rate: float = Field(1e-6, gt=0.0)
+    epochs: float = Field(2.0, gt=0.0)
+    effective_batch_size: int = Field(64, gt=0)
+    per_device_batch_size: int = Field(4, gt=0)
+    max_length: int = Field(2048, gt=0)
     use_lora: bool = False
     seed: int = 0
 
 
 class RelabelConfig(_Frozen):
     expert: Literal["both", "oracle", "learned"] = "both"  # score = LV + 100 * label
-    relabel_failed: int = 3  # K: failed trajectories relabeled per problem
+    relabel_failed: int = Field(3, ge=0)  # K: failed trajectories relabeled per problem (0: successes only)
     keep_successful: bool = True
     aggregate_rounds: bool = True  # train on the union of all rounds' examples
 
 
 class GeneratorConfig(_Frozen):
-    learning_rate: float = 5e-7
-    epochs: float = 2.0
-    effective_batch_size: int = 16
-    per_device_batch_size: int = 1
-    max_length: int = 8192
+    learning_rate: float = Field(5e-7, gt=0.0)
+    epochs: float = Field(2.0, gt=0.0)
+    effective_batch_size: int = Field(16, gt=0)
+    per_device_batch_size: int = Field(1, gt=0)
+    max_length: int = Field(8192, gt=0)
     use_lora: bool = False
     from_base_each_round: bool = True  # paper: retrain from the base model on the union of all rounds
     seed: int = 0
@@ -72,13 +100,13 @@ class GeneratorConfig(_Frozen):
 
 class EvalConfig(_Frozen):
     datasets: list[str] = ["mbpp:test", "humaneval:test"]
-    turns: int = 3
+    turns: int = Field(3, ge=1)
     bon_candidates: int = Field(5, ge=1, description="N candidates per turn")
     bon_chains: int = Field(10, ge=1, description="C independent chains per problem")
     selectors: list[Literal["random", "lv", "pt", "pt+lv"]] = ["pt+lv"]
     greedy: bool = True
-    temperature: float = 0.7  # BoN sampling temperature; greedy uses 0
-    limit: int | None = None  # evaluate the first N problems of each dataset (None = all)
+    temperature: float = Field(0.7, ge=0.0)  # BoN sampling temperature; greedy uses 0
+    limit: int | None = Field(None, gt=0)  # evaluate the first N problems of each dataset (None = all)
     max_new_tokens: int | None = Field(None, gt=0, description="None: the rollouts' sampling.max_new_tokens")
     baseline: bool = True  # round 0 also evaluates the base generator G0 (with RM0): the paper's "Instruct" rows
     seed: int = 0
@@ -90,6 +118,11 @@ class EvalConfig(_Frozen):
     # first public-passing turn passes the private tests (the Best-of-N rule). Both are stored side by side;
     # they differ only when the stop rule lets a chain go on after a public pass (public_and_private).
     greedy_metric: Literal["last_turn", "first_public"] = "last_turn"
+
+    @field_validator("datasets")
+    @classmethod
+    def _known_datasets(cls, v: list[str]) -> list[str]:
+        return check_dataset_specs(v)
 
 
 class HarnessConfig(_Frozen):
@@ -108,12 +141,20 @@ LEGACY_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+class TrackingConfig(_Frozen):
+    """Where this experiment's training curves and round results go (app/tracking.py); overrides
+    MUCODE_TRACKING / MUCODE_TRACKING_URI. Not part of the protocol: it changes no result."""
+
+    backend: Literal["none", "tensorboard", "mlflow", "wandb"]
+    uri: str | None = None  # TensorBoard folder, MLflow tracking URI, W&B local folder; None: the environment's
+
+
 class ExperimentConfig(_Frozen):
     method: Literal["mucode", "multi_rft", "rft", "rft_lv"] = "mucode"
     base_model: str
-    backend: Literal["transformers", "vllm"] = "transformers"
-    train_datasets: list[str] = ["mbpp:train"]
-    train_limit: int | None = None  # first N train problems (None = all)
+    backend: Literal["transformers", "vllm", "server"] = "transformers"
+    train_datasets: list[str] = Field(["mbpp:train"], min_length=1)
+    train_limit: int | None = Field(None, gt=0)  # first N train problems (None = all)
     rollout: RolloutConfig = RolloutConfig()
     verifier: VerifierConfig = VerifierConfig()
     relabel: RelabelConfig = RelabelConfig()
@@ -124,6 +165,16 @@ class ExperimentConfig(_Frozen):
     # {"verifier": VerifierTrainingConfig fields, "generator": GeneratorTrainConfig fields} (e.g. max_steps,
     # evaluate, bf16). Empty = the trainers' defaults.
     trainer_overrides: dict[str, dict[str, Any]] = {}
+    # None: the environment's tracker. Left out of the stored JSON when None, so that configs stored before it
+    # existed still equal a fresh dump of the same settings (`experiment create` compares them).
+    tracking: TrackingConfig | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_tracking(self, handler):
+        data = handler(self)
+        if self.tracking is None and isinstance(data, dict):
+            data.pop("tracking", None)
+        return data
 
     @classmethod
     def frozen(cls, stored: dict[str, Any]) -> ExperimentConfig:
@@ -139,10 +190,15 @@ class ExperimentConfig(_Frozen):
 
     @model_validator(mode="after")
     def _backend_supports_sampling(self) -> ExperimentConfig:
-        if self.backend == "vllm" and self.rollout.sampling.stop_after_code:
-            raise ValueError("rollout.sampling.stop_after_code needs the transformers backend (vLLM has no "
-                             "per-row stop at the end of a code block)")
+        if self.backend != "transformers" and self.rollout.sampling.stop_after_code:
+            raise ValueError("rollout.sampling.stop_after_code needs the transformers backend (vLLM and sampling "
+                             "servers have no per-row stop at the end of a code block)")
         return self
+
+    @field_validator("train_datasets")
+    @classmethod
+    def _known_train_datasets(cls, v: list[str]) -> list[str]:
+        return check_dataset_specs(v)
 
     @field_validator("trainer_overrides")
     @classmethod

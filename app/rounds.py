@@ -55,7 +55,6 @@ STEPS: tuple[str, ...] = (
     "train_generator",
     "evaluate",
 )
-STATES = ("pending", "running", "done", "skipped", "failed")
 FINISHED = frozenset({"done", "skipped"})
 # Where each step's work runs (for status); relabel is one SQL build, run inline by the control worker.
 STEP_QUEUES = {
@@ -74,12 +73,9 @@ JOB_TASKS = {
     "train_verifier": "mucode.round_train",
     "train_generator": "mucode.round_train",
 }
-# Steps that run as collections (the pipeline of workers/collect.py) and are resumed as such.
-COLLECTION_STEPS = frozenset({"collect", "evaluate"})
 INLINE_STEPS = frozenset({"relabel"})
 # Methods whose generator data depends on verifier scores of the round's candidates.
 METHODS = ("mucode", "multi_rft", "rft", "rft_lv")
-ROUND_STATUSES = ("pending", "running", "done", "failed")
 # What a final round leaves out, and why (shown by `round status`).
 FINAL_SKIP = {
     "score_old": "final round: nothing is relabeled",

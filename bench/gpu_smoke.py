@@ -1,25 +1,31 @@
-"""GPU smoke check: the transformers sampling backend on CUDA, timed against bare ``generate``.
+"""GPU smoke check: sampling, verifier and generator training, and scoring on one CUDA device, in one table.
 
-Needs nothing but torch and transformers (and numpy): no vLLM, no network, no database, no pydantic. Models are
-built on the spot: the tiny random Llama of ``app/tiny_model.py`` (tokenizer + chat template, for the backend
-end to end) and a random Llama-3.2-1B-shaped model (vocabulary 128256, for a realistic cost of the per-row
-seeded sampler against plain sampling). Run from the repository root:
+Needs torch, transformers, TRL and mucode itself: no vLLM, no network, no database. The model is built on the
+spot (``app/tiny_model.py``: a random Llama with a local tokenizer and chat template, saved as a normal model
+folder) at a size that keeps a GPU busy; the prompts are the shipped MBPP train problems. Under 8 minutes on
+one H100. Run from the repository root:
 
-    python bench/gpu_smoke.py [--rows 64] [--new-tokens 256] [--json out.json]
+    python bench/gpu_smoke.py [--json out.json]
+    python bench/gpu_smoke.py --cpu-dry-run      # the same code on the CPU with the tiny model (~1-2 min)
 
-Checks (exit status 1 if one fails):
-- the noise hash gives the same numbers on CUDA as on the CPU (so seeds mean the same on both);
-- backend samples on CUDA: token counts, finish reasons, same seed → same text across calls;
-- greedy backend output equals bare greedy ``generate``.
-Reports (not pass/fail, they depend on the kernels): how many samples stay identical when regrouped into other
-batches (bf16 and fp32), and throughput of backend vs bare generate, and of the seeded sampler vs plain
-multinomial sampling on the 1B-shaped model.
+What it checks (exit status 1 if one fails) and measures:
+1. sampling: the seeded noise is the same on CUDA as on the CPU; ``TransformersBackend.generate`` against plain
+   ``model.generate`` with the backend's seeded sampler on the same padded rows (bf16 and fp32): how many
+   samples are identical for the same seeds (all must be in fp32), the same seeds give the same text on a
+   second call, greedy equals bare greedy ``generate``, and tokens/s of both;
+2. training: a few Bradley-Terry verifier steps (TRL ``RewardTrainer`` through ``trainers.verifier.bt``) and
+   SFT generator steps (TRL ``SFTTrainer`` on the SFT config ``trainers.sft.config`` builds), bf16 on a GPU:
+   the loss is finite, the weights moved, steps/s;
+3. scoring: the trained verifier saved and loaded the way workers load it, candidates/s; a candidate scored
+   alone gets the score it got in a batch.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import math
 import sys
 import tempfile
 import time
@@ -27,281 +33,307 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+# The model and the work per stage: on a GPU a SmolLM2-135M-sized model (12 layers of 768), on the CPU the
+# tiny one; both read the same MBPP prompts.
+SIZES = {
+    "cuda": {"hidden_size": 768, "num_layers": 12, "num_heads": 12, "problems": 16, "rollouts": 4,
+             "new_tokens": 256, "train_steps": 8, "batch": 8, "score": 512},
+    "cpu": {"hidden_size": 64, "num_layers": 2, "num_heads": 4, "problems": 4, "rollouts": 2,
+            "new_tokens": 32, "train_steps": 2, "batch": 2, "score": 32},
+}  # fmt: skip
 
-DEVICE = "cuda"
-# The seeded sampler through torch.compile (off in --cpu-dry-run: inductor's C++ build is slow there).
-COMPILE = True
+
+class Table:
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, str, bool | None]] = []
+
+    def add(self, stage: str, what: str, value, ok: bool | None = None) -> None:
+        self.rows.append((stage, what, str(value), ok))
+
+    @property
+    def ok(self) -> bool:
+        return all(ok is not False for *_, ok in self.rows)
+
+    def render(self) -> str:
+        w = [max(len(r[i]) for r in self.rows) for i in range(3)]
+        lines = [f"{'stage':<{w[0]}}  {'check':<{w[1]}}  {'value':<{w[2]}}  result", "-" * (sum(w) + 14)]
+        for stage, what, value, ok in self.rows:
+            mark = "" if ok is None else ("ok" if ok else "FAIL")
+            lines.append(f"{stage:<{w[0]}}  {what:<{w[1]}}  {value:<{w[2]}}  {mark}")
+        return "\n".join(lines)
+
+    def as_dict(self) -> list[dict]:
+        return [{"stage": s, "check": c, "value": v, "ok": ok} for s, c, v, ok in self.rows]
 
 
-def _sync():
+def _sync(device: str) -> None:
     import torch
 
-    if DEVICE.startswith("cuda"):
+    if device == "cuda":
         torch.cuda.synchronize()
 
 
-def _timed(fn, reps: int):
-    fn()  # warm-up
-    times = []
-    for _ in range(reps):
-        _sync()
-        t = time.perf_counter()
-        fn()
-        _sync()
-        times.append(time.perf_counter() - t)
-    return min(times), times
+def _problems(n: int):
+    return _train_problems()[:n]
 
 
-def check_noise_cpu_vs_cuda(report: dict) -> bool:
+@functools.cache
+def _train_problems():
+    from app.datasets.registry import parse_dataset
+
+    return [q for q in parse_dataset("mbpp").problems if q.split == "train"]
+
+
+# -- 1. sampling ------------------------------------------------------------------------------------------------
+def check_noise(table: Table) -> None:
     import torch
 
     from workers.backends.transformers_backend import step_keys, token_uniforms
 
     keys = torch.from_numpy(step_keys(list(range(16)), 4)[:, :1].view("int32"))
-    cpu = token_uniforms(keys, 128256)
-    gpu = token_uniforms(keys.cuda(), 128256).cpu()
-    ok = bool(torch.equal(cpu, gpu))
-    report["noise_cpu_equals_cuda"] = ok
-    return ok
+    same = bool(torch.equal(token_uniforms(keys, 128256), token_uniforms(keys.cuda(), 128256).cpu()))
+    table.add("sampling", "seeded noise CUDA == CPU", same, same)
 
 
-def tiny_backend_checks(
-    report: dict, rows: int, new_tokens: int, reps: int, dtypes=("bfloat16", "float32")
-) -> bool:
+def _plain_generate(be, convs, seeds, params, device: str):
+    """``model.generate`` with the backend's seeded sampler on the same left-padded rows: (text, tokens)."""
     import torch
-
-    from app.tiny_model import build_tiny_model
-    from workers.backends.base import SamplingParams, render_prompt
-    from workers.backends.transformers_backend import TransformersBackend
-
-    ok = True
-    path = build_tiny_model(Path(tempfile.mkdtemp(prefix="mucode-tiny-")) / "tiny")
-    convs = [
-        [{"role": "user", "content": f"Write a function number {i}. " * (1 + i % 7)}] for i in range(rows)
-    ]
-    seeds = list(range(1000, 1000 + rows))
-    params = SamplingParams(temperature=0.7, top_p=1.0, max_tokens=new_tokens)
-    out: dict = {}
-    for dtype in dtypes if DEVICE == "cuda" else ("float32",):
-        be = TransformersBackend(str(path), device=DEVICE, dtype=dtype)
-        a = be.generate(convs, params, seeds)
-        b = be.generate(convs, params, seeds)
-        same_call = [x[0].text for x in a] == [x[0].text for x in b]
-        # Regroup: reversed order, half the batch, and each of the first 8 alone.
-        half = be.generate(convs[::2][::-1], params, seeds[::2][::-1])[::-1]
-        kept = sum(h[0].text == a[2 * i][0].text for i, h in enumerate(half))
-        alone = sum(
-            be.generate([convs[i]], params, [seeds[i]])[0][0].text == a[i][0].text
-            for i in range(min(8, rows))
-        )
-        counts_ok = all(
-            s[0].prompt_tokens == len(render_prompt(be.tokenizer, c)) and 1 <= s[0].completion_tokens <= new_tokens
-            and s[0].finish_reason in ("stop", "length")
-            for s, c in zip(a, convs)
-        )  # fmt: skip
-        ok &= same_call and counts_ok
-        out[dtype] = {
-            "same_seeds_same_text_across_calls": same_call,
-            "token_counts_ok": counts_ok,
-            "identical_when_regrouped_half_batch": f"{kept}/{len(half)}",
-            "identical_when_alone": f"{alone}/{min(8, rows)}",
-        }
-        if dtype == ("bfloat16" if DEVICE == "cuda" else "float32"):
-            # Greedy: backend == bare generate (one row, no padding).
-            g = be.generate(convs[:1], SamplingParams(0.0, 1.0, 32), [0])[0][0].text
-            ids = torch.tensor([render_prompt(be.tokenizer, convs[0])], device=DEVICE)
-            with torch.inference_mode():
-                bare = be.model.generate(
-                    input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=32, do_sample=False
-                )
-            greedy_ok = g == be.tokenizer.decode(bare[0, ids.shape[1] :], skip_special_tokens=True)
-            ok &= greedy_ok
-            out[dtype]["greedy_equals_bare_generate"] = greedy_ok
-
-            # Throughput: backend.generate (render, pad, sample, decode) vs bare sampled generate on the same
-            # left-padded batch, both forced to the same number of tokens.
-            prompts = [render_prompt(be.tokenizer, c) for c in convs]
-            width = max(map(len, prompts))
-            inp = torch.full((rows, width), be.pad_id, dtype=torch.long)
-            att = torch.zeros_like(inp)
-            for i, p in enumerate(prompts):
-                inp[i, width - len(p) :] = torch.tensor(p)
-                att[i, width - len(p) :] = 1
-            inp, att = inp.to(DEVICE), att.to(DEVICE)
-            be.eos_ids = [be.tokenizer.pad_token_id]  # nothing stops early: equal work on both sides
-
-            def bare_run(be=be, inp=inp, att=att):
-                with torch.inference_mode():
-                    be.model.generate(
-                        input_ids=inp,
-                        attention_mask=att,
-                        max_new_tokens=new_tokens,
-                        do_sample=True,
-                        temperature=0.7,
-                        top_p=1.0,
-                        top_k=0,
-                        pad_token_id=be.pad_id,
-                        eos_token_id=be.eos_ids,
-                    )
-
-            def backend_run(be=be):
-                be.generate(convs, params, seeds)
-
-            t_bare, _ = _timed(bare_run, reps)
-            t_backend, _ = _timed(backend_run, reps)
-            out[dtype]["tok_per_s_bare_generate"] = round(rows * new_tokens / t_bare)
-            out[dtype]["tok_per_s_backend"] = round(rows * new_tokens / t_backend)
-            out[dtype]["backend_over_bare"] = round(t_bare / t_backend, 3)
-        be.close()
-    report["tiny_backend"] = out
-    return ok
-
-
-def sampler_cost_1b(report: dict, rows: int, new_tokens: int, reps: int, small: bool = False) -> None:
-    """Seeded sampler vs plain multinomial sampling inside ``generate`` on a random Llama-3.2-1B-shaped model."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, LogitsProcessorList
+    from transformers import LogitsProcessorList
 
     from workers.backends.transformers_backend import _make_sampler, step_keys
 
-    config = LlamaConfig(
-        vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
-        num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=4096, tie_word_embeddings=True,
-        bos_token_id=0, eos_token_id=1, pad_token_id=2, rope_theta=500000.0,
-    )  # fmt: skip
-    if small:  # --cpu-dry-run: the same code on a small model
-        config.hidden_size, config.intermediate_size, config.num_hidden_layers = 64, 128, 1
-        config.num_attention_heads, config.num_key_value_heads, config.vocab_size = 4, 2, 4096
-    torch.manual_seed(0)
-    with torch.device(DEVICE):
-        model = LlamaForCausalLM(config).to(torch.bfloat16 if DEVICE == "cuda" else torch.float32).eval()
-    prompt_len = 256
-    inp = torch.randint(3, config.vocab_size - 100, (rows, prompt_len), device=DEVICE)
-    att = torch.ones_like(inp)
-    keys = torch.from_numpy(step_keys(list(range(rows)), max(new_tokens, 64)).view("int32")).to(DEVICE)
+    prompts = [be.prompt_ids(c) for c in convs]
+    width = max(len(x) for x in prompts)
+    ids = torch.full((len(prompts), width), be.pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, x in enumerate(prompts):
+        ids[i, width - len(x) :] = torch.tensor(x)
+        mask[i, width - len(x) :] = 1
+    keys = torch.from_numpy(step_keys(seeds, params.max_tokens).view("int32")).to(device)
+    procs = LogitsProcessorList([_make_sampler(keys, width, params.temperature, params.top_p)])
+    with torch.inference_mode():
+        out = be.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                max_new_tokens=params.max_tokens, do_sample=False, logits_processor=procs,
+                                pad_token_id=be.pad_id, eos_token_id=be.eos_ids)
+    eos, rows = set(be.eos_ids), []
+    for toks in out[:, width:].tolist():
+        end = next((k for k, t in enumerate(toks) if t in eos), None)
+        body = toks if end is None else toks[:end]
+        rows.append((be.tokenizer.decode(body, skip_special_tokens=True), len(toks) if end is None else end + 1))
+    return rows
 
-    def plain():
+
+def check_sampling(table: Table, model_dir: str, device: str, size: dict) -> None:
+    import torch
+
+    from app.env import initial_messages
+    from workers.backends.base import SamplingParams, render_prompt
+    from workers.backends.transformers_backend import TransformersBackend
+
+    problems = _problems(size["problems"])
+    convs = [initial_messages(q) for q in problems for _ in range(size["rollouts"])]
+    seeds = list(range(len(convs)))
+    params = SamplingParams(temperature=0.7, top_p=1.0, max_tokens=size["new_tokens"])
+    for dtype in ("bfloat16", "float32") if device == "cuda" else ("float32",):
+        be = TransformersBackend(model_dir, device=device, dtype=dtype)
+        runs = {}
+        for name, fn in (("generate", lambda be=be: _plain_generate(be, convs, seeds, params, device)),
+                         ("backend", lambda be=be: [(g[0].text, g[0].completion_tokens)
+                                                     for g in be.generate(convs, params, seeds)])):
+            fn()  # warm-up (kernels, allocator)
+            _sync(device)
+            t0 = time.perf_counter()
+            rows = fn()
+            _sync(device)
+            runs[name] = (rows, time.perf_counter() - t0)
+        (plain, t_plain), (mine, t_mine) = runs["generate"], runs["backend"]
+        same = sum(a == b for a, b in zip(plain, mine, strict=True))
+        # fp32 must agree everywhere; in bf16 a different batch shape may round a logit differently
+        table.add("sampling", f"{dtype}: samples identical to generate", f"{same}/{len(convs)}",
+                  same == len(convs) if dtype == "float32" else None)
+        again = [(g[0].text, g[0].completion_tokens) for g in be.generate(convs, params, seeds)]
+        table.add("sampling", f"{dtype}: same seeds, same samples again", again == mine, again == mine)
+        rate_plain = sum(n for _, n in plain) / t_plain
+        rate_mine = sum(n for _, n in mine) / t_mine
+        table.add("sampling", f"{dtype}: tokens/s generate | backend",
+                  f"{rate_plain:.0f} | {rate_mine:.0f} ({rate_mine / rate_plain:.2f}x)")
+        g = be.generate(convs[:1], SamplingParams(0.0, 1.0, 32), [0])[0][0].text
+        ids = torch.tensor([render_prompt(be.tokenizer, convs[0])], device=device)
         with torch.inference_mode():
-            model.generate(
-                input_ids=inp,
-                attention_mask=att,
-                max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens,
-                do_sample=True,
-                temperature=0.7,
-                top_p=1.0,
-                top_k=0,
-                pad_token_id=2,
-            )
+            bare = be.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=32,
+                                     do_sample=False, pad_token_id=be.pad_id, eos_token_id=be.eos_ids)
+        greedy_ok = g == be.tokenizer.decode(bare[0, ids.shape[1] :], skip_special_tokens=True)
+        table.add("sampling", f"{dtype}: greedy == bare greedy generate", greedy_ok, greedy_ok)
+        be.close()
 
-    def seeded(top_p=1.0, compiled=False):
-        proc = LogitsProcessorList([_make_sampler(keys, prompt_len, 0.7, top_p, compile_sampler=compiled)])
-        with torch.inference_mode():
-            model.generate(
-                input_ids=inp,
-                attention_mask=att,
-                max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens,
-                do_sample=False,
-                logits_processor=proc,
-                pad_token_id=2,
-            )
 
-    t = time.perf_counter()
-    seeded(compiled=COMPILE)  # compile once (dynamic shapes), outside the timings
-    compile_s = time.perf_counter() - t
-    plain()
-    seeded()
-    runs: dict[str, list[float]] = {"plain": [], "seeded_eager": [], "seeded_compiled": []}
-    for _ in range(reps):  # interleaved, so clock and thermal drift hit every variant alike
-        for name, fn in (
-            ("plain", plain),
-            ("seeded_eager", seeded),
-            ("seeded_compiled", lambda: seeded(compiled=COMPILE)),
-        ):
-            _sync()
-            t = time.perf_counter()
-            fn()
-            _sync()
-            runs[name].append(time.perf_counter() - t)
-    t_top_p, _ = _timed(lambda: seeded(top_p=0.95, compiled=COMPILE), 1)
+# -- 2. training ---------------------------------------------------------------------------------------------------
+def _answers(problems) -> list[tuple[str, str, str]]:
+    """(prompt, correct answer, wrong answer) per problem: the reference solution and a broken copy."""
+    from app.env import initial_messages
 
-    # Regrouping on bf16: the first 8 rows alone vs in the full batch (seeded), 64 tokens.
-    def gen(ids, k):
-        proc = LogitsProcessorList([_make_sampler(k, prompt_len, 0.7, 1.0, compile_sampler=COMPILE)])
-        with torch.inference_mode():
-            return model.generate(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                max_new_tokens=64,
-                min_new_tokens=64,
-                do_sample=False,
-                logits_processor=proc,
-                pad_token_id=2,
-            )
+    out = []
+    for q in problems:
+        good = f"```python\n{q.reference_solution}\n```"
+        bad = f"```python\n{q.reference_solution.replace('return', 'return None and')}\n```"
+        out.append((initial_messages(q)[0]["content"], good, bad))
+    return out
 
-    full = gen(inp, keys)
-    same = sum(
-        int(torch.equal(gen(inp[i : i + 1], keys[i : i + 1])[0], full[i])) for i in range(min(8, rows))
-    )
-    best = {k: min(v) for k, v in runs.items()}
-    report["llama1b_shape_bf16"] = {
-        "rows": rows, "new_tokens": new_tokens, "prompt_len": prompt_len, "compile_s": round(compile_s, 1),
-        "seconds": {k: [round(x, 3) for x in v] for k, v in runs.items()},
-        "tok_per_s": {k: round(rows * new_tokens / v) for k, v in best.items()},
-        "eager_over_plain": round(best["plain"] / best["seeded_eager"], 3),
-        "compiled_over_plain": round(best["plain"] / best["seeded_compiled"], 3),
-        "compiled_top_p_0.95_over_plain": round(best["plain"] / t_top_p, 3),
-        "rows_identical_alone_vs_batched_64_tokens": f"{same}/{min(8, rows)}",
-    }  # fmt: skip
-    model.to("cpu")  # free the GPU for whatever runs next
-    if DEVICE == "cuda":
-        torch.cuda.empty_cache()
+
+def _moved(before: dict, model) -> bool:
+    return any(not p.detach().cpu().float().equal(before[n]) for n, p in model.named_parameters() if n in before)
+
+
+def _snapshot(model, k: int = 4) -> dict:
+    return {n: p.detach().cpu().float().clone() for n, p in list(model.named_parameters())[:k]}
+
+
+def check_verifier_training(table: Table, model_dir: str, out: Path, device: str, size: dict):
+    from trainers.verifier.bt import train_bt
+    from trainers.verifier.config import VerifierTrainingConfig
+    from trainers.verifier.data import BTExample, tokenize_bt
+    from trainers.verifier.model import load_model_for_training, load_tokenizer
+
+    steps, batch = size["train_steps"], size["batch"]
+    cfg = VerifierTrainingConfig(learning_rate=1e-4, effective_batch_size=batch, per_device_batch_size=batch,
+                                 max_steps=steps, max_length=1024, logging_steps=1, checkpoint_steps=0,
+                                 evaluate=False, gradient_checkpointing=device == "cuda")
+    tok = load_tokenizer(model_dir)
+    model = load_model_for_training(model_dir, tok, cfg)
+    examples = [BTExample(i, p, good, bad, 2 * i, 2 * i + 1)
+                for i, (p, good, bad) in enumerate(_answers(_problems(steps * batch)))]
+    rows, _ = tokenize_bt(tok, examples, cfg.max_length)
+    before = _snapshot(model)
+    t0 = time.perf_counter()
+    trainer, _ = train_bt(model, tok, rows, cfg, str(out / "verifier-ckpt"), progress=False)
+    seconds = time.perf_counter() - t0
+    losses = [x["loss"] for x in trainer.state.log_history if "loss" in x]
+    bf16 = bool(trainer.args.bf16)
+    on = next(trainer.model.parameters()).device.type
+    table.add("verifier BT", "device | bf16", f"{on} | {bf16}", on == device and bf16 == (device == "cuda"))
+    table.add("verifier BT", f"{trainer.state.global_step} steps x {batch} pairs: loss first -> last",
+              f"{losses[0]:.4f} -> {losses[-1]:.4f}" if losses else "no loss logged",
+              bool(losses) and all(math.isfinite(x) for x in losses) and trainer.state.global_step == steps)
+    table.add("verifier BT", "weights moved | steps/s", f"{_moved(before, trainer.model)} | {steps / seconds:.2f}",
+              _moved(before, trainer.model))
+    return trainer.model, tok
+
+
+def check_generator_training(table: Table, model_dir: str, out: Path, device: str, size: dict) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTTrainer
+
+    from app.env import initial_messages
+    from trainers.sft.config import GeneratorTrainConfig
+    from trainers.sft.trainer import tokenize_dataset
+
+    steps, batch = size["train_steps"], size["batch"]
+    cfg = GeneratorTrainConfig(learning_rate=1e-4, max_steps=steps, effective_batch_size=batch,
+                               per_device_train_batch_size=batch, max_length=2048, logging_steps=1,
+                               checkpoint_steps=0, gradient_checkpointing=device == "cuda")
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    records = [{"messages": [*initial_messages(q), {"role": "assistant", "content": good}]}
+               for q, (_, good, _) in zip(_problems(steps * batch), _answers(_problems(steps * batch)),
+                                          strict=True)]
+    dataset, stats = tokenize_dataset(tok, records, max_length=cfg.max_length)
+    before = _snapshot(model)
+    trainer = SFTTrainer(model=model, args=cfg.to_sft_config(str(out / "generator-ckpt")), train_dataset=dataset,
+                         processing_class=tok)
+    t0 = time.perf_counter()
+    trainer.train()
+    seconds = time.perf_counter() - t0
+    losses = [x["loss"] for x in trainer.state.log_history if "loss" in x]
+    bf16 = bool(trainer.args.bf16)
+    on = next(trainer.model.parameters()).device.type
+    table.add("generator SFT", "device | bf16", f"{on} | {bf16}", on == device and bf16 == (device == "cuda"))
+    table.add("generator SFT", f"{trainer.state.global_step} steps x {batch} examples: loss first -> last",
+              f"{losses[0]:.4f} -> {losses[-1]:.4f}" if losses else "no loss logged",
+              bool(losses) and all(math.isfinite(x) for x in losses) and trainer.state.global_step == steps)
+    table.add("generator SFT", "weights moved | steps/s | target tokens",
+              f"{_moved(before, trainer.model)} | {steps / seconds:.2f} | {stats['target_tokens']}",
+              _moved(before, trainer.model))
+
+
+# -- 3. scoring ------------------------------------------------------------------------------------------------------
+def check_scoring(table: Table, verifier, tok, out: Path, device: str, size: dict) -> None:
+    from trainers.verifier.model import save_verifier
+    from trainers.verifier.scorer import VerifierScorer
+
+    vdir = save_verifier(verifier.to("cpu"), tok, out / "verifier", {"smoke": True})
+    scorer = VerifierScorer.load(str(vdir), device=device, max_length=1024)
+    answers = _answers(_problems(64))
+    pairs = [(p, good if i % 2 else bad) for i, (p, good, bad) in enumerate(answers)]
+    pairs = (pairs * math.ceil(size["score"] / len(pairs)))[: size["score"]]
+    scorer.score(pairs[: scorer.batch_size])  # warm-up
+    _sync(device)
+    t0 = time.perf_counter()
+    scores = scorer.score(pairs)
+    _sync(device)
+    seconds = time.perf_counter() - t0
+    finite = all(math.isfinite(x) for x in scores)
+    table.add("scoring", f"{len(pairs)} candidates, batch {scorer.batch_size}: candidates/s",
+              f"{len(pairs) / seconds:.1f}", finite)
+    alone = [scorer.score([p])[0] for p in pairs[:4]]
+    tol = 0.05 if device == "cuda" else 1e-4  # bf16 on a GPU: another batch shape, another rounding
+    same = all(abs(a - b) <= tol * max(1.0, abs(b)) for a, b in zip(alone, scores, strict=False))
+    table.add("scoring", "alone == batched (padding-invariant)", same, same)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--rows", type=int, default=64)
-    ap.add_argument("--new-tokens", type=int, default=256)
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--skip-1b", action="store_true", help="only the tiny-model checks")
-    ap.add_argument("--skip-fp32", action="store_true", help="tiny-model checks in bf16 only")
-    ap.add_argument("--json", type=Path, help="write the report here too")
-    ap.add_argument("--cpu-dry-run", action="store_true", help="run the tiny-model part on the CPU (no GPU)")
+    ap.add_argument("--cpu-dry-run", action="store_true", help="the same code on the CPU with the tiny model")
+    ap.add_argument("--json", type=Path, help="write the table here too")
     args = ap.parse_args()
 
     import torch
     import transformers
+    import trl
 
-    global DEVICE, COMPILE
     if args.cpu_dry_run:
-        DEVICE, COMPILE = "cpu", False
-    elif not torch.cuda.is_available():
-        print(
-            "no CUDA device: this smoke check needs a GPU (--cpu-dry-run runs the tiny part on the CPU)",
-            file=sys.stderr,
-        )
+        device = "cpu"
+    elif torch.cuda.is_available():
+        device = "cuda"
+    else:
+        print("no CUDA device: this smoke check needs a GPU (--cpu-dry-run runs it on the CPU)", file=sys.stderr)
         return 2
-    report: dict = {
-        "device": torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu",
-        "torch": torch.__version__, "transformers": transformers.__version__,
-    }  # fmt: skip
+    size = SIZES[device]
+    from app.tiny_model import build_tiny_model
 
-    def save() -> None:  # after every stage, so a run cut short still leaves its numbers
-        if args.json:
-            args.json.write_text(json.dumps(report, indent=2) + "\n")
-
-    ok = check_noise_cpu_vs_cuda(report) if DEVICE == "cuda" else True
-    save()
-    dtypes = ("bfloat16",) if args.skip_fp32 else ("bfloat16", "float32")
-    ok &= tiny_backend_checks(report, args.rows, min(args.new_tokens, 128), args.reps, dtypes)
-    save()
-    if not args.skip_1b:
-        sampler_cost_1b(report, args.rows, args.new_tokens, args.reps, small=DEVICE != "cuda")
-    report["ok"] = bool(ok)
-    save()
-    print(json.dumps(report, indent=2))
-    return 0 if ok else 1
+    t_start = time.perf_counter()
+    table = Table()
+    name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
+    table.add("setup", "device | torch | transformers | trl",
+              f"{name} | {torch.__version__} | {transformers.__version__} | {trl.__version__}")
+    with tempfile.TemporaryDirectory(prefix="mucode-gpu-smoke-") as tmp:
+        out = Path(tmp)
+        t0 = time.perf_counter()
+        model_dir = str(build_tiny_model(out / "model", hidden_size=size["hidden_size"],
+                                         num_layers=size["num_layers"], num_heads=size["num_heads"]))
+        params = json.loads((Path(model_dir) / "mucode_tiny.json").read_text())["params"]
+        table.add("setup", "random Llama (params, built in)", f"{params / 1e6:.1f}M, {time.perf_counter() - t0:.0f} s")
+        stages = [
+            ("sampling", lambda: (device == "cuda" and check_noise(table),
+                                  check_sampling(table, model_dir, device, size))),
+            ("generator SFT", lambda: check_generator_training(table, model_dir, out, device, size)),
+            ("verifier + scoring", lambda: check_scoring(table, *check_verifier_training(table, model_dir, out, device, size),
+                                               out, device, size)),
+        ]
+        for stage, fn in stages:  # one stage failing does not hide the others' numbers
+            t0 = time.perf_counter()
+            try:
+                fn()
+            except Exception as exc:  # noqa: BLE001
+                table.add(stage, "raised", f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}", False)
+            table.add(stage, "stage seconds", f"{time.perf_counter() - t0:.1f}")
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    table.add("total", "seconds", f"{time.perf_counter() - t_start:.1f}", table.ok)
+    print(table.render())
+    if args.json:
+        args.json.write_text(json.dumps({"ok": table.ok, "rows": table.as_dict()}, indent=2) + "\n")
+    return 0 if table.ok else 1
 
 
 if __name__ == "__main__":

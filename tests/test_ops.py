@@ -390,6 +390,30 @@ def test_doctor_sandbox_rows_never_crash():
 
 
 # -- a real worker -------------------------------------------------------------------------------------------
+def test_a_worker_that_cannot_record_its_jobs_does_not_start(tmp_path):
+    """A worker takes jobs only once the database (at the code's schema) and the broker answer: a wrong database
+    URL, an unmigrated database or an unreachable broker is an error naming it, after the wait, and no job is
+    taken meanwhile (no queue is consumed)."""
+    db = tmp_path / "w.db"
+    cases = [
+        (dict(MUCODE_BROKER_URL=REDIS_URL, MUCODE_DATABASE_URL="postgresql://postgres@127.0.0.1:1/nowhere"),
+         "database: cannot connect"),
+        (dict(MUCODE_BROKER_URL=REDIS_URL, MUCODE_DATABASE_URL=f"sqlite:///{db}"), "does not exist"),
+        (dict(MUCODE_BROKER_URL="redis://127.0.0.1:1/0", MUCODE_DATABASE_URL=f"sqlite:///{db}"),
+         "broker: cannot reach the broker"),
+    ]
+    for i, (extra, expected) in enumerate(cases):
+        env = _env(**extra)
+        if i == 2:
+            assert _mucode("db", "upgrade", env=env, cwd=tmp_path).returncode == 0
+        t0 = time.monotonic()
+        out = _mucode("worker", "--queues", "execute", "--services-wait", "3", env=env, cwd=tmp_path, timeout=120)
+        assert out.returncode == 2, (out.stdout, out.stderr)
+        assert "error: the worker cannot start" in out.stderr and expected in out.stderr, out.stderr
+        assert "ready" not in out.stdout + out.stderr
+        assert time.monotonic() - t0 >= 3  # it waited for the service to come up before giving up
+
+
 def test_worker_answers_ping_and_stops_cleanly(tmp_path):
     import redis
 
@@ -400,6 +424,7 @@ def test_worker_answers_ping_and_stops_cleanly(tmp_path):
     name = f"test-{uuid.uuid4().hex[:8]}"
     node = f"{name}@{socket.gethostname()}"
     env = _env(MUCODE_BROKER_URL=REDIS_URL, MUCODE_DATABASE_URL=f"sqlite:///{tmp_path / 'w.db'}")
+    assert _mucode("db", "upgrade", env=env, cwd=tmp_path).returncode == 0
     log = open(tmp_path / "worker.log", "w")  # noqa: SIM115 - the worker writes to it until it stops
     proc = subprocess.Popen(
         [sys.executable, "-m", "app.cli.main", "worker", "--queues", "execute", "--name", name,

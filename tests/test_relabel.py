@@ -344,3 +344,20 @@ def test_examples_come_back_in_content_order_whatever_their_ids(world):
     assert again == first
     rounds = {world["r0"]: 0, world["r1"]: 1}
     assert [(rounds[k[0]],) + k[1:4] for k in first] == sorted((rounds[k[0]],) + k[1:4] for k in first)
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (2, 1, 0)])
+def test_equal_scores_pick_the_same_target_whatever_the_row_order(store, order):
+    """Two rollouts that end in equally scored programs (the same code sampled twice): the expert is the one with
+    the lower rollout index, however the rows happened to be inserted (after a resume, batches are sampled in
+    another order and their rows get other ids). Same store content, same training set."""
+    v = seed.add_model(store, "rm", kind="verifier")
+    rnd = seed.add_round(store, "ties", 0)
+    _set_round(store, rnd, verifier_out_id=v)
+    p = seed.add_problem(store, "mbpp/710")
+    for i in order:
+        seed.add_rollout(store, problem_id=p, sample_index=i, round_id=rnd,
+                         turns=[t(f"r{i}-t1", lv={v: 0.1}), t(f"r{i}-t2", lv={v: 0.5 if i < 2 else 0.2})])
+    ts = build_training_set(store, rnd, method="mucode")
+    targets = {r["messages"][-1]["content"] for r in example_records(store, ts["id"])}
+    assert targets == {"r0-t2"}

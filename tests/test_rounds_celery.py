@@ -137,3 +137,59 @@ def test_killed_worker_mid_round_then_resume_gives_exact_rows(pg_store, tmp_path
                     m.Candidate.sample_index).having(func.count() > 1).subquery())).scalar_one()
             assert dup == 0
             assert res["rollouts"] == P_TRAIN * 4
+
+
+# Heartbeats, sweeps and grace shortened so that the healer acts within seconds (defaults: 10 s, 20 s, 60 s).
+FAST_HEALER = {"MUCODE_HEARTBEAT_S": "1", "MUCODE_HEALER_SWEEP_S": "2", "MUCODE_HEALER_GRACE_S": "6"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
+def test_killed_worker_mid_round_heals_without_a_resume(pg_store, tmp_path, knowing_model):
+    """The GPU worker is killed with SIGKILL in the middle of the collection and a fresh one started; nobody runs
+    ``round resume``. The control worker's healer finds the job that no live worker runs, resumes the round, and
+    the round finishes with exact rows; no status read on the way says "failed"."""
+    from app.store.rollouts import Owner
+    from workers.tasks.rounds import round_status
+
+    cfg = _setup(pg_store, tmp_path, knowing_model, "c3")
+    extra = {"MUCODE_ARTIFACTS_DIR": str(tmp_path / "art"), **FAST_HEALER}
+    with redis_db() as broker, celery_workers(_url(pg_store), broker, log_dir=tmp_path, extra_env=extra) as workers:
+        gpu = workers.start(GPU)
+        workers.start("execute")
+        workers.start("control")
+        env = {**_env(pg_store, broker, tmp_path), **FAST_HEALER}
+        _mucode(["experiment", "create", "c3", "--config", str(cfg)], env)
+        _mucode(["round", "run", "c3"], env)
+        exp = pg_store.get_experiment("c3")
+
+        def counts():
+            rounds = pg_store.experiment_rounds(exp.id)
+            if not rounds or "collect" not in (rounds[0].steps or {}):
+                return None
+            try:
+                return pg_store.collection_counts(Owner(round_id=rounds[0].id))
+            except Exception:  # noqa: BLE001
+                return None
+
+        _wait(lambda: (c := counts()) and c["candidates"] >= 2, 240, "the first candidates", workers)
+        gpu.kill()
+        assert counts()["active"] > 0, "the collection finished before the kill: make it bigger"
+        killed_at = time.monotonic()
+        workers.start(GPU)
+        (rnd,) = pg_store.experiment_rounds(exp.id)
+        seen: list[str] = []
+
+        def finished():
+            seen.append(round_status(pg_store, rnd.id)["status"])
+            return pg_store.get_round(rnd.id).status in ("done", "failed")
+
+        _wait(finished, 900, "the round to finish by itself", workers)
+        rnd = pg_store.get_round(rnd.id)
+        assert rnd.status == "done", (rnd.error, rnd.steps, workers.logs())
+        assert "failed" not in seen
+        check_round_rows(pg_store, "c3")
+        collect_rec = rnd.steps["collect"]
+        assert collect_rec["attempt"] == 2 and collect_rec["heals"] == 1, collect_rec
+        assert "is not running anywhere" in collect_rec["healed"]
+        print(f"healed and finished {time.monotonic() - killed_at:.0f} s after the kill")

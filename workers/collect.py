@@ -42,8 +42,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import socket
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -51,8 +49,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from app.errors import ConfigError, MucodeError, NotFound
+from app.errors import ConfigError, MucodeError, NotFound, clip, first_line, is_transient
 from app.store.rollouts import Owner, RolloutState
+from workers.healing import worker_name
 
 log = logging.getLogger("mucode.collect")
 
@@ -73,7 +72,7 @@ class CollectSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    backend: Literal["transformers", "vllm"] = "transformers"
+    backend: Literal["transformers", "vllm", "server"] = "transformers"
     turns: int = Field(3, ge=1, description="T: turns per trajectory / chain")
     samples_per_problem: int = Field(1, ge=1, description="M rollouts (or C chains) per problem")
     candidates: int = Field(1, ge=1, description="N candidates per turn (Best-of-N)")
@@ -169,14 +168,10 @@ def step_key(owner: Owner, generation: int, batch: int, kind: str, turn: int) ->
     return f"{collect_key(owner)}/g{generation}/b{batch}/{kind}/t{turn}"
 
 
-def _worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 # -- backends ---------------------------------------------------------------------------------------------------
 def load_backend(kind: str, uri: str):
     """The process's backend for (kind, uri): ``workers.backends.get_backend`` loads a model once and keeps it
-    between jobs (another model replaces it)."""
+    between jobs (another model replaces it) until ``workers.tasks.sample.release_models()``."""
     from workers.backends import get_backend
 
     return get_backend(kind, uri)
@@ -318,11 +313,15 @@ def _queue(store, owner: Owner, name: str, kwargs: dict[str, Any], key: str) -> 
     from workers.dispatch import in_process, submit
 
     kind = name.split(".", 1)[1]
+    if name in ("mucode.execute", "mucode.score"):  # the job marks its row running and done itself
+        kwargs = {**kwargs, "job_key": key}
     store.record_job(key, kind, TASK_QUEUES[name], _brief(kwargs), **owner.as_dict())
     try:
         submit(name, **kwargs)
     except Exception as exc:
-        if not in_process():  # in-process, the error is the job's own and already recorded by it
+        # In-process, the error is the job's own and already recorded by it; a broker outage is not a failure
+        # of the job (the job that queues it waits and runs again, see workers/healing.py).
+        if not in_process() and not is_transient(exc):
             store.job_failed(key, f"could not queue: {type(exc).__name__}: {exc}")
         raise
 
@@ -355,13 +354,13 @@ def run_sample_job(
     owner = Owner.of(owner)
     spec, current, _state = get_spec(store, owner)
     key = step_key(owner, generation, batch, "sample", step)
-    if generation < current:
+    if generation < current:  # a message of a generation that a resume replaced (or redelivered late)
         log.info("%s superseded by generation %d", key, current)
-        store.job_done(key, {"superseded_by": current})
+        store.supersede_job(key, f"superseded by generation {current}")
         return {"superseded_by": current}
     store.job_started(
         key,
-        worker=_worker_name(),
+        worker=worker_name(),
         kind="sample",
         queue="sample",
         payload=_brief(
@@ -388,11 +387,49 @@ def run_sample_job(
             backend_loader=backend_loader or load_backend,
         )
     except Exception as exc:
-        store.job_failed(key, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+        if not is_transient(exc):  # an outage is waited out and the job runs again (workers/healing.py)
+            store.job_failed(key, f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")
+            owner_failed(store, owner, f"job {key}: {type(exc).__name__}: {exc}")
         raise
     result["seconds"] = round(time.perf_counter() - t0, 3)
     store.job_done(key, result)
     return result
+
+
+def job_failed_for_good(store, key: str, error: str) -> None:
+    """A job of a collection failed and will not be retried: its row and its owner say so."""
+    store.job_failed(key, error)
+    job = store.get_job(key)
+    if job is not None and (job.round_id is not None or job.evaluation_id is not None):
+        owner_failed(store, Owner(round_id=job.round_id, evaluation_id=job.evaluation_id), f"job {key}: {error}")
+
+
+def owner_failed(store, owner: Owner, error: str) -> None:
+    """A job of the collection failed for good: its round (or evaluation) is failed too, in its own row, so that
+    every view of it says so (``round resume`` or running the evaluation again picks it up)."""
+    from datetime import UTC, datetime
+
+    from app.rounds import utcnow_iso
+
+    line = first_line(error, 2000)
+    if owner.evaluation_id is not None:
+        store.set_evaluation_status(owner.evaluation_id, "failed")
+        ev = store.get_evaluation(owner.evaluation_id)
+        round_id, step = ev.round_id, "evaluate"
+    else:
+        round_id, step = owner.round_id, "collect"
+    if round_id is not None:
+        store.update_round_step(round_id, step, expect=("running",), state="failed", error=clip(error, 4000),
+                                finished_at=utcnow_iso())
+        store.set_round(round_id, status="failed", error=f"{step}: {line}", finished_at=datetime.now(UTC))
+
+
+def supersede_failed(store, owner: Owner | dict[str, int], reason: str) -> int:
+    """Before a resume: the collection's failed jobs are handed to the new generation (superseded, their error
+    kept), so that no view counts them as the collection's current state. Returns how many."""
+    owner = Owner.of(owner)
+    jobs = store.list_jobs(key_prefix=collect_key(owner) + "/", states=("failed",))
+    return sum(store.supersede_job(j.key, reason, failed_too=True) for j in jobs)
 
 
 def advance_batch(
@@ -493,8 +530,9 @@ def advance_batch(
         then = _sample_job(owner, generation, batch, rollout_ids, step=turn)
         then_ref = {"task": then[0], "kwargs": then[1]}
         if spec.scored and unscored:
-            score_kwargs = {"verifier_id": spec.verifier_id, "candidate_ids": unscored, "then": then_ref}
             score_key = step_key(owner, generation, batch, "score", turn)
+            score_kwargs = {"verifier_id": spec.verifier_id, "candidate_ids": unscored, "then": then_ref,
+                            "job_key": score_key}
             if unexecuted:
                 score_ref = {"task": "mucode.score", "kwargs": score_kwargs}
                 _resubmit_guard(store, owner, step_key(owner, generation, batch, "execute", turn))

@@ -11,13 +11,17 @@ from collections import deque
 from typing import Any
 
 from app.config import get_settings
-from app.errors import MucodeError
+from app.errors import TransientError
 
 _local = threading.local()
 
+# Sending rides out a short broker outage (a restart) by itself; past this, the caller handles it: a job waits and
+# runs again (workers/healing.py), a command reports the error.
+SEND_RETRY_POLICY = {"max_retries": 6, "interval_start": 0.5, "interval_step": 2.0, "interval_max": 5.0}
 
-class BrokerUnavailable(MucodeError):
-    pass
+
+class BrokerUnavailable(TransientError):
+    """The broker cannot be reached (a job that meets this waits and runs again)."""
 
 
 def _queue() -> deque:
@@ -38,7 +42,8 @@ def submit(name: str, **kwargs: Any) -> None:
         raise ValueError(f"unknown task {name!r}")
     if not in_process():
         try:
-            celery_app.send_task(name, kwargs=kwargs, queue=TASK_QUEUES[name])
+            celery_app.send_task(name, kwargs=kwargs, queue=TASK_QUEUES[name], retry=True,
+                                 retry_policy=SEND_RETRY_POLICY)
         except Exception as exc:  # kombu raises OperationalError subclasses for an unreachable broker
             raise BrokerUnavailable(
                 f"cannot reach the broker at {get_settings().broker_url}: {exc}"

@@ -88,9 +88,20 @@ def build_config(method: str | None, base_model: str | None, overrides: dict[str
     try:
         return ExperimentConfig(**data)
     except ValidationError as exc:
-        msgs = "; ".join(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}" if e["loc"] else e["msg"]
-                         for e in exc.errors())
-        raise ConfigError(f"invalid experiment config: {msgs}") from exc
+        raise ConfigError(f"invalid experiment config: {_field_errors(exc)}") from exc
+
+
+def _field_errors(exc) -> str:
+    """``train_limit: Input should be greater than 0 (got -1)``: each field, its problem and the value given."""
+    msgs = []
+    for e in exc.errors():
+        if not e["loc"]:
+            msgs.append(e["msg"])
+            continue
+        value = e.get("input")
+        got = f" (got {value!r})" if isinstance(value, (int, float, str)) and not isinstance(value, bool) else ""
+        msgs.append(f"{'.'.join(str(x) for x in e['loc'])}: {e['msg']}{got}")
+    return "; ".join(msgs)
 
 
 def create_experiment(store, name: str, config) -> tuple[int, bool]:
@@ -128,12 +139,14 @@ def experiment_create(
 ) -> None:
     """Create an experiment; its config (protocol, sizes, datasets, backend) is frozen into it: the preset's
     protocol, then the config file's fields, then --method and --base-model."""
-    from app.model_registry import resolve_model
+    from app.model_registry import check_model_folder, resolve_model
     from app.presets import closest_preset
 
     overrides = read_config_file(config_file) if config_file else {}
     cfg = build_config(method, base_model, overrides, preset)
-    resolve_model(cfg.base_model)  # a missing model is an error now, not in a worker later
+    uri = resolve_model(cfg.base_model)  # a missing model is an error now, not in a worker later
+    if Path(uri).is_dir():  # so is a broken folder; a hub name not pulled yet is downloaded where it is loaded
+        check_model_folder(uri)
     store = get_store()
     eid, created = create_experiment(store, name, cfg)
     if as_json:
@@ -356,10 +369,17 @@ def _drive(store, round_id: int, start, *, wait: bool, as_json: bool, show_progr
 
 
 def _wait_round(store, round_id: int, poll: float = 2.0) -> None:
+    from app.errors import is_transient
     from workers.tasks.rounds import round_status
 
     while True:
-        st = round_status(store, round_id)
+        try:
+            st = round_status(store, round_id)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            time.sleep(poll * 5)  # the database is down for now: the round waits for it too
+            continue
         if st["status"] in ("done", "failed"):
             return
         time.sleep(poll)
@@ -500,11 +520,15 @@ def print_round_status(st: dict[str, Any], *, brief: bool = False) -> None:
         console.print("  queues: none (embedded mode: jobs run in-process)", highlight=False)
     for f in st.get("failed_jobs") or []:
         console.print(f"  [red]failed job[/] {f['key']}: {_first_line(f.get('error') or '')}", highlight=False)
+    if st.get("stalled"):
+        console.print(f"  [yellow]stalled[/]: {st['stalled']}; a control worker queues the lost work again "
+                      "within a few minutes", highlight=False)
 
 
 def _first_line(text: str) -> str:
-    lines = [ln for ln in str(text).strip().splitlines() if ln.strip()]
-    return lines[0][:160] if lines else ""
+    from app.errors import first_line
+
+    return first_line(text, 160)
 
 
 def _fmt_secs(secs: float | None) -> str:
@@ -604,17 +628,19 @@ def eval_command(
     verifier: str | None = typer.Option(None, "--verifier", help="Verifier (name or id) for lv and pt+lv."),
     datasets: list[str] = typer.Option(None, "--dataset", "-d", help="DATASET[:SPLIT]; repeat. "  # noqa: B008
                                        "Default mbpp:test, humaneval:test (or the experiment's)."),
-    limit: int | None = typer.Option(None, "--limit", help="First N problems of each dataset."),
-    turns: int | None = typer.Option(None, "-T", "--turns", help="T turns per chain (default 3)."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="First N problems of each dataset."),
+    turns: int | None = typer.Option(None, "-T", "--turns", min=1, help="T turns per chain (default 3)."),
     greedy: bool | None = typer.Option(None, "--greedy/--no-greedy", help="Greedy multi-turn (temperature 0)."),
     selectors: list[str] = typer.Option(  # noqa: B008
         None, "--selector", "-s", help="random | lv | pt | pt+lv | all; repeat."
     ),
-    candidates: int | None = typer.Option(None, "-N", "--candidates", help="N candidates per turn (default 5)."),
-    chains: int | None = typer.Option(None, "-C", "--chains", help="C chains per problem (default 10)."),
-    temperature: float | None = typer.Option(None, "--temperature", help="BoN sampling temperature (0.7)."),
-    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens"),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Chains per batch."),
+    candidates: int | None = typer.Option(None, "-N", "--candidates", min=1,
+                                         help="N candidates per turn (default 5)."),
+    chains: int | None = typer.Option(None, "-C", "--chains", min=1, help="C chains per problem (default 10)."),
+    temperature: float | None = typer.Option(None, "--temperature", min=0.0,
+                                             help="BoN sampling temperature (0.7)."),
+    max_new_tokens: int | None = typer.Option(None, "--max-new-tokens", min=1),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Chains per batch."),
     backend: str | None = typer.Option(None, "--backend", help="transformers | vllm."),
     seed: int | None = typer.Option(None, "--seed"),
     prelude: bool | None = typer.Option(None, "--prelude/--no-prelude", help="Run the reference's 16 import "

@@ -239,10 +239,12 @@ class Beacon:
     """Writes ``mucode:worker:<node>`` to a Redis broker every few seconds (read by ``mucode doctor``)."""
 
     def __init__(self, broker_url: str, node: str, queues: Sequence[str], pool: str) -> None:
-        from app.doctor import BEACON_INTERVAL_S, BEACON_PREFIX, BEACON_TTL_S
+        from app.config import get_settings
+        from app.doctor import BEACON_PREFIX
 
         self.url, self.key = broker_url, BEACON_PREFIX + node
-        self.ttl, self.interval = BEACON_TTL_S, BEACON_INTERVAL_S
+        self.interval = get_settings().heartbeat_s
+        self.ttl = max(1, round(3 * self.interval))
         self.payload = {"queues": list(queues), "pool": pool, "pid": os.getpid(), "host": socket.gethostname()}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -253,7 +255,10 @@ class Beacon:
 
         if self._client is None:
             self._client = redis.Redis.from_url(self.url, socket_connect_timeout=5, socket_timeout=5)
-        self._client.set(self.key, json.dumps({**self.payload, "beat": time.time()}), ex=self.ttl)
+        from app import liveness
+
+        beacon = {**self.payload, "beat": time.time(), "jobs": liveness.snapshot()}
+        self._client.set(self.key, json.dumps(beacon), ex=self.ttl)
 
     def _loop(self) -> None:
         while True:
@@ -301,6 +306,9 @@ def _install_hooks(celery_app: Any, plan: WorkerPlan, broker_url: str) -> None:
         watchdog.task_started(task_id, task.name, soft, hard)
 
     def on_postrun(task_id: str | None = None, **_: Any) -> None:
+        from app import liveness
+
+        liveness.finished()  # whatever the task left registered (it died before recording its end)
         if task_id is not None:
             watchdog.task_finished(task_id)
 
@@ -309,12 +317,21 @@ def _install_hooks(celery_app: Any, plan: WorkerPlan, broker_url: str) -> None:
         beacon = Beacon(broker_url, node, plan.queues, plan.pool)
         beacon.start()
         state["beacon"] = beacon
+        if "control" in plan.queues:  # lost work is found and queued again (workers/healer.py)
+            from workers.healer import Healer
+            from workers.tasks.sample import worker_store
+
+            healer = Healer(worker_store(), broker_url)
+            healer.start()
+            state["healer"] = healer
         watchdog.start()
         log.info("mucode worker %s ready: queues %s, pool %s x%d", node, ",".join(plan.queues), plan.pool,
                  plan.concurrency)
 
     def on_shutdown(**_: Any) -> None:
         watchdog.stop()
+        if "healer" in state:
+            state["healer"].stop()
         if "beacon" in state:
             state["beacon"].stop()
 
@@ -324,13 +341,32 @@ def _install_hooks(celery_app: Any, plan: WorkerPlan, broker_url: str) -> None:
     signals.worker_shutdown.connect(on_shutdown, weak=False)
 
 
+def _check_services(settings: Any, *, wait_s: float) -> None:
+    """A worker takes jobs only once it can record them: the database (at the code's schema) and the broker
+    answer, at the code's schema. They may still be starting or migrating (a compose stack): checked again for
+    ``wait_s`` seconds, then a clear error."""
+    from app.doctor import check_broker, check_database
+    from app.errors import ConfigError
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        failed = [c for c in check_database(settings.database_url) + check_broker(settings.broker_url)
+                  if c.required and not c.ok and not c.detail.startswith("not checked")]
+        if not failed:
+            return
+        if time.monotonic() > deadline:
+            raise ConfigError("the worker cannot start: " + "; ".join(f"{c.name}: {c.detail}" for c in failed))
+        log.warning("waiting for %s", "; ".join(f"{c.name}: {c.detail}" for c in failed))
+        time.sleep(min(2.0, max(0.0, deadline - time.monotonic())) or 0.1)
+
+
 # -- commands ------------------------------------------------------------------------------------------------
 def worker(
     queues: str = typer.Option(
         ..., "--queues", "-Q", help="Comma-separated queues: sample, score, train (GPU); execute, control (CPU)."
     ),
     concurrency: int | None = typer.Option(
-        None, "--concurrency", "-c", help="Jobs at a time (threads pool only; solo is always 1)."
+        None, "--concurrency", "-c", min=1, help="Jobs at a time (threads pool only; solo is always 1)."
     ),
     pool: str | None = typer.Option(None, "--pool", "-P", help="Override the pool (solo, threads, prefork)."),
     name: str | None = typer.Option(
@@ -340,10 +376,16 @@ def worker(
     shutdown_timeout: float = typer.Option(
         60.0,
         "--shutdown-timeout",
+        min=0.0,
         help="On SIGTERM, seconds a running job may take to finish before it is stopped and put back on its "
         "queue (keep the container's stop grace period longer).",
     ),
     force: bool = typer.Option(False, "--force", help="Allow GPU and CPU queues, or a non-solo GPU pool."),
+    services_wait: float = typer.Option(
+        60.0, "--services-wait", min=0,
+        help="Seconds to wait at start for the database and the broker to answer (they may still be starting) "
+        "before giving up with an error.",
+    ),
 ) -> None:
     """Run a Celery worker on QUEUES with the right pool (GPU: solo; execute: threads x1; control: threads)."""
     from app.config import get_settings
@@ -356,12 +398,14 @@ def worker(
             "no broker configured (MUCODE_BROKER_URL): jobs run in-process and need no worker; set "
             "MUCODE_BROKER_URL=redis://HOST:6379/0 to run workers"
         )
-    if plan.gpu:
-        _prepare_gpu_process()
     from app.logs import setup_logging
-    from workers.celery_app import celery_app
 
     setup_logging(loglevel)
+    _check_services(settings, wait_s=services_wait)
+    if plan.gpu:
+        _prepare_gpu_process()
+    from workers.celery_app import celery_app
+
     celery_app.conf.worker_soft_shutdown_timeout = shutdown_timeout
     _install_hooks(celery_app, plan, settings.broker_url)
     celery_app.worker_main(plan.argv(loglevel))

@@ -71,20 +71,20 @@ def collect(
     ),
     dataset: str = typer.Option("mbpp:train", "--dataset", "-d", help="DATASET[:SPLIT], e.g. mbpp:train."),
     limit: int | None = typer.Option(
-        None, "--limit", help="Only the first N problems (by external id order)."
+        None, "--limit", min=1, help="Only the first N problems (by external id order)."
     ),
-    rollouts: int = typer.Option(4, "-M", "--rollouts", help="M: rollouts per problem."),
-    turns: int = typer.Option(3, "-T", "--turns", help="T: turns per rollout."),
+    rollouts: int = typer.Option(4, "-M", "--rollouts", min=1, help="M: rollouts per problem."),
+    turns: int = typer.Option(3, "-T", "--turns", min=1, help="T: turns per rollout."),
     candidates: int = typer.Option(
-        1, "-N", "--candidates", help="N: candidates per turn (needs --selector)."
+        1, "-N", "--candidates", min=1, help="N: candidates per turn (needs --selector)."
     ),
     selector: str = typer.Option("first", "--selector", help="first | random | pt | lv | pt+lv | oracle."),
     verifier: str | None = typer.Option(
         None, "--verifier", help="Verifier version (name or id) for lv, pt+lv."
     ),
-    temperature: float = typer.Option(0.7, "--temperature", help="0 = greedy."),
-    top_p: float = typer.Option(1.0, "--top-p"),
-    max_new_tokens: int = typer.Option(1000, "--max-new-tokens"),
+    temperature: float = typer.Option(0.7, "--temperature", min=0.0, help="0 = greedy."),
+    top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="In (0, 1]."),
+    max_new_tokens: int = typer.Option(1000, "--max-new-tokens", min=1),
     stop_after_code: bool = typer.Option(
         False, "--stop-after-code", help="End a response where its first code block closes (transformers)."
     ),
@@ -98,9 +98,12 @@ def collect(
         help="all | first: show and check every public test (MBPP train: 3 asserts) or only the first.",
     ),
     batch_size: int = typer.Option(
-        32, "--batch-size", help="Rollouts per batch (one backend call per turn)."
+        32, "--batch-size", min=1, help="Rollouts per batch (one backend call per turn)."
     ),
-    backend: str = typer.Option("transformers", "--backend", help="transformers | vllm."),
+    backend: str = typer.Option(
+        "transformers", "--backend",
+        help="transformers | vllm | server (an OpenAI-compatible server at MUCODE_SERVER_URL, e.g. vllm serve).",
+    ),
     seed: int = typer.Option(0, "--seed"),
     name: str | None = typer.Option(None, "--name", help="Name of the collection (default: derived)."),
     wait: bool = typer.Option(

@@ -20,7 +20,6 @@ from app.db.models import Candidate, Execution, Rollout, Turn
 CANDIDATE_KEY = ("turn_id", "sample_index")
 EXECUTION_KEY = ("code_hash", "suite_hash", "suite_kind", "sandbox_version")
 TURN_KEY = ("rollout_id", "index")
-ROLLOUT_KEY = ("round_id", "evaluation_id", "problem_id", "sample_index")
 
 Rows = Sequence[dict[str, Any]]
 

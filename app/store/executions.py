@@ -171,16 +171,6 @@ class ExecutionsMixin:
             s.expunge_all()
         return stored
 
-    def execution_counts(self, sandbox_version: str | None = None) -> dict[str, int]:
-        """Stored executions per status (for reports)."""
-        from sqlalchemy import func
-
-        q = select(m.Execution.status, func.count()).group_by(m.Execution.status)
-        if sandbox_version is not None:
-            q = q.where(m.Execution.sandbox_version == sandbox_version)
-        with self.session() as s:
-            return {status: int(n) for status, n in s.execute(q)}
-
     def sandbox_problem(self, external_id: str) -> SuiteProblem | None:
         """A problem's suites by external id (``HumanEval/0``, ``mbpp/601``), for ``mucode sandbox run``."""
         q = select(

@@ -253,12 +253,6 @@ class ExperimentsMixin:
                 ).scalars()
             )
 
-    def round_by_index(self, experiment_id: int, index: int) -> m.Round | None:
-        with self.session() as s:
-            return s.execute(
-                select(m.Round).where(m.Round.experiment_id == experiment_id, m.Round.index == index)
-            ).scalar_one_or_none()
-
     # -- round state ------------------------------------------------------------------------------------
     def update_round_step(
         self,

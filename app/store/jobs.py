@@ -12,9 +12,11 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 
+from app import liveness
 from app.db import models as m
+from app.errors import clip
 
 _ERROR_CAP = 8000
 
@@ -104,34 +106,48 @@ class JobsMixin:
                     error=None,
                 )
             )
-            attempts = s.execute(select(m.Job.attempts).where(m.Job.key == key)).scalar_one_or_none()
-            return int(attempts or 0)
+            row = s.execute(select(m.Job.attempts, m.Job.round_id, m.Job.evaluation_id)
+                            .where(m.Job.key == key)).one_or_none()
+        if row is None:
+            return 0
+        liveness.started(key, round_id=row.round_id, evaluation_id=row.evaluation_id)
+        return int(row.attempts or 0)
 
     def job_done(self, key: str, result: dict[str, Any] | None = None) -> None:
+        """Mark ``key`` done, unless a resume superseded it meanwhile (its work belongs to the new attempt)."""
         with self.session() as s:
             values: dict[str, Any] = {"state": "done", "finished_at": _utcnow(), "error": None}
             if result is not None:
                 values["result"] = result
-            s.execute(update(m.Job).where(m.Job.key == key).values(**values))
+            s.execute(update(m.Job).where(m.Job.key == key, m.Job.state != "superseded").values(**values))
+        liveness.finished(key)
 
     def job_failed(self, key: str, error: str) -> None:
         with self.session() as s:
             s.execute(
                 update(m.Job)
-                .where(m.Job.key == key)
-                .values(state="failed", finished_at=_utcnow(), error=error[-_ERROR_CAP:])
+                .where(m.Job.key == key, m.Job.state != "superseded")
+                .values(state="failed", finished_at=_utcnow(), error=clip(error, _ERROR_CAP))
             )
+        liveness.finished(key)
 
-    def supersede_job(self, key: str, reason: str) -> bool:
+    def supersede_job(self, key: str, reason: str, *, failed_too: bool = False) -> bool:
         """Mark a job that was queued or running when a resume handed its work to a new attempt (its worker was
-        killed, or it is still waiting in a queue). Not a failure: the new attempt does the work."""
+        killed, or it is still waiting in a queue). Not a failure: the new attempt does the work. ``failed_too``:
+        a failed job that the resume retries is superseded as well (its error stays on the row)."""
+        states = ["queued", "running", "failed"] if failed_too else ["queued", "running"]
         with self.session() as s:
+            row = s.execute(select(m.Job.state, m.Job.error).where(m.Job.key == key)).one_or_none()
+            if row is None or row.state not in states:
+                return False
+            note = reason if row.state != "failed" else f"{reason}; it had failed: {row.error or ''}"
             res = s.execute(
                 update(m.Job)
-                .where(m.Job.key == key, m.Job.state.in_(["queued", "running"]))
-                .values(state="superseded", finished_at=_utcnow(), error=reason[-_ERROR_CAP:])
+                .where(m.Job.key == key, m.Job.state.in_(states))
+                .values(state="superseded", finished_at=_utcnow(), error=clip(note, _ERROR_CAP))
             )
-            return res.rowcount == 1
+        liveness.finished(key)
+        return res.rowcount == 1
 
     def claim_job(self, key: str, *, from_states: Iterable[str], to_state: str) -> bool:
         """Atomically move ``key`` from one of ``from_states`` to ``to_state``; True for the one caller that
@@ -143,6 +159,39 @@ class JobsMixin:
                 .values(state=to_state, finished_at=None if to_state in ("queued", "running") else _utcnow())
             )
             return res.rowcount == 1
+
+    def in_flight_jobs(self, round_id: int | None = None, evaluation_id: int | None = None) -> list[m.Job]:
+        """Queued or running jobs of a round (its collections and its evaluations' included) or of a standalone
+        evaluation: what the healer checks against the live workers' beacons."""
+        if round_id is not None:
+            evals = select(m.Evaluation.id).where(m.Evaluation.round_id == round_id)
+            owner = or_(m.Job.round_id == round_id, m.Job.evaluation_id.in_(evals))
+        else:
+            owner = m.Job.evaluation_id == evaluation_id
+        q = select(m.Job).where(owner, m.Job.state.in_(["queued", "running"])).order_by(m.Job.id)
+        with self.session() as s:
+            return list(s.execute(q).scalars())
+
+    def last_job_activity(self, round_id: int | None = None, evaluation_id: int | None = None) -> datetime | None:
+        """When a job of the round (or standalone evaluation) last was queued, started or ended."""
+        if round_id is not None:
+            evals = select(m.Evaluation.id).where(m.Evaluation.round_id == round_id)
+            owner = or_(m.Job.round_id == round_id, m.Job.evaluation_id.in_(evals))
+        else:
+            owner = m.Job.evaluation_id == evaluation_id
+        cols = (m.Job.queued_at, m.Job.started_at, m.Job.finished_at)
+        with self.session() as s:
+            times = [s.execute(select(func.max(c)).where(owner)).scalar_one_or_none() for c in cols]
+        times = [t if t is None or t.tzinfo else t.replace(tzinfo=UTC) for t in times]
+        return max((t for t in times if t is not None), default=None)
+
+    def running_owners(self) -> tuple[list[int], list[int]]:
+        """(rounds that are running, standalone evaluations that are running): what the healer watches."""
+        with self.session() as s:
+            rounds = s.execute(select(m.Round.id).where(m.Round.status == "running").order_by(m.Round.id))
+            evals = s.execute(select(m.Evaluation.id).where(m.Evaluation.status == "running",
+                                                            m.Evaluation.round_id.is_(None)).order_by(m.Evaluation.id))
+            return [int(i) for i in rounds.scalars()], [int(i) for i in evals.scalars()]
 
     def bump_job_attempts(self, key: str) -> int:
         """Increment ``attempts`` of an existing job and return the new value (used as a generation)."""

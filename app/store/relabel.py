@@ -330,16 +330,6 @@ class RelabelMixin:
             )
             return int(s.scalar(select(m.ModelVersion.id).where(m.ModelVersion.name == name)))
 
-    def sft_generators_of(self, training_set_id: int) -> list[dict[str, Any]]:
-        """Generator versions trained on a training set (newest first)."""
-        with self.session() as s:
-            rows = s.scalars(
-                select(m.ModelVersion)
-                .where(m.ModelVersion.training_set_id == training_set_id, m.ModelVersion.kind == "generator")
-                .order_by(m.ModelVersion.id.desc())
-            ).all()
-            return [_mv_dict(r) for r in rows]
-
     def sft_set_round_generator(self, round_id: int, generator_id: int) -> None:
         """Record a trained generator as the round's ``generator_out_id``."""
         with self.session() as s:
@@ -368,7 +358,7 @@ def _ctes(method: str, expert: str, verifiers: dict[int, int | None]) -> str:
         score = "1.0 * f.label"
     chain = f"""
 scope AS (
-    SELECT ro.id AS rollout_id, ro.problem_id, ro.round_id, ro.num_turns,
+    SELECT ro.id AS rollout_id, ro.problem_id, ro.round_id, ro.num_turns, ro.sample_index AS rollout_index,
            CASE WHEN ro.final_label THEN 1 ELSE 0 END AS label,
            {verifier_expr} AS verifier_id
     FROM rollouts ro
@@ -380,8 +370,8 @@ scope AS (
       AND ro.num_turns > 0
 ),
 final AS (
-    SELECT s.rollout_id, s.problem_id, s.round_id, s.num_turns, s.verifier_id,
-           {label_expr} AS label, c.id AS final_id, vs.score AS lv
+    SELECT s.rollout_id, s.problem_id, s.round_id, s.num_turns, s.verifier_id, s.rollout_index,
+           {label_expr} AS label, c.id AS final_id, c.sample_index AS final_index, vs.score AS lv
     FROM scope s
     JOIN turns t ON t.rollout_id = s.rollout_id AND t."index" = {turn_expr}
     JOIN candidates c ON c.turn_id = t.id AND c.chosen
@@ -390,7 +380,7 @@ final AS (
 traj AS (
     SELECT x.* FROM (
         SELECT f.*, {score} AS score,
-               ROW_NUMBER() OVER (PARTITION BY f.rollout_id ORDER BY f.final_id) AS dup
+               ROW_NUMBER() OVER (PARTITION BY f.rollout_id ORDER BY f.final_index, f.final_id) AS dup
         FROM final f
     ) x WHERE x.dup = 1
 ),
@@ -399,10 +389,13 @@ ranked AS (
            ROW_NUMBER() OVER expert_order AS expert_rank,
            FIRST_VALUE(r.final_id) OVER expert_order AS expert_id,
            ROW_NUMBER() OVER (PARTITION BY r.round_id, r.problem_id
-                              ORDER BY r.label, r.score DESC NULLS LAST, r.final_id) AS fail_rank,
+                              ORDER BY r.label, r.score DESC NULLS LAST, r.rollout_index) AS fail_rank,
            MAX(r.label) OVER (PARTITION BY r.round_id, r.problem_id) AS any_correct
     FROM traj r
-    WINDOW expert_order AS (PARTITION BY r.round_id, r.problem_id ORDER BY r.score DESC NULLS LAST, r.final_id)
+    -- Ties (equal scores: the same program in two rollouts) go to the lower rollout index, a fact of the content,
+    -- never to the lower row id, which follows the order in which batches happened to be sampled.
+    WINDOW expert_order AS (PARTITION BY r.round_id, r.problem_id
+                            ORDER BY r.score DESC NULLS LAST, r.rollout_index)
 )"""
     return chain
 

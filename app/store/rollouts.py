@@ -288,19 +288,6 @@ class RolloutsMixin:
             [{"id": r["rollout_id"], "num_turns": r["index"], "updated_at": now} for r in rows],
         )
 
-    def turn_ids(self, keys: Iterable[tuple[int, int]]) -> dict[tuple[int, int], int]:
-        """{(rollout_id, turn index): turn id} for the given keys."""
-        keys = list(keys)
-        if not keys:
-            return {}
-        rollout_ids = sorted({r for r, _ in keys})
-        wanted = set(keys)
-        with self.session() as s:
-            rows = s.execute(
-                select(m.Turn.rollout_id, m.Turn.index, m.Turn.id).where(m.Turn.rollout_id.in_(rollout_ids))
-            ).all()
-        return {(r, i): tid for r, i, tid in rows if (r, i) in wanted}
-
     def advance_batch(
         self,
         *,

@@ -3,6 +3,13 @@
 Defaults are the paper's (docs/method.md §5): lr 5e-7, linear decay, no warmup, AdamW, weight decay 0,
 2 epochs, effective batch 16 (per-device batch x gradient accumulation x processes), full fine-tune, max
 length 8192, no packing, from the base model each round. ``to_sft_config`` turns it into ``trl.SFTConfig``.
+
+``checkpoint_steps`` (default 200; 0 turns it off): every that many optimizer steps the run writes a
+checkpoint (weights, optimizer, scheduler, RNG states) to ``<output_dir>.checkpoints/`` and keeps the last two;
+a run with the same output that was killed (a redelivered job, ``mucode round resume``, the same command again)
+continues from the last complete one, with the data order and step count of an uninterrupted run. The folder is
+deleted once the model is saved and registered. Runs shorter than ``checkpoint_steps`` never write one
+(``trainers/checkpoints.py``).
 """
 
 from __future__ import annotations
@@ -55,6 +62,11 @@ class GeneratorTrainConfig:
     warmup_steps: float = field(default=0.0, metadata={"help": "Steps, or a fraction (< 1) of all steps."})
     weight_decay: float = field(default=0.0)
     max_grad_norm: float = field(default=1.0)
+    optim: str = field(
+        default="adamw_torch",
+        metadata={"help": "The optimizer (transformers' names): AdamW as the paper; adafactor keeps no second moment "
+                  "per weight (the CPU demo uses it to fit a laptop's memory)."},
+    )
     max_length: int = field(
         default=8192, metadata={"help": "Examples longer than this are left out (counted), never truncated."}
     )
@@ -63,11 +75,25 @@ class GeneratorTrainConfig:
     gradient_checkpointing: bool = field(default=True)
     attn_implementation: str | None = field(default=None, metadata={"help": "e.g. flash_attention_2, sdpa."})
     logging_steps: int = field(default=1)
+    checkpoint_steps: int = field(
+        default=200,
+        metadata={"help": "Write a resumable checkpoint every this many optimizer steps (0: never); a killed "
+                  "run with the same output continues from the last complete one."},
+    )
     dataloader_num_workers: int = field(default=0)
     dataset_num_proc: int | None = field(
         default=None, metadata={"help": "Tokenizing processes (default: up to 8 for sets of 5000+ examples)."}
     )
     deepspeed: str | None = field(default=None, metadata={"help": "A DeepSpeed config file (e.g. ZeRO-3)."})
+    tracking: str | None = field(
+        default=None,
+        metadata={"help": "Where the training curves go: none, tensorboard, mlflow or wandb (default: the "
+                  "experiment's tracking, else MUCODE_TRACKING)."},
+    )
+    tracking_uri: str | None = field(
+        default=None, metadata={"help": "TensorBoard folder, MLflow tracking URI or W&B folder (default: "
+                                "the experiment's, else MUCODE_TRACKING_URI, else under the artifacts folder)."},
+    )
 
     # LoRA (off by default: the paper fine-tunes all weights).
     use_lora: bool = field(default=False)
@@ -112,11 +138,19 @@ class GeneratorTrainConfig:
 
         return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
 
-    def to_sft_config(self, output_dir: str, *, world_size: int = 1):
-        """The ``trl.SFTConfig`` of this run (the dataset arrives tokenized, with its labels)."""
+    def to_sft_config(self, output_dir: str, *, world_size: int = 1, run_name: str | None = None):
+        """The ``trl.SFTConfig`` of this run (the dataset arrives tokenized, with its labels). ``tracking`` is
+        handed to TRL's integrations as ``report_to``, with ``run_name``."""
         import dataclasses
 
         from trl import SFTConfig
+
+        from app.tracking import BACKENDS
+        from app.tracking import trainer_args as tracking_args
+
+        if self.tracking is not None and self.tracking not in BACKENDS:
+            raise ValueError(f"tracking must be one of {', '.join(BACKENDS)}, not {self.tracking!r}")
+        from trainers.checkpoints import training_args as checkpoint_args
 
         names = {f.name for f in dataclasses.fields(SFTConfig)}
         if "activation_checkpointing" in names:  # transformers >= 5.x renamed gradient_checkpointing
@@ -135,6 +169,7 @@ class GeneratorTrainConfig:
             warmup_steps=self.warmup_steps,
             weight_decay=self.weight_decay,
             max_grad_norm=self.max_grad_norm,
+            optim=self.optim,
             seed=self.seed,
             data_seed=self.seed,
             bf16=self.use_bf16(),
@@ -142,9 +177,9 @@ class GeneratorTrainConfig:
             fp16=False,
             logging_steps=self.logging_steps,
             logging_first_step=True,
-            save_strategy="no",
+            **checkpoint_args(self.checkpoint_steps),
             eval_strategy="no",
-            report_to="none",
+            **tracking_args(self.tracking, run_name),
             dataloader_num_workers=self.dataloader_num_workers,
             deepspeed=self.deepspeed,
             # Tokenized by us (exact masks); TRL's own masking paths stay off.

@@ -23,6 +23,7 @@ suite checks that on a template with markers our labels equal TRL's prompt-compl
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from app.env.chat import render_chat
+from trainers import checkpoints
 from trainers.sft.config import GeneratorTrainConfig
 
 log = logging.getLogger(__name__)
@@ -241,11 +243,57 @@ def _losses(log_history: list[dict[str, Any]]) -> list[float]:
     return [float(h["loss"]) for h in log_history if "loss" in h and "train_loss" not in h]
 
 
+def _logged_mean_loss(log_history: list[dict[str, Any]], default: float) -> float:
+    """The mean loss per optimizer step over the whole run, from the logged averages (exact when every step is
+    logged, the default)."""
+    total = steps = 0.0
+    last = 0
+    for h in log_history:
+        if "loss" in h and "train_loss" not in h and h.get("step"):
+            n = int(h["step"]) - last
+            total += float(h["loss"]) * n
+            steps += n
+            last = int(h["step"])
+    return total / steps if steps else default
+
+
+# Settings that change nothing the optimizer sees: checkpoints written under other values stay resumable.
+_NOT_IN_RUN = {
+    "database_url", "register", "set_round_output", "overwrite", "checkpoint_steps", "logging_steps",
+    "dataloader_num_workers", "dataset_num_proc", "merge_lora", "name", "output_dir", "training_set",
+    "base_model", "tracking", "tracking_uri",
+}
+
+
+def _tracking(cfg: GeneratorTrainConfig, exp: dict[str, Any] | None):
+    """The run's tracker: its own setting, else its experiment's, else the environment's."""
+    from app.tracking import require, resolve
+
+    tracker = resolve((exp or {}).get("config"), experiment=(exp or {}).get("name"), backend=cfg.tracking,
+                      uri=cfg.tracking_uri)
+    require(tracker.backend)
+    return tracker
+
+
+def _run_identity(cfg: GeneratorTrainConfig, training_set_id: int, init_path: str, world_size: int,
+                  tok_stats: dict[str, Any]) -> dict[str, Any]:
+    """What a checkpoint must share with this run to be resumed by it."""
+    return {
+        **{k: v for k, v in cfg.to_dict().items() if k not in _NOT_IN_RUN},
+        "training_set_id": training_set_id,
+        "init_path": init_path,
+        "world_size": world_size,
+        "examples": tok_stats["kept"],
+        "tokens": tok_stats["tokens"],
+    }
+
+
 def train_generator(cfg: GeneratorTrainConfig, store=None) -> dict[str, Any]:
     """Train a generator on an SFT training set and register it. Returns the model version (as a dict).
 
     Runs the same under ``accelerate launch`` (every process trains; the main one saves and registers).
-    Idempotent: a registered version with the same name is returned as is unless ``cfg.overwrite``.
+    Idempotent: a registered version with the same name is returned as is unless ``cfg.overwrite``; a run that
+    was killed resumes from its last complete checkpoint (``trainers/checkpoints.py``).
     """
     from app.config import get_settings
     from app.errors import MucodeError
@@ -282,6 +330,8 @@ def train_generator(cfg: GeneratorTrainConfig, store=None) -> dict[str, Any]:
     else:
         init_from = base_model
     init_path = _resolve_model(init_from)
+    tracker = _tracking(cfg, exp)  # a missing tracker package fails here, before any loading
+    cfg = dataclasses.replace(cfg, tracking=tracker.backend, tracking_uri=tracker.uri)
 
     records = list(example_records(store, ts["id"]))
     if not records:
@@ -316,33 +366,53 @@ def train_generator(cfg: GeneratorTrainConfig, store=None) -> dict[str, Any]:
 
     safe = _safe(name)
     out_dir = Path(cfg.output_dir) if cfg.output_dir else Path(settings.artifacts_dir) / "models" / safe
-    run_dir = Path(settings.artifacts_dir) / "runs" / safe
-    args = cfg.to_sft_config(str(run_dir), world_size=world_size)
-    peft_config = None
-    if cfg.use_lora:
-        from peft import LoraConfig
+    ckpt_dir = checkpoints.checkpoints_dir(out_dir)
+    from app.tracking import environment as tracking_environment
 
-        targets: Any = cfg.lora_target_modules
-        if targets != "all-linear":
-            targets = [x.strip() for x in targets.split(",") if x.strip()]
-        peft_config = LoraConfig(
-            task_type="CAUSAL_LM", r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-            target_modules=targets,
+
+    tags = {"model": name, "kind": "generator", "training_set": ts["name"]}
+    if exp is not None:
+        tags["experiment"] = exp["name"]
+    if rnd is not None:
+        tags["round"] = rnd.get("index")
+    # TRL's integrations read where to write from the environment, from creating the trainer to its end
+    with tracking_environment(tracker, name, tags):
+        args = cfg.to_sft_config(str(ckpt_dir), world_size=world_size, run_name=name)
+        peft_config = None
+        if cfg.use_lora:
+            from peft import LoraConfig
+
+            targets: Any = cfg.lora_target_modules
+            if targets != "all-linear":
+                targets = [x.strip() for x in targets.split(",") if x.strip()]
+            peft_config = LoraConfig(
+                task_type="CAUSAL_LM", r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                target_modules=targets,
+            )
+        trainer = SFTTrainer(
+            model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config,
+            callbacks=[checkpoints.callback()],
         )
-    trainer = SFTTrainer(
-        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config
-    )
-    t0 = time.perf_counter()
-    result = trainer.train()
+        resume = None
+        if cfg.checkpoint_steps > 0:
+            resume = checkpoints.prepare_resume(
+                trainer.accelerator, ckpt_dir, _run_identity(cfg, ts["id"], init_path, world_size, tok_stats)
+            )
+        t0 = time.perf_counter()
+        result = trainer.train(resume_from_checkpoint=resume)
     seconds = time.perf_counter() - t0
     losses = _losses(trainer.state.log_history)
 
+    train_loss = float(result.training_loss)
+    if resume is not None:  # the Trainer's figure covers only the steps of this process's run
+        train_loss = _logged_mean_loss(trainer.state.log_history, train_loss)
     metrics = {
-        "train_loss": float(result.training_loss),
+        "train_loss": train_loss,
         "train_loss_first": losses[0] if losses else None,
         "train_loss_last": losses[-1] if losses else None,
         "train_losses": losses[:2000],
         "global_steps": int(trainer.state.global_step),
+        "resumed_from_step": checkpoints.checkpoint_step(resume),
         "epochs": float(trainer.state.epoch or 0.0),
         "train_seconds": round(seconds, 2),
         "world_size": trainer.accelerator.num_processes,
@@ -394,6 +464,7 @@ def train_generator(cfg: GeneratorTrainConfig, store=None) -> dict[str, Any]:
             if cfg.set_round_output and ts["round_id"] is not None:
                 store.sft_set_round_generator(ts["round_id"], mv_id)
             mv = store.sft_model_version_by_id(mv_id) or mv
-        shutil.rmtree(run_dir, ignore_errors=True)
+        # Only now: a run killed before its version is registered trains again, from the last checkpoint.
+        checkpoints.remove(ckpt_dir)
     acc.wait_for_everyone()
     return mv

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from trainers.verifier.common import summarize, training_args_kwargs
+from trainers.verifier.common import summarize, train_resumable, training_args_kwargs
 from trainers.verifier.config import VerifierTrainingConfig
 
 
@@ -80,8 +80,12 @@ def train_bce(
     dropped: int = 0,
     progress: bool = True,
     callbacks: list | None = None,
+    run: dict[str, Any] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """Train on tokenized rows (``input_ids``, ``label``); returns (trainer, summary)."""
+    """Train on tokenized rows (``input_ids``, ``label``); returns (trainer, summary).
+
+    Checkpoints go to ``output_dir`` every ``config.checkpoint_steps`` steps, and training resumes from the
+    last complete one there when it belongs to the same ``run`` (``trainers/checkpoints.py``)."""
     from transformers import TrainingArguments
 
     if not rows:
@@ -102,6 +106,6 @@ def train_bce(
 
         trainer.remove_callback(PrinterCallback)
     started, started_cpu = time.perf_counter(), time.process_time()
-    trainer.train()
+    resumed = train_resumable(trainer, config, run)
     return trainer, summarize(trainer, started=started, examples=len(rows), dropped=dropped, unit="rows",
-                            started_cpu=started_cpu)
+                            started_cpu=started_cpu, resumed_from_step=resumed)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from trainers.verifier.common import summarize, training_args_kwargs
+from trainers.verifier.common import summarize, train_resumable, training_args_kwargs
 from trainers.verifier.config import VerifierTrainingConfig
 
 
@@ -60,8 +60,12 @@ def train_bt(
     dropped: int = 0,
     progress: bool = True,
     callbacks: list | None = None,
+    run: dict[str, Any] | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """Train on tokenized pairs (``chosen_ids``/``rejected_ids``); returns (trainer, summary)."""
+    """Train on tokenized pairs (``chosen_ids``/``rejected_ids``); returns (trainer, summary).
+
+    Checkpoints go to ``output_dir`` every ``config.checkpoint_steps`` steps, and training resumes from the
+    last complete one there when it belongs to the same ``run`` (``trainers/checkpoints.py``)."""
     from datasets import Dataset
 
     if not rows:
@@ -82,6 +86,6 @@ def train_bt(
 
         trainer.remove_callback(PrinterCallback)
     started, started_cpu = time.perf_counter(), time.process_time()
-    trainer.train()
+    resumed = train_resumable(trainer, config, run)
     return trainer, summarize(trainer, started=started, examples=len(rows), dropped=dropped, unit="pairs",
-                            started_cpu=started_cpu)
+                            started_cpu=started_cpu, resumed_from_step=resumed)

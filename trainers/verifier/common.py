@@ -33,6 +33,9 @@ def training_args_kwargs(config: VerifierTrainingConfig, output_dir: str, *, pro
     """TrainingArguments values common to both losses (paper defaults come from ``config``)."""
     import torch
 
+    from app.tracking import trainer_args as tracking_args
+    from trainers.checkpoints import training_args as checkpoint_args
+
     return {
         "output_dir": output_dir,
         "per_device_train_batch_size": config.per_device_batch_size,
@@ -45,13 +48,15 @@ def training_args_kwargs(config: VerifierTrainingConfig, output_dir: str, *, pro
         "adam_epsilon": config.adam_epsilon,
         "weight_decay": config.weight_decay,
         "max_grad_norm": config.max_grad_norm,
+        "optim": config.optim,
         "bf16": use_bf16(config),
         "fp16": False,
         "gradient_checkpointing": use_gradient_checkpointing(config),
         "logging_steps": config.logging_steps,
         "logging_first_step": True,
-        "save_strategy": "no",
-        "report_to": "none",
+        **checkpoint_args(config.checkpoint_steps),
+        # train.py resolved the tracker into config and set the environment its integration reads
+        **tracking_args(config.tracking, config.run_name),
         "seed": config.seed,
         "data_seed": config.seed,
         "disable_tqdm": not progress,
@@ -62,7 +67,8 @@ def training_args_kwargs(config: VerifierTrainingConfig, output_dir: str, *, pro
 
 
 def summarize(
-    trainer, *, started: float, examples: int, dropped: int, unit: str, started_cpu: float | None = None
+    trainer, *, started: float, examples: int, dropped: int, unit: str, started_cpu: float | None = None,
+    resumed_from_step: int = 0,
 ) -> dict[str, Any]:
     """Loss curve and timing from a finished Trainer, JSON-ready for ModelVersion.metrics["train"]."""
     hist = [h for h in trainer.state.log_history if "loss" in h]
@@ -71,11 +77,14 @@ def summarize(
     seconds = time.perf_counter() - started
     cpu = time.process_time() - started_cpu if started_cpu is not None else None
     epochs = trainer.state.epoch or 0.0
-    passes = examples * epochs
+    steps = trainer.state.global_step or 0
+    passes = examples * epochs * ((steps - resumed_from_step) / steps if steps else 1.0)  # this run's part
     return {
         unit: examples,
         f"dropped_{unit}_over_max_length": dropped,
         "steps": trainer.state.global_step,
+        # > 0: a killed run continued from its checkpoint; seconds and cpu_seconds cover only this part
+        "resumed_from_step": resumed_from_step,
         "epochs": epochs,
         "first_loss": curve[0]["loss"] if curve else None,
         "final_loss": curve[-1]["loss"] if curve else None,
@@ -86,3 +95,17 @@ def summarize(
         "cpu_seconds": round(cpu, 3) if cpu is not None else None,
         "world_size": world_size(),
     }
+
+
+def train_resumable(trainer, config: VerifierTrainingConfig, run: dict[str, Any] | None) -> int:
+    """``trainer.train()``, from the last complete checkpoint in its output folder when there is one (see
+    ``trainers/checkpoints.py``); ``run`` identifies the run the checkpoints must belong to. Returns the step
+    it resumed from (0: from the start)."""
+    from trainers import checkpoints
+
+    trainer.add_callback(checkpoints.callback())
+    resume = None
+    if config.checkpoint_steps > 0:
+        resume = checkpoints.prepare_resume(trainer.accelerator, trainer.args.output_dir, run or {})
+    trainer.train(resume_from_checkpoint=resume)
+    return checkpoints.checkpoint_step(resume)

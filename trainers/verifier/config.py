@@ -2,8 +2,15 @@
 
 The protocol (``app.protocol.VerifierConfig``) holds what an experiment freezes (loss, pairs per problem, L2
 coefficient, learning rate, epochs, effective batch, max length, LoRA, seed). This dataclass adds the knobs a
-trainer needs that are not part of the paper's protocol (hold-out share, precision, LoRA shape, scoring batch),
-and test overrides (``max_steps``).
+trainer needs that are not part of the paper's protocol (hold-out share, precision, LoRA shape, scoring batch,
+checkpoints), and test overrides (``max_steps``).
+
+``checkpoint_steps`` (default 200; 0 turns it off): every that many optimizer steps training writes a
+checkpoint (weights, optimizer, scheduler, RNG states) to ``<model folder>.checkpoints/`` and keeps the last
+two; a run of the same verifier that was killed (a redelivered job, ``mucode round resume``, the same command
+again) continues from the last complete one, with the data order and step count of an uninterrupted run. The
+folder is deleted once the verifier is saved and registered. Runs shorter than ``checkpoint_steps`` never write one
+(``trainers/checkpoints.py``).
 """
 
 from __future__ import annotations
@@ -65,13 +72,20 @@ class VerifierTrainingConfig:
     lora_target_modules: list[str] | str | None = "all-linear"
     bf16: bool | None = None  # None: bf16 on a GPU that supports it, fp32 otherwise
     gradient_checkpointing: bool | None = None  # None: on for GPU (paper), off on CPU
+    optim: str = "adamw_torch"  # transformers' optimizer name; adafactor holds no second moment per weight
     # -- run ---------------------------------------------------------------------------------------
     max_steps: int = -1  # > 0 overrides epochs (tests, smoke runs)
     logging_steps: int = 10
+    checkpoint_steps: int = 200  # resumable checkpoint every N optimizer steps; 0: never
     score_batch_size: int = 16
     bon_n: int = 5
     calibration_bins: int = 10
     evaluate: bool = True  # after training: score held-out and MBPP-test candidates, store metrics
+    # experiment tracking (app/tracking.py): None takes the experiment's, then MUCODE_TRACKING(_URI); train.py
+    # records what it resolved. run_name None: the verifier's name
+    tracking: str | None = None  # none | tensorboard | mlflow | wandb
+    tracking_uri: str | None = None
+    run_name: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -86,6 +100,13 @@ class VerifierTrainingConfig:
         for name in ("pairs_per_problem", "effective_batch_size", "per_device_batch_size", "max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.tracking is not None:
+            from app.tracking import BACKENDS
+
+            if self.tracking not in BACKENDS:
+                raise ValueError(f"tracking must be one of {', '.join(BACKENDS)}, not {self.tracking!r}")
+        if self.checkpoint_steps < 0:
+            raise ValueError("checkpoint_steps must be >= 0 (0 turns checkpoints off)")
 
     @classmethod
     def from_protocol(cls, protocol: VerifierConfig | dict[str, Any] | None = None, **overrides: Any):

@@ -11,7 +11,9 @@ read the stored pairs/rows and tokenize ([first user message, response] only) �
 → save to ``settings.artifacts_dir/models/<name>`` (atomically) → register a ``ModelVersion(kind="verifier")``
 with its config and training metrics → score the held-out and MBPP-test candidates and store the metrics.
 A verifier whose name is registered with a complete model folder is not trained again (a redelivered job is a
-no-op). Under ``accelerate launch`` every process trains; the main process saves, registers and evaluates.
+no-op); a run killed mid-training continues from its last complete checkpoint (``--checkpoint-steps``, beside
+the model folder; ``trainers/checkpoints.py``). Under ``accelerate launch`` every process trains; the main
+process saves, registers and evaluates.
 """
 
 from __future__ import annotations
@@ -62,7 +64,10 @@ def train_verifier(
 ) -> int:
     """Train, save, register and evaluate a verifier; returns its model version id (idempotent by name)."""
     from app.config import get_settings
+    from trainers.checkpoints import checkpoints_dir
+    from trainers.checkpoints import remove as remove_checkpoints
     from trainers.verifier import data as D
+    from trainers.verifier.common import world_size
     from trainers.verifier.model import is_complete, resolve_base_model
 
     console = _console()
@@ -86,6 +91,7 @@ def train_verifier(
         console.print(f"verifier [bold]{name}[/] is already trained ({existing['uri']}): nothing to do")
         return existing["id"]
     model_path = resolve_base_model(base_model)
+    tracker, tags = _tracking(store, config, ts, round_id, name)  # a missing tracker package fails here, not later
     out_dir = Path(output_dir) if output_dir else get_settings().artifacts_dir / "models" / name
     out_dir = out_dir.resolve()
 
@@ -106,12 +112,21 @@ def train_verifier(
         f"of training set {ts['name']} (dropped {dropped} over {config.max_length} tokens), base {model_path}"
     )
     model = load_model_for_training(model_path, tokenizer, config)
-    work_dir = out_dir.with_name(out_dir.name + ".trainer")
+    ckpt_dir = checkpoints_dir(out_dir)
     if config.loss == "bt":
         from trainers.verifier.bt import train_bt as run
     else:
         from trainers.verifier.bce import train_bce as run
-    trainer, summary = run(model, tokenizer, rows, config, str(work_dir), dropped=dropped, progress=progress)
+    identity = {
+        **{k: v for k, v in config.to_dict().items() if k not in _NOT_IN_RUN},
+        "training_set_id": ts["id"], "base_model_path": model_path, "world_size": world_size(),
+        "examples": len(rows),
+    }
+    from app.tracking import environment as tracking_environment
+
+    with tracking_environment(tracker, config.run_name or name, tags):
+        trainer, summary = run(model, tokenizer, rows, config, str(ckpt_dir), dropped=dropped, progress=progress,
+                               run=identity)
     summary["prepare_seconds"] = round(time.perf_counter() - t0 - summary["seconds"], 3)
 
     meta = {
@@ -127,9 +142,6 @@ def train_verifier(
     scorer_model = _save(trainer, tokenizer, out_dir, meta, config)
     if not _is_main():
         return -1
-    import shutil
-
-    shutil.rmtree(work_dir, ignore_errors=True)
     vid = store.add_verifier_version(
         name=name,
         base_model=base_model,
@@ -139,6 +151,7 @@ def train_verifier(
         round_id=round_id if round_id is not None else ts.get("round_id"),
         training_set_id=ts["id"],
     )
+    remove_checkpoints(ckpt_dir)  # only now: a run killed before registering trains again, from a checkpoint
     console.print(
         f"saved {out_dir} and registered verifier id {vid}: loss {summary['first_loss']} -> "
         f"{summary['final_loss']} in {summary['steps']} steps, {summary['seconds']} s"
@@ -160,6 +173,30 @@ def train_verifier(
                     f"({r['pairs']} pairs), BoN@{r['bon_n']} {_fmt(r['bon_accuracy'])} ({r['bon_groups']} groups)"
                 )
     return vid
+
+
+# Settings that change nothing the optimizer sees: checkpoints written under other values stay resumable.
+_NOT_IN_RUN = {"checkpoint_steps", "logging_steps", "score_batch_size", "bon_n", "calibration_bins",
+               "evaluate", "extra", "tracking", "tracking_uri", "run_name"}
+
+
+def _tracking(store, config: VerifierTrainingConfig, ts: dict[str, Any], round_id: int | None, name: str):
+    """The run's tracker (its own setting, else its experiment's, else the environment's), written into
+    ``config`` so that the stored config says where the curves went; and the tags of its run."""
+    from app.tracking import require, resolve
+
+    rid = round_id if round_id is not None else ts.get("round_id")
+    experiment, stored, tags = None, None, {"model": name, "kind": "verifier", "training_set": ts["name"]}
+    if rid is not None:
+        info = store.verifier_round_info(rid)
+        exp = store.get_experiment(int(info["experiment_id"]))
+        experiment, stored = exp.name, exp.config
+        tags.update(experiment=exp.name, round=info["index"])
+    tracker = resolve(stored, experiment=experiment, backend=config.tracking, uri=config.tracking_uri)
+    require(tracker.backend)
+    config.tracking, config.tracking_uri = tracker.backend, tracker.uri
+    config.run_name = config.run_name or name
+    return tracker, tags
 
 
 def _fmt(x: float | None) -> str:
@@ -220,9 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, typ in (("--learning-rate", float), ("--epochs", float), ("--max-steps", int),
                       ("--per-device-batch-size", int), ("--effective-batch-size", int), ("--max-length", int),
                       ("--pairs-per-problem", int), ("--holdout-fraction", float), ("--seed", int),
-                      ("--l2-coeff", float)):
+                      ("--l2-coeff", float), ("--checkpoint-steps", int)):
         p.add_argument(flag, type=typ, default=None)
     p.add_argument("--pair-sampling", choices=["per_round", "pooled"], default=None)
+    p.add_argument("--tracking", choices=["none", "tensorboard", "mlflow", "wandb"], default=None,
+                   help="where the loss curve goes (default: the experiment's, else MUCODE_TRACKING)")
+    p.add_argument("--tracking-uri", default=None, help="TensorBoard folder, MLflow URI or W&B folder")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--no-eval", action="store_true", help="skip scoring the held-out/test candidates")
@@ -234,7 +274,7 @@ def config_from_args(args: argparse.Namespace, protocol: dict[str, Any] | None =
     overrides: dict[str, Any] = json.loads(args.config_json) if args.config_json else {}
     for key in ("loss", "learning_rate", "epochs", "max_steps", "per_device_batch_size", "effective_batch_size",
                 "max_length", "pairs_per_problem", "pair_sampling", "holdout_fraction", "seed", "l2_coeff",
-                "bf16", "gradient_checkpointing"):
+                "bf16", "gradient_checkpointing", "checkpoint_steps", "tracking", "tracking_uri"):
         val = getattr(args, key, None)
         if val is not None:
             overrides[key] = val

@@ -11,7 +11,7 @@ from typing import Any
 
 from workers.backends.base import Backend
 
-KINDS = ("transformers", "vllm")
+KINDS = ("transformers", "vllm", "server")
 
 _lock = threading.Lock()
 _current: tuple[tuple[Any, ...], Backend] | None = None
@@ -32,6 +32,10 @@ def load_backend(kind: str, model_uri: str, **kw: Any) -> Backend:
         from workers.backends.vllm_backend import VLLMBackend
 
         return VLLMBackend(model_uri, **kw)
+    if kind == "server":
+        from workers.backends.openai_server import OpenAIServerBackend
+
+        return OpenAIServerBackend(model_uri, **kw)
     raise ValueError(f"unknown backend {kind!r} (expected one of {', '.join(KINDS)})")
 
 
@@ -77,9 +81,13 @@ def current_backend() -> Backend | None:
 
 
 def release() -> None:
-    """Free the loaded model (if any)."""
+    """Free the loaded model (if any) and return its memory to the OS (``workers.memory.trim``)."""
     global _current
+    from workers.memory import trim
+
     if _current is not None:
         backend = _current[1]
         _current = None
         backend.close()
+        del backend
+        trim()

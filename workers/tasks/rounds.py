@@ -23,16 +23,17 @@ finished rollouts are kept, only the missing work is queued).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import os
-import socket
 import time
 import traceback
 from typing import Any
 
+from app import liveness
 from app import rounds as R
-from app.errors import MucodeError
+from app.errors import MucodeError, NotFound, clip, first_line, is_transient
 from workers.celery_app import celery_app
+from workers.healing import ride_out_outages, worker_name
 
 log = logging.getLogger("mucode.rounds")
 MAX_ITERATIONS = 64
@@ -42,10 +43,6 @@ def _store():
     from workers.tasks.sample import worker_store
 
     return worker_store()
-
-
-def _worker() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 def _short(exc: BaseException) -> str:
@@ -92,6 +89,7 @@ def advance(store, round_id: int) -> dict[str, Any]:
             if facts.status != "done":
                 store.set_round(round_id, status="done", error=None, finished_at=_now())
                 log.info("round %s/%d finished", facts.experiment, facts.index)
+                _track_round(store, round_id)
             return {"round_id": round_id, "state": "done"}
         if action.kind == "blocked":
             if facts.status != "failed":
@@ -117,6 +115,19 @@ def advance(store, round_id: int) -> dict[str, Any]:
     raise MucodeError(f"round {round_id}: no progress after {MAX_ITERATIONS} actions")
 
 
+def _track_round(store, round_id: int) -> None:
+    """The finished round's results to its experiment's tracker; a tracker that fails never fails the round."""
+    from app import tracking
+
+    try:
+        out = tracking.log_round(tracking.round_facts(store, round_id))
+    except Exception as exc:  # noqa: BLE001
+        log.warning("round %s: results not sent to the tracker: %s", round_id, _short(exc))
+        return
+    if out is not None:
+        log.info("round %s: %d results logged to %s (%s)", round_id, out["metrics"], out["backend"], out["where"])
+
+
 def _now():
     from datetime import UTC, datetime
 
@@ -124,11 +135,12 @@ def _now():
 
 
 def _fail(store, round_id: int, step: str, attempt: int | None, error: str, *, seconds: float | None = None) -> None:
-    fields: dict[str, Any] = {"state": "failed", "error": error[-4000:], "finished_at": R.utcnow_iso()}
+    fields: dict[str, Any] = {"state": "failed", "error": clip(error, 4000), "finished_at": R.utcnow_iso()}
     if seconds is not None:
         fields["seconds"] = round(seconds, 3)
     store.update_round_step(round_id, step, expect=("running",), expect_attempt=attempt, **fields)
-    store.set_round(round_id, status="failed", error=f"{step}: {error.splitlines()[0] if error else ''}"[:2000])
+    store.set_round(round_id, status="failed", error=f"{step}: {error.splitlines()[0] if error else ''}"[:2000],
+                    finished_at=_now())
 
 
 def _done(store, round_id: int, step: str, attempt: int | None, result: dict[str, Any]) -> bool:
@@ -149,6 +161,12 @@ def _start(store, facts: R.RoundFacts, step: str) -> bool:
     if rec is None:  # another round_step started it first
         return False
     attempt = int(rec["attempt"])
+    from workers.dispatch import in_process
+
+    if in_process():  # one process runs every step: let go of the models this step does not use
+        from workers.memory import release_for_step
+
+        release_for_step(step)
     t0 = time.perf_counter()
     try:
         if step == "collect":
@@ -166,6 +184,10 @@ def _start(store, facts: R.RoundFacts, step: str) -> bool:
             return True
         raise MucodeError(f"no runner for step {step!r}")
     except Exception as exc:
+        if is_transient(exc):  # the database or the broker went away: start the step again once they are back
+            with contextlib.suppress(Exception):
+                store.update_round_step(rid, step, expect=("running",), expect_attempt=attempt, state="pending")
+            raise
         log.exception("round %s/%d: starting %s failed", facts.experiment, facts.index, step)
         _fail(store, rid, step, attempt, _short(exc) + "\n" + traceback.format_exc(), seconds=time.perf_counter() - t0)
         return True  # the loop sees the failure and stops
@@ -250,7 +272,7 @@ def _queue_job(store, facts: R.RoundFacts, step: str, attempt: int) -> None:
     try:
         submit(task, round_id=facts.round_id, step=step, attempt=attempt)
     except Exception as exc:
-        if not in_process():
+        if not in_process() and not is_transient(exc):
             store.job_failed(key, f"could not queue: {_short(exc)}")
         raise
 
@@ -267,12 +289,14 @@ def run_round_job(store, round_id: int, step: str, attempt: int) -> dict[str, An
                  rec["state"], rec["attempt"])
         return {"superseded": True, "state": rec["state"], "attempt": rec["attempt"]}
     key = R.job_key(round_id, step, attempt)
-    store.job_started(key, worker=_worker(), kind=step, queue=TASK_QUEUES[R.JOB_TASKS[step]], round_id=round_id,
-                      payload={"round_id": round_id, "step": step, "attempt": attempt})
+    store.job_started(key, worker=worker_name(), kind=step, queue=TASK_QUEUES[R.JOB_TASKS[step]],
+                      round_id=round_id, payload={"round_id": round_id, "step": step, "attempt": attempt})
     t0 = time.perf_counter()
     try:
         result = _RUNNERS[step](store, facts)
     except Exception as exc:
+        if is_transient(exc):  # waited out and run again (workers/healing.py): not the step's failure
+            raise
         log.exception("round %s/%d: %s failed", facts.experiment, facts.index, step)
         err = _short(exc)
         store.job_failed(key, err + "\n" + traceback.format_exc())
@@ -350,12 +374,13 @@ def _run_relabel(store, facts: R.RoundFacts, attempt: int) -> dict[str, Any]:
     from trainers.relabel import build_training_set
 
     key = R.job_key(facts.round_id, "relabel", attempt)
-    store.job_started(key, worker=_worker(), kind="relabel", queue="control", round_id=facts.round_id,
+    store.job_started(key, worker=worker_name(), kind="relabel", queue="control", round_id=facts.round_id,
                       payload={"round_id": facts.round_id, "step": "relabel", "attempt": attempt})
     try:
         ts = build_training_set(store, facts.round_id)
     except Exception as exc:
-        store.job_failed(key, _short(exc) + "\n" + traceback.format_exc())
+        if not is_transient(exc):
+            store.job_failed(key, _short(exc) + "\n" + traceback.format_exc())
         raise
     stats = ts.get("stats") or {}
     result = {"training_set_id": ts["id"], "name": ts["name"], "examples": stats.get("examples"),
@@ -459,7 +484,7 @@ def _check_evaluate(store, facts: R.RoundFacts, attempt: int) -> bool:
     if not ids:
         return False
     for ev_id in ids:
-        if store.get_evaluation(ev_id).status != "running":
+        if store.get_evaluation(ev_id).status not in ("running", "failed"):
             continue
         st = collect.status(store, Owner(evaluation_id=ev_id))
         if st["failed_jobs"]:
@@ -487,9 +512,13 @@ def base_generator_id(store, base_model: str) -> int:
 
 def preflight(store, config) -> None:
     """Clear errors before anything is queued: the base model resolves and every dataset is loaded."""
-    from app.model_registry import resolve_model
+    from pathlib import Path
 
-    resolve_model(config.base_model)
+    from app.model_registry import check_model_folder, resolve_model
+
+    uri = resolve_model(config.base_model)
+    if Path(uri).is_dir():  # damaged since the experiment was created: say so before anything is queued
+        check_model_folder(uri)
     for spec in [*config.train_datasets, *config.eval.datasets]:
         ds, split = R.parse_dataset(spec)
         _problem_ids(store, [(ds, split)], 1)
@@ -530,11 +559,22 @@ def resume_round(store, round_id: int) -> dict[str, Any]:
         return {"round_id": round_id, "resumed": None}
     step, how = plan
     if how == "retry":
+        from app.store.rollouts import Owner
+        from workers import collect
+
         rec = facts.record(step)
         if step in R.JOB_TASKS or step in R.INLINE_STEPS:  # the lost attempt's job row: no longer running
             old = store.get_job(R.job_key(round_id, step, int(rec["attempt"])))
             if old is not None:
                 store.supersede_job(old.key, "the round was resumed")
+        # The collections' failed jobs go to the new generation: no view may read them as the retry's state.
+        owners: list[Owner] = []
+        if step == "collect":
+            owners = [Owner(round_id=round_id)]
+        elif step == "evaluate":
+            owners = [Owner(evaluation_id=i) for i in (rec.get("result") or {}).get("evaluations") or []]
+        for owner in owners:
+            collect.supersede_failed(store, owner, "the round was resumed")
         store.update_round_step(round_id, step, expect=("running", "failed"), state="pending", retried=True)
     store.mark_round_started(round_id)
     queue_round(round_id)
@@ -570,7 +610,7 @@ def _model_name(store, mid: int | None) -> str | None:
         return None
     try:
         return store.get_model_version(int(mid)).name
-    except Exception:  # noqa: BLE001
+    except NotFound:  # deleted since: show its id
         return f"#{mid}"
 
 
@@ -657,7 +697,7 @@ def round_status(store, round_id: int, *, queues: bool = False) -> dict[str, Any
         if j.key.startswith("round/") and not any(f["key"] == j.key for f in failed_jobs):
             latest = facts.record(j.key.split("/")[2])
             if f"a{latest.get('attempt')}" == j.key.rsplit("/", 1)[-1] and latest.get("state") == "failed":
-                failed_jobs.append({"key": j.key, "error": _first_line(j.error)})
+                failed_jobs.append({"key": j.key, "error": first_line(j.error)})
     status = rnd.status
     if status == "running" and failed_step is not None:
         status = "failed"
@@ -669,6 +709,7 @@ def round_status(store, round_id: int, *, queues: bool = False) -> dict[str, Any
         start = rnd.started_at if rnd.started_at.tzinfo else rnd.started_at.replace(tzinfo=UTC)
         end = end if end.tzinfo else end.replace(tzinfo=UTC)
         secs = max(0.0, (end - start).total_seconds())
+    stalled = _stalled(store, round_id) if status == "running" and queues and not in_process() else None
     evaluations = store.round_evaluations(round_id)
     pairs = store.evaluation_pairs([e.id for e in evaluations])
     error = rnd.error
@@ -696,6 +737,7 @@ def round_status(store, round_id: int, *, queues: bool = False) -> dict[str, Any
         "steps": steps,
         "jobs": store.job_counts(round_id=round_id),
         "failed_jobs": failed_jobs,
+        "stalled": stalled,
         "queues": queue_depths() if queues else None,
         "embedded": in_process(),
         "evaluations": [
@@ -704,6 +746,24 @@ def round_status(store, round_id: int, *, queues: bool = False) -> dict[str, Any
             for e in evaluations
         ],
     }
+
+
+def _stalled(store, round_id: int) -> str | None:
+    """Why the round cannot move on by itself (work lost with a worker or a broker), as the healer sees it now;
+    None when it can, or when the broker cannot tell."""
+    from app.config import get_settings
+    from workers.healer import inspect, observe
+
+    settings = get_settings()
+    if not (settings.broker_url or "").startswith(("redis://", "rediss://", "unix://")):
+        return None  # only a Redis broker carries the workers' heartbeats
+    try:
+        flight = observe(settings.broker_url)
+    except Exception:  # noqa: BLE001 - the broker is down: the queues line says so
+        return None
+    found = inspect(store, flight, grace=max(settings.healer_grace_s, 3 * settings.heartbeat_s),
+                    only=("round", round_id))
+    return next((f.reason for f in found if f.reason), None)
 
 
 def _pairs_text(pairs) -> str:
@@ -716,28 +776,38 @@ def _num(x: Any) -> str:
     return f"{x:.4g}" if isinstance(x, (int, float)) else str(x)
 
 
-def _first_line(text: str | None) -> str:
-    lines = [ln for ln in str(text or "").strip().splitlines() if ln.strip()]
-    return lines[0][:300] if lines else ""
 
 
 # -- tasks -----------------------------------------------------------------------------------------------------
 @celery_app.task(name="mucode.round_step")
+@ride_out_outages
 def round_step(round_id: int | None = None, evaluation_id: int | None = None) -> dict[str, Any]:
     store = _store()
     if evaluation_id is not None:
-        metrics = finalize_evaluation(store, int(evaluation_id))
+        liveness.started(f"evaluation/{evaluation_id}/step", evaluation_id=int(evaluation_id))
+        try:
+            metrics = finalize_evaluation(store, int(evaluation_id))
+        finally:
+            liveness.finished(f"evaluation/{evaluation_id}/step")
         return {"evaluation_id": evaluation_id, "done": metrics is not None}
     if round_id is None:
         raise MucodeError("round_step needs round_id or evaluation_id")
-    return advance(store, int(round_id))
+    liveness.started(f"round/{round_id}/step", round_id=int(round_id))  # the healer leaves the round alone
+    try:
+        return advance(store, int(round_id))
+    finally:
+        liveness.finished(f"round/{round_id}/step")
 
 
 @celery_app.task(name="mucode.round_score")
+@ride_out_outages
 def round_score(round_id: int, step: str, attempt: int) -> dict[str, Any]:
+    liveness.started(R.job_key(int(round_id), step, int(attempt)), round_id=int(round_id))
     return run_round_job(_store(), int(round_id), step, int(attempt))
 
 
 @celery_app.task(name="mucode.round_train")
+@ride_out_outages
 def round_train(round_id: int, step: str, attempt: int) -> dict[str, Any]:
+    liveness.started(R.job_key(int(round_id), step, int(attempt)), round_id=int(round_id))
     return run_round_job(_store(), int(round_id), step, int(attempt))

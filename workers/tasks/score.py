@@ -2,9 +2,9 @@
 
 Writes one ``verifier_scores`` row per (candidate, verifier version): only candidates without a score from that
 verifier are read, in id order and in chunks, scored in batches by the process's scorer (the model stays
-loaded between jobs, ``trainers.verifier.scorer.get_scorer``) and written with ``ON CONFLICT DO NOTHING`` —
-so a redelivered or repeated job writes nothing new, and a job killed half-way resumes where it stopped.
-Nothing is loaded when there is nothing to score.
+loaded between jobs, ``trainers.verifier.scorer.get_scorer``, until ``release_models()``) and written with
+``ON CONFLICT DO NOTHING`` — so a redelivered or repeated job writes nothing new, and a job killed half-way
+resumes where it stopped. Nothing is loaded when there is nothing to score.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from workers.celery_app import celery_app
+from workers.healing import ride_out_outages, worker_name
 
 log = logging.getLogger("mucode.score")
 _STORE: dict[str, Any] = {}
@@ -29,6 +30,15 @@ def _worker_store():
     if store is None:
         store = _STORE[url] = Store(url)
     return store
+
+
+def release_models() -> None:
+    """Drop the process's loaded verifier (the next scoring job loads it again) and return its memory to the OS."""
+    from trainers.verifier.scorer import clear_scorer
+    from workers.memory import trim
+
+    clear_scorer()
+    trim()
 
 
 def score_candidates(
@@ -131,6 +141,7 @@ def follow(then: dict[str, Any] | list[dict[str, Any]] | None, **values: Any) ->
 
 
 @celery_app.task(name="mucode.score")
+@ride_out_outages
 def score(
     verifier_id: int,
     candidate_ids: list[int] | None = None,
@@ -139,10 +150,31 @@ def score(
     then: dict[str, Any] | list[dict[str, Any]] | None = None,
     all_candidates: bool = False,
     batch_size: int | None = None,
+    job_key: str | None = None,
 ) -> dict[str, Any]:
+    from app.errors import is_transient
+    from workers.collect import job_failed_for_good
+
+    store = _worker_store()
+    if job_key is not None:  # its row says running, and this worker's beacon lists it (workers/healer.py)
+        from app import liveness
+
+        liveness.started(job_key)  # in flight even while it waits for the database
+        store.job_started(job_key, worker=worker_name())
+    try:
+        return _score_job(store, verifier_id, candidate_ids, round_id, evaluation_id, then, all_candidates,
+                          batch_size, job_key)
+    except Exception as exc:
+        if job_key is not None and not is_transient(exc):
+            job_failed_for_good(store, job_key, f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _score_job(store, verifier_id, candidate_ids, round_id, evaluation_id, then, all_candidates, batch_size,
+               job_key) -> dict[str, Any]:
     stats: dict[str, Any] = {}
     written = score_candidates(
-        _worker_store(),
+        store,
         verifier_id,
         candidate_ids,
         round_id=round_id,
@@ -152,4 +184,6 @@ def score(
         stats=stats,
     )
     follow(then)
+    if job_key is not None:
+        store.job_done(job_key, {k: v for k, v in stats.items() if k != "truncated"})
     return {"verifier_id": verifier_id, **stats, "written": written}

@@ -1,7 +1,9 @@
 """Celery task "mucode.train_generator" (queue ``train``): relabel (if asked) and fine-tune a generator.
 
 Idempotent: the relabel build returns the existing set for the same round and settings, and training returns
-the registered version of the same name without training again, so a redelivered job changes nothing.
+the registered version of the same name without training again, so a redelivered job changes nothing; one
+whose worker died mid-training continues from the run's last complete checkpoint
+(``trainers/checkpoints.py``).
 With ``num_processes > 1`` the training runs under ``accelerate launch`` in a child process group.
 """
 
@@ -15,6 +17,7 @@ import sys
 from typing import Any
 
 from workers.celery_app import celery_app
+from workers.healing import ride_out_outages
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +113,7 @@ def run_train_generator(
 
 
 @celery_app.task(name="mucode.train_generator", acks_late=True)
+@ride_out_outages
 def train_generator(
     training_set: int | str | None = None,
     round_ref: int | str | None = None,

@@ -1,9 +1,10 @@
 """Celery task ``mucode.train_verifier`` (queue ``train``): build the training set if needed, train, register.
 
 Idempotent: the training set is found by name and a verifier whose name is registered with a complete model
-folder is not trained again, so a redelivered job only queues its ``then``. With ``num_gpus > 1`` the
-training runs under ``accelerate launch`` (one process per GPU; ``accelerate_config`` e.g. the ZeRO-3 file
-beside the trainer) and this task waits for it.
+folder is not trained again, so a redelivered job only queues its ``then``; a job whose worker died
+mid-training continues from the run's last complete checkpoint (``trainers/checkpoints.py``), not from step 0.
+With ``num_gpus > 1`` the training runs under ``accelerate launch`` (one process per GPU;
+``accelerate_config`` e.g. the ZeRO-3 file beside the trainer) and this task waits for it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from app.errors import MucodeError
 from workers.celery_app import celery_app
+from workers.healing import ride_out_outages
 from workers.tasks.score import _worker_store, follow
 
 
@@ -93,6 +95,7 @@ def launch_distributed(
 
 
 @celery_app.task(name="mucode.train_verifier")
+@ride_out_outages
 def train_verifier(
     base_model: str,
     training_set_id: int | str | None = None,
