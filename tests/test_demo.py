@@ -5,6 +5,7 @@ with the tiny model that knows some answers instead of SmolLM2 (the real demo is
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -42,6 +43,8 @@ def test_demo_runs_a_whole_round_and_prints_before_and_after(tmp_path, knowing_m
     for text in ("mbpp:test (3 problems)", "G0", "G1", "greedy (T=0)", "BoN N=3 C=1 pt+lv", "turn 1", "turn 2",
                  "demo took", "mucode dashboard", "collect", "train_generator"):
         assert text in out, f"{text!r} missing from the demo output:\n{out}"
+    peak = re.search(r"peak memory (\d+\.\d+) GiB", out)
+    assert peak and 0.1 < float(peak.group(1)) < 3.0, out  # what the process really held, under the demo's goal
     store = Store(f"sqlite:///{tmp_path / 'mucode.db'}")
     exp = store.get_experiment("demo")
     (rnd,) = store.experiment_rounds(exp.id)

@@ -62,10 +62,10 @@ class GeneratorTrainConfig:
     warmup_steps: float = field(default=0.0, metadata={"help": "Steps, or a fraction (< 1) of all steps."})
     weight_decay: float = field(default=0.0)
     max_grad_norm: float = field(default=1.0)
-    optim: str = field(
-        default="adamw_torch",
-        metadata={"help": "The optimizer (transformers' names): AdamW as the paper; adafactor keeps no second moment "
-                  "per weight (the CPU demo uses it to fit a laptop's memory)."},
+    optim: str | None = field(
+        default=None,
+        metadata={"help": "The optimizer by transformers' name (default: its AdamW, as the paper); adafactor keeps "
+                  "no second moment per weight (the CPU demo uses it to fit a laptop's memory)."},
     )
     max_length: int = field(
         default=8192, metadata={"help": "Examples longer than this are left out (counted), never truncated."}
@@ -169,7 +169,7 @@ class GeneratorTrainConfig:
             warmup_steps=self.warmup_steps,
             weight_decay=self.weight_decay,
             max_grad_norm=self.max_grad_norm,
-            optim=self.optim,
+            **({"optim": self.optim} if self.optim else {}),
             seed=self.seed,
             data_seed=self.seed,
             bf16=self.use_bf16(),

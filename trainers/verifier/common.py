@@ -48,7 +48,7 @@ def training_args_kwargs(config: VerifierTrainingConfig, output_dir: str, *, pro
         "adam_epsilon": config.adam_epsilon,
         "weight_decay": config.weight_decay,
         "max_grad_norm": config.max_grad_norm,
-        "optim": config.optim,
+        **({"optim": config.optim} if config.optim else {}),
         "bf16": use_bf16(config),
         "fp16": False,
         "gradient_checkpointing": use_gradient_checkpointing(config),

@@ -72,7 +72,7 @@ class VerifierTrainingConfig:
     lora_target_modules: list[str] | str | None = "all-linear"
     bf16: bool | None = None  # None: bf16 on a GPU that supports it, fp32 otherwise
     gradient_checkpointing: bool | None = None  # None: on for GPU (paper), off on CPU
-    optim: str = "adamw_torch"  # transformers' optimizer name; adafactor holds no second moment per weight
+    optim: str | None = None  # transformers' optimizer name (None: its AdamW); adafactor: no second moment
     # -- run ---------------------------------------------------------------------------------------
     max_steps: int = -1  # > 0 overrides epochs (tests, smoke runs)
     logging_steps: int = 10
