@@ -47,6 +47,19 @@ def _wait(predicate, timeout, what, workers=None):
     raise AssertionError(f"timed out waiting for {what}" + (f"\n{workers.logs()}" if workers else ""))
 
 
+def _collect_counts(store, experiment_id: int) -> dict | None:
+    """The first round's collection counts, once its collection exists (None before)."""
+    from app.store.rollouts import Owner
+
+    rounds = store.experiment_rounds(experiment_id)
+    if not rounds or "collect" not in (rounds[0].steps or {}):
+        return None
+    try:
+        return store.collection_counts(Owner(round_id=rounds[0].id))
+    except Exception:  # noqa: BLE001 - created a moment later
+        return None
+
+
 def _setup(store, tmp_path, model, name):
     load_mbpp(store)
     cfg = tmp_path / f"{name}.json"
@@ -107,13 +120,7 @@ def test_killed_worker_mid_round_then_resume_gives_exact_rows(pg_store, tmp_path
         exp = pg_store.get_experiment("c2")
 
         def counts():
-            rounds = pg_store.experiment_rounds(exp.id)
-            if not rounds or "collect" not in (rounds[0].steps or {}):
-                return None
-            try:
-                return pg_store.collection_counts(Owner(round_id=rounds[0].id))
-            except Exception:  # noqa: BLE001
-                return None
+            return _collect_counts(pg_store, exp.id)
 
         _wait(lambda: (c := counts()) and c["candidates"] >= 2, 240, "the first candidates", workers)
         gpu.kill()  # SIGKILL: its running job is lost with it
@@ -149,7 +156,6 @@ def test_killed_worker_mid_round_heals_without_a_resume(pg_store, tmp_path, know
     """The GPU worker is killed with SIGKILL in the middle of the collection and a fresh one started; nobody runs
     ``round resume``. The control worker's healer finds the job that no live worker runs, resumes the round, and
     the round finishes with exact rows; no status read on the way says "failed"."""
-    from app.store.rollouts import Owner
     from workers.tasks.rounds import round_status
 
     cfg = _setup(pg_store, tmp_path, knowing_model, "c3")
@@ -164,13 +170,7 @@ def test_killed_worker_mid_round_heals_without_a_resume(pg_store, tmp_path, know
         exp = pg_store.get_experiment("c3")
 
         def counts():
-            rounds = pg_store.experiment_rounds(exp.id)
-            if not rounds or "collect" not in (rounds[0].steps or {}):
-                return None
-            try:
-                return pg_store.collection_counts(Owner(round_id=rounds[0].id))
-            except Exception:  # noqa: BLE001
-                return None
+            return _collect_counts(pg_store, exp.id)
 
         _wait(lambda: (c := counts()) and c["candidates"] >= 2, 240, "the first candidates", workers)
         gpu.kill()

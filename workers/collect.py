@@ -40,6 +40,7 @@ mode runs exactly this code.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import time
@@ -394,6 +395,27 @@ def run_sample_job(
     result["seconds"] = round(time.perf_counter() - t0, 3)
     store.job_done(key, result)
     return result
+
+
+@contextlib.contextmanager
+def chained_job(store, key: str | None, *, retried: Callable[[BaseException], bool] = lambda exc: False):
+    """The body of an execute or score step of a collection (``key``: its job row; None when queued by a mucode
+    that predates it). The row says running and this worker's beacon lists it from the first instant, even while
+    the job waits out an outage (workers/healer.py). A failure that neither an outage nor a Celery retry
+    (``retried``) explains fails the row and its owner; the caller marks the row done."""
+    if key is None:
+        yield
+        return
+    from app import liveness
+
+    liveness.started(key)
+    store.job_started(key, worker=worker_name())
+    try:
+        yield
+    except Exception as exc:
+        if not is_transient(exc) and not retried(exc):
+            job_failed_for_good(store, key, f"{type(exc).__name__}: {exc}")
+        raise
 
 
 def job_failed_for_good(store, key: str, error: str) -> None:

@@ -34,6 +34,14 @@ def _owner_where(round_id: int | None, evaluation_id: int | None) -> list[Any]:
     return where
 
 
+def _whole_owner(round_id: int | None, evaluation_id: int | None) -> Any:
+    """The jobs of a round with its evaluations' (by ``round_id``), or of one evaluation."""
+    if round_id is not None:
+        evals = select(m.Evaluation.id).where(m.Evaluation.round_id == round_id)
+        return or_(m.Job.round_id == round_id, m.Job.evaluation_id.in_(evals))
+    return m.Job.evaluation_id == evaluation_id
+
+
 class JobsMixin:
     def record_job(
         self,
@@ -163,25 +171,17 @@ class JobsMixin:
     def in_flight_jobs(self, round_id: int | None = None, evaluation_id: int | None = None) -> list[m.Job]:
         """Queued or running jobs of a round (its collections and its evaluations' included) or of a standalone
         evaluation: what the healer checks against the live workers' beacons."""
-        if round_id is not None:
-            evals = select(m.Evaluation.id).where(m.Evaluation.round_id == round_id)
-            owner = or_(m.Job.round_id == round_id, m.Job.evaluation_id.in_(evals))
-        else:
-            owner = m.Job.evaluation_id == evaluation_id
-        q = select(m.Job).where(owner, m.Job.state.in_(["queued", "running"])).order_by(m.Job.id)
+        q = (select(m.Job).where(_whole_owner(round_id, evaluation_id), m.Job.state.in_(["queued", "running"]))
+             .order_by(m.Job.id))
         with self.session() as s:
             return list(s.execute(q).scalars())
 
     def last_job_activity(self, round_id: int | None = None, evaluation_id: int | None = None) -> datetime | None:
         """When a job of the round (or standalone evaluation) last was queued, started or ended."""
-        if round_id is not None:
-            evals = select(m.Evaluation.id).where(m.Evaluation.round_id == round_id)
-            owner = or_(m.Job.round_id == round_id, m.Job.evaluation_id.in_(evals))
-        else:
-            owner = m.Job.evaluation_id == evaluation_id
-        cols = (m.Job.queued_at, m.Job.started_at, m.Job.finished_at)
+        q = select(func.max(m.Job.queued_at), func.max(m.Job.started_at), func.max(m.Job.finished_at)).where(
+            _whole_owner(round_id, evaluation_id))
         with self.session() as s:
-            times = [s.execute(select(func.max(c)).where(owner)).scalar_one_or_none() for c in cols]
+            times = s.execute(q).one()
         times = [t if t is None or t.tzinfo else t.replace(tzinfo=UTC) for t in times]
         return max((t for t in times if t is not None), default=None)
 

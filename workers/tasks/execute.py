@@ -21,7 +21,7 @@ from typing import Any
 
 from app.sandbox.types import InfraError
 from workers.celery_app import celery_app
-from workers.healing import ride_out_outages, worker_name
+from workers.healing import ride_out_outages
 
 log = logging.getLogger("mucode.execute")
 _STORE: dict[str, Any] = {}
@@ -113,25 +113,15 @@ def execute_candidates(store, candidate_ids: Sequence[int], *, sandbox=None, sta
 @ride_out_outages
 def execute(self, candidate_ids: list[int], then: dict | None = None, harness: dict | None = None,
             job_key: str | None = None) -> dict[str, Any]:
-    from app.errors import is_transient
     from app.harness import Harness
-    from workers.collect import job_failed_for_good
+    from workers.collect import chained_job
 
     store = _worker_store()
-    if job_key is not None:  # its row says running, and this worker's beacon lists it (workers/healer.py)
-        from app import liveness
-
-        liveness.started(job_key)  # in flight even while it waits for the database
-        store.job_started(job_key, worker=worker_name())
     stats: dict[str, Any] = {}
-    try:
+    with chained_job(store, job_key,
+                     retried=lambda exc: isinstance(exc, InfraError) and self.request.retries < self.max_retries):
         # No harness: queued by a mucode that predates it, for a collection that ran with the legacy harness.
         execute_candidates(store, candidate_ids, stats=stats, harness=Harness.legacy() if harness is None else harness)
-    except Exception as exc:
-        retried = isinstance(exc, InfraError) and self.request.retries < self.max_retries
-        if job_key is not None and not retried and not is_transient(exc):
-            job_failed_for_good(store, job_key, f"{type(exc).__name__}: {exc}")
-        raise
     log.info("executed %s", stats)
     if then:
         from workers.dispatch import submit

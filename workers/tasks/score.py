@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from workers.celery_app import celery_app
-from workers.healing import ride_out_outages, worker_name
+from workers.healing import ride_out_outages
 
 log = logging.getLogger("mucode.score")
 _STORE: dict[str, Any] = {}
@@ -152,38 +152,22 @@ def score(
     batch_size: int | None = None,
     job_key: str | None = None,
 ) -> dict[str, Any]:
-    from app.errors import is_transient
-    from workers.collect import job_failed_for_good
+    from workers.collect import chained_job
 
     store = _worker_store()
-    if job_key is not None:  # its row says running, and this worker's beacon lists it (workers/healer.py)
-        from app import liveness
-
-        liveness.started(job_key)  # in flight even while it waits for the database
-        store.job_started(job_key, worker=worker_name())
-    try:
-        return _score_job(store, verifier_id, candidate_ids, round_id, evaluation_id, then, all_candidates,
-                          batch_size, job_key)
-    except Exception as exc:
-        if job_key is not None and not is_transient(exc):
-            job_failed_for_good(store, job_key, f"{type(exc).__name__}: {exc}")
-        raise
-
-
-def _score_job(store, verifier_id, candidate_ids, round_id, evaluation_id, then, all_candidates, batch_size,
-               job_key) -> dict[str, Any]:
     stats: dict[str, Any] = {}
-    written = score_candidates(
-        store,
-        verifier_id,
-        candidate_ids,
-        round_id=round_id,
-        evaluation_id=evaluation_id,
-        all_candidates=all_candidates,
-        batch_size=batch_size,
-        stats=stats,
-    )
-    follow(then)
+    with chained_job(store, job_key):
+        written = score_candidates(
+            store,
+            verifier_id,
+            candidate_ids,
+            round_id=round_id,
+            evaluation_id=evaluation_id,
+            all_candidates=all_candidates,
+            batch_size=batch_size,
+            stats=stats,
+        )
+        follow(then)
     if job_key is not None:
         store.job_done(job_key, {k: v for k, v in stats.items() if k != "truncated"})
     return {"verifier_id": verifier_id, **stats, "written": written}
