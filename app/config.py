@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -110,6 +112,30 @@ class Settings(BaseSettings):
         return v
 
 
+# Settings a caller put in force for a block (``use_settings``); the innermost wins over the environment's.
+_in_force: list[Settings] = []
+
+
 @lru_cache(maxsize=1)
-def get_settings() -> Settings:
+def _from_environment() -> Settings:
     return Settings()
+
+
+def get_settings() -> Settings:
+    """The settings in force: those of the innermost ``use_settings`` block, else the environment's (read
+    once; ``get_settings.cache_clear()`` reads the environment again)."""
+    return _in_force[-1] if _in_force else _from_environment()
+
+
+get_settings.cache_clear = _from_environment.cache_clear  # type: ignore[attr-defined]
+
+
+@contextmanager
+def use_settings(settings: Settings) -> Iterator[Settings]:
+    """Within the block, every reader of ``get_settings()`` in this process (in-process jobs of workers and
+    trainers included) gets ``settings``: a caller runs with its own settings, ``os.environ`` untouched."""
+    _in_force.append(settings)
+    try:
+        yield settings
+    finally:
+        _in_force.pop()

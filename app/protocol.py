@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer
 
 
 class _Frozen(BaseModel):
@@ -187,13 +187,6 @@ class ExperimentConfig(_Frozen):
             if isinstance(part, dict):
                 data[section] = {**legacy, **part}
         return cls(**data)
-
-    @model_validator(mode="after")
-    def _backend_supports_sampling(self) -> ExperimentConfig:
-        if self.backend != "transformers" and self.rollout.sampling.stop_after_code:
-            raise ValueError("rollout.sampling.stop_after_code needs the transformers backend (vLLM and sampling "
-                             "servers have no per-row stop at the end of a code block)")
-        return self
 
     @field_validator("train_datasets")
     @classmethod

@@ -180,7 +180,8 @@ def resolve_experiments(store, names: Sequence[str]) -> list[Any]:
         except NotFound:
             exps = store.report_group_members(name)
             if not exps:
-                raise NotFound(f"no experiment or experiment group named {name!r} (`mucode experiment list`)")
+                raise NotFound(
+                    f"no experiment or experiment group named {name!r} (`mucode experiment list`)") from None
         for e in exps:
             if all(e.id != o.id for o in out):
                 out.append(e)

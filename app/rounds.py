@@ -10,7 +10,7 @@ A round k of an experiment runs seven steps, in order:
 | ``score_new``     | score the round's candidates with RM_k (the relabel needs them)         | score     |
 | ``relabel``       | SFT set: round k relabeled with RM_k + rounds < k with their own RM      | control   |
 | ``train_generator``| G_{k+1}, from the base model, on that set (the union of all rounds)   | train     |
-| ``evaluate``      | G_k: greedy + multi-turn BoN with RM_k, the verifier trained on G_k's rollouts | sample + execute + score |
+| ``evaluate``      | G_k: greedy + multi-turn BoN with RM_k (trained on G_k's rollouts)      | sample, execute, score |
 
 Which generator ``evaluate`` searches with which verifier is ``eval.verifier_pairing``: ``same_round`` (the
 default, the paper's G2 searched with RM2) evaluates (G_k, RM_k) in round k, so every generator is searched with
@@ -26,10 +26,11 @@ successful trajectories only and ``rft`` on correct first turns (no verifier in 
 skipped, the verifier is still trained every round for the BoN evaluation); ``rft_lv`` keeps the top-K
 trajectories by verifier score; ``mucode`` relabels (``relabel.expert`` ``oracle`` needs no scores either).
 
-State. ``rounds.steps`` holds one record per step::
+State. ``rounds.steps`` holds one record per step (``StepRecord``; JSON in the row)::
 
     {"state": "pending|running|done|skipped|failed", "attempt": n, "started_at": iso, "finished_at": iso,
-     "seconds": s, "error": text | None, "result": {...}, "reason": why skipped}
+     "seconds": s, "error": text | None, "result": {...}, "reason": why skipped, "job": key, "heals": n,
+     "healed": why}
 
 Everything here is a pure function of that record and the round's facts (``RoundFacts``): which step is next
 (``next_action``), why a step is skipped (``skip_reason``), which models a step uses (``verifier_inputs``,
@@ -40,7 +41,7 @@ from the store, acts, and writes the records back; it never decides anything its
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -100,6 +101,34 @@ def uses_round_scores(config: ExperimentConfig) -> bool:
 
 # -- facts ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
+class StepRecord:
+    """One step's record in ``rounds.steps`` (a step not started yet reads as the defaults)."""
+
+    state: str = "pending"  # pending | running | done | skipped | failed
+    attempt: int = 0  # starts so far; a job key carries the attempt it belongs to
+    started_at: str | None = None  # ISO timestamps
+    finished_at: str | None = None
+    seconds: float | None = None
+    error: str | None = None
+    reason: str | None = None  # why it was skipped
+    result: Mapping[str, Any] = field(default_factory=dict)  # what it produced (ids, counts)
+    job: str | None = None  # the key of the job that runs it, for steps run by one job
+    heals: int = 0  # times the healer queued its lost work again
+    healed: str | None = None  # why it did, the last time
+    retried: bool = False  # reset to pending by a resume
+
+    @classmethod
+    def of(cls, raw: Mapping[str, Any] | None) -> StepRecord:
+        """From the stored JSON; keys this version does not know are left out, missing ones take defaults."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in (raw or {}).items() if k in known and v is not None}
+        values["attempt"] = int(values.get("attempt", 0))
+        values["heals"] = int(values.get("heals", 0))
+        values["result"] = dict(values.get("result") or {})
+        return cls(**values)
+
+
+@dataclass(frozen=True)
 class RoundFacts:
     """What the decisions need to know about one round (read from the store by the worker)."""
 
@@ -122,14 +151,11 @@ class RoundFacts:
     def method(self) -> str:
         return self.config.method
 
-    def record(self, step: str) -> dict[str, Any]:
-        rec = dict(self.steps.get(step) or {})
-        rec.setdefault("state", "pending")
-        rec.setdefault("attempt", 0)
-        return rec
+    def record(self, step: str) -> StepRecord:
+        return StepRecord.of(self.steps.get(step))
 
     def state(self, step: str) -> str:
-        return self.record(step)["state"]
+        return self.record(step).state
 
 
 def skip_reason(step: str, facts: RoundFacts) -> str | None:
@@ -170,7 +196,7 @@ def next_action(facts: RoundFacts) -> Action:
     """The one thing to do next for this round."""
     for step in STEPS:
         rec = facts.record(step)
-        state = rec["state"]
+        state = rec.state
         if state in FINISHED:
             continue
         if state == "pending":
@@ -181,7 +207,7 @@ def next_action(facts: RoundFacts) -> Action:
         if state == "running":
             return Action("check", step)
         if state == "failed":
-            return Action("blocked", step, rec.get("error"))
+            return Action("blocked", step, rec.error)
         raise ValueError(f"round {facts.round_id} step {step}: unknown state {state!r}")
     return Action("finish")
 
@@ -477,14 +503,13 @@ def plan_next_round(prior: Sequence[PriorRound], base_generator_id: int) -> dict
     return {"index": last.index + 1, "generator_id": last.generator_out_id, "verifier_in_id": last.verifier_out_id}
 
 
-def step_seconds(rec: Mapping[str, Any]) -> float | None:
+def step_seconds(rec: StepRecord) -> float | None:
     """Wall time of a step record: finished - started (or so far, when running)."""
-    start = rec.get("started_at")
-    if not start:
+    if not rec.started_at:
         return None
     try:
-        t0 = datetime.fromisoformat(start)
-        t1 = datetime.fromisoformat(rec["finished_at"]) if rec.get("finished_at") else datetime.now(UTC)
+        t0 = datetime.fromisoformat(rec.started_at)
+        t1 = datetime.fromisoformat(rec.finished_at) if rec.finished_at else datetime.now(UTC)
     except (TypeError, ValueError):
         return None
     return max(0.0, (t1 - t0).total_seconds())

@@ -72,9 +72,9 @@ def build_tiny_model(
     bpe.train_from_iterator(_corpus(), trainer=trainer)
     tok = PreTrainedTokenizerFast(
         tokenizer_object=bpe,
-        bos_token="<|endoftext|>",
-        eos_token="<|im_end|>",
-        pad_token="<|pad|>",
+        bos_token="<|endoftext|>",  # noqa: S106 - a special token, not a password
+        eos_token="<|im_end|>",  # noqa: S106 - a special token, not a password
+        pad_token="<|pad|>",  # noqa: S106 - a special token, not a password
         unk_token=None,
         model_max_length=4096,
     )

@@ -32,7 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.errors import MucodeError
+from app.errors import MucodeError, NotFound
+from app.rounds import StepRecord
 
 BACKENDS = ("none", "tensorboard", "mlflow", "wandb")
 ROUNDS_RUN = "rounds"  # the run (TensorBoard folder, MLflow run, W&B run name) that holds the rounds' results
@@ -213,11 +214,9 @@ def round_facts(store, round_id: int) -> dict[str, Any]:
     seconds = None
     if rnd.started_at is not None and rnd.finished_at is not None:
         seconds = max(0.0, (rnd.finished_at - rnd.started_at).total_seconds())
-    steps = {
-        name: {k: rec.get(k) for k in ("state", "seconds", "attempt", "result")}
-        for name, rec in dict(rnd.steps or {}).items()
-        if isinstance(rec, Mapping)
-    }
+    records = {name: StepRecord.of(raw) for name, raw in dict(rnd.steps or {}).items() if isinstance(raw, Mapping)}
+    steps = {name: {"state": r.state, "seconds": r.seconds, "attempt": r.attempt, "result": dict(r.result)}
+             for name, r in records.items()}
     evaluations = [
         {"name": e.name, "mode": e.mode, "selector": e.selector, "dataset": e.dataset, "split": e.split,
          "status": e.status, "metrics": dict(e.metrics or {})}
@@ -230,13 +229,13 @@ def round_facts(store, round_id: int) -> dict[str, Any]:
             verifier = {"name": v["name"], "metrics": dict(v.get("metrics") or {})}
     generator = None
     if rnd.generator_out_id is not None:
-        g = store.sft_model_version_by_id(int(rnd.generator_out_id))
+        g = store.get_model_version(int(rnd.generator_out_id), required=False)
         if g is not None:
-            generator = {"name": g["name"], "metrics": dict(g.get("metrics") or {})}
+            generator = {"name": g.name, "metrics": dict(g.metrics or {})}
     relabel = None
-    ts_id = ((steps.get("relabel") or {}).get("result") or {}).get("training_set_id")
+    ts_id = records.get("relabel", StepRecord()).result.get("training_set_id")
     if ts_id is not None:
-        with contextlib.suppress(Exception):  # a deleted set: the step's own counts remain in ``steps``
+        with contextlib.suppress(NotFound):  # a deleted set: the step's own counts remain in ``steps``
             relabel = dict(store.sft_training_set(int(ts_id)).get("stats") or {})
     return {
         "experiment": exp.name, "experiment_id": exp.id, "experiment_config": dict(exp.config or {}),

@@ -27,9 +27,9 @@ import shutil
 import sys
 import tempfile
 import time
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -72,31 +72,13 @@ def pick_model(arg: str | None, workdir: Path) -> tuple[str, str]:
     return str(build_tiny_model(workdir / "tiny")), "tiny random Llama (SmolLM2 not pulled)"
 
 
-class Database:
+def scratch_url(kind: str, workdir: Path, stack) -> str:
     """A throw-away database for the run: a new Postgres database (dropped at the end) or a SQLite file."""
+    if kind == "sqlite":
+        return f"sqlite:///{workdir / 'bench.db'}"
+    from app.db.engine import scratch_database
 
-    def __init__(self, kind: str, workdir: Path) -> None:
-        self.kind, self.name = kind, None
-        if kind == "sqlite":
-            self.url = f"sqlite:///{workdir / 'bench.db'}"
-        else:
-            from sqlalchemy import text
-
-            from app.db.engine import make_engine
-
-            self.admin = make_engine(PG_ADMIN, isolation_level="AUTOCOMMIT")
-            self.name = f"mucode_bench_{uuid.uuid4().hex[:8]}"
-            with self.admin.connect() as c:
-                c.execute(text(f'CREATE DATABASE "{self.name}"'))
-            self.url = PG_ADMIN.rsplit("/", 1)[0] + f"/{self.name}"
-
-    def drop(self) -> None:
-        if self.name:
-            from sqlalchemy import text
-
-            with self.admin.connect() as c:
-                c.execute(text(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)'))
-            self.admin.dispose()
+    return stack.enter_context(scratch_database(PG_ADMIN, "mucode_bench"))
 
 
 def make_collection(
@@ -212,19 +194,88 @@ def same_tokens(bare: dict, store, owner, spec) -> bool:
     return stored == bare["per_turn"]
 
 
+def one_repeat(r: int, args, store, model: str, backend) -> tuple[dict[str, Any], Any]:
+    """One timed repeat: the pipeline and bare ``generate`` over the same prompts and seeds."""
+    # a new seed per repeat: other samples, so the execution cache does not help later repeats
+    owner, spec = make_collection(
+        store, model, f"bench-{r}", args.problems, args.M, args.T, args.max_new_tokens, args.batch_size,
+        args.temperature, seed=r + 1,
+    )  # fmt: skip
+    # ABBA: with T = 1 the prompts are known before sampling, so odd repeats run bare first (drift of a
+    # shared machine's load then hits both sides alike); later turns can only be replayed afterwards
+    if args.T == 1 and r % 2 == 1:
+        bare = run_bare(planned_first_turns(store, owner, spec), spec, backend)
+        pipe = run_pipeline(store, owner, args.mode)
+    else:
+        pipe = run_pipeline(store, owner, args.mode)
+        bare = run_bare(sampled_turns(store, owner, spec), spec, backend)
+    bare["same_tokens_as_pipeline"] = same_tokens(bare, store, owner, spec)
+    del bare["per_turn"]
+    pipe["tokens_per_s"] = round(pipe["tokens"] / pipe["seconds"], 2)
+    bare["tokens_per_s"] = round(bare["tokens"] / bare["seconds"], 2)
+    run = {"pipeline": pipe, "bare": bare, "ratio": round(pipe["tokens_per_s"] / bare["tokens_per_s"], 3)}
+    if not args.json:
+        print(
+            f"[{r + 1}/{args.repeat}] bare {bare['tokens']} tokens {bare['seconds']:.1f} s "
+            f"{bare['tokens_per_s']:.2f} tok/s | pipeline {pipe['tokens']} tokens {pipe['seconds']:.1f} s "
+            f"{pipe['tokens_per_s']:.2f} tok/s | ratio {run['ratio']:.3f} | generate share of "
+            f"pipeline wall {pipe['generate_share_of_wall']}",
+            flush=True,
+        )
+    return run, spec
+
+
+def summarize(args, runs: list[dict[str, Any]], spec, model_label: str, torch_threads: int) -> dict[str, Any]:
+    tot = {
+        side: {
+            "tokens": sum(x[side]["tokens"] for x in runs),
+            "seconds": round(sum(x[side]["seconds"] for x in runs), 2),
+        }
+        for side in ("bare", "pipeline")
+    }
+    for t in tot.values():
+        t["tokens_per_s"] = round(t["tokens"] / t["seconds"], 2)
+    ratios = sorted(x["ratio"] for x in runs)
+    return {
+        "model": model_label, "backend": spec.backend, "mode": args.mode, "db": args.db,
+        "problems": args.problems, "M": args.M, "T": args.T, "max_new_tokens": args.max_new_tokens,
+        "batch_size": args.batch_size, "execute_nice": args.execute_nice, "cpus": os.cpu_count(),
+        "torch_threads": torch_threads, "load_average": os.getloadavg(), "runs": runs, "total": tot,
+        "ratio_total": round(tot["pipeline"]["tokens_per_s"] / tot["bare"]["tokens_per_s"], 3),
+        "ratio_median": ratios[len(ratios) // 2],
+    }  # fmt: skip
+
+
+def print_summary(args, result: dict[str, Any]) -> None:
+    print(
+        f"model {result['model']}; {args.problems} MBPP train problems x M={args.M}, T={args.T}, "
+        f"max_new_tokens={args.max_new_tokens}, batch {args.batch_size}; mode {args.mode}, db {args.db}, "
+        f"torch threads {result['torch_threads']}, load average {os.getloadavg()[0]:.1f}"
+    )
+    for label, side in (("bare generate", "bare"), ("pipeline", "pipeline")):
+        t = result["total"][side]
+        print(f"{label:14s}: {t['tokens']:6d} tokens in {t['seconds']:8.2f} s = {t['tokens_per_s']:8.2f} tok/s")
+    print(
+        f"ratio pipeline/bare: {result['ratio_total']:.3f} over all runs, median {result['ratio_median']:.3f}"
+        " (goal >= 0.95)"
+    )
+    if not all(x["bare"]["same_tokens_as_pipeline"] for x in result["runs"]):
+        print("note: token counts differ: the same prompts and seeds should give the same tokens")
+
+
 def main() -> None:
     args = parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="mucode-bench-collect-"))
-    db = Database(args.db, workdir)
-    os.environ["MUCODE_DATABASE_URL"] = db.url
+    from contextlib import ExitStack
+
+    stack = ExitStack()
+    url = scratch_url(args.db, workdir, stack)
+    os.environ["MUCODE_DATABASE_URL"] = url
     os.environ.pop("MUCODE_BROKER_URL", None)
     thread_env = {}
     if args.threads:
         thread_env = {"OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
         os.environ.update(thread_env)
-    from contextlib import ExitStack
-
-    stack = ExitStack()
     store = None
     try:
         if args.mode == "celery":
@@ -239,13 +290,11 @@ def main() -> None:
         from app.store import Store
 
         model, model_label = pick_model(args.model, workdir)
-        store = Store(db.url)
+        store = Store(url)
         store.upgrade()
         load_dataset(store, "mbpp")
         if args.mode == "celery":
-            workers = stack.enter_context(
-                celery_workers(db.url, broker, log_dir=workdir, extra_env=thread_env)
-            )
+            workers = stack.enter_context(celery_workers(url, broker, log_dir=workdir, extra_env=thread_env))
             workers.start("sample")
             workers.start("execute", nice=args.execute_nice)
         warm, _ = make_collection(store, model, "warmup", 2, 1, 1, 8, args.batch_size, args.temperature)
@@ -260,84 +309,19 @@ def main() -> None:
             torch.set_num_threads(args.threads)
         backend = get_backend("transformers", model)
         backend.generate([[{"role": "user", "content": "warm up"}]], SamplingParams(0.7, max_tokens=4), [0])
-        runs = []
+        runs, spec = [], None
         for r in range(args.repeat):
-            # a new seed per repeat: other samples, so the execution cache does not help later repeats
-            owner, spec = make_collection(
-                store, model, f"bench-{r}", args.problems, args.M, args.T, args.max_new_tokens, args.batch_size,
-                args.temperature, seed=r + 1,
-            )  # fmt: skip
-            # ABBA: with T = 1 the prompts are known before sampling, so odd repeats run bare first (drift of a
-            # shared machine's load then hits both sides alike); later turns can only be replayed afterwards
-            if args.T == 1 and r % 2 == 1:
-                bare = run_bare(planned_first_turns(store, owner, spec), spec, backend)
-                pipe = run_pipeline(store, owner, args.mode)
-            else:
-                pipe = run_pipeline(store, owner, args.mode)
-                bare = run_bare(sampled_turns(store, owner, spec), spec, backend)
-            bare["same_tokens_as_pipeline"] = same_tokens(bare, store, owner, spec)
-            del bare["per_turn"]
-            pipe["tokens_per_s"] = round(pipe["tokens"] / pipe["seconds"], 2)
-            bare["tokens_per_s"] = round(bare["tokens"] / bare["seconds"], 2)
-            runs.append(
-                {
-                    "pipeline": pipe,
-                    "bare": bare,
-                    "ratio": round(pipe["tokens_per_s"] / bare["tokens_per_s"], 3),
-                }
-            )
-            if not args.json:
-                print(
-                    f"[{r + 1}/{args.repeat}] bare {bare['tokens']} tokens {bare['seconds']:.1f} s "
-                    f"{bare['tokens_per_s']:.2f} tok/s | pipeline {pipe['tokens']} tokens {pipe['seconds']:.1f} s "
-                    f"{pipe['tokens_per_s']:.2f} tok/s | ratio {runs[-1]['ratio']:.3f} | generate share of "
-                    f"pipeline wall {pipe['generate_share_of_wall']}",
-                    flush=True,
-                )
-        tot = {
-            side: {
-                "tokens": sum(x[side]["tokens"] for x in runs),
-                "seconds": round(sum(x[side]["seconds"] for x in runs), 2),
-            }
-            for side in ("bare", "pipeline")
-        }
-        for t in tot.values():
-            t["tokens_per_s"] = round(t["tokens"] / t["seconds"], 2)
-        ratios = sorted(x["ratio"] for x in runs)
-        result = {
-            "model": model_label, "backend": spec.backend, "mode": args.mode, "db": args.db,
-            "problems": args.problems, "M": args.M, "T": args.T, "max_new_tokens": args.max_new_tokens,
-            "batch_size": args.batch_size, "execute_nice": args.execute_nice, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "load_average": os.getloadavg(), "runs": runs, "total": tot,
-            "ratio_total": round(tot["pipeline"]["tokens_per_s"] / tot["bare"]["tokens_per_s"], 3),
-            "ratio_median": ratios[len(ratios) // 2],
-        }  # fmt: skip
+            run, spec = one_repeat(r, args, store, model, backend)
+            runs.append(run)
+        result = summarize(args, runs, spec, model_label, torch.get_num_threads())
         if args.json:
             print(json.dumps(result, indent=2))
         else:
-            print(
-                f"model {model_label}; {args.problems} MBPP train problems x M={args.M}, T={args.T}, "
-                f"max_new_tokens={args.max_new_tokens}, batch {args.batch_size}; mode {args.mode}, db {args.db}, "
-                f"torch threads {result['torch_threads']}, load average {os.getloadavg()[0]:.1f}"
-            )
-            b, p = tot["bare"], tot["pipeline"]
-            print(
-                f"bare generate : {b['tokens']:6d} tokens in {b['seconds']:8.2f} s = {b['tokens_per_s']:8.2f} tok/s"
-            )
-            print(
-                f"pipeline      : {p['tokens']:6d} tokens in {p['seconds']:8.2f} s = {p['tokens_per_s']:8.2f} tok/s"
-            )
-            print(
-                f"ratio pipeline/bare: {result['ratio_total']:.3f} over all runs, median {result['ratio_median']:.3f}"
-                " (goal >= 0.95)"
-            )
-            if not all(x["bare"]["same_tokens_as_pipeline"] for x in runs):
-                print("note: token counts differ: the same prompts and seeds should give the same tokens")
+            print_summary(args, result)
     finally:
-        stack.close()
         if store is not None:
             store.dispose()
-        db.drop()
+        stack.close()
         shutil.rmtree(workdir, ignore_errors=True)
 
 

@@ -56,109 +56,95 @@ class Ids:
 
 
 # -- building the store ----------------------------------------------------------------------------------
-def build(url: str, target: int, seed: int = 0) -> dict[str, int]:
-    import psycopg
-    from sqlalchemy import text
+class Synthetic:
+    """The rows of a store with ``target`` candidates (rounds of training rollouts, relabels, evaluations,
+    jobs), generated in memory and copied in with COPY."""
 
-    from app.db.engine import make_engine
-    from app.store import Store
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.ids = Ids()
+        self.rows: dict[str, list[tuple]] = {}
+        self.candidates = 0
 
-    rng = random.Random(seed)
-    admin = make_engine(url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
-    name = url.rsplit("/", 1)[1]
-    with admin.connect() as c:
-        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    admin.dispose()
-    store = Store(url)
-    store.upgrade()
-    store.dispose()
+    def add(self, table: str, row: tuple) -> None:
+        self.rows.setdefault(table, []).append(row)
 
-    ids = Ids()
-    rows: dict[str, list[tuple]] = {}
+    def problems(self) -> list[dict]:
+        """Datasets and problems, each with a pool of program variants (the execution cache is shared by code)."""
+        rng, ids, add, rows = self.rng, self.ids, self.add, self.rows
+        problems: list[dict] = []
+        for ds, split, ext_ids in (("mbpp", "train", range(601, 975)), ("mbpp", "test", range(11, 511)),
+                                   ("humaneval", "test", range(164))):
+            if not any(r[1] == ds for r in rows.get("datasets", [])):
+                add("datasets", (ids.next("datasets"), ds, "bench", sha(ds), 0))
+            ds_id = next(r[0] for r in rows["datasets"] if r[1] == ds)
+            for e in ext_ids:
+                pid = ids.next("problems")
+                ext = f"mbpp/{e}" if ds == "mbpp" else f"HumanEval/{e}"
+                prompt = f"Write a function that solves task {ext}: transform the input list as described " \
+                         f"(bench problem {pid}, keyword {rng.choice(['prime', 'string', 'matrix', 'sum', 'chain'])})."
+                pub = ["assert f(1) == 2"]
+                priv = pub + ["assert f(2) == 3", "assert f(5) == 6"]
+                p = {"id": pid, "ext": ext, "ds": ds, "split": split, "prompt": prompt,
+                     "pub_hash": sha(ext + "/public"), "priv_hash": sha(ext + "/private"),
+                     "difficulty": rng.random()}
+                add("problems", (pid, ds_id, split, ext, prompt, "f", None, "", "", json.dumps(pub), json.dumps(pub),
+                                 json.dumps(priv), p["pub_hash"], p["priv_hash"], sha(ext), "{}"))
+                # variants: (code, code_hash, public, private, status, feedback)
+                correct, wrong = [], []
+                n_correct = 0 if p["difficulty"] > 0.93 else max(1, int(12 * (1 - p["difficulty"])))
+                for v in range(40):
+                    code = f"def f(x):\n    # variant {v} of {ext}\n    return x + {1 if v < n_correct else v + 2}"
+                    if v < n_correct:
+                        correct.append((code, sha(code), True, True, "passed", "Code passed all tests"))
+                        continue
+                    r = rng.random()
+                    if r < 0.1:
+                        var = (code, sha(code), True, False, "failed", "AssertionError: assert f(2) == 3")
+                    elif r < 0.55:
+                        var = (code, sha(code), False, False, "failed", "AssertionError: assert f(1) == 2")
+                    else:
+                        st_, fb = rng.choice(ERRORS)
+                        var = (code, sha(code), False, False, st_, fb)
+                    wrong.append(var)
+                p["correct"], p["wrong"] = correct, wrong
+                for _code, h, pub_ok, priv_ok, status, fb in correct + wrong:
+                    for kind, ok in (("public", pub_ok), ("private", priv_ok)):
+                        st_ = "passed" if ok else status
+                        fbk = "Code passed all tests" if ok else fb
+                        outcome = "passed" if ok or (kind == "private" and pub_ok) else (
+                            "failed" if st_ == "failed" else "error")
+                        tests = [{"test": "assert f(1) == 2", "outcome": outcome, "message": "" if ok else fbk}]
+                        suite = p["pub_hash"] if kind == "public" else p["priv_hash"]
+                        add("executions", (ids.next("executions"), h, suite,
+                                           kind, "bench-1", st_, ok, json.dumps(tests), fbk, "", "",
+                                           10000.0 if st_ == "timeout" else rng.uniform(20, 400)))
+                problems.append(p)
+        return problems
 
-    def add(table: str, row: tuple) -> None:
-        rows.setdefault(table, []).append(row)
-
-    # datasets and problems, each with a pool of program variants (the execution cache is shared by code)
-    problems: list[dict] = []
-    for ds, split, ext_ids in (("mbpp", "train", range(601, 975)), ("mbpp", "test", range(11, 511)),
-                               ("humaneval", "test", range(164))):
-        if not any(r[1] == ds for r in rows.get("datasets", [])):
-            add("datasets", (ids.next("datasets"), ds, "bench", sha(ds), 0))
-        ds_id = next(r[0] for r in rows["datasets"] if r[1] == ds)
-        for e in ext_ids:
-            pid = ids.next("problems")
-            ext = f"mbpp/{e}" if ds == "mbpp" else f"HumanEval/{e}"
-            prompt = f"Write a function that solves task {ext}: transform the input list as described " \
-                     f"(bench problem {pid}, keyword {rng.choice(['prime', 'string', 'matrix', 'sum', 'chain'])})."
-            pub = ["assert f(1) == 2"]
-            priv = pub + ["assert f(2) == 3", "assert f(5) == 6"]
-            p = {"id": pid, "ext": ext, "ds": ds, "split": split, "prompt": prompt,
-                 "pub_hash": sha(ext + "/public"), "priv_hash": sha(ext + "/private"),
-                 "difficulty": rng.random()}
-            add("problems", (pid, ds_id, split, ext, prompt, "f", None, "", "", json.dumps(pub), json.dumps(pub),
-                             json.dumps(priv), p["pub_hash"], p["priv_hash"], sha(ext), "{}"))
-            # variants: (code, code_hash, public, private, status, feedback)
-            correct, wrong = [], []
-            n_correct = 0 if p["difficulty"] > 0.93 else max(1, int(12 * (1 - p["difficulty"])))
-            for v in range(40):
-                code = f"def f(x):\n    # variant {v} of {ext}\n    return x + {1 if v < n_correct else v + 2}"
-                if v < n_correct:
-                    correct.append((code, sha(code), True, True, "passed", "Code passed all tests"))
-                    continue
-                r = rng.random()
-                if r < 0.1:
-                    var = (code, sha(code), True, False, "failed", "AssertionError: assert f(2) == 3")
-                elif r < 0.55:
-                    var = (code, sha(code), False, False, "failed", "AssertionError: assert f(1) == 2")
-                else:
-                    st_, fb = rng.choice(ERRORS)
-                    var = (code, sha(code), False, False, st_, fb)
-                wrong.append(var)
-            p["correct"], p["wrong"] = correct, wrong
-            for code, h, pub_ok, priv_ok, status, fb in correct + wrong:
-                for kind, ok in (("public", pub_ok), ("private", priv_ok)):
-                    st_ = "passed" if ok else status
-                    fbk = "Code passed all tests" if ok else fb
-                    tests = [{"test": "assert f(1) == 2", "outcome": "passed" if ok or kind == "private" and pub_ok
-                              else ("failed" if st_ == "failed" else "error"), "message": "" if ok else fbk}]
-                    add("executions", (ids.next("executions"), h, p["pub_hash"] if kind == "public" else p["priv_hash"],
-                                       kind, "bench-1", st_, ok, json.dumps(tests), fbk, "", "",
-                                       10000.0 if st_ == "timeout" else rng.uniform(20, 400)))
-            problems.append(p)
-    train = [p for p in problems if p["split"] == "train"]
-    mbpp_test = [p for p in problems if p["ds"] == "mbpp" and p["split"] == "test"]
-    humaneval = [p for p in problems if p["ds"] == "humaneval"]
-
-    exp_id = ids.next("experiments")
-    add("experiments", (exp_id, "bench-exp", "mucode", "llama-3.2-1b-instruct", json.dumps({"turns": 3, "M": 15})))
-
-    state = {"cand": 0}
-
-    def sample(p: dict, rnd: int, vid: int) -> tuple:
+    def sample(self, p: dict, rnd: int) -> tuple:
         """A candidate's variant and its verifier score."""
         p_ok = max(0.02, min(0.95, 0.75 * (1 - p["difficulty"]) + 0.03 * rnd))
-        if p["correct"] and rng.random() < p_ok:
-            var = rng.choice(p["correct"])
-            score = rng.gauss(1.0 + 0.05 * rnd, 1.0)
+        if p["correct"] and self.rng.random() < p_ok:
+            var = self.rng.choice(p["correct"])
+            score = self.rng.gauss(1.0 + 0.05 * rnd, 1.0)
         else:
-            var = rng.choice(p["wrong"])
-            score = rng.gauss(0.4 if var[2] else -0.6, 1.0)
+            var = self.rng.choice(p["wrong"])
+            score = self.rng.gauss(0.4 if var[2] else -0.6, 1.0)
         return var, score
 
-    def new_candidate(turn_id: int, n: int, var: tuple, chosen: bool, vid: int, score: float, seed_: int) -> int:
-        cid = ids.next("candidates")
-        add("candidates", (cid, turn_id, n, f"```python\n{var[0]}\n```", var[0], var[1], 120,
+    def new_candidate(self, turn_id: int, n: int, var: tuple, chosen: bool, vid: int, score: float, seed_: int) -> int:
+        cid = self.ids.next("candidates")
+        self.add("candidates", (cid, turn_id, n, f"```python\n{var[0]}\n```", var[0], var[1], 120,
                            len(var[0]) // 4, "stop", json.dumps({"temperature": 0.7, "seed": seed_}), chosen,
                            var[2], var[3]))
-        add("verifier_scores", (cid, vid, round(score, 4)))
-        state["cand"] += 1
+        self.add("verifier_scores", (cid, vid, round(score, 4)))
+        self.candidates += 1
         return cid
 
-    rnd = 0
-    prev_gen = None
-    while state["cand"] < target:
+    def one_round(self, rnd: int, prev_gen: int | None, exp_id: int, problems: list[dict]) -> int:
+        """Round ``rnd``: its models, training trajectories, relabel, evaluations and jobs; returns G_k."""
+        ids, add = self.ids, self.add
         gen = ids.next("model_versions")
         add("model_versions", (gen, f"bench/r{rnd}/generator-in", "generator", "llama", "hub:llama", prev_gen,
                                "{}", "{}"))
@@ -181,9 +167,17 @@ def build(url: str, target: int, seed: int = 0) -> dict[str, int]:
                            "finished_at": (t + timedelta(minutes=mins)).isoformat(), "seconds": mins * 60}
             t += timedelta(minutes=mins)
         add("rounds", (rid, exp_id, rnd, "done", gen, None, ver, None, json.dumps(steps), None, start, t))
-        rows.setdefault("_mv_round", []).append((rid, gen, ver))
+        self.rows.setdefault("_mv_round", []).append((rid, gen, ver))
 
-        # training trajectories
+        train = [p for p in problems if p["split"] == "train"]
+        self.training(rnd, rid, gen, ver, train)
+        self.evaluations(rnd, rid, gen, ver, exp_id, problems, t)
+        self.jobs(rnd, rid, start)
+        return gen
+
+    def training(self, rnd: int, rid: int, gen: int, ver: int, train: list[dict]) -> None:
+        """The training trajectories (15 per problem, up to 3 turns) and their relabeled SFT examples."""
+        ids, add = self.ids, self.add
         round_rollouts: dict[int, list[tuple]] = {}
         for p in train:
             for m_ in range(15):
@@ -191,10 +185,10 @@ def build(url: str, target: int, seed: int = 0) -> dict[str, int]:
                 messages = [{"role": "user", "content": p["prompt"]}]
                 final = None
                 for t_ix in range(1, 4):
-                    var, score = sample(p, rnd, ver)
+                    var, score = self.sample(p, rnd)
                     tid = ids.next("turns")
                     add("turns", (tid, ro, t_ix, json.dumps(messages), var[5]))
-                    cid = new_candidate(tid, 0, var, True, ver, score, m_)
+                    cid = self.new_candidate(tid, 0, var, True, ver, score, m_)
                     final = (t_ix, var, cid, score)
                     if var[2]:
                         break
@@ -203,22 +197,26 @@ def build(url: str, target: int, seed: int = 0) -> dict[str, int]:
                 add("rollouts", (ro, rid, None, p["id"], gen, m_, rnd * 1000 + m_, "done", final[0], final[1][3],
                                  final[1][2]))
                 round_rollouts.setdefault(p["id"], []).append((ro, final[0], final[1][3], final[2], final[3]))
-        # relabeled SFT examples
         ts = ids.next("training_sets")
-        add("training_sets", (ts, f"bench/r{rnd}/sft", "sft", exp_id, rid, "{}", "{}"))
+        add("training_sets", (ts, f"bench/r{rnd}/sft", "sft", self.exp_id, rid, "{}", "{}"))
         for pid, ros in round_rollouts.items():
             good = [r for r in ros if r[2]]
             if not good:
                 continue
             best = max(good, key=lambda r: r[4])
-            for ro, nt, label, cid, _ in [r for r in ros if not r[2]][:3]:
+            for ro, nt, _label, _cid, _ in [r for r in ros if not r[2]][:3]:
                 for t_ix in range(1, nt + 1):
                     add("sft_examples", (ids.next("sft_examples"), ts, pid, ro, t_ix, best[3], "relabeled", ver))
-            for ro, nt, label, cid, _ in good:
+            for ro, nt, _label, cid, _ in good:
                 for t_ix in range(1, nt + 1):
                     add("sft_examples", (ids.next("sft_examples"), ts, pid, ro, t_ix, cid, "positive", ver))
 
-        # evaluations: greedy and BoN (N=5, 10 chains, PT+LV) on MBPP test and HumanEval
+    def evaluations(self, rnd: int, rid: int, gen: int, ver: int, exp_id: int, problems: list[dict],
+                    t: datetime) -> None:
+        """Greedy and BoN (N=5, 10 chains, PT+LV) on MBPP test and HumanEval."""
+        ids, add = self.ids, self.add
+        mbpp_test = [p for p in problems if p["ds"] == "mbpp" and p["split"] == "test"]
+        humaneval = [p for p in problems if p["ds"] == "humaneval"]
         for ds, probs in (("mbpp", mbpp_test), ("humaneval", humaneval)):
             for mode, n_cand, chains in (("greedy", 1, 1), ("bon", 5, 10)):
                 ev = ids.next("evaluations")
@@ -232,12 +230,12 @@ def build(url: str, target: int, seed: int = 0) -> dict[str, int]:
                         solved = False
                         for t_ix in range(1, 4):
                             tid = ids.next("turns")
-                            cands = [sample(p, rnd, ver) for _ in range(n_cand)]
+                            cands = [self.sample(p, rnd) for _ in range(n_cand)]
                             pick = max(range(n_cand), key=lambda i: (cands[i][0][2], cands[i][1]))
                             add("turns", (tid, ro, t_ix, json.dumps(messages), cands[pick][0][5]))
                             pick_id = None
                             for n, (var, score) in enumerate(cands):
-                                cid = new_candidate(tid, n, var, n == pick, ver, score, ch)
+                                cid = self.new_candidate(tid, n, var, n == pick, ver, score, ch)
                                 if n == pick:
                                     pick_id = cid
                             var = cands[pick][0]
@@ -249,22 +247,56 @@ def build(url: str, target: int, seed: int = 0) -> dict[str, int]:
                             messages = messages + [{"role": "assistant", "content": f"```python\n{var[0]}\n```"},
                                                    {"role": "user", "content": "Feedback: " + var[5]}]
                         add("rollouts", (ro, None, ev, p["id"], gen, ch, ch, "done", t_ix, var[3], var[2]))
-        # jobs
+
+    def jobs(self, rnd: int, rid: int, start: datetime) -> None:
+        """180 finished jobs of the round (2% failed)."""
         for j in range(180):
             kind = ("sample", "execute", "score")[j % 3]
-            state_ = "failed" if rng.random() < 0.02 else "done"
+            state_ = "failed" if self.rng.random() < 0.02 else "done"
             s0 = start + timedelta(seconds=40 * j)
-            add("jobs", (ids.next("jobs"), f"r{rnd}/{kind}/{j}", kind, kind, state_, rid, None, "{}", "{}",
-                         1 if state_ == "done" else 3, "RuntimeError: worker lost" if state_ == "failed" else None,
-                         f"worker-{j % 4}", s0 - timedelta(seconds=5), s0, s0 + timedelta(seconds=rng.uniform(5, 90))))
-        prev_gen = gen
-        rnd += 1
-        print(f"  round {rnd - 1}: {state['cand']:,} candidates so far", flush=True)
+            end = s0 + timedelta(seconds=self.rng.uniform(5, 90))
+            self.add("jobs", (self.ids.next("jobs"), f"r{rnd}/{kind}/{j}", kind, kind, state_, rid, None, "{}", "{}",
+                              1 if state_ == "done" else 3,
+                              "RuntimeError: worker lost" if state_ == "failed" else None,
+                              f"worker-{j % 4}", s0 - timedelta(seconds=5), s0, end))
 
+
+def build(url: str, target: int, seed: int = 0) -> dict[str, int]:
+    from sqlalchemy import text
+
+    from app.db.engine import make_engine
+    from app.store import Store
+
+    admin = make_engine(url.rsplit("/", 1)[0] + "/postgres", isolation_level="AUTOCOMMIT")
+    name = url.rsplit("/", 1)[1]
+    with admin.connect() as c:
+        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        c.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    store = Store(url)
+    store.upgrade()
+    store.dispose()
+
+    synth = Synthetic(seed)
+    problems = synth.problems()
+    exp_id = synth.exp_id = synth.ids.next("experiments")
+    synth.add("experiments", (exp_id, "bench-exp", "mucode", "llama-3.2-1b-instruct",
+                              json.dumps({"turns": 3, "M": 15})))
+    rnd, gen = 0, None
+    while synth.candidates < target:
+        gen = synth.one_round(rnd, gen, exp_id, problems)
+        rnd += 1
+        print(f"  round {rnd - 1}: {synth.candidates:,} candidates so far", flush=True)
     # one queued round at the end, so the queue is not empty
     for j in range(20):
-        add("jobs", (ids.next("jobs"), f"next/sample/{j}", "sample", "sample", "queued", None, None, "{}", "{}", 0,
-                     None, None, T0 + timedelta(days=30), None, None))
+        synth.add("jobs", (synth.ids.next("jobs"), f"next/sample/{j}", "sample", "sample", "queued", None, None,
+                           "{}", "{}", 0, None, None, T0 + timedelta(days=30), None, None))
+    return copy_rows(url, synth.rows)
+
+
+def copy_rows(url: str, rows: dict[str, list[tuple]]) -> dict[str, int]:
+    """COPY every table's rows in dependency order, then point the id sequences past them."""
+    import psycopg
 
     columns = {
         "datasets": "id, name, source_path, source_sha256, num_problems",
@@ -318,7 +350,6 @@ def build(url: str, target: int, seed: int = 0) -> dict[str, int]:
         conn.autocommit = True
         conn.execute("VACUUM ANALYZE")
     return counts
-
 
 # -- timing ------------------------------------------------------------------------------------------------
 class CpuMeter:
@@ -474,7 +505,7 @@ def time_pages(url: str, meter: CpuMeter, repeat: int = 3) -> list[tuple[str, fl
     from streamlit.testing.v1 import AppTest
 
     os.environ["MUCODE_DATABASE_URL"] = url
-    app = str(ROOT / "dashboard" / "app.py")
+    app = str(ROOT / "dashboard" / "home.py")
     AppTest.from_file(app, default_timeout=120).run()  # warm up imports (streamlit, altair, pandas)
     out = []
     for page, query in (("views/overview.py", {}), ("views/trajectories.py", {"problem": "mbpp/700"}),

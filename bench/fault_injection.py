@@ -27,19 +27,17 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT))  # the tests' service helpers, when run as `python bench/fault_injection.py`
 
-from tests.helpers.services import private_postgres, private_redis
-from tests.helpers.workers import celery_workers
+from tests.helpers.cli import run_mucode, wait_for  # noqa: E402
+from tests.helpers.services import private_postgres, private_redis  # noqa: E402
+from tests.helpers.workers import celery_workers  # noqa: E402
 
 FAST = {"MUCODE_HEARTBEAT_S": "1", "MUCODE_HEALER_SWEEP_S": "2", "MUCODE_HEALER_GRACE_S": "6"}
 GPU = "sample,score,train"
@@ -63,8 +61,9 @@ def digest(store, experiment: str) -> dict[str, str]:
         "scores": "select c.code_hash, mv.name, round(cast(s.score as numeric), 4) from verifier_scores s "
                   "join candidates c on c.id = s.candidate_id join model_versions mv on mv.id = s.verifier_id "
                   "order by 1, 2, 3",
-        "sft_examples": "select p.external_id, x.turn_index, x.source, c.code_hash from sft_examples x join problems "
-                        "p on p.id = x.problem_id join candidates c on c.id = x.target_candidate_id order by 1, 2, 3, 4",
+        "sft_examples": "select p.external_id, x.turn_index, x.source, c.code_hash from sft_examples x "
+                        "join problems p on p.id = x.problem_id "
+                        "join candidates c on c.id = x.target_candidate_id order by 1, 2, 3, 4",
         "evaluation_results": "select e.name, p.external_id, er.chain_index, er.turn_index, er.solved from "
                               "evaluation_results er join evaluations e on e.id = er.evaluation_id join problems p "
                               "on p.id = er.problem_id order by 1, 2, 3, 4",
@@ -96,24 +95,6 @@ def _weights_hash(uri: str) -> str:
     return h.hexdigest()[:16]
 
 
-def _mucode(args: list[str], env: dict[str, str]) -> str:
-    r = subprocess.run([sys.executable, "-m", "app.cli.main", *args], env={**os.environ, **env}, cwd=ROOT,
-                       check=False, capture_output=True, text=True, timeout=900)
-    if r.returncode != 0:
-        raise RuntimeError(f"mucode {' '.join(args)}: {r.stdout}\n{r.stderr}")
-    return r.stdout
-
-
-def _wait(pred: Callable[[], object], timeout: float, what: str) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise TimeoutError(what)
-
-
 def run(fault: str, model: str, tmp: Path) -> dict[str, object]:
     from app.store import Store
     from app.store.rollouts import Owner
@@ -133,9 +114,9 @@ def run(fault: str, model: str, tmp: Path) -> dict[str, object]:
             gpu = workers.start(GPU)
             workers.start("execute")
             workers.start("control")
-            _mucode(["experiment", "create", "x", "--config", str(cfg)], env)
+            run_mucode(["experiment", "create", "x", "--config", str(cfg)], env, ok=True, timeout=900, cwd=ROOT)
             t0 = time.monotonic()
-            _mucode(["round", "run", "x"], env)
+            run_mucode(["round", "run", "x"], env, ok=True, timeout=900, cwd=ROOT)
             rid = store.experiment_rounds(store.get_experiment("x").id)[0].id
 
             def candidates() -> int:
@@ -152,7 +133,7 @@ def run(fault: str, model: str, tmp: Path) -> dict[str, object]:
 
             cleared = None
             if fault in ("postgres", "redis", "redis-aof", "kill-collect"):
-                _wait(lambda: candidates() >= 2, 300, "the first candidates")
+                wait_for(lambda: candidates() >= 2, 300, "the first candidates")
             if fault == "postgres":
                 pg.stop("immediate")
                 time.sleep(10)
@@ -165,7 +146,7 @@ def run(fault: str, model: str, tmp: Path) -> dict[str, object]:
                 gpu.kill()
                 workers.start(GPU)
             elif fault == "kill-train":
-                _wait(lambda: step_state("train_verifier") == "running", 600, "the verifier training")
+                wait_for(lambda: step_state("train_verifier") == "running", 600, "the verifier training")
                 time.sleep(1.0)
                 gpu.kill()
                 workers.start(GPU)
@@ -178,7 +159,7 @@ def run(fault: str, model: str, tmp: Path) -> dict[str, object]:
                 except Exception:  # noqa: BLE001
                     return False
 
-            _wait(finished, 1200, f"the round to finish ({fault})")
+            wait_for(finished, 1200, f"the round to finish ({fault})")
             rnd = store.get_round(rid)
             heals = {s: r.get("heals") for s, r in (rnd.steps or {}).items() if r.get("heals")}
             out = {"fault": fault, "status": rnd.status, "round_s": round(time.monotonic() - t0, 1),

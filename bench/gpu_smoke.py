@@ -100,27 +100,17 @@ def _plain_generate(be, convs, seeds, params, device: str):
     import torch
     from transformers import LogitsProcessorList
 
-    from workers.backends.transformers_backend import _make_sampler, step_keys
+    from workers.backends.transformers_backend import _make_sampler, generated_rows, left_padded, step_keys
 
-    prompts = [be.prompt_ids(c) for c in convs]
-    width = max(len(x) for x in prompts)
-    ids = torch.full((len(prompts), width), be.pad_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, x in enumerate(prompts):
-        ids[i, width - len(x) :] = torch.tensor(x)
-        mask[i, width - len(x) :] = 1
+    ids, mask = left_padded([be.prompt_ids(c) for c in convs], be.pad_id)
+    width = ids.shape[1]
     keys = torch.from_numpy(step_keys(seeds, params.max_tokens).view("int32")).to(device)
     procs = LogitsProcessorList([_make_sampler(keys, width, params.temperature, params.top_p)])
     with torch.inference_mode():
         out = be.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                 max_new_tokens=params.max_tokens, do_sample=False, logits_processor=procs,
                                 pad_token_id=be.pad_id, eos_token_id=be.eos_ids)
-    eos, rows = set(be.eos_ids), []
-    for toks in out[:, width:].tolist():
-        end = next((k for k, t in enumerate(toks) if t in eos), None)
-        body = toks if end is None else toks[:end]
-        rows.append((be.tokenizer.decode(body, skip_special_tokens=True), len(toks) if end is None else end + 1))
-    return rows
+    return generated_rows(be, out[:, width:].tolist())
 
 
 def check_sampling(table: Table, model_dir: str, device: str, size: dict) -> None:
@@ -188,6 +178,17 @@ def _snapshot(model, k: int = 4) -> dict:
     return {n: p.detach().cpu().float().clone() for n, p in list(model.named_parameters())[:k]}
 
 
+def _training_rows(table, label: str, trainer, device: str, batch: str, steps: int) -> None:
+    """Where the trainer ran, in which precision, and its first and last loss."""
+    losses = [x["loss"] for x in trainer.state.log_history if "loss" in x]
+    bf16 = bool(trainer.args.bf16)
+    on = next(trainer.model.parameters()).device.type
+    table.add(label, "device | bf16", f"{on} | {bf16}", on == device and bf16 == (device == "cuda"))
+    table.add(label, f"{trainer.state.global_step} steps x {batch}: loss first -> last",
+              f"{losses[0]:.4f} -> {losses[-1]:.4f}" if losses else "no loss logged",
+              bool(losses) and all(math.isfinite(x) for x in losses) and trainer.state.global_step == steps)
+
+
 def check_verifier_training(table: Table, model_dir: str, out: Path, device: str, size: dict):
     from trainers.verifier.bt import train_bt
     from trainers.verifier.config import VerifierTrainingConfig
@@ -207,13 +208,7 @@ def check_verifier_training(table: Table, model_dir: str, out: Path, device: str
     t0 = time.perf_counter()
     trainer, _ = train_bt(model, tok, rows, cfg, str(out / "verifier-ckpt"), progress=False)
     seconds = time.perf_counter() - t0
-    losses = [x["loss"] for x in trainer.state.log_history if "loss" in x]
-    bf16 = bool(trainer.args.bf16)
-    on = next(trainer.model.parameters()).device.type
-    table.add("verifier BT", "device | bf16", f"{on} | {bf16}", on == device and bf16 == (device == "cuda"))
-    table.add("verifier BT", f"{trainer.state.global_step} steps x {batch} pairs: loss first -> last",
-              f"{losses[0]:.4f} -> {losses[-1]:.4f}" if losses else "no loss logged",
-              bool(losses) and all(math.isfinite(x) for x in losses) and trainer.state.global_step == steps)
+    _training_rows(table, "verifier BT", trainer, device, f"{batch} pairs", steps)
     table.add("verifier BT", "weights moved | steps/s", f"{_moved(before, trainer.model)} | {steps / seconds:.2f}",
               _moved(before, trainer.model))
     return trainer.model, tok
@@ -244,13 +239,7 @@ def check_generator_training(table: Table, model_dir: str, out: Path, device: st
     t0 = time.perf_counter()
     trainer.train()
     seconds = time.perf_counter() - t0
-    losses = [x["loss"] for x in trainer.state.log_history if "loss" in x]
-    bf16 = bool(trainer.args.bf16)
-    on = next(trainer.model.parameters()).device.type
-    table.add("generator SFT", "device | bf16", f"{on} | {bf16}", on == device and bf16 == (device == "cuda"))
-    table.add("generator SFT", f"{trainer.state.global_step} steps x {batch} examples: loss first -> last",
-              f"{losses[0]:.4f} -> {losses[-1]:.4f}" if losses else "no loss logged",
-              bool(losses) and all(math.isfinite(x) for x in losses) and trainer.state.global_step == steps)
+    _training_rows(table, "generator SFT", trainer, device, f"{batch} examples", steps)
     table.add("generator SFT", "weights moved | steps/s | target tokens",
               f"{_moved(before, trainer.model)} | {steps / seconds:.2f} | {stats['target_tokens']}",
               _moved(before, trainer.model))
@@ -317,8 +306,8 @@ def main() -> int:
             ("sampling", lambda: (device == "cuda" and check_noise(table),
                                   check_sampling(table, model_dir, device, size))),
             ("generator SFT", lambda: check_generator_training(table, model_dir, out, device, size)),
-            ("verifier + scoring", lambda: check_scoring(table, *check_verifier_training(table, model_dir, out, device, size),
-                                               out, device, size)),
+            ("verifier + scoring", lambda: check_scoring(
+                table, *check_verifier_training(table, model_dir, out, device, size), out, device, size)),
         ]
         for stage, fn in stages:  # one stage failing does not hide the others' numbers
             t0 = time.perf_counter()

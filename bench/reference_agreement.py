@@ -135,7 +135,7 @@ class ReferenceRunner:
         self.tmp = Path(tempfile.mkdtemp(prefix="mucode-refagree-"))
         self.wrap: list[str] = []
         if os.geteuid() == 0 and shutil.which("unshare") and shutil.which("setpriv"):
-            os.chmod(self.tmp, 0o1777)
+            os.chmod(self.tmp, 0o1777)  # noqa: S103 - a scratch folder the unprivileged harness user writes to
             self.wrap = ["unshare", "--net", "--", "setpriv", "--reuid", "65534", "--regid", "65534",
                          "--clear-groups", "--"]
 
@@ -145,7 +145,7 @@ class ReferenceRunner:
     def run(self, prefix: str, code: str, tests: str) -> RefResult:
         sentinel = f"Code passed all tests {uuid.uuid4().hex}"
         work = Path(tempfile.mkdtemp(dir=self.tmp))
-        os.chmod(work, 0o777)
+        os.chmod(work, 0o777)  # noqa: S103 - a scratch folder the unprivileged harness user writes to
         path = work / "program.py"
         path.write_text(reference_script(prefix, code, tests, sentinel), encoding="utf-8")
         os.chmod(path, 0o644)
@@ -282,45 +282,10 @@ def progress(iterable, total: int, desc: str):
         return iterable
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--database-url", default=None, help="the store (default: MUCODE_DATABASE_URL / settings)")
-    ap.add_argument("--collection", action="append", help="an evaluation or standalone collection, by name")
-    ap.add_argument("--experiment", default=None, help="an experiment: its rounds' training rollouts")
-    ap.add_argument("--round", type=int, default=None, help="with --experiment: only round K")
-    ap.add_argument("--limit", type=int, default=None, help="the first N executed candidates")
-    ap.add_argument("--workers", type=int, default=2, help="reference scripts and sandbox programs in parallel")
-    ap.add_argument("--timeout", type=float, default=REFERENCE_TIMEOUT_S, help="the reference's wall-clock limit")
-    ap.add_argument("--json", type=Path, default=None, help="write every candidate's verdicts and cause here")
-    args = ap.parse_args(argv)
-
-    from app.sandbox import SANDBOX_VERSION, Limits, Sandbox
-    from app.store import Store
-
-    url = args.database_url
-    if url is None:
-        from app.config import get_settings
-
-        url = get_settings().database_url
-    store = Store(url)
-    items, harness, what = select_items(store, args)
-    print(f"store: {store.engine.url.render_as_string(hide_password=True)}")
-    print("selected: " + "; ".join(what))
-    print(f"executed candidates: {len(items)}; harness of each collection: "
-          + ", ".join(f"{k[0].split('_')[0]} {k[1]}: {h.tag or 'legacy (no prelude)'}" for k, h in harness.items()))
-    if not items:
-        return 1
-    judged = []
-    for it in items:
-        h = harness[("evaluation_id", it.evaluation_id) if it.evaluation_id is not None else ("round_id", it.round_id)]
-        judged.append(Judged(it, h, {"public": it.public_passed, "private": it.private_passed}))
-
-    # 1. The reference harness, deduplicated by (problem, code).
+def run_reference(by_key: dict[tuple[int, str], list[Judged]], args) -> float:
+    """The reference harness once per distinct (problem, code); the verdicts are shared by the group."""
     t0 = time.perf_counter()
     runner = ReferenceRunner(timeout=args.timeout)
-    by_key: dict[tuple[int, str], list[Judged]] = defaultdict(list)
-    for j in judged:
-        by_key[(j.item.problem.id, j.item.code_hash)].append(j)
     firsts = [group[0] for group in by_key.values()]
     try:
         with ThreadPoolExecutor(args.workers) as pool:
@@ -332,10 +297,15 @@ def main(argv: list[str] | None = None) -> int:
     for group in by_key.values():
         for j in group[1:]:
             j.ref, j.ref_timeout, j.ref_nomain = group[0].ref, group[0].ref_timeout, group[0].ref_nomain
-    ref_s = time.perf_counter() - t0
+    return time.perf_counter() - t0
 
-    # 2. mucode's current sandbox: the stored harness, the prelude, and MBPP without its challenge asserts.
+
+def run_mucode_sandbox(by_key: dict[tuple[int, str], list[Judged]], args) -> tuple[float, int]:
+    """mucode's current sandbox: the stored harness, the prelude, and MBPP without its challenge asserts."""
+    from app.sandbox import Limits, Sandbox
+
     t0 = time.perf_counter()
+    firsts = [group[0] for group in by_key.values()]
     work: dict[bool, list[tuple[Judged, str, str, Any]]] = {False: [], True: []}
     for j in firsts:
         for name, (problem, prelude) in mucode_variants(j).items():
@@ -356,13 +326,11 @@ def main(argv: list[str] | None = None) -> int:
     for group in by_key.values():
         for j in group[1:]:
             j.mucode = group[0].mucode
-    mucode_s = time.perf_counter() - t0
-    for j in judged:
-        attribute(j)
+    return time.perf_counter() - t0, sum(len(v) for v in work.values())
 
-    # 3. The table.
-    print(f"\nreference harness: {len(firsts)} distinct (problem, program) pairs, {ref_s:.0f} s; mucode sandbox "
-          f"{SANDBOX_VERSION}: {sum(len(v) for v in work.values())} runs, {mucode_s:.0f} s")
+
+def print_agreement(judged: list[Judged]) -> dict[str, Any]:
+    """The agreement table, the direction of each flip, and the unexplained disagreements."""
     print(f"\n{'label':<10}{'candidates':>11}{'agree':>8}{'raw %':>8}   disagreements by cause"
           f"{'':<20}{'after named %':>14}")
     summary: dict[str, Any] = {}
@@ -385,6 +353,52 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nUNEXPLAINED candidate {j.item.candidate_id} {j.item.problem.external_id} {kind}: stored "
               f"{j.stored[kind]}, reference {j.ref[kind]}, mucode now {r.status}\n  code: "
               f"{j.item.code[:300]!r}\n  mucode feedback: {r.feedback[:300]!r}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--database-url", default=None, help="the store (default: MUCODE_DATABASE_URL / settings)")
+    ap.add_argument("--collection", action="append", help="an evaluation or standalone collection, by name")
+    ap.add_argument("--experiment", default=None, help="an experiment: its rounds' training rollouts")
+    ap.add_argument("--round", type=int, default=None, help="with --experiment: only round K")
+    ap.add_argument("--limit", type=int, default=None, help="the first N executed candidates")
+    ap.add_argument("--workers", type=int, default=2, help="reference scripts and sandbox programs in parallel")
+    ap.add_argument("--timeout", type=float, default=REFERENCE_TIMEOUT_S, help="the reference's wall-clock limit")
+    ap.add_argument("--json", type=Path, default=None, help="write every candidate's verdicts and cause here")
+    args = ap.parse_args(argv)
+
+    from app.sandbox import SANDBOX_VERSION
+    from app.store import Store
+
+    url = args.database_url
+    if url is None:
+        from app.config import get_settings
+
+        url = get_settings().database_url
+    store = Store(url)
+    items, harness, what = select_items(store, args)
+    print(f"store: {store.engine.url.render_as_string(hide_password=True)}")
+    print("selected: " + "; ".join(what))
+    print(f"executed candidates: {len(items)}; harness of each collection: "
+          + ", ".join(f"{k[0].split('_')[0]} {k[1]}: {h.tag or 'legacy (no prelude)'}" for k, h in harness.items()))
+    if not items:
+        return 1
+    judged = []
+    for it in items:
+        h = harness[("evaluation_id", it.evaluation_id) if it.evaluation_id is not None else ("round_id", it.round_id)]
+        judged.append(Judged(it, h, {"public": it.public_passed, "private": it.private_passed}))
+
+    by_key: dict[tuple[int, str], list[Judged]] = defaultdict(list)
+    for j in judged:
+        by_key[(j.item.problem.id, j.item.code_hash)].append(j)
+    ref_s = run_reference(by_key, args)
+    mucode_s, runs = run_mucode_sandbox(by_key, args)
+    for j in judged:
+        attribute(j)
+    print(f"\nreference harness: {len(by_key)} distinct (problem, program) pairs, {ref_s:.0f} s; mucode sandbox "
+          f"{SANDBOX_VERSION}: {runs} runs, {mucode_s:.0f} s")
+    summary = print_agreement(judged)
     if args.json:
         rows = [{"candidate_id": j.item.candidate_id, "problem": j.item.problem.external_id,
                  "stored": j.stored, "reference": j.ref, "reference_timeout": j.ref_timeout,

@@ -5,9 +5,10 @@ MBPP test (500 problems) and HumanEval (164)) is built by bench/dashboard.py's b
 own. Then the whole report is timed: resolving the experiment, the per-problem SQL, a bootstrap interval per
 cell and the comparison, rendered as markdown (and with --per-turn: an interval per turn). Target: < 2 s.
 
-    python bench/report.py                        # build (drop + create) and time
-    python bench/report.py --reuse                # time an existing bench database
-    python bench/report.py --candidates 200000    # smaller
+    python bench/report.py [--reuse] [--candidates N]
+
+builds the store (drop and create; ``--candidates 200000`` for a smaller one) and times the report; ``--reuse``
+times an existing bench database.
 """
 
 from __future__ import annotations

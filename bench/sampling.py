@@ -43,7 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     from app.datasets.registry import parse_dataset
     from app.env import initial_messages
     from workers.backends.base import SamplingParams
-    from workers.backends.transformers_backend import TransformersBackend, _make_sampler, step_keys
+    from workers.backends.transformers_backend import (
+        TransformersBackend,
+        _make_sampler,
+        generated_rows,
+        left_padded,
+        step_keys,
+    )
 
     model = args.model
     if model is None:
@@ -64,13 +70,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.max_new_tokens} new tokens, temperature {args.temperature}, torch threads {torch.get_num_threads()}")
 
     def plain_generate() -> list[tuple[str, int]]:
-        prompts = [be.prompt_ids(c) for c in convs]
-        width = max(len(x) for x in prompts)
-        ids = torch.full((len(prompts), width), be.pad_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, x in enumerate(prompts):
-            ids[i, width - len(x) :] = torch.tensor(x)
-            mask[i, width - len(x) :] = 1
+        ids, mask = left_padded([be.prompt_ids(c) for c in convs], be.pad_id)
+        width = ids.shape[1]
         procs = LogitsProcessorList()
         if not params.greedy:
             keys = torch.from_numpy(step_keys(seeds, params.max_tokens).view("int32"))
@@ -79,12 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             out = be.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=params.max_tokens,
                                     do_sample=False, logits_processor=procs, pad_token_id=be.pad_id,
                                     eos_token_id=be.eos_ids)
-        eos, rows = set(be.eos_ids), []
-        for toks in out[:, width:].tolist():
-            end = next((k for k, t in enumerate(toks) if t in eos), None)
-            body = toks if end is None else toks[:end]
-            rows.append((be.tokenizer.decode(body, skip_special_tokens=True), len(toks) if end is None else end + 1))
-        return rows
+        return generated_rows(be, out[:, width:].tolist())
 
     def backend(stop: bool) -> list[tuple[str, int]]:
         ps = SamplingParams(temperature=args.temperature, max_tokens=args.max_new_tokens, stop_after_code=stop)

@@ -3,7 +3,8 @@
 The 164 HumanEval canonical solutions plus one wrong completion each (the canonical solution with every
 returned value made wrong: a bool negated, a number plus one, ...; as fast as the canonical one, so neither
 harness spends the run waiting on timeouts) -- 328 programs -- go through both harnesses with the same
-parallelism, in one run, interleaved in rounds so both see the same machine load. Prints programs/s of each, the ratio, and whether the verdicts agree.
+parallelism, in one run, interleaved in rounds so both see the same machine load. Prints programs/s of each,
+the ratio, and whether the verdicts agree.
 
     python bench/sandbox.py [--workers 2] [--rounds 2] [--timeout 3] [--data-dir DIR] [--without seccomp]
 

@@ -2,8 +2,8 @@
 
 HumanEval+ and MBPP+ check each program with a loop over hundreds of inputs, in the judge; every call of the
 program is a request to its process. ``Sandbox(send_ahead=True)`` (the default) sends the loop's calls ahead
-(``app.sandbox.judge.map_loops``); ``send_ahead=False`` makes each call wait for the previous answer. Both run
-the same programs -- the first ``--problems`` reference solutions of each dataset and one wrong completion each
+(``app.sandbox.prefetch.map_loops``); ``send_ahead=False`` makes each call wait for the previous answer. Both
+run the same programs -- the first ``--problems`` reference solutions of each dataset and one wrong completion each
 (``bench/sandbox.py``'s ``wrong_function``) -- with the same parallelism, interleaved in rounds; prints
 programs/s of each, the ratio, and whether the verdicts agree; also the time programs held a slot (their
 ``duration_ms``), which a few programs that compute for seconds in both modes do not dominate as they do the
@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     limits = Limits(timeout_s=args.timeout)
     modes = {"sent ahead": True, "one at a time": False}
     boxes = {m: Sandbox(workers=args.workers, limits=limits, send_ahead=on).start() for m, on in modes.items()}
-    totals = {m: 0.0 for m in modes}
+    totals = dict.fromkeys(modes, 0.0)
     slot_s: dict[str, list[float]] = {m: [] for m in modes}
     verdicts: dict[str, list[tuple[str, bool]]] = {}
     try:

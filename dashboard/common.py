@@ -24,7 +24,7 @@ EMPTY_HINT = (
     "then `mucode demo` for a small CPU round, or `mucode experiment create …` and `mucode round run NAME`."
 )
 
-# The st.Page objects of the app, filled by app.py on every run (so pages can link to each other).
+# The st.Page objects of the app, filled by home.py on every run (so pages can link to each other).
 PAGES: dict[str, Any] = {}
 
 
@@ -159,7 +159,7 @@ def sidebar() -> None:
 
 
 def experiment_picker() -> int | None:
-    """The experiment every page is about (sidebar; rendered by app.py on every run so the choice survives
+    """The experiment every page is about (sidebar; rendered by home.py on every run so the choice survives
     page switches; ``?experiment=NAME`` preselects). None = all experiments."""
     exps = q("dash_experiments")
     if not exps:

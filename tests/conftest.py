@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
-from sqlalchemy import text
+
+from app.db.engine import scratch_database
+
+# Fixtures shared by many modules (the tiny models, the collection helpers), without importing them in each.
+pytest_plugins = ("tests.helpers.models", "tests.helpers.collect")
 
 PG_ADMIN_URL = os.environ.get("MUCODE_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("MUCODE_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -23,17 +27,11 @@ def _pg_admin():
 def pg_url() -> Iterator[str]:
     """A new, empty Postgres database for this test session; dropped at the end."""
     try:
-        admin = _pg_admin()
+        _pg_admin().dispose()
     except Exception as exc:  # noqa: BLE001
         pytest.fail(f"PostgreSQL is required for the tests and is not reachable: {exc}")
-    name = f"mucode_test_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    yield url
-    with admin.connect() as c:
-        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with scratch_database(PG_ADMIN_URL, "mucode_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -49,6 +47,16 @@ def _fresh_store(url: str):
     return store
 
 
+@contextmanager
+def _pg_store() -> Iterator:
+    with scratch_database(PG_ADMIN_URL, "mucode_test") as url:
+        s = _fresh_store(url)
+        try:
+            yield s
+        finally:
+            s.dispose()
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def store(request, tmp_path):
     """A migrated, empty store on each backend (a new database per test)."""
@@ -57,37 +65,15 @@ def store(request, tmp_path):
         yield s
         s.dispose()
         return
-    admin = _pg_admin()
-    name = f"mucode_test_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    s = _fresh_store(url)
-    try:
+    with _pg_store() as s:
         yield s
-    finally:
-        s.dispose()
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture
-def pg_store(tmp_path):
+def pg_store():
     """A migrated, empty store on Postgres only."""
-    admin = _pg_admin()
-    name = f"mucode_test_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    s = _fresh_store(url)
-    try:
+    with _pg_store() as s:
         yield s
-    finally:
-        s.dispose()
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 @pytest.fixture

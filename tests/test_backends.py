@@ -9,7 +9,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from tests.helpers.models import tiny_model_dir  # noqa: F401  (session fixture)
+from tests.helpers.models import CONVS, RAMBLING, conv, rambling_model_dir
 from workers.backends import registry
 from workers.backends.base import SamplingParams, render_prompt, sample_seed
 from workers.backends.transformers_backend import (
@@ -19,17 +19,6 @@ from workers.backends.transformers_backend import (
     token_uniform_reference,
     token_uniforms,
 )
-
-
-def conv(text: str) -> list[dict]:
-    return [{"role": "user", "content": text}]
-
-
-CONVS = [
-    conv("Write a Python function implementation for the following prompt:\n\nadd one"),
-    conv("assert f(1) == 2"),
-    conv("Feedback: Code passed all tests " * 4),
-]
 
 
 @pytest.fixture(scope="module")
@@ -241,44 +230,9 @@ def test_registry_rejects_missing_models_and_unknown_kinds(tmp_path):
 
 
 # -- stop_after_code -----------------------------------------------------------------------------------------
-RAMBLING = {
-    "add one to x": "```python\ndef f(x):\n    return x + 1\n```\nThis adds one to x and returns it, as asked.",
-    "print two": "Sure:\n```python\nprint(2)\n```\nDone: it prints two, then says more and more.",
-}
-
-
 @pytest.fixture(scope="module")
 def rambling_model(tmp_path_factory):
-    """A tiny model taught to answer two prompts with a code block followed by prose."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from app.tiny_model import build_tiny_model
-
-    path = build_tiny_model(tmp_path_factory.mktemp("rambling"), hidden_size=128, num_layers=2, num_heads=4, seed=0)
-    tok = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    eot = tok.convert_tokens_to_ids("<|im_end|>")
-    rows = []
-    for prompt, target in RAMBLING.items():
-        p = render_prompt(tok, conv(prompt))
-        ids = tok(target, add_special_tokens=False)["input_ids"] + [eot]
-        rows.append((p + ids, [-100] * len(p) + ids))
-    width = max(len(x) for x, _ in rows)
-    input_ids = torch.tensor([x + [tok.pad_token_id] * (width - len(x)) for x, _ in rows])
-    labels = torch.tensor([y + [-100] * (width - len(y)) for _, y in rows])
-    attention = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x, _ in rows])
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(400):
-        loss = model(input_ids=input_ids, attention_mask=attention, labels=labels).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if loss.item() < 0.01:
-            break
-    assert loss.item() < 0.05, f"the rambling model did not learn its answers (loss {loss.item():.3f})"
-    model.save_pretrained(path)
-    return TransformersBackend(str(path), device="cpu")
+    return TransformersBackend(str(rambling_model_dir(tmp_path_factory.mktemp("rambling"))), device="cpu")
 
 
 def test_stop_after_code_ends_each_row_where_its_code_block_closes(rambling_model):
@@ -318,11 +272,33 @@ def test_stop_after_code_only_cuts_sampled_rows(rambling_model):
         assert cut[0].completion_tokens <= full[0].completion_tokens
 
 
-def test_stop_after_code_needs_the_transformers_backend():
+def test_cutting_a_response_after_its_code_block_gives_the_sample_the_stop_gives(rambling_model):
+    """vLLM and a vLLM server sample past the block and cut the response there (``cut_after_code``); the
+    transformers backend stops there. For the same tokens both give the same text and token count."""
+    from workers.backends.base import Sample, cut_after_code, stopped_after_code
+
+    tok, eos = rambling_model.tokenizer, rambling_model.eos_ids
+    convs = [conv(p) for p in RAMBLING]
+    stopped = rambling_model.generate(convs, SamplingParams(0.0, max_tokens=48, stop_after_code=True), [1, 2])
+    for target, stop in zip(RAMBLING.values(), stopped, strict=True):
+        ids = tok(target, add_special_tokens=False)["input_ids"] + [eos[0]]  # what the greedy model samples
+        assert cut_after_code(tok, ids, eos) == (stop[0].text, stop[0].completion_tokens)
+        full = Sample(text=target, prompt_tokens=9, completion_tokens=len(ids), finish_reason="stop", seed=None)
+        assert stopped_after_code(full, tok, ids, eos) == Sample(
+            text=stop[0].text, prompt_tokens=9, completion_tokens=stop[0].completion_tokens, finish_reason="stop")
+        # the end of the turn before the block closes, or a block still open at the end: nothing is cut
+        block_end = len(tok(target[: target.rindex("```")], add_special_tokens=False)["input_ids"])
+        assert cut_after_code(tok, ids[:block_end] + [eos[0]] + ids[block_end:], eos) is None
+        assert cut_after_code(tok, ids[:block_end], eos) is None
+        cut_at_length = Sample(text="x", prompt_tokens=9, completion_tokens=block_end, finish_reason="length")
+        assert stopped_after_code(cut_at_length, tok, ids[:block_end], eos) is cut_at_length
+
+
+def test_every_backend_takes_stop_after_code():
     from app.protocol import ExperimentConfig
     from workers.collect import CollectSpec
 
-    with pytest.raises(ValueError, match="transformers backend"):
-        ExperimentConfig(base_model="m", backend="vllm", rollout={"sampling": {"stop_after_code": True}})
-    with pytest.raises(ValueError, match="transformers backend"):
-        CollectSpec(backend="vllm", stop_after_code=True)
+    for backend in ("transformers", "vllm", "server"):
+        cfg = ExperimentConfig(base_model="m", backend=backend, rollout={"sampling": {"stop_after_code": True}})
+        assert cfg.rollout.sampling.stop_after_code
+        assert CollectSpec(backend=backend, stop_after_code=True).stop_after_code

@@ -13,16 +13,9 @@ from pathlib import Path
 import pytest
 
 from app.env.chat import CHAT_TEMPLATE_KWARGS, ChatTokens, render_chat
-from tests.helpers.models import tiny_model_dir  # noqa: F401  (session fixture)
+from tests.helpers.seed import PROMPT, STATE, TARGET
 
 PINNED = CHAT_TEMPLATE_KWARGS["date_string"]
-PROMPT = "Write a Python function f that adds one."
-STATE = [
-    {"role": "user", "content": PROMPT},
-    {"role": "assistant", "content": "```python\ndef f(x):\n    return x\n```"},
-    {"role": "user", "content": "Feedback: AssertionError: assert f(1) == 2"},
-]
-TARGET = "```python\ndef f(x):\n    return x + 1\n```"
 
 # The shape of Llama-3.2-Instruct's template (no tools): BOS, a default system header with the knowledge date
 # and today's date (strftime_now when the caller passes no date_string), then header-delimited messages.
@@ -50,7 +43,7 @@ LLAMA3_SPLIT = (
 
 
 @pytest.fixture(scope="module")
-def llama_tok(tiny_model_dir, tmp_path_factory):  # noqa: F811
+def llama_tok(tiny_model_dir, tmp_path_factory):
     """The tiny tokenizer with Llama 3's header and end-of-turn special tokens and the Llama-like template,
     saved and loaded back through ``from_pretrained`` like any model's tokenizer."""
     from tokenizers import Regex, pre_tokenizers
@@ -126,7 +119,7 @@ def test_sft_mask_covers_exactly_the_target_on_the_dated_template(llama_tok):
     assert out.input_ids.count(llama_tok.bos_token_id) == 1  # the template's BOS only
 
 
-def test_render_chat_text_and_tokens_agree(llama_tok, tiny_model_dir):  # noqa: F811
+def test_render_chat_text_and_tokens_agree(llama_tok, tiny_model_dir):
     from transformers import AutoTokenizer
 
     for tok in (llama_tok, AutoTokenizer.from_pretrained(tiny_model_dir)):

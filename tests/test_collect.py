@@ -19,11 +19,8 @@ from tests.helpers.collect import (
     load_mbpp,
     make_collection,
     snapshot,
-    tiny_model,
-    torch_single_thread,
 )
 
-__all__ = ["tiny_model", "torch_single_thread"]  # fixtures, used by name below
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
 
@@ -345,7 +342,7 @@ def test_resume_marks_a_lost_job_superseded_not_failed(sqlite_store, tiny_model,
     store = embedded(sqlite_store)
     load_mbpp(store)
     owner = make_collection(store, tiny_model, "lost", problems=2, M=1, T=1)
-    [(ids, _)] = collect.batches(store, owner, 4)
+    [(_ids, _)] = collect.batches(store, owner, 4)
     generation = store.bump_job_attempts(collect.collect_key(owner))  # as start() did before the worker died
     lost = collect.step_key(owner, generation, 0, "sample", 0)
     store.job_started(lost, worker="killed", kind="sample", queue="sample", **owner.as_dict())

@@ -5,19 +5,15 @@ final rows are exact -- and identical to the same collection run in embedded mod
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 
 import pytest
 from sqlalchemy import func, select
 
 from app.db import models as m
-from tests.helpers.collect import SINGLE_THREAD_ENV, assert_collection_exact, load_mbpp, snapshot, tiny_model
+from tests.helpers.cli import run_mucode, wait_for
+from tests.helpers.collect import SINGLE_THREAD_ENV, assert_collection_exact, load_mbpp, snapshot
 from tests.helpers.workers import celery_workers, redis_db
-
-__all__ = ["tiny_model"]
 
 P, M, T = 8, 2, 2
 ARGS = [
@@ -38,31 +34,12 @@ ARGS = [
 ]
 
 
+def _mucode(args, env, timeout=120):
+    return run_mucode(args, env, ok=True, timeout=timeout)
+
+
 def _url(store) -> str:
     return store.engine.url.render_as_string(hide_password=False)
-
-
-def _mucode(args, env, timeout=120):
-    r = subprocess.run(
-        [sys.executable, "-m", "app.cli.main", *args],
-        check=False,
-        env={**os.environ, **SINGLE_THREAD_ENV, **env},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert r.returncode == 0, f"mucode {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}"
-    return r
-
-
-def _wait(predicate, timeout, what, workers=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}" + (f"\n{workers.logs()}" if workers else ""))
 
 
 def _running(store, kind):
@@ -107,7 +84,7 @@ def test_kill_a_worker_mid_collection_then_resume_gives_exact_rows(
         phase("workers ready")
         _mucode(["rollouts", "collect", "--model", tiny_model, *ARGS, "--name", "kill"], env)
         # wait until the pipeline is well under way, then kill -9 one of the workers
-        _wait(
+        wait_for(
             lambda: (c := _counts(pg_store, "kill")) and c["candidates"] >= 4 and c["executed"] >= 2,
             90,
             "the first candidates",
@@ -115,7 +92,7 @@ def test_kill_a_worker_mid_collection_then_resume_gives_exact_rows(
         )
         interrupted = None
         if victim == "sample":  # kill it in the middle of a job (sampling 128 tokens is the long part)
-            interrupted = _wait(lambda: _running(pg_store, "sample"), 30, "a running sample job", workers)
+            interrupted = wait_for(lambda: _running(pg_store, "sample"), 30, "a running sample job", workers)
         (sampler if victim == "sample" else executor).kill()
         phase(f"killed the {victim} worker")
         middle = _counts(pg_store, "kill")
@@ -127,7 +104,7 @@ def test_kill_a_worker_mid_collection_then_resume_gives_exact_rows(
         phase("new worker ready")
         r = _mucode(["rollouts", "resume", "kill", "--json"], env)
         assert json.loads(r.stdout)["generation"] == 2
-        _wait(
+        wait_for(
             lambda: (
                 (c := _counts(pg_store, "kill")) and c["active"] == 0 and c["executed"] == c["candidates"]
             ),

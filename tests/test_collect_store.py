@@ -85,6 +85,29 @@ def test_create_rollouts_is_idempotent_per_owner(store):
     assert sorted(order) == [(p, i) for p in sorted((p1, p2)) for i in range(3)]
 
 
+def _two_candidates_with_executions(store, tid: int, pid: int) -> int:
+    """Candidates 0 (fails) and 1 (passes public) of turn ``tid``, their executions under a decoy suite hash,
+    under the problem's public suite hash and as a sandbox error of another version; returns a verifier's id."""
+    with store.session() as s:
+        for i, (pub, priv) in enumerate([(False, False), (True, False)]):
+            s.add(m.Candidate(turn_id=tid, sample_index=i, response=f"r{i}", code=f"c{i}", code_hash=f"h{i}",
+                              chosen=False, public_passed=pub, private_passed=priv))
+            s.add(m.Execution(code_hash=f"h{i}", suite_hash="x", suite_kind="public", sandbox_version="v",
+                              status="passed" if pub else "failed", passed=pub, feedback=f"fb{i}"))
+        # the public feedback joins on the problem's public suite hash
+        p = s.get(m.Problem, pid)
+        for i in range(2):
+            s.add(m.Execution(code_hash=f"h{i}", suite_hash=p.public_suite_hash, suite_kind="public",
+                              sandbox_version="v", status="passed" if i else "failed", passed=bool(i),
+                              feedback=f"real{i}"))
+            s.add(m.Execution(code_hash=f"h{i}", suite_hash=p.public_suite_hash, suite_kind="public",
+                              sandbox_version="v0", status="sandbox_error", passed=False, feedback="infra"))
+        ver = m.ModelVersion(name="ver", kind="verifier", base_model="tiny", uri="tiny")
+        s.add(ver)
+        s.flush()
+        return ver.id
+
+
 def test_turns_candidates_and_advance(store):
     pid = add_problem(store, "t/1")
     gen = add_model(store, "gen")
@@ -100,60 +123,7 @@ def test_turns_candidates_and_advance(store):
     [state] = store.batch_state([rid])
     assert state.num_turns == 1 and state.last_turn.messages == msgs and state.last_turn.candidates == []
     tid = state.last_turn.id
-    with store.session() as s:
-        for i, (pub, priv) in enumerate([(False, False), (True, False)]):
-            s.add(
-                m.Candidate(
-                    turn_id=tid,
-                    sample_index=i,
-                    response=f"r{i}",
-                    code=f"c{i}",
-                    code_hash=f"h{i}",
-                    chosen=False,
-                    public_passed=pub,
-                    private_passed=priv,
-                )
-            )
-            s.add(
-                m.Execution(
-                    code_hash=f"h{i}",
-                    suite_hash="x",
-                    suite_kind="public",
-                    sandbox_version="v",
-                    status="passed" if pub else "failed",
-                    passed=pub,
-                    feedback=f"fb{i}",
-                )
-            )
-        # the public feedback joins on the problem's public suite hash
-        p = s.get(m.Problem, pid)
-        for i in range(2):
-            s.add(
-                m.Execution(
-                    code_hash=f"h{i}",
-                    suite_hash=p.public_suite_hash,
-                    suite_kind="public",
-                    sandbox_version="v",
-                    status="passed" if i else "failed",
-                    passed=bool(i),
-                    feedback=f"real{i}",
-                )
-            )
-            s.add(
-                m.Execution(
-                    code_hash=f"h{i}",
-                    suite_hash=p.public_suite_hash,
-                    suite_kind="public",
-                    sandbox_version="v0",
-                    status="sandbox_error",
-                    passed=False,
-                    feedback="infra",
-                )
-            )
-        vid = m.ModelVersion(name="ver", kind="verifier", base_model="tiny", uri="tiny")
-        s.add(vid)
-        s.flush()
-        vid = vid.id
+    vid = _two_candidates_with_executions(store, tid, pid)
     [state] = store.batch_state([rid], verifier_id=vid)
     cids = [c.id for c in state.last_turn.candidates]
     assert [c.sample_index for c in state.last_turn.candidates] == [0, 1]

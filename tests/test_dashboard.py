@@ -3,12 +3,10 @@ seeded store (tests/helpers/dashboard_seed.py works out every number asserted he
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 from urllib.parse import parse_qs
 
 import pytest
-from sqlalchemy import text
 
 from tests.helpers.dashboard_seed import (
     COMPARE_EXPECTED,
@@ -18,57 +16,42 @@ from tests.helpers.dashboard_seed import (
     seed_dashboard,
 )
 
-APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "app.py")
+APP = str(Path(__file__).resolve().parents[1] / "dashboard" / "home.py")
 PAGES = ("views/overview.py", "views/trajectories.py", "views/failures.py", "views/rankings.py",
          "views/compare.py")
 
 
 # -- fixtures -------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def seeded_sqlite(tmp_path_factory):
+def _seeded(url: str, *, comparison: bool = False):
     from app.store import Store
 
-    url = f"sqlite:///{tmp_path_factory.mktemp('dash') / 'seeded.db'}"
     store = Store(url)
     store.upgrade()
     ids = seed_dashboard(store)
-    yield url, ids
+    if comparison:
+        ids["rft"] = seed_comparison(store, ids)
     store.dispose()
+    return url, ids
+
+
+@pytest.fixture(scope="module")
+def seeded_sqlite(tmp_path_factory):
+    return _seeded(f"sqlite:///{tmp_path_factory.mktemp('dash') / 'seeded.db'}")
 
 
 @pytest.fixture(scope="module")
 def compare_sqlite(tmp_path_factory):
     """The seeded store plus a second experiment (exp-rft) evaluated on the same problems."""
-    from app.store import Store
-
-    url = f"sqlite:///{tmp_path_factory.mktemp('dash') / 'compare.db'}"
-    store = Store(url)
-    store.upgrade()
-    ids = seed_dashboard(store)
-    ids["rft"] = seed_comparison(store, ids)
-    yield url, ids
-    store.dispose()
+    return _seeded(f"sqlite:///{tmp_path_factory.mktemp('dash') / 'compare.db'}", comparison=True)
 
 
 @pytest.fixture(scope="module")
 def seeded_pg():
-    from app.db.engine import make_engine
-    from app.store import Store
+    from app.db.engine import scratch_database
     from tests.conftest import PG_ADMIN_URL
 
-    admin = make_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"mucode_test_dash_{uuid.uuid4().hex[:8]}"
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    store = Store(url)
-    store.upgrade()
-    ids = seed_dashboard(store)
-    yield url, ids
-    store.dispose()
-    with admin.connect() as c:
-        c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with scratch_database(PG_ADMIN_URL, "mucode_test_dash") as url:
+        yield _seeded(url)
 
 
 def _app(monkeypatch, url: str, page: str | None = None, **query):
@@ -446,9 +429,9 @@ def test_cli_command_line():
     from app.cli.dashboard import APP_PATH, dashboard_command
     from app.cli.main import root
 
-    cmd = dashboard_command(8765, "0.0.0.0")
+    cmd = dashboard_command(8765, "0.0.0.0")  # noqa: S104 - the address is only passed on
     assert cmd[1:4] == ["-m", "streamlit", "run"] and Path(cmd[4]) == APP_PATH and APP_PATH.is_file()
-    assert cmd[cmd.index("--server.port") + 1] == "8765" and cmd[cmd.index("--server.address") + 1] == "0.0.0.0"
+    assert cmd[cmd.index("--server.port") + 1] == "8765" and cmd[cmd.index("--server.address") + 1] == "0.0.0.0"  # noqa: S104
     out = CliRunner().invoke(root, ["dashboard", "--help"])
     assert out.exit_code == 0 and "--port" in out.output and "--address" in out.output
 

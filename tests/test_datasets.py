@@ -23,10 +23,10 @@ DATA = get_settings().data_dir
 # HumanEval problems whose docstring examples are written in prose (transcribed by hand), wrong (corrected) or
 # absent (one assert from the statement); every other problem's public test is parsed from its docstring.
 HUMANEVAL_PUBLIC_SOURCE = {
-    **{i: "prose" for i in (67, 68, 76, 78, 80, 81, 84, 94, 105, 107, 112, 115, 120, 122, 129, 133, 141, 142, 143,
-                            147, 149, 160)},
+    **dict.fromkeys((67, 68, 76, 78, 80, 81, 84, 94, 105, 107, 112, 115, 120, 122, 129, 133, 141, 142, 143, 147,
+                     149, 160), "prose"),
     116: "corrected",
-    **{i: "statement" for i in (38, 41, 50, 83)},
+    **dict.fromkeys((38, 41, 50, 83), "statement"),
 }
 
 

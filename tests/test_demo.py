@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_rounds import knowing_model as knowing_model  # noqa: PLC0414 (fixture)
+from tests.test_rounds import knowing_model as knowing_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,3 +60,25 @@ def test_demo_runs_a_whole_round_and_prints_before_and_after(tmp_path, knowing_m
     assert r2.returncode == 0, r2.stdout + r2.stderr
     assert "already done" in r2.stdout and "G1" in r2.stdout
     assert len(store.experiment_rounds(exp.id)) == 1
+
+
+def test_the_demo_runs_embedded_without_touching_the_environment(monkeypatch):
+    """The demo's settings drop the broker and are in force for a block only: os.environ stays as it was."""
+    from app.config import Settings, get_settings, use_settings
+    from app.demo import embedded_settings
+    from workers.dispatch import in_process
+
+    monkeypatch.setenv("MUCODE_BROKER_URL", "redis://127.0.0.1:1/0")
+    get_settings.cache_clear()
+    try:
+        before = dict(os.environ)
+        mine = embedded_settings(Settings(database_url="sqlite:///elsewhere.db"))
+        assert mine.broker_url is None and mine.database_url == "sqlite:///elsewhere.db"
+        assert embedded_settings().broker_url is None and get_settings().broker_url == "redis://127.0.0.1:1/0"
+        assert not in_process()
+        with use_settings(mine):
+            assert get_settings() is mine and in_process()
+        assert not in_process() and dict(os.environ) == before
+    finally:
+        monkeypatch.undo()
+        get_settings.cache_clear()

@@ -59,7 +59,8 @@ def test_evaluation_pairs_name_the_generator_and_the_verifier(store):
 def test_dashboard_pair_text():
     from dashboard.common import eval_pair
 
-    assert eval_pair({"generator_label": "G1", "verifier_label": "RM1", "generator": "a", "verifier": "b"}) == "G1 · RM1"
+    labelled = {"generator_label": "G1", "verifier_label": "RM1", "generator": "a", "verifier": "b"}
+    assert eval_pair(labelled) == "G1 · RM1"
     assert eval_pair({"generator_label": None, "verifier_label": None, "generator": "a", "verifier": "b"}) == "a · b"
     assert eval_pair({"generator_label": "G0", "verifier_label": None, "generator": "a", "verifier": None}) == "G0"
 

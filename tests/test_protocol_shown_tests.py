@@ -11,9 +11,8 @@ from app.db import models as m
 from app.env import build_prompt
 from app.harness import Harness, first_test_only
 from app.sandbox import SANDBOX_VERSION
-from tests.helpers.collect import load_mbpp, tiny_model, torch_single_thread
+from tests.helpers.collect import load_mbpp
 
-__all__ = ["tiny_model", "torch_single_thread"]
 pytestmark = [pytest.mark.timeout(900), pytest.mark.usefixtures("torch_single_thread")]
 
 

@@ -361,3 +361,19 @@ def test_equal_scores_pick_the_same_target_whatever_the_row_order(store, order):
     ts = build_training_set(store, rnd, method="mucode")
     targets = {r["messages"][-1]["content"] for r in example_records(store, ts["id"])}
     assert targets == {"r0-t2"}
+
+
+def test_a_bad_relabel_setting_is_an_error_that_names_it():
+    """An experiment whose frozen relabel settings hold an unknown field or a refused value is not built with
+    other settings: the error names each bad field and its value."""
+    from app.errors import ConfigError
+    from trainers.relabel import relabel_config_of
+
+    assert relabel_config_of(None).relabel_failed == 3
+    assert relabel_config_of({"relabel": {"expert": "oracle"}}).expert == "oracle"
+    with pytest.raises(ConfigError, match=r"relabel\.expert = 'best'"):
+        relabel_config_of({"relabel": {"expert": "best"}})
+    with pytest.raises(ConfigError, match=r"relabel\.relabel_failed = -1.*relabel\.k = 3"):
+        relabel_config_of({"relabel": {"relabel_failed": -1, "k": 3}})
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        relabel_config_of({"relabel": ["both"]})

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import func, select
@@ -16,6 +15,7 @@ from sqlalchemy import func, select
 from app import rounds as R
 from app.db import models as m
 from app.protocol import ExperimentConfig
+from tests.helpers.cli import run_mucode
 
 
 def facts(index=0, method="mucode", steps=None, **kw):
@@ -200,11 +200,7 @@ P_TRAIN, P_TEST, M, T, N = 3, 3, 4, 2, 3
 
 
 def _mucode(args, env, *, ok=True, timeout=1500):
-    r = subprocess.run([sys.executable, "-m", "app.cli.main", *args], check=False, env={**os.environ, **env},
-                       capture_output=True, text=True, timeout=timeout)
-    if ok:
-        assert r.returncode == 0, f"mucode {' '.join(args)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}"
-    return r
+    return run_mucode(args, env, ok=ok, timeout=timeout)
 
 
 def small_config(model: str, **extra) -> dict:
@@ -234,6 +230,15 @@ def knowing_model() -> str:
 def _env(tmp_path: Path, db: str) -> dict[str, str]:
     return {"MUCODE_DATABASE_URL": db, "MUCODE_BROKER_URL": "", "MUCODE_ARTIFACTS_DIR": str(tmp_path / "art"),
             "MUCODE_ALLOW_WEAK_ISOLATION": os.environ.get("MUCODE_ALLOW_WEAK_ISOLATION", "false"), "COLUMNS": "200"}
+
+
+def _mbpp_store(tmp_path: Path, file: str) -> tuple[str, dict[str, str]]:
+    """(URL, environment) of a migrated embedded store in ``tmp_path`` with MBPP loaded, through the CLI."""
+    db = f"sqlite:///{tmp_path / file}"
+    env = _env(tmp_path, db)
+    _mucode(["db", "upgrade"], env)
+    _mucode(["data", "load", "mbpp"], env)
+    return db, env
 
 
 def check_round_rows(store, experiment: str, *, problems=P_TRAIN, rollouts=M, turns=T, eval_problems=P_TEST,
@@ -288,15 +293,8 @@ def check_round_rows(store, experiment: str, *, problems=P_TRAIN, rollouts=M, tu
     return {"round": rnd, "evaluations": evs, "rollouts": len(ro), "candidates": cands}
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(2400)
-def test_embedded_round_with_a_failed_step_and_resume(tmp_path, knowing_model):
-    from app.store import Store
-
-    db = f"sqlite:///{tmp_path / 'm.db'}"
-    env = _env(tmp_path, db)
-    _mucode(["db", "upgrade"], env)
-    _mucode(["data", "load", "mbpp"], env)
+def _create_is_frozen_and_checked(tmp_path, env, knowing_model) -> None:
+    """Creating the same experiment again is fine, another config under its name is not, a bad one neither."""
     cfg_file = tmp_path / "cfg.json"
     cfg_file.write_text(json.dumps(small_config(knowing_model)))
     r = _mucode(["experiment", "create", "e1", "--method", "mucode", "--config", str(cfg_file)], env)
@@ -308,19 +306,20 @@ def test_embedded_round_with_a_failed_step_and_resume(tmp_path, knowing_model):
     r = _mucode(["experiment", "create", "e1", "--config", str(other)], env, ok=False)
     assert r.returncode == 2 and "another config" in r.stderr
     bad = tmp_path / "bad.json"
-    bad.write_text(json.dumps({**small_config(knowing_model), "backend": "vllm",
-                               "rollout": {"sampling": {"stop_after_code": True}}}))
+    bad.write_text(json.dumps({**small_config(knowing_model), "trainer_overrides": {"sampler": {}}}))
     r = _mucode(["experiment", "create", "e2", "--config", str(bad)], env, ok=False)
     said = " ".join(r.stderr.split())  # the console may wrap the line
-    assert r.returncode == 2 and "invalid experiment config: Value error, rollout.sampling.stop_after_code" in said
+    assert r.returncode == 2 and "invalid experiment config" in said
+    assert "trainer_overrides keys are 'verifier' and 'generator', not ['sampler']" in said
 
+
+def _fail_then_resume_round_0(tmp_path, env, store) -> Any:
     # a real failure: no trained model can be written (a file where the models folder should be)
     (tmp_path / "art").mkdir()
     (tmp_path / "art" / "models").write_text("not a folder")
     r = _mucode(["round", "run", "e1"], env, ok=False)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "round failed" in r.stdout and "mucode round resume e1" in r.stdout
-    store = Store(db)
     (rnd,) = store.experiment_rounds(store.get_experiment("e1").id)
     assert rnd.status == "failed"
     assert rnd.steps["collect"]["state"] == "done" and rnd.steps["train_verifier"]["state"] == "failed"
@@ -358,16 +357,19 @@ def test_embedded_round_with_a_failed_step_and_resume(tmp_path, knowing_model):
     assert "mbpp:test" in r.stdout and "BoN N=3 C=2 pt+lv" in r.stdout
     r = _mucode(["round", "resume", "e1", "--json"], env)
     assert json.loads(r.stdout)["status"] == "done"
+    return rnd
 
+
+def _round_1_follows_the_schedule(env, store, r0, knowing_model) -> Any:
     # round 1 follows the paper's schedule: G1 collects, RM0 scores its samples, RM1 is trained from the base
     # model on the pairs of rounds 0 and 1, the relabeled union of both rounds trains G2 from the base model
     r = _mucode(["round", "run", "e1", "--json"], env)
     st1 = json.loads(r.stdout)
     assert st1["status"] == "done" and st1["index"] == 1, st1
-    r0 = rnd
     (_, r1) = store.experiment_rounds(store.get_experiment("e1").id)
     assert r1.generator_id == r0.generator_out_id and r1.verifier_in_id == r0.verifier_out_id
-    assert r1.steps["score_old"]["state"] == "done" and r1.steps["score_old"]["result"]["verifier_id"] == r0.verifier_out_id
+    assert r1.steps["score_old"]["state"] == "done"
+    assert r1.steps["score_old"]["result"]["verifier_id"] == r0.verifier_out_id
     with store.session() as s:
         v1 = s.get(m.ModelVersion, r1.verifier_out_id)
         assert v1.name == "e1-r1-verifier-bt" and v1.base_model == knowing_model
@@ -403,7 +405,10 @@ def test_embedded_round_with_a_failed_step_and_resume(tmp_path, knowing_model):
     # RM1's pairs: 4 per mixed problem from each round's own rollouts, so some come from G1's samples
     assert all(cand_round[c] == cand_round[r] for c, r in pairs)
     assert {cand_round[c] for c, _ in pairs} == {r0.id, r1.id}
+    return r1
 
+
+def _final_round_trains_no_generator(env, store, r0, r1) -> None:
     # the final round: G2 collects, RM2 is trained on rounds 0-2, G2 is evaluated with RM2; no generator
     r = _mucode(["round", "run", "e1", "--final", "--json"], env)
     st2 = json.loads(r.stdout)
@@ -432,14 +437,24 @@ def test_embedded_round_with_a_failed_step_and_resume(tmp_path, knowing_model):
 
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
+def test_embedded_round_with_a_failed_step_and_resume(tmp_path, knowing_model):
+    from app.store import Store
+
+    db, env = _mbpp_store(tmp_path, "m.db")
+    _create_is_frozen_and_checked(tmp_path, env, knowing_model)
+    store = Store(db)
+    r0 = _fail_then_resume_round_0(tmp_path, env, store)
+    r1 = _round_1_follows_the_schedule(env, store, r0, knowing_model)
+    _final_round_trains_no_generator(env, store, r0, r1)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(2400)
 def test_standalone_eval_with_every_selector(tmp_path, knowing_model):
     """``mucode eval`` on a model: greedy + BoN with random, lv, pt, pt+lv; rerunning prints the same."""
     from app.store import Store
 
-    db = f"sqlite:///{tmp_path / 'e.db'}"
-    env = _env(tmp_path, db)
-    _mucode(["db", "upgrade"], env)
-    _mucode(["data", "load", "mbpp"], env)
+    db, env = _mbpp_store(tmp_path, "e.db")
     # lv and pt+lv need a verifier: without one it is a clear error before anything is queued
     r = _mucode(["eval", "--model", knowing_model, "-d", "mbpp:test", "--limit", "2", "-s", "lv"], env, ok=False)
     assert r.returncode == 2 and "verifier" in r.stderr
@@ -448,7 +463,7 @@ def test_standalone_eval_with_every_selector(tmp_path, knowing_model):
     r = _mucode(args, env)
     assert "BoN N=2 C=2 random" in r.stdout and "BoN N=2 C=2 pt" in r.stdout and "greedy" in r.stdout
     store = Store(db)
-    evs = [e for e in store.list_jobs(kinds=("collect",))]
+    evs = list(store.list_jobs(kinds=("collect",)))
     assert len(evs) == 3
     r2 = _mucode([*args, "--json"], env)
     data = json.loads(r2.stdout)
@@ -456,3 +471,17 @@ def test_standalone_eval_with_every_selector(tmp_path, knowing_model):
     for d in data:
         assert d["metrics"]["problems"] == 2 and len(d["metrics"]["per_turn"]) == 2
         assert len(store.evaluation_results(d["id"])) == d["metrics"]["results"]
+
+
+def test_a_step_record_reads_defaults_for_what_is_missing_and_drops_what_it_does_not_know():
+    assert R.StepRecord.of(None) == R.StepRecord(state="pending", attempt=0, result={})
+    rec = R.StepRecord.of({"state": "done", "attempt": "2", "result": None, "seconds": 1.5, "from_the_future": 1})
+    assert (rec.state, rec.attempt, rec.result, rec.seconds, rec.error) == ("done", 2, {}, 1.5, None)
+    running = R.StepRecord.of({"state": "running", "started_at": "2026-01-01T00:00:00+00:00"})
+    assert R.step_seconds(running) > 0 and R.step_seconds(R.StepRecord()) is None
+    done = R.StepRecord.of({"started_at": "2026-01-01T00:00:00+00:00", "finished_at": "2026-01-01T00:01:30+00:00"})
+    assert R.step_seconds(done) == 90.0
+    failed = facts(steps={"collect": {"state": "done"}, "score_old": {"state": "skipped"},
+                          "train_verifier": {"state": "failed", "error": "boom"}})
+    assert failed.record("train_verifier").error == "boom" and failed.record("relabel") == R.StepRecord()
+    assert R.next_action(failed) == R.Action("blocked", "train_verifier", "boom")

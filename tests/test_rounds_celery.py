@@ -9,42 +9,28 @@ an execute worker; a control worker) and the tiny model that knows some answers:
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
+from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import func, select
 
 from app.db import models as m
+from tests.helpers.cli import run_mucode, wait_for
 from tests.helpers.collect import load_mbpp
 from tests.helpers.workers import celery_workers, redis_db
 from tests.test_rounds import P_TRAIN, check_round_rows, small_config
-from tests.test_rounds import knowing_model as knowing_model  # noqa: PLC0414 (fixture)
+from tests.test_rounds import knowing_model as knowing_model
 
 GPU = "sample,score,train"
 
 
+def _mucode(args, env, timeout=900):
+    return run_mucode(args, env, ok=True, timeout=timeout)
+
+
 def _url(store) -> str:
     return store.engine.url.render_as_string(hide_password=False)
-
-
-def _mucode(args, env, timeout=900):
-    r = subprocess.run([sys.executable, "-m", "app.cli.main", *args], check=False, env={**os.environ, **env},
-                       capture_output=True, text=True, timeout=timeout)
-    assert r.returncode == 0, f"mucode {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}"
-    return r
-
-
-def _wait(predicate, timeout, what, workers=None):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out waiting for {what}" + (f"\n{workers.logs()}" if workers else ""))
 
 
 def _collect_counts(store, experiment_id: int) -> dict | None:
@@ -72,15 +58,23 @@ def _env(store, broker, tmp_path):
             "MUCODE_ARTIFACTS_DIR": str(tmp_path / "art"), "COLUMNS": "200"}
 
 
+@contextmanager
+def _round_workers(store, tmp_path, extra_env: dict[str, str] | None = None):
+    """A broker and a round's three workers (GPU: sample, score, train; execute; control): (broker, workers,
+    the GPU worker)."""
+    extra = {"MUCODE_ARTIFACTS_DIR": str(tmp_path / "art"), **(extra_env or {})}
+    with redis_db() as broker, celery_workers(_url(store), broker, log_dir=tmp_path, extra_env=extra) as workers:
+        gpu = workers.start(GPU)
+        workers.start("execute")
+        workers.start("control")
+        yield broker, workers, gpu
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(2400)
 def test_round_with_celery_workers_completes_and_stores_its_numbers(pg_store, tmp_path, knowing_model):
     cfg = _setup(pg_store, tmp_path, knowing_model, "c1")
-    with redis_db() as broker, celery_workers(_url(pg_store), broker, log_dir=tmp_path,
-                                              extra_env={"MUCODE_ARTIFACTS_DIR": str(tmp_path / "art")}) as workers:
-        workers.start(GPU)
-        workers.start("execute")
-        workers.start("control")
+    with _round_workers(pg_store, tmp_path) as (broker, workers, _):
         env = _env(pg_store, broker, tmp_path)
         _mucode(["experiment", "create", "c1", "--config", str(cfg)], env)
         try:
@@ -108,11 +102,7 @@ def test_killed_worker_mid_round_then_resume_gives_exact_rows(pg_store, tmp_path
     from workers import collect
 
     cfg = _setup(pg_store, tmp_path, knowing_model, "c2")
-    with redis_db() as broker, celery_workers(_url(pg_store), broker, log_dir=tmp_path,
-                                              extra_env={"MUCODE_ARTIFACTS_DIR": str(tmp_path / "art")}) as workers:
-        gpu = workers.start(GPU)
-        workers.start("execute")
-        workers.start("control")
+    with _round_workers(pg_store, tmp_path) as (broker, workers, gpu):
         env = _env(pg_store, broker, tmp_path)
         _mucode(["experiment", "create", "c2", "--config", str(cfg)], env)
         r = _mucode(["round", "run", "c2"], env)  # returns once queued
@@ -122,7 +112,7 @@ def test_killed_worker_mid_round_then_resume_gives_exact_rows(pg_store, tmp_path
         def counts():
             return _collect_counts(pg_store, exp.id)
 
-        _wait(lambda: (c := counts()) and c["candidates"] >= 2, 240, "the first candidates", workers)
+        wait_for(lambda: (c := counts()) and c["candidates"] >= 2, 240, "the first candidates", workers)
         gpu.kill()  # SIGKILL: its running job is lost with it
         middle = counts()
         assert middle["active"] > 0, "the collection finished before the kill: make it bigger"
@@ -130,7 +120,7 @@ def test_killed_worker_mid_round_then_resume_gives_exact_rows(pg_store, tmp_path
         r = _mucode(["round", "resume", "c2", "--json"], env)
         assert json.loads(r.stdout)["status"] in ("running", "done")
         (rnd,) = pg_store.experiment_rounds(exp.id)
-        _wait(lambda: pg_store.get_round(rnd.id).status in ("done", "failed"), 900, "the round to finish", workers)
+        wait_for(lambda: pg_store.get_round(rnd.id).status in ("done", "failed"), 900, "the round to finish", workers)
         rnd = pg_store.get_round(rnd.id)
         assert rnd.status == "done", (rnd.error, rnd.steps, workers.logs())
         res = check_round_rows(pg_store, "c2")
@@ -159,11 +149,7 @@ def test_killed_worker_mid_round_heals_without_a_resume(pg_store, tmp_path, know
     from workers.tasks.rounds import round_status
 
     cfg = _setup(pg_store, tmp_path, knowing_model, "c3")
-    extra = {"MUCODE_ARTIFACTS_DIR": str(tmp_path / "art"), **FAST_HEALER}
-    with redis_db() as broker, celery_workers(_url(pg_store), broker, log_dir=tmp_path, extra_env=extra) as workers:
-        gpu = workers.start(GPU)
-        workers.start("execute")
-        workers.start("control")
+    with _round_workers(pg_store, tmp_path, FAST_HEALER) as (broker, workers, gpu):
         env = {**_env(pg_store, broker, tmp_path), **FAST_HEALER}
         _mucode(["experiment", "create", "c3", "--config", str(cfg)], env)
         _mucode(["round", "run", "c3"], env)
@@ -172,7 +158,7 @@ def test_killed_worker_mid_round_heals_without_a_resume(pg_store, tmp_path, know
         def counts():
             return _collect_counts(pg_store, exp.id)
 
-        _wait(lambda: (c := counts()) and c["candidates"] >= 2, 240, "the first candidates", workers)
+        wait_for(lambda: (c := counts()) and c["candidates"] >= 2, 240, "the first candidates", workers)
         gpu.kill()
         assert counts()["active"] > 0, "the collection finished before the kill: make it bigger"
         killed_at = time.monotonic()
@@ -184,7 +170,7 @@ def test_killed_worker_mid_round_heals_without_a_resume(pg_store, tmp_path, know
             seen.append(round_status(pg_store, rnd.id)["status"])
             return pg_store.get_round(rnd.id).status in ("done", "failed")
 
-        _wait(finished, 900, "the round to finish by itself", workers)
+        wait_for(finished, 900, "the round to finish by itself", workers)
         rnd = pg_store.get_round(rnd.id)
         assert rnd.status == "done", (rnd.error, rnd.steps, workers.logs())
         assert "failed" not in seen

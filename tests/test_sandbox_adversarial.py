@@ -33,7 +33,8 @@ CASES = {
     "raise_systemexit_in_function": "def f(x):\n    raise SystemExit(0)\n",
     "prints_success": "print('Code passed all tests')\nimport sys\nsys.stderr.write('OK passed\\n')\n"
                       "def f(x):\n    print('Code passed all tests')\n    return 0\n",
-    "eq_always_true": "class Yes:\n    def __eq__(self, other): return True\n    def __ne__(self, other): return False\n"
+    "eq_always_true": "class Yes:\n    def __eq__(self, other): return True\n"
+                      "    def __ne__(self, other): return False\n"
                       "    def __bool__(self): return True\n    def __hash__(self): return 0\n"
                       "def f(x):\n    return Yes()\n",
     "int_subclass_eq_true": "class I(int):\n    def __eq__(self, other): return True\ndef f(x):\n    return I(0)\n",
@@ -75,7 +76,8 @@ CASES = {
                            "        except OSError:\n            pass\n    raise ConnectionError('no network')\n",
     "writes_outside_working_dir": f"def f(x):\n    for p in {OUTSIDE!r}:\n        try:\n"
                                   "            with open(p, 'w') as fh:\n"
-                                  "                fh.write('pwned')\n            return x * x\n        except OSError:\n"
+                                  "                fh.write('pwned')\n            return x * x\n"
+                                  "        except OSError:\n"
                                   "            pass\n    raise PermissionError('nothing writable')\n",
     "reads_host_files": "def f(x):\n    for p in ('/work/main/pyproject.toml', '/root/.bashrc', '/etc/shadow', "
                         f"{os.path.abspath(__file__)!r}):\n"

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from app.sandbox import Limits, Sandbox, judge
+from app.sandbox import Limits, Sandbox
+from app.sandbox.suite import compile_suite
 from tests.helpers.procs import process_table
 
 pytestmark = pytest.mark.timeout(600)
@@ -88,14 +89,14 @@ def test_an_entry_point_named_like_a_builtin_is_the_programs(sb, problems):
 
 
 def test_names_the_suite_reads_are_computed_from_its_code():
-    c = judge.compile_suite("import math\ndef poly(x):\n    return sum(x)\n",
-                            "from math import isclose\ndef check(f):\n    global seen\n    seen = [g(1)]\n"
-                            "    assert isclose(f(1), zip(1))\n",
-                            ["assert sum(helper(1)) == abs(-1)", "check(sum)", "x = 3\nassert x"],
-                            entry_point="sum")
+    c = compile_suite("import math\ndef poly(x):\n    return sum(x)\n",
+                      "from math import isclose\ndef check(f):\n    global seen\n    seen = [g(1)]\n"
+                      "    assert isclose(f(1), zip(1))\n",
+                      ["assert sum(helper(1)) == abs(-1)", "check(sum)", "x = 3\nassert x"],
+                      entry_point="sum")
     assert c["names"] == ["g", "helper", "sum"]  # not: abs, zip, isclose, math, poly, check, seen, x
     assert {"math", "poly", "isclose", "check", "seen", "x"} <= c["bound"]
-    assert judge.compile_suite("", "", ["assert eval('f(1)') == 2"])["names"] is None
+    assert compile_suite("", "", ["assert eval('f(1)') == 2"])["names"] is None
 
 
 # -- no import on the program's word ----------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import ast
 import pytest
 
 from app.sandbox import Limits, Sandbox
-from app.sandbox.judge import MAP, MAPPED, map_loops
+from app.sandbox.prefetch import MAP, MAPPED, map_loops
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -126,3 +126,13 @@ def test_evalplus_reference_solutions_pass_through_the_rewritten_loops(sb):
         + [(p, p.reference_solution, "private") for p in mb]
     results = sb.run_many(items)
     assert [(p.external_id, r.status) for (p, _, _), r in zip(items, results) if not r.passed] == []
+
+
+def test_a_program_with_parameters_named_like_the_judges_own_arguments_still_passes(sb):
+    # the tests' calls go out ahead through a helper taking (k, fn, *args, **kwargs): a keyword argument
+    # named k or fn must reach the program, not the helper (a correct program would fail with a TypeError)
+    code = "def f(k, fn=0, *, args=1, kwargs=2):\n    return k + fn + args + kwargs\n"
+    tests = ["assert f(k=1, fn=2) == 6", "assert f(1, fn=2, args=3, kwargs=4) == 10", "assert f(k=5) == 8"]
+    (r,) = sb.run_many([({"code_prefix": "", "setup_code": "", "public_tests": tests, "private_tests": []},
+                         code, "public")])
+    assert r.status == "passed", r.feedback

@@ -253,16 +253,16 @@ def test_probe_really_tries_each_protection():
 
 def test_the_judge_survives_any_description_of_an_exception():
     """What the program's process says about an exception is plain data it chose: the judge checks each field."""
-    from app.sandbox.judge import ProgramExit, _clean_info, remote_exception
+    from app.sandbox.remote import ProgramExit, clean_info, remote_exception
 
     for raw in ({"type": "Bad\x00Name", "bases": ["ValueError"], "message": "m"},
                 {"type": "x" * 1000, "bases": ["NotABuiltin", 3], "frames": [[1, 2, 3], "junk"]},
                 {"type": 7, "message": None, "syntax": [None, "x", 5]},
                 "not a dict",
                 {"type": "KeyboardInterrupt", "exit": True}):
-        exc = remote_exception(_clean_info(raw))
+        exc = remote_exception(clean_info(raw))
         assert isinstance(exc, (Exception, ProgramExit))
-    err = remote_exception(_clean_info({"type": "MyError", "bases": ["ValueError", "Exception"], "message": "m"}))
+    err = remote_exception(clean_info({"type": "MyError", "bases": ["ValueError", "Exception"], "message": "m"}))
     assert isinstance(err, ValueError) and type(err).__name__ == "MyError" and str(err) == "m"
 
 

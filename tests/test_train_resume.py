@@ -15,9 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
 
-from app.db import models as m
 from tests.helpers import seed
 from trainers.checkpoints import MARKER, RUN_FILE, checkpoints_dir, complete_checkpoints
 
@@ -129,21 +127,7 @@ def _half_written(ckpt: Path, step: int) -> Path:
 def _sft_store(store):
     from trainers.relabel import build_training_set
 
-    v = seed.add_model(store, "rm", kind="verifier")
-    g = seed.add_model(store, "gen-base")
-    rnd = seed.add_round(store, "resume", 0, generator_id=g)
-    with store.session() as s:
-        s.execute(update(m.Round).where(m.Round.id == rnd).values(verifier_out_id=v))
-    for i in range(2):
-        p = seed.add_problem(store, f"mbpp/{900 + i}", prompt=f"Write f{i} that returns x + {i}.")
-        good = f"```python\ndef f{i}(x):\n    return x + {i}\n```"
-        seed.add_rollout(store, problem_id=p, sample_index=0, round_id=rnd, generator_id=g, turns=[
-            {"response": good, "public": True, "private": True, "scores": {v: 0.5}},
-        ])
-        seed.add_rollout(store, problem_id=p, sample_index=1, round_id=rnd, generator_id=g, turns=[
-            {"response": f"def f{i}(x): return x", "public": False, "private": False, "scores": {v: 0.1}},
-            {"response": f"def f{i}(x): return {i}", "public": False, "private": False, "scores": {v: 0.2}},
-        ])
+    rnd, _ = seed.sft_round(store, "resume")
     ts = build_training_set(store, rnd, method="mucode")
     assert ts["stats"]["examples"] == 6  # 3 optimizer steps per epoch below: the run crosses epochs
     return ts
@@ -162,25 +146,26 @@ def test_generator_killed_after_a_checkpoint_continues_from_it(sqlite_store, tin
     ts = _sft_store(store)
     env = _env(store, tmp_path)
     _run_here(_sft_argv(ts["id"], tiny, "ref", tmp_path / "ref"), env, monkeypatch)
-    ref = store.sft_model_version("ref")
-    assert ref["metrics"]["global_steps"] == MAX_STEPS and ref["metrics"]["resumed_from_step"] == 0
+    ref = store.get_model_version("ref")
+    assert ref.metrics["global_steps"] == MAX_STEPS and ref.metrics["resumed_from_step"] == 0
     assert not checkpoints_dir(tmp_path / "ref").exists()  # removed once the model is registered
 
     out = tmp_path / "gen"
     argv = _sft_argv(ts["id"], tiny, "gen", out)
     ckpt = checkpoints_dir(out)
     steps = _kill_after_first_checkpoint(argv, ckpt, env)
-    assert steps and steps[-1] < MAX_STEPS and not out.exists() and store.sft_model_version("gen") is None
+    assert steps and steps[-1] < MAX_STEPS and not out.exists()
+    assert store.get_model_version("gen", required=False) is None
     assert len(list(ckpt.glob("checkpoint-*"))) <= 3  # the last two complete ones, and one being written
 
     mv = _run(argv, env)  # the same command again, as a redelivered job runs it
     met = mv["metrics"]
     assert met["resumed_from_step"] == steps[-1] > 0
-    assert met["global_steps"] == ref["metrics"]["global_steps"] == MAX_STEPS
+    assert met["global_steps"] == ref.metrics["global_steps"] == MAX_STEPS
     assert len(met["train_losses"]) == MAX_STEPS  # steps 1..8 each logged once: none trained twice
-    assert met["train_losses"] == ref["metrics"]["train_losses"]
-    assert met["train_loss"] == pytest.approx(ref["metrics"]["train_loss"], rel=1e-6)
-    assert _same_weights(mv["uri"], ref["uri"])  # the same data order and RNG: bit-exact on the CPU
+    assert met["train_losses"] == ref.metrics["train_losses"]
+    assert met["train_loss"] == pytest.approx(ref.metrics["train_loss"], rel=1e-6)
+    assert _same_weights(mv["uri"], ref.uri)  # the same data order and RNG: bit-exact on the CPU
     assert not ckpt.exists()
 
 

@@ -141,7 +141,7 @@ def test_lora_verifier_is_saved_merged(sqlite_store, tiny, tmp_path):
 
 
 def test_bad_base_model_is_a_clear_error(sqlite_store, tmp_path):
-    from trainers.verifier.model import resolve_base_model
+    from trainers.common import resolve_base_model
     from trainers.verifier.train import train_verifier
 
     store = sqlite_store
@@ -152,7 +152,7 @@ def test_bad_base_model_is_a_clear_error(sqlite_store, tmp_path):
         train_verifier(store, training_set_id=ts_id, base_model=missing, config=_fast(), progress=False)
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(NotFound, match="config.json"):
+    with pytest.raises(NotFound, match=r"config\.json"):
         resolve_base_model(str(empty))
     with pytest.raises(MucodeError, match="no base model"):
         resolve_base_model("  ")
@@ -259,3 +259,32 @@ def test_bt_loss_is_the_paper_objective(tiny, tmp_path, form):
     l2 = torch.mean(r**2) if form == "paper" else torch.mean((rc + rr) ** 2)
     assert float(l2) > 0.1  # the term matters here
     assert float(loss) == pytest.approx(float(bt + 1e-3 * l2), rel=1e-5)
+
+
+def test_command_line_keeps_its_flags_and_leaves_unset_settings_to_the_protocol():
+    """``python -m trainers.verifier.train`` reads VerifierTrainingConfig through HfArgumentParser: the flags
+    callers pass keep working, unset settings come from the experiment's protocol, a bad value is a usage
+    error that names it."""
+    from trainers.verifier.train import config_from_args, parse_args
+
+    args = parse_args([
+        "--training-set", "7", "--base-model", "m", "--learning-rate", "3e-3", "--max-steps", "4",
+        "--per-device-batch-size", "4", "--effective-batch-size", "8", "--no-bf16",
+        "--no-gradient-checkpointing", "--no-progress", "--lora", "--no-eval", "--loss", "bce",
+        "--config-json", '{"seed": 5, "max_length": 64}',
+        "--max-length", "512", "--round-id", "3", "--database-url", "sqlite://", "--name", "v",
+    ])  # fmt: skip
+    assert (args.training_set, args.base_model, args.round_id, args.name) == ("7", "m", 3, "v")
+    assert args.no_progress is True
+    cfg = config_from_args(args, {"l2_coeff": 0.5, "learning_rate": 1.0})
+    assert (cfg.learning_rate, cfg.max_steps, cfg.per_device_batch_size) == (3e-3, 4, 4)
+    assert cfg.effective_batch_size == 8
+    assert cfg.bf16 is False and cfg.gradient_checkpointing is False and cfg.use_lora and not cfg.evaluate
+    # the flags win over the JSON, the JSON over the protocol
+    assert (cfg.loss, cfg.seed, cfg.max_length, cfg.l2_coeff) == ("bce", 5, 512, 0.5)
+    on = config_from_args(parse_args(["--rounds", "1,2", "--base-model", "m", "--bf16"]))
+    assert on.bf16 is True and on.gradient_checkpointing is None
+    for bad in (["--base-model", "m"], ["--training-set", "1", "--rounds", "1", "--base-model", "m"],
+                ["--training-set", "1", "--base-model", "m", "--tracking", "nowhere"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)

@@ -24,26 +24,41 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.protocol import RelabelConfig
 from app.store.relabel import EXPERT_VARIANTS, SFT_METHODS  # noqa: F401  (re-exported)
+
+if TYPE_CHECKING:
+    from app.store import Store
 
 METHODS = SFT_METHODS
 
 
 def relabel_config_of(experiment_config: dict[str, Any] | None) -> RelabelConfig:
-    """The experiment's frozen relabel settings, or the protocol defaults."""
+    """The experiment's frozen relabel settings, or the protocol defaults.
+
+    A setting that is not one of ``RelabelConfig``'s, or a value it refuses, is a ``ConfigError`` naming each
+    bad field and value: building a training set with other settings than the frozen ones would be silent.
+    """
+    from pydantic import ValidationError
+
+    from app.errors import ConfigError
+
     raw = (experiment_config or {}).get("relabel") or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"the experiment's relabel settings must be a mapping, not {raw!r}")
     try:
         return RelabelConfig(**raw)
-    except Exception:  # noqa: BLE001  an older or hand-written config: keep the known keys
-        known = {k: v for k, v in raw.items() if k in RelabelConfig.model_fields}
-        return RelabelConfig(**known)
+    except ValidationError as exc:
+        bad = "; ".join(
+            f"relabel.{'.'.join(map(str, e['loc']))} = {e.get('input')!r}: {e['msg']}" for e in exc.errors()
+        )
+        raise ConfigError(f"bad relabel setting(s) in the experiment's config: {bad}") from exc
 
 
 def build_training_set(
-    store,
+    store: Store,
     round_ref: int | str,
     *,
     method: str | None = None,
@@ -88,7 +103,7 @@ def _msg(d: dict[str, Any]) -> dict[str, str]:
     return {"role": str(d["role"]), "content": str(d.get("content") or "")}
 
 
-def example_records(store, training_set_id: int) -> Iterator[dict[str, Any]]:
+def example_records(store: Store, training_set_id: int) -> Iterator[dict[str, Any]]:
     """One record per example: ``messages`` (state + the assistant target) and its full lineage."""
     for r in store.sft_example_rows(training_set_id):
         prompt = r["prompt"]
@@ -115,7 +130,7 @@ def example_records(store, training_set_id: int) -> Iterator[dict[str, Any]]:
         }
 
 
-def export_jsonl(store, training_set_id: int, path: str | Path) -> int:
+def export_jsonl(store: Store, training_set_id: int, path: str | Path) -> int:
     """Write the set as JSONL (one record per line, see ``example_records``); returns the number of lines."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,7 +159,7 @@ def hf_features():
     )
 
 
-def to_hf_dataset(store, training_set_id: int):
+def to_hf_dataset(store: Store, training_set_id: int):
     """The set as a ``datasets.Dataset`` (same columns as the JSONL export)."""
     from datasets import Dataset
 

@@ -46,13 +46,16 @@ import logging
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.errors import ConfigError, MucodeError, NotFound, clip, first_line, is_transient
 from app.store.rollouts import Owner, RolloutState
 from workers.healing import worker_name
+
+if TYPE_CHECKING:
+    from app.store import Store
 
 log = logging.getLogger("mucode.collect")
 
@@ -82,7 +85,7 @@ class CollectSpec(BaseModel):
     temperature: float = Field(0.7, ge=0.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
     max_new_tokens: int = Field(1000, gt=0)
-    stop_after_code: bool = False  # end a response where its first code block closes (transformers backend)
+    stop_after_code: bool = False  # end a response where its first code block closes
     stop_rule: Literal["public", "public_and_private"] = "public"
     batch_size: int = Field(32, ge=1, description="rollouts per batch (one backend call per turn)")
     seed: int = 0
@@ -101,8 +104,6 @@ class CollectSpec(BaseModel):
             raise ValueError("N > 1 candidates per turn needs a selector (random, lv, pt, pt+lv or oracle)")
         if needs_scores(self.selector) and self.verifier_id is None:
             raise ValueError(f"the {self.selector} selector needs a verifier (verifier_id)")
-        if self.stop_after_code and self.backend != "transformers":
-            raise ValueError("stop_after_code needs the transformers backend")
         if self.then is not None and "task" not in self.then:
             raise ValueError("then must be {'task': name, 'kwargs': {...}}")
         return self
@@ -179,7 +180,7 @@ def load_backend(kind: str, uri: str):
 
 
 # -- the spec and the batches of a collection ---------------------------------------------------------------
-def get_spec(store, owner: Owner) -> tuple[CollectSpec, int, str]:
+def get_spec(store: Store, owner: Owner) -> tuple[CollectSpec, int, str]:
     """(spec, current generation, state of the collect job) of a collection."""
     job = store.get_job(collect_key(owner))
     if job is None:
@@ -187,7 +188,7 @@ def get_spec(store, owner: Owner) -> tuple[CollectSpec, int, str]:
     return CollectSpec.stored(job.payload["spec"]), int(job.attempts), job.state
 
 
-def batches(store, owner: Owner, batch_size: int) -> list[tuple[list[int], bool]]:
+def batches(store: Store, owner: Owner, batch_size: int) -> list[tuple[list[int], bool]]:
     """[(rollout ids, has active rollouts)] for each batch of the collection, in batch order."""
     rows = store.collection_rollouts(owner)
     out = []
@@ -197,7 +198,7 @@ def batches(store, owner: Owner, batch_size: int) -> list[tuple[list[int], bool]
     return out
 
 
-def dataset_problem_ids(store, dataset: str, split: str | None, limit: int | None = None) -> list[int]:
+def dataset_problem_ids(store: Store, dataset: str, split: str | None, limit: int | None = None) -> list[int]:
     """The ids of a loaded dataset's problems (file order), the first ``limit`` of them."""
     problems = store.list_problems(dataset, split, limit=limit)
     if not problems:
@@ -206,7 +207,7 @@ def dataset_problem_ids(store, dataset: str, split: str | None, limit: int | Non
     return [p.id for p in problems]
 
 
-def check_generators(store, generator_ids: Sequence[int]) -> dict[int, str]:
+def check_generators(store: Store, generator_ids: Sequence[int]) -> dict[int, str]:
     """{generator id: uri}, checking that each model can be found (a clear error before anything is queued)."""
     from app.model_registry import resolve_model
 
@@ -219,7 +220,7 @@ def check_generators(store, generator_ids: Sequence[int]) -> dict[int, str]:
 
 
 def create_collection(
-    store,
+    store: Store,
     owner: Owner | dict[str, int],
     problem_ids: Sequence[int],
     spec: CollectSpec | dict[str, Any],
@@ -262,12 +263,12 @@ def create_collection(
     return {"owner": owner.as_dict(), "rollouts": len(rows), "created": created}
 
 
-def start(store, owner: Owner | dict[str, int]) -> dict[str, Any]:
+def start(store: Store, owner: Owner | dict[str, int]) -> dict[str, Any]:
     """Queue the collection (the first generation). The same as ``resume``."""
     return resume(store, owner)
 
 
-def resume(store, owner: Owner | dict[str, int]) -> dict[str, Any]:
+def resume(store: Store, owner: Owner | dict[str, int]) -> dict[str, Any]:
     """Queue exactly the missing work: a ``sample`` job (new generation) for every batch with active rollouts;
     when nothing is active, finish the collection (and queue its ``then`` again)."""
     from workers.dispatch import check_broker
@@ -309,7 +310,7 @@ def _sample_job(owner: Owner, generation: int, batch: int, rollout_ids: Sequence
     return "mucode.sample", kwargs, step_key(owner, generation, batch, "sample", step)
 
 
-def _queue(store, owner: Owner, name: str, kwargs: dict[str, Any], key: str) -> None:
+def _queue(store: Store, owner: Owner, name: str, kwargs: dict[str, Any], key: str) -> None:
     from workers.celery_app import TASK_QUEUES
     from workers.dispatch import in_process, submit
 
@@ -342,7 +343,7 @@ def _brief(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 # -- the sample (advance) job -------------------------------------------------------------------------------------
 def run_sample_job(
-    store,
+    store: Store,
     *,
     owner: dict[str, int],
     batch: int,
@@ -398,7 +399,8 @@ def run_sample_job(
 
 
 @contextlib.contextmanager
-def chained_job(store, key: str | None, *, retried: Callable[[BaseException], bool] = lambda exc: False):
+def chained_job(store: Store, key: str | None, *,
+                retried: Callable[[BaseException], bool] = lambda exc: False):
     """The body of an execute or score step of a collection (``key``: its job row; None when queued by a mucode
     that predates it). The row says running and this worker's beacon lists it from the first instant, even while
     the job waits out an outage (workers/healer.py). A failure that neither an outage nor a Celery retry
@@ -418,7 +420,7 @@ def chained_job(store, key: str | None, *, retried: Callable[[BaseException], bo
         raise
 
 
-def job_failed_for_good(store, key: str, error: str) -> None:
+def job_failed_for_good(store: Store, key: str, error: str) -> None:
     """A job of a collection failed and will not be retried: its row and its owner say so."""
     store.job_failed(key, error)
     job = store.get_job(key)
@@ -426,7 +428,7 @@ def job_failed_for_good(store, key: str, error: str) -> None:
         owner_failed(store, Owner(round_id=job.round_id, evaluation_id=job.evaluation_id), f"job {key}: {error}")
 
 
-def owner_failed(store, owner: Owner, error: str) -> None:
+def owner_failed(store: Store, owner: Owner, error: str) -> None:
     """A job of the collection failed for good: its round (or evaluation) is failed too, in its own row, so that
     every view of it says so (``round resume`` or running the evaluation again picks it up)."""
     from datetime import UTC, datetime
@@ -446,7 +448,7 @@ def owner_failed(store, owner: Owner, error: str) -> None:
         store.set_round(round_id, status="failed", error=f"{step}: {line}", finished_at=datetime.now(UTC))
 
 
-def supersede_failed(store, owner: Owner | dict[str, int], reason: str) -> int:
+def supersede_failed(store: Store, owner: Owner | dict[str, int], reason: str) -> int:
     """Before a resume: the collection's failed jobs are handed to the new generation (superseded, their error
     kept), so that no view counts them as the collection's current state. Returns how many."""
     owner = Owner.of(owner)
@@ -455,7 +457,7 @@ def supersede_failed(store, owner: Owner | dict[str, int], reason: str) -> int:
 
 
 def advance_batch(
-    store,
+    store: Store,
     owner: Owner,
     spec: CollectSpec,
     *,
@@ -465,72 +467,23 @@ def advance_batch(
     backend_loader: Callable[[str, str], Any],
 ) -> dict[str, Any]:
     """Finish executed turns, open next turns, sample open turns, and queue what comes next (see module doc)."""
-    from app.env import append_turn, feedback_text, initial_messages, is_done
-    from app.selection import select, selection_seed
-
     verifier_id = spec.verifier_id if spec.scored else None
-    states = store.batch_state(rollout_ids, verifier_id=verifier_id)
-    active = [r for r in states if r.status == "active"]
+
+    def active_rollouts() -> list[RolloutState]:
+        return [r for r in store.batch_state(rollout_ids, verifier_id=verifier_id) if r.status == "active"]
+
+    active = active_rollouts()
     result: dict[str, Any] = {"finished": 0, "opened": 0, "sampled": 0, "tokens": 0}
 
     # 1. decisions on executed turns, and first turns -----------------------------------------------------------
-    to_finalize = []
-    fresh: list[RolloutState] = []
-    for r in active:
-        t = r.last_turn
-        if t is None:
-            fresh.append(r)
-        elif _turn_complete(t, spec):
-            to_finalize.append(r)
-    chosen_map: dict[int, int] = {}
-    feedback_map: dict[int, str] = {}
-    finish: list[dict[str, Any]] = []
-    open_turns: list[dict[str, Any]] = []
-    if to_finalize:
-        picks = {}
-        for r in to_finalize:
-            t = r.last_turn
-            picks[r.id] = select(spec.selector, t.candidates, seed=selection_seed(r.seed, t.index))
-        executions = store.public_feedback(
-            [c.id for c in picks.values()], harness_tag=spec.harness.tag
-        )
-        for r in to_finalize:
-            t, c = r.last_turn, picks[r.id]
-            if c.id not in executions:
-                raise CollectError(f"candidate {c.id} has verdicts but no public execution in the store")
-            fb = feedback_text(executions[c.id])
-            feedback_map[t.id] = fb
-            if spec.candidates > 1 or not c.chosen or any(o.chosen for o in t.candidates if o.id != c.id):
-                chosen_map[t.id] = c.id
-            if is_done(t.index, spec.turns, c.public_passed, c.private_passed, rule=spec.stop_rule):
-                finish.append(
-                    {
-                        "rollout_id": r.id,
-                        "final_label": bool(c.private_passed),
-                        "public_passed": bool(c.public_passed),
-                    }
-                )
-            else:
-                open_turns.append(
-                    {
-                        "rollout_id": r.id,
-                        "index": t.index + 1,
-                        "messages": append_turn(t.messages, c.response, fb),
-                    }
-                )
-    if fresh:
-        problems = store.collection_problems(r.problem_id for r in fresh)
-        harness = spec.harness
-        for r in fresh:
-            open_turns.append(
-                {"rollout_id": r.id, "index": 1, "messages": initial_messages(harness.view(problems[r.problem_id]))}
-            )
-    if chosen_map or feedback_map or finish or open_turns:
-        store.advance_batch(chosen=chosen_map, feedback=feedback_map, finish=finish, open_turns=open_turns)
+    executed = [r for r in active if r.last_turn is not None and _turn_complete(r.last_turn, spec)]
+    chosen, feedback, finish, open_turns = _decide_executed_turns(store, spec, executed)
+    open_turns += _first_turns(store, spec, [r for r in active if r.last_turn is None])
+    if chosen or feedback or finish or open_turns:
+        store.advance_batch(chosen=chosen, feedback=feedback, finish=finish, open_turns=open_turns)
         result["finished"] = len(finish)
         result["opened"] = len(open_turns)
-        states = store.batch_state(rollout_ids, verifier_id=verifier_id)
-        active = [r for r in states if r.status == "active"]
+        active = active_rollouts()
 
     # 2. sample every open turn that has fewer than N candidates: one backend call per generator --------------
     to_sample = [
@@ -538,45 +491,14 @@ def advance_batch(
     ]
     if to_sample:
         result.update(sample_open_turns(store, spec, to_sample, backend_loader))
-        states = store.batch_state(rollout_ids, verifier_id=verifier_id)
-        active = [r for r in states if r.status == "active"]
+        active = active_rollouts()
 
     # 3. the successor ----------------------------------------------------------------------------------------
-    unexecuted = [c.id for r in active for c in r.last_turn.candidates if not c.executed]
-    unscored = (
-        [c.id for r in active for c in r.last_turn.candidates if c.score is None] if spec.scored else []
-    )
-    turn = max((r.last_turn.index for r in active), default=0)
     result["active"] = len(active)
-    if unexecuted or unscored:
-        then = _sample_job(owner, generation, batch, rollout_ids, step=turn)
-        then_ref = {"task": then[0], "kwargs": then[1]}
-        if spec.scored and unscored:
-            score_key = step_key(owner, generation, batch, "score", turn)
-            score_kwargs = {"verifier_id": spec.verifier_id, "candidate_ids": unscored, "then": then_ref,
-                            "job_key": score_key}
-            if unexecuted:
-                score_ref = {"task": "mucode.score", "kwargs": score_kwargs}
-                _resubmit_guard(store, owner, step_key(owner, generation, batch, "execute", turn))
-                store.record_job(score_key, "score", "score", _brief(score_kwargs), **owner.as_dict())
-                _queue(
-                    store,
-                    owner,
-                    "mucode.execute",
-                    {"candidate_ids": unexecuted, "then": score_ref, "harness": spec.harness.as_dict()},
-                    step_key(owner, generation, batch, "execute", turn),
-                )
-                result["queued"] = "execute+score"
-            else:
-                _resubmit_guard(store, owner, score_key)
-                _queue(store, owner, "mucode.score", score_kwargs, score_key)
-                result["queued"] = "score"
-        else:
-            key = step_key(owner, generation, batch, "execute", turn)
-            _resubmit_guard(store, owner, key)
-            _queue(store, owner, "mucode.execute",
-                   {"candidate_ids": unexecuted, "then": then_ref, "harness": spec.harness.as_dict()}, key)
-            result["queued"] = "execute"
+    queued = _queue_successor(store, owner, spec, active, batch=batch, rollout_ids=rollout_ids,
+                              generation=generation)
+    if queued is not None:
+        result["queued"] = queued
         return result
     if active:  # active rollouts with nothing to do would stall the chain: say so
         raise CollectError(
@@ -587,6 +509,88 @@ def advance_batch(
     return result
 
 
+def _decide_executed_turns(store: Store, spec: CollectSpec, rollouts: list[RolloutState]):
+    """For rollouts whose last turn is executed (and scored): the pick, its feedback, and whether the rollout
+    finishes or opens its next turn. Returns (chosen, feedback, finish, open_turns) as ``store.advance_batch``
+    takes them."""
+    from app.env import append_turn, feedback_text, is_done
+    from app.selection import select, selection_seed
+
+    chosen: dict[int, int] = {}
+    feedback: dict[int, str] = {}
+    finish: list[dict[str, Any]] = []
+    open_turns: list[dict[str, Any]] = []
+    if not rollouts:
+        return chosen, feedback, finish, open_turns
+    picks = {
+        r.id: select(spec.selector, r.last_turn.candidates, seed=selection_seed(r.seed, r.last_turn.index))
+        for r in rollouts
+    }
+    executions = store.public_feedback([c.id for c in picks.values()], harness_tag=spec.harness.tag)
+    for r in rollouts:
+        t, c = r.last_turn, picks[r.id]
+        if c.id not in executions:
+            raise CollectError(f"candidate {c.id} has verdicts but no public execution in the store")
+        fb = feedback[t.id] = feedback_text(executions[c.id])
+        if spec.candidates > 1 or not c.chosen or any(o.chosen for o in t.candidates if o.id != c.id):
+            chosen[t.id] = c.id
+        if is_done(t.index, spec.turns, c.public_passed, c.private_passed, rule=spec.stop_rule):
+            finish.append({"rollout_id": r.id, "final_label": bool(c.private_passed),
+                           "public_passed": bool(c.public_passed)})
+        else:
+            messages = append_turn(t.messages, c.response, fb)
+            open_turns.append({"rollout_id": r.id, "index": t.index + 1, "messages": messages})
+    return chosen, feedback, finish, open_turns
+
+
+def _first_turns(store: Store, spec: CollectSpec, fresh: list[RolloutState]) -> list[dict[str, Any]]:
+    """The first turn of each rollout that has none yet: the problem's prompt as the harness shows it."""
+    from app.env import initial_messages
+
+    if not fresh:
+        return []
+    problems = store.collection_problems(r.problem_id for r in fresh)
+    view = spec.harness.view
+    return [{"rollout_id": r.id, "index": 1, "messages": initial_messages(view(problems[r.problem_id]))}
+            for r in fresh]
+
+
+def _queue_successor(store: Store, owner: Owner, spec: CollectSpec, active: list[RolloutState], *, batch: int,
+                     rollout_ids: Sequence[int], generation: int) -> str | None:
+    """Queue the batch's next step: execute (then score) the new candidates, then sample again. Returns what
+    was queued (``execute``, ``score``, ``execute+score``), None when no candidate waits for a verdict or a
+    score."""
+    unexecuted = [c.id for r in active for c in r.last_turn.candidates if not c.executed]
+    unscored = (
+        [c.id for r in active for c in r.last_turn.candidates if c.score is None] if spec.scored else []
+    )
+    if not (unexecuted or unscored):
+        return None
+    turn = max((r.last_turn.index for r in active), default=0)
+    then = _sample_job(owner, generation, batch, rollout_ids, step=turn)
+    then_ref = {"task": then[0], "kwargs": then[1]}
+    execute_key = step_key(owner, generation, batch, "execute", turn)
+    harness = spec.harness.as_dict()
+    if not (spec.scored and unscored):
+        _resubmit_guard(store, owner, execute_key)
+        execute = {"candidate_ids": unexecuted, "then": then_ref, "harness": harness}
+        _queue(store, owner, "mucode.execute", execute, execute_key)
+        return "execute"
+    score_key = step_key(owner, generation, batch, "score", turn)
+    score_kwargs = {"verifier_id": spec.verifier_id, "candidate_ids": unscored, "then": then_ref,
+                    "job_key": score_key}
+    if not unexecuted:
+        _resubmit_guard(store, owner, score_key)
+        _queue(store, owner, "mucode.score", score_kwargs, score_key)
+        return "score"
+    score_ref = {"task": "mucode.score", "kwargs": score_kwargs}
+    _resubmit_guard(store, owner, execute_key)
+    store.record_job(score_key, "score", "score", _brief(score_kwargs), **owner.as_dict())
+    execute = {"candidate_ids": unexecuted, "then": score_ref, "harness": harness}
+    _queue(store, owner, "mucode.execute", execute, execute_key)
+    return "execute+score"
+
+
 def _turn_complete(t, spec: CollectSpec) -> bool:
     if len(t.candidates) < spec.candidates:
         return False
@@ -595,7 +599,7 @@ def _turn_complete(t, spec: CollectSpec) -> bool:
     return not (spec.scored and any(c.score is None for c in t.candidates))
 
 
-def _resubmit_guard(store, owner: Owner, key: str) -> None:
+def _resubmit_guard(store: Store, owner: Owner, key: str) -> None:
     """An execute/score step queued again in the same generation means its job ran without giving every
     candidate a verdict (or a score); after MAX_RESUBMITS the chain stops with a clear error."""
     job = store.get_job(key)
@@ -611,7 +615,7 @@ def _resubmit_guard(store, owner: Owner, key: str) -> None:
 
 
 def sample_open_turns(
-    store, spec: CollectSpec, rollouts: list[RolloutState], backend_loader: Callable[[str, str], Any]
+    store: Store, spec: CollectSpec, rollouts: list[RolloutState], backend_loader: Callable[[str, str], Any]
 ) -> dict[str, Any]:
     """Sample N candidates for each rollout's open turn (one backend call per generator) and write them."""
     from app.env import extract_code
@@ -679,7 +683,7 @@ def storable_text(text: str) -> str:
     return text.replace("\x00", "\ufffd") if "\x00" in text else text
 
 
-def _finish_collection(store, owner: Owner, spec: CollectSpec, *, force: bool = False) -> bool:
+def _finish_collection(store: Store, owner: Owner, spec: CollectSpec, *, force: bool = False) -> bool:
     """When no rollout of the collection is active: mark it done and queue its ``then`` (once; ``force``
     queues it again, for resume). Returns whether the collection is finished."""
     counts = store.collection_counts(owner)
@@ -699,7 +703,7 @@ def _finish_collection(store, owner: Owner, spec: CollectSpec, *, force: bool = 
 
 
 # -- status ---------------------------------------------------------------------------------------------------------
-def status(store, owner: Owner | dict[str, int]) -> dict[str, Any]:
+def status(store: Store, owner: Owner | dict[str, int]) -> dict[str, Any]:
     owner = Owner.of(owner)
     spec, generation, state = get_spec(store, owner)
     counts = store.collection_counts(owner)
@@ -722,7 +726,7 @@ def status(store, owner: Owner | dict[str, int]) -> dict[str, Any]:
 
 
 def wait(
-    store,
+    store: Store,
     owner: Owner | dict[str, int],
     *,
     timeout: float = 3600.0,

@@ -74,5 +74,5 @@ def check_broker(timeout: float = 5.0) -> None:
     try:
         with celery_app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=timeout)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise BrokerUnavailable(f"cannot reach the broker at {get_settings().broker_url}: {exc}") from exc

@@ -34,7 +34,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from app.rounds import StepRecord
+
+if TYPE_CHECKING:
+    from app.store import Store
 
 log = logging.getLogger("mucode.healer")
 
@@ -83,7 +88,7 @@ def _age(ts: datetime | None, now: datetime) -> float:
 class _Current:
     """Is a job row of the current attempt (round jobs) or generation (collection jobs)? Cached per sweep."""
 
-    def __init__(self, store) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
         self._attempts: dict[tuple[int, str], tuple[str, int]] = {}
         self._generations: dict[str, int] = {}
@@ -93,8 +98,8 @@ class _Current:
         if parts[0] == "round" and len(parts) == 4 and parts[3].startswith("a"):
             rid, step, attempt = int(parts[1]), parts[2], int(parts[3][1:])
             if (rid, step) not in self._attempts:
-                rec = (self.store.get_round(rid).steps or {}).get(step) or {}
-                self._attempts[(rid, step)] = (rec.get("state", "pending"), int(rec.get("attempt") or 0))
+                rec = StepRecord.of((self.store.get_round(rid).steps or {}).get(step))
+                self._attempts[(rid, step)] = (rec.state, rec.attempt)
             state, current = self._attempts[(rid, step)]
             return state == "running" and attempt == current
         if parts[0] == "collect" and "/g" in key:
@@ -115,7 +120,7 @@ def observe(broker_url: str) -> InFlight:
     return InFlight.from_beacons(read_beacons(broker_url), None if depths is None or "error" in depths else depths)
 
 
-def inspect(store, flight: InFlight, *, grace: float, now: datetime | None = None,
+def inspect(store: Store, flight: InFlight, *, grace: float, now: datetime | None = None,
             only: tuple[str, int] | None = None) -> list[Finding]:
     """The running rounds and standalone evaluations (or ``only`` that one) that cannot move on by themselves,
     and why."""
@@ -161,7 +166,8 @@ def inspect(store, flight: InFlight, *, grace: float, now: datetime | None = Non
 class Healer:
     """Sweeps every ``interval`` seconds; acts on what two sweeps in a row found."""
 
-    def __init__(self, store, broker_url: str, *, interval: float | None = None, grace: float | None = None) -> None:
+    def __init__(self, store: Store, broker_url: str, *, interval: float | None = None,
+                 grace: float | None = None) -> None:
         from app.config import get_settings
 
         settings = get_settings()
@@ -216,9 +222,8 @@ class Healer:
         if kind == "round":
             plan = resume_round(self.store, oid)
             if plan.get("resumed"):
-                rec = (self.store.get_round(oid).steps or {}).get(plan["resumed"]) or {}
-                self.store.update_round_step(oid, plan["resumed"], heals=int(rec.get("heals") or 0) + 1,
-                                             healed=f.reason)
+                rec = StepRecord.of((self.store.get_round(oid).steps or {}).get(plan["resumed"]))
+                self.store.update_round_step(oid, plan["resumed"], heals=rec.heals + 1, healed=f.reason)
             return {"owner": f.owner, "action": "resumed", "reason": f.reason, "plan": plan}
         collect.resume(self.store, Owner(evaluation_id=oid))
         return {"owner": f.owner, "action": "resumed", "reason": f.reason}

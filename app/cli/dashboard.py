@@ -1,4 +1,4 @@
-"""CLI: mucode dashboard - runs the Streamlit app in dashboard/app.py."""
+"""CLI: mucode dashboard - runs the Streamlit app in dashboard/home.py."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ from pathlib import Path
 
 import typer
 
-APP_PATH = Path(__file__).resolve().parents[2] / "dashboard" / "app.py"
+APP_PATH = Path(__file__).resolve().parents[2] / "dashboard" / "home.py"
 
 
 def dashboard_command(port: int, address: str, headless: bool = True) -> list[str]:
-    """The ``python -m streamlit run dashboard/app.py`` command line."""
+    """The ``python -m streamlit run dashboard/home.py`` command line."""
     return [
         sys.executable, "-m", "streamlit", "run", str(APP_PATH),
         "--server.port", str(port),
@@ -59,7 +59,7 @@ def register(root: typer.Typer) -> None:
         if os.name == "posix":  # become the server: signals (Ctrl-C, SIGTERM) reach Streamlit directly
             sys.stdout.flush()
             sys.stderr.flush()
-            os.execve(cmd[0], cmd, env)
+            os.execve(cmd[0], cmd, env)  # noqa: S606 - replaces this process with streamlit, as `exec` does
         proc = subprocess.Popen(cmd, env=env)
         try:
             code = proc.wait()

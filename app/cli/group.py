@@ -41,7 +41,7 @@ def group_create(
                                            "(applied over the preset), shared by every member."),
     preset: str = typer.Option("mucode", "--preset", help="The protocol every member starts from (as "
                                "`experiment create --preset`)."),
-    methods: list[str] = typer.Option(  # noqa: B008
+    methods: list[str] = typer.Option(
         None, "--method", help="Only these methods (repeat; default: mucode, multi_rft, rft, rft_lv)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
@@ -50,8 +50,8 @@ def group_create(
     and print Table 1 with `mucode report NAME`."""
     from pathlib import Path
 
-    from app.cli.experiment import build_config, create_experiment, read_config_file
     from app.errors import ConfigError
+    from app.experiments import build_config, create_experiment, read_config_file
     from app.model_registry import resolve_model
     from app.presets import merge
     from app.store.report import GROUP_METHODS, group_member_name
@@ -92,20 +92,20 @@ def group_run(
     """`mucode round run` for every member of the group, in turn (embedded mode runs each to the end here;
     with a broker all rounds are queued). A member that fails does not stop the others; the command then
     exits 1."""
-    from app.cli.experiment import _drive
+    from app.cli.experiment import run_round
+    from app.experiments import create_round
     from workers.dispatch import check_broker
-    from workers.tasks import rounds as tasks
 
     check_broker()
     store = get_store()
     failed = []
     for exp in _members_or_fail(store, name):
-        rid = tasks.create_round(store, exp.name, final=final)
+        rid = create_round(store, exp.name, final=final)
         rnd = store.get_round(rid)
         console.print(f"{'final ' if final else ''}round {rnd.index} of [bold]{exp.name}[/] (id {rid})",
                       highlight=False)
         try:
-            _drive(store, rid, lambda rid=rid: tasks.queue_round(rid), wait=wait, as_json=False)
+            run_round(store, rid, wait=wait)
         except typer.Exit as exc:
             if exc.exit_code:
                 failed.append(exp.name)
@@ -118,7 +118,7 @@ def group_run(
 @group_app.command("show")
 def group_show(name: str = typer.Argument(...), as_json: bool = typer.Option(False, "--json")) -> None:
     """The group's experiments with their rounds."""
-    from rich.table import Table
+    from app.display import print_experiments
 
     store = get_store()
     ids = {e.id for e in _members_or_fail(store, name)}
@@ -126,8 +126,4 @@ def group_show(name: str = typer.Argument(...), as_json: bool = typer.Option(Fal
     if as_json:
         print_json(rows)
         return
-    t = Table("experiment", "method", "base model", "rounds", "latest")
-    for r in rows:
-        latest = "–" if r["latest_round"] is None else f"r{r['latest_round']} {r['latest_status']}"
-        t.add_row(r["name"], r["method"], str(r["base_model"]), f"{r['rounds_done']}/{r['rounds']}", latest)
-    console.print(t)
+    print_experiments(console, rows, name_column="experiment")

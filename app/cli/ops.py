@@ -319,7 +319,7 @@ def _install_hooks(celery_app: Any, plan: WorkerPlan, broker_url: str) -> None:
         state["beacon"] = beacon
         if "control" in plan.queues:  # lost work is found and queued again (workers/healer.py)
             from workers.healer import Healer
-            from workers.tasks.sample import worker_store
+            from workers.stores import worker_store
 
             healer = Healer(worker_store(), broker_url)
             healer.start()

@@ -67,7 +67,7 @@ def list_(
         return
     # Columns a filter makes constant are left out, to leave room for the text.
     headers = ("id", "problem", "dataset", "split", "entry point", "tests s/p/p", "text")
-    keep = [i for i, h in enumerate(headers) if not (h == "dataset" and dataset or h == "split" and split)]
+    keep = [i for i, h in enumerate(headers) if not ((h == "dataset" and dataset) or (h == "split" and split))]
     rows = [
         tuple(
             (

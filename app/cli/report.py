@@ -23,7 +23,7 @@ def register(root: typer.Typer) -> None:
 
 
 def report_command(
-    experiments: list[str] = typer.Argument(..., help="Experiments (or an experiment group: its members)."),  # noqa: B008
+    experiments: list[str] = typer.Argument(..., help="Experiments (or an experiment group: its members)."),
     fmt: str = typer.Option("table", "--format", "-f", help="table | markdown | latex | csv | json."),
     per_turn: bool = typer.Option(False, "--per-turn", help="A column per turn t = 1..T (cumulative)."),
     metric: str = typer.Option("true", "--metric", help="true (problems solved, the paper's number) | public | "
@@ -36,7 +36,7 @@ def report_command(
     level: float = typer.Option(0.95, "--level", help="Confidence level of the intervals."),
     resamples: int = typer.Option(10_000, "--resamples", help="Bootstrap resamples."),
     seed: int = typer.Option(0, "--seed", help="Bootstrap seed (the same seed gives the same intervals)."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Write to this file instead of stdout."),  # noqa: B008
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write to this file instead of stdout."),
 ) -> None:
     """The paper's Table 1 over one or more experiments: a row per method and generator (Instruct = the base
     model G0), a column per dataset and search (greedy; Best-of-N with each selector), every cell with its
@@ -209,9 +209,9 @@ def to_json(rep) -> str:
 # -- export -----------------------------------------------------------------------------------------------
 def export_command(
     experiment: str = typer.Argument(..., help="The experiment."),
-    out: Path = typer.Option(..., "--out", "-o", help="Folder to write one file per table into."),  # noqa: B008
+    out: Path = typer.Option(..., "--out", "-o", help="Folder to write one file per table into."),
     fmt: str = typer.Option("parquet", "--format", "-f", help="parquet | csv."),
-    tables: list[str] = typer.Option(  # noqa: B008
+    tables: list[str] = typer.Option(
         None, "--table", "-t", help="Only these tables (repeat): rollouts, turns, candidates, executions, "
         "verifier_scores, evaluations, evaluation_results. Default: all."),
     text: bool = typer.Option(True, "--text/--no-text", help="Include the long text columns (messages, "

@@ -1,4 +1,4 @@
-"""CLI: ``mucode rollouts collect|resume|status`` -- a standalone rollout collection (issue 4).
+"""CLI: ``mucode rollouts collect|resume|status`` -- a standalone rollout collection.
 
 A standalone collection is stored as an ``evaluations`` row with mode ``collect`` (its rollouts hang off that
 evaluation, so they never enter a round's training tables); rounds and evaluations run the same pipeline
@@ -20,11 +20,6 @@ app = typer.Typer(
 
 def register(root: typer.Typer) -> None:
     root.add_typer(app, name="rollouts")
-
-
-def _parse_dataset(spec: str) -> tuple[str, str | None]:
-    name, _, split = spec.partition(":")
-    return name, (split or None)
 
 
 def _collection(store, name: str):
@@ -86,7 +81,7 @@ def collect(
     top_p: float = typer.Option(1.0, "--top-p", min=0.0, max=1.0, help="In (0, 1]."),
     max_new_tokens: int = typer.Option(1000, "--max-new-tokens", min=1),
     stop_after_code: bool = typer.Option(
-        False, "--stop-after-code", help="End a response where its first code block closes (transformers)."
+        False, "--stop-after-code", help="End a response where its first code block closes."
     ),
     stop_rule: str = typer.Option("public", "--stop-rule", help="public | public_and_private."),
     prelude: bool = typer.Option(
@@ -112,10 +107,8 @@ def collect(
     as_json: bool = typer.Option(False, "--json", help="Print the final status as JSON."),
 ) -> None:
     """Create a collection (problem x M rollouts) and queue it; in embedded mode it runs to the end here."""
-    from pydantic import ValidationError
-
-    from app.errors import ConfigError
     from app.model_registry import resolve_model
+    from app.rounds import parse_dataset
     from workers import collect as pipeline
     from workers.dispatch import check_broker, in_process
 
@@ -125,48 +118,74 @@ def collect(
     verifier_id = None
     if verifier is not None:
         verifier_id = store.get_model_version(int(verifier) if verifier.isdigit() else verifier).id
-    try:
-        spec = pipeline.CollectSpec(
-            backend=backend, turns=turns, samples_per_problem=rollouts, candidates=candidates, selector=selector,
-            verifier_id=verifier_id, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
-            stop_after_code=stop_after_code, stop_rule=stop_rule, batch_size=batch_size, seed=seed,
-            import_prelude=prelude, shown_tests=shown_tests,
-        )  # fmt: skip
-    except ValidationError as exc:
-        raise ConfigError(
-            "invalid collection settings: " + "; ".join(e["msg"] for e in exc.errors())
-        ) from exc
-    ds_name, split = _parse_dataset(dataset)
+    spec = _collect_spec(
+        backend=backend, turns=turns, samples_per_problem=rollouts, candidates=candidates, selector=selector,
+        verifier_id=verifier_id, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+        stop_after_code=stop_after_code, stop_rule=stop_rule, batch_size=batch_size, seed=seed,
+        import_prelude=prelude, shown_tests=shown_tests,
+    )  # fmt: skip
+    ds_name, split = parse_dataset(dataset)
     problem_ids = pipeline.dataset_problem_ids(store, ds_name, split, limit)
-    from app.model_registry import provenance, version_name
-
-    generator_id = store.ensure_model_version(version_name(model, uri), "generator", model, uri,
-                                              config=provenance(uri))
     name = (
         name
         or f"collect-{ds_name}{'-' + split if split else ''}-{len(problem_ids)}x{rollouts}-T{turns}-s{seed}"
     )
-    existing = store.find_evaluation(name)
-    if existing is not None and existing.mode != "collect":
-        raise ConfigError(f"{name!r} is the name of a {existing.mode} evaluation, not of a collection")
-    ev_id = store.create_evaluation(
-        name, generator_id=generator_id, dataset=ds_name, split=split, mode="collect", selector=selector,
-        verifier_id=verifier_id, num_candidates=candidates, num_chains=rollouts, max_turns=turns,
-        config=spec.model_dump(mode="json"),
-    )  # fmt: skip
-    from app.store.rollouts import Owner
-
-    owner = Owner(evaluation_id=ev_id)
-    created = pipeline.create_collection(store, owner, problem_ids, spec, generator_id=generator_id)
+    owner, created = _create_collection(store, name, model, uri, (ds_name, split), problem_ids, spec)
     if not as_json:
         console.print(
-            f"collection [bold]{name}[/]: {created['rollouts']} rollouts ({len(problem_ids)} problems x {rollouts}), "
-            f"{created['created']} new; model {uri}",
+            f"collection [bold]{name}[/]: {created['rollouts']} rollouts ({len(problem_ids)} problems x "
+            f"{rollouts}), {created['created']} new; model {uri}",
             highlight=False,
         )
     queued = pipeline.start(store, owner)
     if not in_process() and not as_json:
         console.print(f"queued {queued['queued_batches']} batches (generation {queued['generation']})")
+    _follow(store, owner, name, wait=wait, as_json=as_json)
+
+
+def _collect_spec(**fields):
+    """The collection's ``CollectSpec``; invalid settings are a ConfigError naming each problem."""
+    from pydantic import ValidationError
+
+    from app.errors import ConfigError
+    from workers.collect import CollectSpec
+
+    try:
+        return CollectSpec(**fields)
+    except ValidationError as exc:
+        raise ConfigError(
+            "invalid collection settings: " + "; ".join(e["msg"] for e in exc.errors())
+        ) from exc
+
+
+def _create_collection(store, name: str, model: str, uri: str, dataset: tuple[str, str | None],
+                       problem_ids: list[int], spec):
+    """The collection's evaluation row (mode ``collect``) and its rollouts: (owner, what was created). A
+    name that belongs to another kind of evaluation is an error."""
+    from app.errors import ConfigError
+    from app.model_registry import provenance, version_name
+    from app.store.rollouts import Owner
+    from workers import collect as pipeline
+
+    generator_id = store.ensure_model_version(version_name(model, uri), "generator", model, uri,
+                                              config=provenance(uri))
+    existing = store.find_evaluation(name)
+    if existing is not None and existing.mode != "collect":
+        raise ConfigError(f"{name!r} is the name of a {existing.mode} evaluation, not of a collection")
+    ev_id = store.create_evaluation(
+        name, generator_id=generator_id, dataset=dataset[0], split=dataset[1], mode="collect",
+        selector=spec.selector, verifier_id=spec.verifier_id, num_candidates=spec.candidates,
+        num_chains=spec.samples_per_problem, max_turns=spec.turns, config=spec.model_dump(mode="json"),
+    )  # fmt: skip
+    owner = Owner(evaluation_id=ev_id)
+    return owner, pipeline.create_collection(store, owner, problem_ids, spec, generator_id=generator_id)
+
+
+def _follow(store, owner, name: str, *, wait: bool, as_json: bool) -> None:
+    """With a broker and ``wait``: until every rollout is done. Then the collection's status."""
+    from workers import collect as pipeline
+    from workers.dispatch import in_process
+
     if wait and not in_process():
         pipeline.wait(store, owner, timeout=7 * 24 * 3600, poll=2.0)
     st = pipeline.status(store, owner)
@@ -184,7 +203,7 @@ def resume(
 ) -> None:
     """Queue exactly the missing work of a collection (after a crash, a killed worker, a failed job)."""
     from workers import collect as pipeline
-    from workers.dispatch import check_broker, in_process
+    from workers.dispatch import check_broker
 
     check_broker()
     store = get_store()
@@ -195,11 +214,7 @@ def resume(
             f"resumed {name}: {queued['queued_batches']} batches queued (generation {queued['generation']})",
             highlight=False,
         )
-    if wait and not in_process():
-        pipeline.wait(store, owner, timeout=7 * 24 * 3600, poll=2.0)
-    st = pipeline.status(store, owner)
-    st["name"] = name
-    _print_status(st, as_json)
+    _follow(store, owner, name, wait=wait, as_json=as_json)
 
 
 @app.command()

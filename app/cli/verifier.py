@@ -133,10 +133,11 @@ def train_cmd(
     base_model = base_model or exp_base
     if not base_model:
         raise MucodeError("--base-model is required (hub name, local path or pulled model)")
-    from trainers.verifier.model import resolve_base_model
+    from trainers.common import resolve_base_model
 
     resolve_base_model(base_model)  # a bad path fails here, before anything is built or loaded
-    overrides = {"loss": loss, "use_lora": lora, "learning_rate": learning_rate, "epochs": epochs, "max_steps": max_steps,
+    overrides = {"loss": loss, "use_lora": lora, "learning_rate": learning_rate, "epochs": epochs,
+                 "max_steps": max_steps,
                      "per_device_batch_size": per_device_batch_size, "effective_batch_size": effective_batch_size,
                      "max_length": max_length, "pairs_per_problem": pairs_per_problem,
                      "pair_sampling": pair_sampling, "holdout_fraction": holdout_fraction, "seed": seed}

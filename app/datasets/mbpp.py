@@ -95,6 +95,22 @@ def load_mbpp(data_dir: Path) -> ParsedDataset:
     return ParsedDataset("mbpp", path, sha256_files([path]), problems)
 
 
+def _sanitized_style_problem(r: dict, prefix: str, where: str, seen: set[int], **extra) -> ProblemSpec:
+    """One record of the sanitized-style files (MBPP sanitized, MBPP+): prompt, code, test_list, test_imports."""
+    task_id = field_of(r, "task_id", int, where)
+    _unique(seen, task_id, where)
+    return mbpp_problem(
+        f"{prefix}/{task_id}",
+        task_id,
+        where,
+        prompt=field_of(r, "prompt", str, where),
+        code=field_of(r, "code", str, where),
+        tests=field_of(r, "test_list", list, where),
+        setup_code="\n".join(field_of(r, "test_imports", list, where)),
+        **extra,
+    )
+
+
 def load_mbpp_sanitized(data_dir: Path) -> ParsedDataset:
     path = require_file(data_dir, SANITIZED_FILE)
     problems, seen = [], set()
@@ -102,19 +118,7 @@ def load_mbpp_sanitized(data_dir: Path) -> ParsedDataset:
         where = f"{path}, record {n}"
         if not isinstance(r, dict):
             raise DataError(f"{where}: expected a JSON object")
-        task_id = field_of(r, "task_id", int, where)
-        _unique(seen, task_id, where)
-        problems.append(
-            mbpp_problem(
-                f"mbpp_sanitized/{task_id}",
-                task_id,
-                where,
-                prompt=field_of(r, "prompt", str, where),
-                code=field_of(r, "code", str, where),
-                tests=field_of(r, "test_list", list, where),
-                setup_code="\n".join(field_of(r, "test_imports", list, where)),
-            )
-        )
+        problems.append(_sanitized_style_problem(r, "mbpp_sanitized", where, seen))
     return ParsedDataset("mbpp_sanitized", path, sha256_files([path]), problems)
 
 
@@ -124,18 +128,6 @@ def load_mbpp_plus(data_dir: Path) -> ParsedDataset:
     problems, seen = [], set()
     for lineno, r in read_jsonl(path):
         where = f"{path}, line {lineno}"
-        task_id = field_of(r, "task_id", int, where)
-        _unique(seen, task_id, where)
-        problems.append(
-            mbpp_problem(
-                f"MbppPlus/{task_id}",
-                task_id,
-                where,
-                prompt=field_of(r, "prompt", str, where),
-                code=field_of(r, "code", str, where),
-                tests=field_of(r, "test_list", list, where),
-                setup_code="\n".join(field_of(r, "test_imports", list, where)),
-                private_tests=[field_of(r, "test", str, where)],
-            )
-        )
+        private = [field_of(r, "test", str, where)]
+        problems.append(_sanitized_style_problem(r, "MbppPlus", where, seen, private_tests=private))
     return ParsedDataset("mbpp_plus", path, sha256_files([path]), problems)

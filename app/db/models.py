@@ -7,7 +7,7 @@ indexes the trainers and the dashboard query by. JSON columns are JSONB on Postg
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -42,19 +42,27 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 
-# Vocabularies (stored as plain strings, checked in Python; adding a value needs no migration).
+# Vocabularies. Statuses and kinds are CHECK constraints (a typo in a writer fails at once instead of storing a
+# state nobody reads); adding a value needs a migration. Splits are checked where problems are asked for.
 SPLITS = ("prompt", "train", "validation", "test")
 MODEL_KINDS = ("generator", "verifier")
 SUITE_KINDS = ("public", "private")
 EXEC_STATUSES = ("passed", "failed", "error", "timeout", "memory", "output_limit", "sandbox_error")
 ROLLOUT_STATUSES = ("active", "done")
+RUN_STATUSES = ("pending", "running", "done", "failed")  # a round's and an evaluation's
 # superseded: queued or running when its work was handed to a new attempt (a resume after a killed worker)
 JOB_STATES = ("queued", "running", "done", "failed", "superseded")
 
 
+def one_of(column: str, values: tuple[str, ...]) -> CheckConstraint:
+    """``column IN (...)``, named after the column (``ck_<table>_<column>``)."""
+    listed = ", ".join(f"'{v}'" for v in values)
+    return CheckConstraint(f"{column} IN ({listed})", name=column)
+
+
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING)
-    type_annotation_map = {dict[str, Any]: Json, list[Any]: Json}
+    type_annotation_map: ClassVar = {dict[str, Any]: Json, list[Any]: Json}
 
 
 def _now() -> Any:
@@ -104,7 +112,7 @@ class Problem(Base):
 
 class ModelVersion(Base):
     __tablename__ = "model_versions"
-    __table_args__ = (Index("ix_model_versions_kind", "kind"),)
+    __table_args__ = (Index("ix_model_versions_kind", "kind"), one_of("kind", MODEL_KINDS))
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
@@ -138,7 +146,7 @@ class Experiment(Base):
 
 class Round(Base):
     __tablename__ = "rounds"
-    __table_args__ = (UniqueConstraint("experiment_id", "index"),)
+    __table_args__ = (UniqueConstraint("experiment_id", "index"), one_of("status", RUN_STATUSES))
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     experiment_id: Mapped[int] = mapped_column(ForeignKey("experiments.id", ondelete="CASCADE"))
@@ -161,7 +169,7 @@ class Round(Base):
 
 class Evaluation(Base):
     __tablename__ = "evaluations"
-    __table_args__ = (Index("ix_evaluations_round", "round_id"),)
+    __table_args__ = (Index("ix_evaluations_round", "round_id"), one_of("status", RUN_STATUSES))
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
@@ -210,6 +218,7 @@ class Rollout(Base):
         ),
         Index("ix_rollouts_problem", "problem_id"),
         Index("ix_rollouts_status", "status"),
+        one_of("status", ROLLOUT_STATUSES),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -278,6 +287,8 @@ class Execution(Base):
     __table_args__ = (
         UniqueConstraint("code_hash", "suite_hash", "suite_kind", "sandbox_version"),
         Index("ix_executions_status", "status"),
+        one_of("status", EXEC_STATUSES),
+        one_of("suite_kind", SUITE_KINDS),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
@@ -380,6 +391,7 @@ class Job(Base):
     __tablename__ = "jobs"
     __table_args__ = (
         Index("ix_jobs_state_kind", "state", "kind"),
+        one_of("state", JOB_STATES),
         Index("ix_jobs_round", "round_id"),
     )
 

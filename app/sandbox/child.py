@@ -262,10 +262,11 @@ class Harness:
         self.ns = ns
         try:
             if prefix:
-                exec(_loads(prefix) if isinstance(prefix, bytes) else compile(prefix, PREFIX, "exec"), ns)  # noqa: S102
+                # the prelude, compiled by the executor (marshalled code) or given as text
+                exec(_loads(prefix) if isinstance(prefix, bytes) else compile(prefix, PREFIX, "exec"), ns)  # noqa: S102, S302
             exec(compile(code, SOLUTION, "exec", dont_inherit=True), ns)  # noqa: S102 - running it is the point
             if setup_imports:
-                exec(_loads(setup_imports) if isinstance(setup_imports, bytes)  # noqa: S102
+                exec(_loads(setup_imports) if isinstance(setup_imports, bytes)  # noqa: S102, S302
                      else compile(setup_imports, SETUP, "exec"), ns)
         except BaseException as exc:  # noqa: BLE001 - SystemExit and KeyboardInterrupt too
             self._send(("loaderr", self._info(exc)))

@@ -87,8 +87,9 @@ class Sandbox:
     ``workers``: programs run in parallel (default: the ``sandbox_workers`` setting, 0 = CPUs).
     ``allow_weak_isolation``: start even when a protection is missing (default: the setting); otherwise
     ``start()`` raises :class:`SandboxUnavailable` naming what is missing.
-    ``send_ahead``: a test loop's calls of the program go out ahead of the loop (``judge.map_loops``); off, each
-    call waits for the previous answer (the baseline of ``bench/sandbox_loops.py``, and a check when in doubt).
+    ``send_ahead``: a test loop's calls of the program go out ahead of the loop (``prefetch.map_loops``); off,
+    each call waits for the previous answer (the baseline of ``bench/sandbox_loops.py``, and a check when in
+    doubt).
     """
 
     def __init__(self, workers: int | None = None, *, limits: Limits | None = None,
@@ -162,7 +163,7 @@ class Sandbox:
             finally:
                 theirs.close()
             try:
-                status, info = pickle.loads(wire.recv_frame(ours.fileno(), time.monotonic() + START_TIMEOUT_S))
+                status, info = pickle.loads(wire.recv_frame(ours.fileno(), time.monotonic() + START_TIMEOUT_S))  # noqa: S301 - between the sandbox's own processes; the program's process speaks only wire
             except (wire.WireError, OSError, EOFError, pickle.PickleError) as exc:
                 proc.kill()
                 proc.wait()
@@ -208,7 +209,7 @@ class Sandbox:
         assert self._sock is not None
         fd = self._sock.fileno()
         wire.send_frame(fd, pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL))
-        return pickle.loads(wire.recv_frame(fd, time.monotonic() + timeout))
+        return pickle.loads(wire.recv_frame(fd, time.monotonic() + timeout))  # noqa: S301 - between the sandbox's own processes; the program's process speaks only wire
 
     def run_raw(self, items: Sequence[tuple[Any, str, str]], *, collect: bool = False,
                 prelude: bool = False) -> list[dict[str, Any]]:
@@ -285,7 +286,7 @@ class Sandbox:
         if not items:
             return []
         out = []
-        for (_, _, kind), r in zip(items, self.run_raw(items, prelude=prelude)):
+        for r in self.run_raw(items, prelude=prelude):
             if r.get("status") == "sandbox_error":
                 out.append(ExecutionResult.infra_error(r.get("error", "unknown")))
             else:

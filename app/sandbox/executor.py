@@ -48,8 +48,11 @@ from collections import deque
 from dataclasses import asdict
 from typing import Any
 
-from app.sandbox import cgroups, child, isolation, judge, verdict, wire  # noqa: F401 - preloaded for the forks
-from app.sandbox import feedback as _feedback  # noqa: F401
+from app.sandbox import cgroups, child, isolation, judge, remote, wire
+from app.sandbox import feedback as _feedback  # noqa: F401 - preloaded for the forks
+from app.sandbox import prefetch as _prefetch  # noqa: F401
+from app.sandbox import verdict as _verdict  # noqa: F401
+from app.sandbox.suite import compile_suite
 from app.sandbox.types import Limits
 
 # Imported in the zygote so that no program (and no judge) pays for them.
@@ -298,7 +301,7 @@ class Zygote:
                     os._exit(1)
             z.serve()
         theirs.close()
-        status, detail = pickle.loads(mine.recv(1 << 16) or pickle.dumps(("error", "no answer")))
+        status, detail = pickle.loads(mine.recv(1 << 16) or pickle.dumps(("error", "no answer")))  # noqa: S301 - between the sandbox's own processes; the program's process speaks only wire
         if status != "ready":
             mine.close()
             os.waitpid(pid, 0)
@@ -401,7 +404,7 @@ class Zygote:
         if not msg:
             self._judge_gone(sock)
             return
-        req = pickle.loads(msg)
+        req = pickle.loads(msg)  # noqa: S301 - between the sandbox's own processes; the program's process speaks only wire
         if req[0] == "spawn":
             slot = self.judges[sock]
             if slot in self.live:
@@ -568,7 +571,7 @@ class _Candidate:
             msg, fds, _, _ = socket.recv_fds(self.z, 4096, 1)
             if not msg:
                 raise OSError("the zygote is gone")
-            reply = pickle.loads(msg)
+            reply = pickle.loads(msg)  # noqa: S301 - between the sandbox's own processes; the program's process speaks only wire
             if reply[0] == "spawned":
                 self.pid = reply[1]
                 self.pidfd = fds[0] if fds else None
@@ -607,7 +610,7 @@ class _Candidate:
             msg = self.z.recv(4096)
             if not msg:
                 raise OSError("the zygote is gone")
-            reply = pickle.loads(msg)
+            reply = pickle.loads(msg)  # noqa: S301 - between the sandbox's own processes; the program's process speaks only wire
             if reply[0] == "status" and reply[1] == self.pid:
                 self.oom_killed = bool(reply[3:4] and reply[3])
                 return reply[2]
@@ -650,8 +653,8 @@ def limit_judge_memory(cfg: ZygoteConfig) -> int:
     Returns the limit in bytes."""
     import resource
 
-    os.environ.update({k: "1" for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
-                                         "NUMEXPR_NUM_THREADS")})
+    threads = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+    os.environ.update(dict.fromkeys(threads, "1"))
     total = (cfg.base_vm or isolation.vm_size()) + (cfg.limits.judge_memory_mb << 20)
     resource.setrlimit(resource.RLIMIT_AS, (total, total))
     return total
@@ -683,7 +686,7 @@ def judge_server(e_fd: int, z: socket.socket, zn: socket.socket | None, slot: in
     nxt = candidate(False)
     while True:
         try:
-            msg = pickle.loads(wire.recv_frame(e_fd))
+            msg = pickle.loads(wire.recv_frame(e_fd))  # noqa: S301 - between the sandbox's own processes; the program's process speaks only wire
         except (wire.WireError, OSError, EOFError):
             nxt.kill()
             os._exit(0)
@@ -720,7 +723,7 @@ def _judge_one(cand: _Candidate, suite: dict[str, Any], code: str, collect: bool
                send_ahead: bool = True) -> dict[str, Any]:
     started = time.monotonic()
     job = {"code": code, "tests": suite["tests"], "compiled": suite["compiled"], "collect": collect}
-    conn = judge.Conn(cand.j_sock.fileno(), started + limits.timeout_s, send_ahead=send_ahead)
+    conn = remote.Conn(cand.j_sock.fileno(), started + limits.timeout_s, send_ahead=send_ahead)
     jd = judge.Judge(job, conn, limits)
     try:
         run = jd.judge()
@@ -732,7 +735,7 @@ def _judge_one(cand: _Candidate, suite: dict[str, Any], code: str, collect: bool
             run.fatal = run.fatal or "memory"
         result = judge.result_of(jd, run, limits, wait_status=status, alone=alone, out_fd=cand.out_fd,
                                  err_fd=cand.err_fd, started=started)
-        result["judge"] = {**judge_usage(), "received_bytes": judge.JOB_BYTES - conn.bytes_left,
+        result["judge"] = {**judge_usage(), "received_bytes": remote.JOB_BYTES - conn.bytes_left,
                            "received_values": conn.values[0], "received_objects": conn.objects}
         return result
     except BaseException as exc:  # noqa: BLE001 - a bug here must come back as sandbox_error, not a verdict
@@ -839,7 +842,7 @@ class Executor:
             zygote_main(theirs, cfg)
             os._exit(0)
         theirs.close()
-        status, detail = pickle.loads(ours.recv(1 << 16) or pickle.dumps(("error", "no answer")))
+        status, detail = pickle.loads(ours.recv(1 << 16) or pickle.dumps(("error", "no answer")))  # noqa: S301 - between the sandbox's own processes; the program's process speaks only wire
         if status != "ready":
             ours.close()
             os.waitpid(pid, 0)
@@ -882,8 +885,7 @@ class Executor:
         self._suite_ids += 1
         hit = {"id": self._suite_ids,
                "data": {"prefix": s["prefix"], "tests": s["tests"],
-                        "compiled": judge.compile_suite(s["prefix"], s["setup"], s["tests"],
-                                                        s.get("entry_point"))}}
+                        "compiled": compile_suite(s["prefix"], s["setup"], s["tests"], s.get("entry_point"))}}
         self._prepared[key] = hit
         while len(self._prepared) > PREPARED_CACHE:
             self._prepared.pop(next(iter(self._prepared)))
@@ -961,7 +963,7 @@ class Executor:
                     continue
                 i = slot.queue[0][0]
                 try:
-                    _, jid, res = pickle.loads(wire.recv_frame(slot.sock.fileno(), time.monotonic() + 30))
+                    _, jid, res = pickle.loads(wire.recv_frame(slot.sock.fileno(), time.monotonic() + 30))  # noqa: S301 - between the sandbox's own processes; the program's process speaks only wire
                     if jid != i:
                         raise ValueError(f"answer for job {jid}, expected {i}")
                 except (wire.WireError, OSError, pickle.PickleError, EOFError, ValueError) as exc:
@@ -990,7 +992,7 @@ class Executor:
         fd = self.client.fileno()
         while True:
             try:
-                msg = pickle.loads(wire.recv_frame(fd))
+                msg = pickle.loads(wire.recv_frame(fd))  # noqa: S301 - between the sandbox's own processes; the program's process speaks only wire
             except (wire.Closed, OSError):
                 return
             op = msg[0]

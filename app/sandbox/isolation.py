@@ -219,7 +219,7 @@ def _probe_pidns() -> None:
 def _probe_mntns() -> None:
     unshare(CLONE_NEWNS)
     mount(None, "/", None, MS_REC | MS_PRIVATE)
-    mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0700")
+    mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0700")  # noqa: S108 - a path inside the program's private mount namespace
 
 
 def _probe_uid() -> None:
@@ -333,7 +333,7 @@ HIDDEN_TMP = "/.tmp-binds"  # in the root: read-only copies of the Python direct
 
 
 def _under_tmp(d: str) -> bool:
-    return d.startswith("/tmp/")
+    return d.startswith("/tmp/")  # noqa: S108 - a path inside the program's private mount namespace
 
 
 def build_root(staging: str, extra_dirs: list[str], sources: dict[str, str] | None = None
@@ -344,7 +344,7 @@ def build_root(staging: str, extra_dirs: list[str], sources: dict[str, str] | No
     pairs a program's process binds again over its private /tmp."""
     sources = sources or {}
     tmp_binds: list[tuple[str, str]] = []
-    os.chmod(staging, 0o755)
+    os.chmod(staging, 0o755)  # noqa: S103 - the program's private root, read by its own uid
     binds: list[str] = []
     for d in _SYSTEM_DIRS:
         if os.path.islink(d):
@@ -375,13 +375,13 @@ def build_root(staging: str, extra_dirs: list[str], sources: dict[str, str] | No
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
                          ("stderr", "/proc/self/fd/2")):
         os.symlink(target, f"{staging}/dev/{name}")
-    os.mkdir(staging + "/dev/shm", 0o755)
+    os.mkdir(staging + "/dev/shm", 0o755)  # noqa: S108 - a path inside the program's private mount namespace
     mount(None, staging + "/dev", None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NOEXEC)
     os.makedirs(staging + "/etc", mode=0o755)
     for name, text in _ETC_FILES.items():
         with open(f"{staging}/etc/{name}", "w") as f:
             f.write(text)
-    for d in ("/proc", "/tmp", "/.old"):  # /proc stays empty: a program sees no process, not even itself
+    for d in ("/proc", "/tmp", "/.old"):  # /proc stays empty: a program sees no process, not even itself  # noqa: S108 - a path inside the program's private mount namespace
         os.makedirs(staging + d, mode=0o755, exist_ok=True)
     return tmp_binds
 
@@ -397,8 +397,8 @@ def make_root_namespace() -> list[tuple[str, str]]:
     held = {d: os.open(d, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for d in dirs if _under_tmp(d)}
     try:
         # Work under /tmp of this private namespace: nothing here is visible on the host.
-        mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
-        staging = "/tmp/root"
+        mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")  # noqa: S108 - a path inside the program's private mount namespace
+        staging = "/tmp/root"  # noqa: S108 - a path inside the program's private mount namespace
         os.mkdir(staging)
         mount("tmpfs", staging, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
         tmp_binds = build_root(staging, dirs, {d: f"/proc/self/fd/{fd}" for d, fd in held.items()})
@@ -465,7 +465,7 @@ def enter_child(setup: ChildSetup, keep_fds: list[int]) -> None:
         # A copy of the zygote's mount namespace (the read-only root) with a fresh tmpfs of our own on /tmp: the
         # working directory, owned by our uid, gone with the namespace.
         unshare(CLONE_NEWNS | (CLONE_NEWIPC if setup.ipcns else 0))
-        mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
+        mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,  # noqa: S108 - a path inside the program's private mount namespace
               f"size={setup.tmp_bytes},nr_inodes=4096,mode=0700,uid={setup.uid},gid={setup.gid}")
         for hidden, target in setup.tmp_binds:  # the interpreter's own directories under /tmp, read-only
             os.makedirs(target, mode=0o755, exist_ok=True)
@@ -503,7 +503,7 @@ def enter_child(setup: ChildSetup, keep_fds: list[int]) -> None:
         os.setresuid(setup.uid, setup.uid, setup.uid)
         if os.getuid() != setup.uid or os.geteuid() != setup.uid:
             raise OSError("uid drop failed")
-        os.chdir("/tmp")
+        os.chdir("/tmp")  # noqa: S108 - a path inside the program's private mount namespace
     # In weak mode the uid is the host user's: its keys stay.
     fresh_keyrings(clear_user=setup.strong and setup.seccomp is None, strict=setup.seccomp is None)
     prctl(PR_SET_NO_NEW_PRIVS, 1)

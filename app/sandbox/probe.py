@@ -138,7 +138,7 @@ def evaluate(seen: dict[str, Any], info: dict[str, Any], limits: Limits, *, db_p
                         f"open files {rl.get('nofile', ['?'])[0]}" + (f"; not as configured: {bad}" if bad else "")))
     # The interpreter's directories under /tmp (a venv there) are bound into each program's private /tmp, so
     # their mount points are the only entries a fresh working directory may have.
-    cwd = str(seen.get("cwd") or "/tmp").rstrip("/") + "/"
+    cwd = str(seen.get("cwd") or "/tmp").rstrip("/") + "/"  # noqa: S108 - a path inside the program's private mount namespace
     bound = {d[len(cwd):].split("/")[0] for d in seen.get("python_dirs") or {} if d.startswith(cwd)}
     entries = seen.get("cwd_entries")
     left = None if entries is None else [e for e in entries if e not in bound]

@@ -316,6 +316,49 @@ class Large:
         self.digest, self.length, self.type_name = digest, length, type_name
 
 
+def _need(pos: int, n: int, end: int) -> None:
+    if pos + n > end:
+        raise WireError("truncated value")
+
+
+def _sized(buf: bytes, mv: memoryview, pos: int, end: int) -> tuple[memoryview, int]:
+    """The bytes after the 4-byte length at ``pos`` (as many as it says), and the position after them."""
+    _need(pos, 4, end)
+    (n,) = _I32.unpack_from(buf, pos)
+    pos += 4
+    _need(pos, n, end)
+    return mv[pos:pos + n], pos + n
+
+
+def _count(buf: bytes, pos: int, end: int, what: str) -> tuple[int, int]:
+    """The item count of a container at ``pos`` (each item takes a byte at least), and the position after."""
+    _need(pos, 4, end)
+    (n,) = _I32.unpack_from(buf, pos)
+    pos += 4
+    if n > end - pos:
+        raise WireError(f"truncated {what}")
+    return n, pos
+
+
+def _decode_ref(tag: int, buf: bytes, mv: memoryview, pos: int, end: int,
+                from_ref: Callable[[bytes, Any], Any]) -> tuple[Any, int]:
+    """What ``from_ref`` makes of a reference: H (a value too large to send: its hash, length and type name),
+    R (an object of the program: its number and type name), G or M (a name)."""
+    if tag == 0x48:  # H
+        _need(pos, 20, end)
+        digest = _Q.unpack_from(buf, pos)[0]
+        length = _UQ.unpack_from(buf, pos + 8)[0]
+        raw, pos = _sized(buf, mv, pos + 16, end)
+        return from_ref(b"H", (digest, length, str(raw, "utf-8", "replace"))), pos
+    if tag == 0x52:  # R
+        _need(pos, 12, end)
+        number = _UQ.unpack_from(buf, pos)[0]
+        raw, pos = _sized(buf, mv, pos + 8, end)
+        return from_ref(b"R", (number, str(raw, "utf-8", "replace"))), pos
+    raw, pos = _sized(buf, mv, pos, end)  # G M
+    return from_ref(bytes((tag,)), str(raw, "utf-8", "surrogatepass")), pos
+
+
 def decode(buf: bytes, from_ref: Callable[[bytes, Any], Any], *, max_nodes: int = MAX_NODES,
            count: list[int] | None = None) -> Any:
     """Decode one value; the whole buffer must be consumed. Raises WireError on anything malformed.
@@ -356,11 +399,7 @@ def decode(buf: bytes, from_ref: Callable[[bytes, Any], Any], *, max_nodes: int 
         if tag == 0x46:  # F
             return False, pos
         if tag in (0x4C, 0x55, 0x53, 0x5A):  # L U S Z
-            need(pos, 4)
-            (n,) = _I32.unpack_from(buf, pos)
-            pos += 4
-            if n > end - pos:
-                raise WireError("truncated container")
+            n, pos = _count(buf, pos, end, "container")
             items = []
             append = items.append
             for _ in range(n):
@@ -375,11 +414,7 @@ def decode(buf: bytes, from_ref: Callable[[bytes, Any], Any], *, max_nodes: int 
             except TypeError as exc:
                 raise WireError(f"unhashable set member: {exc}") from None
         if tag == 0x44:  # D
-            need(pos, 4)
-            (n,) = _I32.unpack_from(buf, pos)
-            pos += 4
-            if n > end - pos:
-                raise WireError("truncated dict")
+            n, pos = _count(buf, pos, end, "dict")
             d = {}
             for _ in range(n):
                 k, pos = dec(pos)
@@ -390,41 +425,16 @@ def decode(buf: bytes, from_ref: Callable[[bytes, Any], Any], *, max_nodes: int 
                     raise WireError(f"unhashable dict key: {exc}") from None
             return d, pos
         if tag == 0x62:  # b
-            need(pos, 4)
-            (n,) = _I32.unpack_from(buf, pos)
-            pos += 4
-            need(pos, n)
-            return bytes(mv[pos:pos + n]), pos + n
+            raw, pos = _sized(buf, mv, pos, end)
+            return bytes(raw), pos
         if tag == 0x49:  # I
-            need(pos, 4)
-            (n,) = _I32.unpack_from(buf, pos)
-            pos += 4
-            need(pos, n)
-            return int.from_bytes(mv[pos:pos + n], "big", signed=True), pos + n
+            raw, pos = _sized(buf, mv, pos, end)
+            return int.from_bytes(raw, "big", signed=True), pos
         if tag == 0x63:  # c
             need(pos, 16)
             return complex(_D.unpack_from(buf, pos)[0], _D.unpack_from(buf, pos + 8)[0]), pos + 16
-        if tag == 0x48:  # H
-            need(pos, 20)
-            digest = _Q.unpack_from(buf, pos)[0]
-            length = _UQ.unpack_from(buf, pos + 8)[0]
-            (n,) = _I32.unpack_from(buf, pos + 16)
-            pos += 20
-            need(pos, n)
-            return from_ref(b"H", (digest, length, str(mv[pos:pos + n], "utf-8", "replace"))), pos + n
-        if tag == 0x52:  # R
-            need(pos, 12)
-            number = _UQ.unpack_from(buf, pos)[0]
-            (n,) = _I32.unpack_from(buf, pos + 8)
-            pos += 12
-            need(pos, n)
-            return from_ref(b"R", (number, str(mv[pos:pos + n], "utf-8", "replace"))), pos + n
-        if tag == 0x47 or tag == 0x4D:  # G M
-            need(pos, 4)
-            (n,) = _I32.unpack_from(buf, pos)
-            pos += 4
-            need(pos, n)
-            return from_ref(bytes((tag,)), str(mv[pos:pos + n], "utf-8", "surrogatepass")), pos + n
+        if tag in (0x48, 0x52, 0x47, 0x4D):  # H R G M
+            return _decode_ref(tag, buf, mv, pos, end, from_ref)
         raise WireError(f"unknown tag {tag!r}")
 
     try:

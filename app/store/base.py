@@ -27,6 +27,12 @@ def chunked(rows: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield rows[i : i + size]
 
 
+def training_set_dict(ts: Any, **extra: Any) -> dict[str, Any]:
+    """A ``TrainingSet`` row as the store returns one (with ``extra`` keys: counts, whether it was created)."""
+    return {"id": ts.id, "name": ts.name, "kind": ts.kind, "experiment_id": ts.experiment_id,
+            "round_id": ts.round_id, "config": dict(ts.config or {}), "stats": dict(ts.stats or {}), **extra}
+
+
 class StoreBase:
     def __init__(self, url_or_engine: str | Engine, *, check: bool = True) -> None:
         if isinstance(url_or_engine, str):

@@ -98,8 +98,7 @@ class ExecutionsMixin:
                         m.Problem.code_prefix, m.Problem.setup_code, m.Problem.public_tests,
                         m.Problem.private_tests, m.Problem.public_suite_hash, m.Problem.private_suite_hash,
                     )
-                    .join(m.Turn, m.Turn.id == m.Candidate.turn_id)
-                    .join(m.Rollout, m.Rollout.id == m.Turn.rollout_id)
+                    .join(m.Candidate.turn).join(m.Turn.rollout)
                     .join(m.Problem, m.Problem.id == m.Rollout.problem_id)
                     .where(m.Candidate.id.in_(list(chunk)))
                     .order_by(m.Candidate.id)
@@ -200,8 +199,7 @@ class ExecutionsMixin:
                 m.Problem.code_prefix, m.Problem.setup_code, m.Problem.public_tests, m.Problem.private_tests,
                 m.Problem.public_suite_hash, m.Problem.private_suite_hash,
             )
-            .join(m.Turn, m.Turn.id == m.Candidate.turn_id)
-            .join(m.Rollout, m.Rollout.id == m.Turn.rollout_id)
+            .join(m.Candidate.turn).join(m.Turn.rollout)
             .join(m.Problem, m.Problem.id == m.Rollout.problem_id)
             .join(m.Dataset, m.Dataset.id == m.Problem.dataset_id)
             .where(owner, m.Candidate.public_passed.is_not(None), m.Candidate.private_passed.is_not(None))

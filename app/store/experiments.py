@@ -1,4 +1,4 @@
-"""Store queries: experiments, rounds, evaluations and model versions (issues 4, 7).
+"""Store queries: experiments, rounds, evaluations and model versions.
 
 Creation is keyed by the natural unique key (name, or (experiment, index) for rounds): calling a
 ``create_*``/``ensure_*`` twice returns the same row. Getters return detached ORM rows (the session does not
@@ -15,13 +15,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal, overload
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import aliased
 
 from app.db import models as m
 from app.errors import MucodeError, NotFound
+from app.rounds import StepRecord
 
 # Evaluation modes: greedy and bon are evaluations proper; "collect" is a standalone rollout collection
 # (`mucode rollouts collect`), kept out of every training table because its rollouts hang off an evaluation.
@@ -62,14 +63,19 @@ class ExperimentsMixin:
             self.insert_ignore(s, m.ModelVersion.__table__, [row], ["name"])
             return s.execute(select(m.ModelVersion.id).where(m.ModelVersion.name == name)).scalar_one()
 
-    def get_model_version(self, ref: int | str) -> m.ModelVersion:
-        """By id or by name; NotFound otherwise."""
+    @overload
+    def get_model_version(self, ref: int | str) -> m.ModelVersion: ...
+    @overload
+    def get_model_version(self, ref: int | str, *, required: Literal[False]) -> m.ModelVersion | None: ...
+
+    def get_model_version(self, ref: int | str, *, required: bool = True) -> m.ModelVersion | None:
+        """By id or by name; NotFound otherwise (None with ``required=False``)."""
         with self.session() as s:
             if isinstance(ref, int):
                 row = s.get(m.ModelVersion, ref)
             else:
                 row = s.execute(select(m.ModelVersion).where(m.ModelVersion.name == ref)).scalar_one_or_none()
-            if row is None:
+            if row is None and required:
                 raise NotFound(f"no model version {ref!r}")
             return row
 
@@ -263,7 +269,7 @@ class ExperimentsMixin:
         expect_attempt: int | None = None,
         bump_attempt: bool = False,
         **fields: Any,
-    ) -> dict[str, Any] | None:
+    ) -> StepRecord | None:
         """Change one step's record in ``rounds.steps`` atomically (the round row is locked on Postgres;
         SQLite serialises writers). A compare-and-set: with ``expect`` (states) or ``expect_attempt`` the
         update happens only when the current record matches, else None is returned and nothing changes.
@@ -288,7 +294,7 @@ class ExperimentsMixin:
             rec.update(fields)
             steps[step] = rec
             s.execute(update(m.Round).where(m.Round.id == round_id).values(steps=steps))
-            return rec
+            return StepRecord.of(rec)
 
     def set_round(self, round_id: int, **values: Any) -> None:
         """Update round columns: status, error, verifier_out_id, generator_out_id, started_at, finished_at."""
@@ -320,8 +326,7 @@ class ExperimentsMixin:
                 s.execute(
                     select(func.count())
                     .select_from(m.Candidate)
-                    .join(m.Turn, m.Turn.id == m.Candidate.turn_id)
-                    .join(m.Rollout, m.Rollout.id == m.Turn.rollout_id)
+                    .join(m.Candidate.turn).join(m.Turn.rollout)
                     .where(m.Rollout.round_id == round_id)
                 ).scalar_one()
             )
@@ -334,8 +339,7 @@ class ExperimentsMixin:
                     select(func.count())
                     .select_from(m.VerifierScore)
                     .join(m.Candidate, m.Candidate.id == m.VerifierScore.candidate_id)
-                    .join(m.Turn, m.Turn.id == m.Candidate.turn_id)
-                    .join(m.Rollout, m.Rollout.id == m.Turn.rollout_id)
+                    .join(m.Candidate.turn).join(m.Turn.rollout)
                     .where(m.Rollout.round_id == round_id, m.VerifierScore.verifier_id == verifier_id)
                 ).scalar_one()
             )
@@ -400,8 +404,7 @@ class ExperimentsMixin:
                 m.Candidate.public_passed,
                 m.Candidate.private_passed,
             )
-            .join(m.Turn, m.Turn.rollout_id == m.Rollout.id)
-            .join(m.Candidate, m.Candidate.turn_id == m.Turn.id)
+            .join(m.Rollout.turns).join(m.Turn.candidates)
             .where(m.Rollout.evaluation_id == evaluation_id, m.Rollout.status == "done", m.Candidate.chosen.is_(True))
             .order_by(m.Rollout.problem_id, m.Rollout.sample_index, m.Turn.index)
         )
@@ -410,7 +413,7 @@ class ExperimentsMixin:
             n_turns = s.execute(
                 select(func.count())
                 .select_from(m.Turn)
-                .join(m.Rollout, m.Rollout.id == m.Turn.rollout_id)
+                .join(m.Turn.rollout)
                 .where(m.Rollout.evaluation_id == evaluation_id, m.Rollout.status == "done")
             ).scalar_one()
         if len(rows) != int(n_turns):

@@ -1,4 +1,4 @@
-"""Store queries: jobs, the record of every queued unit of work (issues 4, 7).
+"""Store queries: jobs, the record of every queued unit of work.
 
 A job is identified by an idempotency ``key`` chosen by whoever queues it (e.g.
 ``collect/e3/x1/b0/sample/t1``). Queueing the same key twice keeps one row; a redelivered job increments

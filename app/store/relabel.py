@@ -19,12 +19,15 @@ Shape of the chain (``_ctes``):
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import delete, func, select, text, update
+from sqlalchemy.orm import Session
 
 from app.db import models as m
 from app.errors import MucodeError, NotFound
+from app.store.base import training_set_dict
 
 SFT_METHODS = ("mucode", "multi_rft", "rft", "rft_lv")
 EXPERT_VARIANTS = ("both", "oracle", "learned")
@@ -116,13 +119,52 @@ class RelabelMixin:
         """
         import time
 
+        t0 = time.perf_counter()
+        plan = self._sft_plan(round_id, method, expert, relabel_failed, keep_successful, top_k, aggregate_rounds,
+                              verifier_id, extra_config)
+        name = name or plan.default_name
+        kept = _kept_sql(method, relabel_failed, keep_successful, top_k, source=_RANKED)
+        with self.session() as s:
+            existing = s.scalars(select(m.TrainingSet).where(m.TrainingSet.name == name)).one_or_none()
+            if existing is not None and not rebuild:
+                return training_set_dict(existing, created=False)
+            phases: dict[str, float] = {}
+            tp = time.perf_counter()
+            self._rank(s, plan)
+            phases["rank"], tp = time.perf_counter() - tp, time.perf_counter()
+            per_round, no_correct, excluded = self._scope_stats(s, plan)
+            phases["stats"], tp = time.perf_counter() - tp, time.perf_counter()
+
+            if existing is not None:  # rebuild: same row, new examples
+                s.execute(delete(m.SftExample).where(m.SftExample.training_set_id == existing.id))
+                ts = existing
+                ts.config = plan.config
+            else:
+                ts = m.TrainingSet(name=name, kind="sft", experiment_id=plan.target["experiment_id"],
+                                   round_id=round_id, config=plan.config, stats={})
+                s.add(ts)
+                s.flush()
+            inserted = s.execute(text(f"WITH kept AS ({kept}) {_INSERT_SQL}"), {"ts": ts.id}).rowcount
+            phases["insert"], tp = time.perf_counter() - tp, time.perf_counter()
+            counts, totals = _kept_counts(s, kept, ts.id, inserted)
+            s.execute(text(f"DROP TABLE {_RANKED}"))
+            phases["counts"] = time.perf_counter() - tp
+            stats = _stats(plan.scope, per_round, counts, totals, no_correct, excluded, time.perf_counter() - t0)
+            stats["phase_seconds"] = {k: round(v, 3) for k, v in phases.items()}
+            ts.stats = stats
+            s.flush()
+        return training_set_dict(ts, created=True)
+
+    def _sft_plan(self, round_id: int, method: str, expert: str, relabel_failed: int, keep_successful: bool,
+                  top_k: int, aggregate_rounds: bool, verifier_id: int | None,
+                  extra_config: dict[str, Any] | None) -> _SftPlan:
+        """Check the arguments and decide the rounds in scope, their verifiers and the frozen config."""
         if method not in SFT_METHODS:
             raise MucodeError(f"unknown relabel method {method!r}: one of {', '.join(SFT_METHODS)}")
         if expert not in EXPERT_VARIANTS:
             raise MucodeError(f"unknown expert variant {expert!r}: one of {', '.join(EXPERT_VARIANTS)}")
         if relabel_failed < 0 or top_k < 0:
             raise MucodeError("relabel_failed and top_k must be >= 0")
-        t0 = time.perf_counter()
         scope = self.sft_scope_rounds(round_id, aggregate=aggregate_rounds)
         target = next(r for r in scope if r["id"] == round_id)
         verifiers: dict[int, int | None] = {}
@@ -152,84 +194,38 @@ class RelabelMixin:
             ],
             **(extra_config or {}),
         }
-        if name is None:
-            from app.hashing import json_hash
+        from app.hashing import json_hash
 
-            tag = method + (f"-{expert}" if method == "mucode" else "")
-            name = f"{target['experiment']}/r{target['index']}/sft-{tag}-{json_hash(config)[:8]}"
-
+        tag = method + (f"-{expert}" if method == "mucode" else "")
+        default_name = f"{target['experiment']}/r{target['index']}/sft-{tag}-{json_hash(config)[:8]}"
         # Methods that use no verifier record none on their examples (and read no scores).
-        used = verifiers if uses_lv else {r: None for r in verifiers}
-        chain = _ctes(method, expert, used)
-        kept = _kept_sql(method, relabel_failed, keep_successful, top_k, source=_RANKED)
-        with self.session() as s:
-            existing = s.scalars(select(m.TrainingSet).where(m.TrainingSet.name == name)).one_or_none()
-            if existing is not None and not rebuild:
-                return _ts_dict(existing, created=False)
-            phases: dict[str, float] = {}
-            tp = time.perf_counter()
-            if self.is_postgres:
-                s.execute(text("SET LOCAL jit = off"))  # compiling costs more than it saves at this size
-            # The ranking runs once, into a temporary table (one row per trajectory in scope) that the stats,
-            # the insert and the counts read; it is dropped before the transaction ends.
-            s.execute(text(f"DROP TABLE IF EXISTS {_RANKED}"))
-            s.execute(text(f"CREATE TEMPORARY TABLE {_RANKED} AS WITH {chain} SELECT * FROM ranked"))
-            if self.is_postgres:
-                s.execute(text(f"ANALYZE {_RANKED}"))
-            phases["rank"], tp = time.perf_counter() - tp, time.perf_counter()
+        used = verifiers if uses_lv else dict.fromkeys(verifiers)
+        return _SftPlan(scope, target, verifiers, uses_lv, config, default_name, _ctes(method, expert, used))
 
-            # Stats of the trajectories in scope, before writing anything (also the missing-score check).
-            per_round = {int(r.round_id): dict(r._mapping) for r in s.execute(text(_STATS_SQL)).all()}
-            if uses_lv:
-                missing_lv = sum(int(v["missing_lv"] or 0) for v in per_round.values())
-                if missing_lv:
-                    raise MucodeError(
-                        f"{missing_lv} final-turn responses in scope have no score from their round's verifier "
-                        f"({_fmt_verifiers(scope, verifiers)}): run the score step first"
-                    )
-            no_correct = [
-                {"round_index": ri, "problem": ext} for ri, ext in s.execute(text(_NO_CORRECT_SQL)).all()
-            ]
-            excluded = s.execute(text(_EXCLUDED_SQL.format(rounds=_in_list(verifiers)))).one()._mapping
-            phases["stats"], tp = time.perf_counter() - tp, time.perf_counter()
+    def _rank(self, s: Session, plan: _SftPlan) -> None:
+        """The ranking runs once, into a temporary table (one row per trajectory in scope) that the stats, the
+        insert and the counts read; it is dropped before the transaction ends."""
+        if self.is_postgres:
+            s.execute(text("SET LOCAL jit = off"))  # compiling costs more than it saves at this size
+        s.execute(text(f"DROP TABLE IF EXISTS {_RANKED}"))
+        s.execute(text(f"CREATE TEMPORARY TABLE {_RANKED} AS WITH {plan.chain} SELECT * FROM ranked"))
+        if self.is_postgres:
+            s.execute(text(f"ANALYZE {_RANKED}"))
 
-            if existing is not None:  # rebuild: same row, new examples
-                s.execute(delete(m.SftExample).where(m.SftExample.training_set_id == existing.id))
-                ts = existing
-                ts.config = config
-            else:
-                ts = m.TrainingSet(
-                    name=name,
-                    kind="sft",
-                    experiment_id=target["experiment_id"],
-                    round_id=round_id,
-                    config=config,
-                    stats={},
+    @staticmethod
+    def _scope_stats(s: Session, plan: _SftPlan) -> tuple[dict[int, dict], list[dict], dict[str, Any]]:
+        """Stats of the trajectories in scope, read before anything is written (also the missing-score check)."""
+        per_round = {int(r.round_id): dict(r._mapping) for r in s.execute(text(_STATS_SQL)).all()}
+        if plan.uses_lv:
+            missing_lv = sum(int(v["missing_lv"] or 0) for v in per_round.values())
+            if missing_lv:
+                raise MucodeError(
+                    f"{missing_lv} final-turn responses in scope have no score from their round's verifier "
+                    f"({_fmt_verifiers(plan.scope, plan.verifiers)}): run the score step first"
                 )
-                s.add(ts)
-                s.flush()
-            inserted = s.execute(text(f"WITH kept AS ({kept}) {_INSERT_SQL}"), {"ts": ts.id}).rowcount
-            phases["insert"], tp = time.perf_counter() - tp, time.perf_counter()
-
-            # Counts from the kept trajectories (k turns -> k examples), checked against the insert's row count.
-            counts = s.execute(text(
-                f"WITH kept AS ({kept}) SELECT round_id, source, SUM(last_turn) AS n, COUNT(*) AS traj, "
-                "COUNT(DISTINCT problem_id) AS problems FROM kept GROUP BY round_id, source"
-            )).all()
-            totals = s.execute(text(
-                f"WITH kept AS ({kept}) SELECT SUM(last_turn), COUNT(DISTINCT problem_id), COUNT(*) FROM kept"
-            )).one()
-            if inserted is not None and inserted >= 0 and int(totals[0] or 0) != inserted:
-                # A trajectory with a missing turn row: count what was written instead.
-                counts = s.execute(text(_COUNTS_SQL), {"ts": ts.id}).all()
-                totals = s.execute(text(_TOTALS_SQL), {"ts": ts.id}).one()
-            s.execute(text(f"DROP TABLE {_RANKED}"))
-            phases["counts"] = time.perf_counter() - tp
-            stats = _stats(scope, per_round, counts, totals, no_correct, dict(excluded), time.perf_counter() - t0)
-            stats["phase_seconds"] = {k: round(v, 3) for k, v in phases.items()}
-            ts.stats = stats
-            s.flush()
-        return _ts_dict(ts, created=True)
+        no_correct = [{"round_index": ri, "problem": ext} for ri, ext in s.execute(text(_NO_CORRECT_SQL)).all()]
+        excluded = s.execute(text(_EXCLUDED_SQL.format(rounds=_in_list(plan.verifiers)))).one()._mapping
+        return per_round, no_correct, dict(excluded)
 
     # -- reading ----------------------------------------------------------------------------------------
     def sft_training_set(self, ref: int | str) -> dict[str, Any]:
@@ -243,7 +239,7 @@ class RelabelMixin:
                 ts = s.scalars(q.where(m.TrainingSet.name == str(ref))).one_or_none()
             if ts is None:
                 raise NotFound(f"no SFT training set {ref!r} (give its id or name; `mucode relabel` builds one)")
-            out = _ts_dict(ts, created=False)
+            out = training_set_dict(ts, created=False)
             rnd = s.get(m.Round, ts.round_id) if ts.round_id else None
             exp = s.get(m.Experiment, ts.experiment_id) if ts.experiment_id else None
             out["round"] = _round_dict(rnd, exp) if rnd is not None and exp is not None else None
@@ -296,16 +292,6 @@ class RelabelMixin:
                 yield d
 
     # -- generator versions -------------------------------------------------------------------------
-    def sft_model_version(self, name: str) -> dict[str, Any] | None:
-        with self.session() as s:
-            mv = s.scalars(select(m.ModelVersion).where(m.ModelVersion.name == name)).one_or_none()
-            return _mv_dict(mv) if mv is not None else None
-
-    def sft_model_version_by_id(self, model_id: int) -> dict[str, Any] | None:
-        with self.session() as s:
-            mv = s.get(m.ModelVersion, model_id)
-            return _mv_dict(mv) if mv is not None else None
-
     def sft_register_generator(
         self,
         *,
@@ -503,25 +489,31 @@ def _round_dict(rnd: m.Round, exp: m.Experiment) -> dict[str, Any]:
     }
 
 
-def _ts_dict(ts: m.TrainingSet, *, created: bool) -> dict[str, Any]:
-    return {
-        "id": ts.id,
-        "name": ts.name,
-        "kind": ts.kind,
-        "experiment_id": ts.experiment_id,
-        "round_id": ts.round_id,
-        "config": ts.config,
-        "stats": ts.stats,
-        "created": created,
-    }
+@dataclass(frozen=True)
+class _SftPlan:
+    scope: list[dict[str, Any]]  # the rounds whose trajectories are relabeled
+    target: dict[str, Any]  # the round the set is built for
+    verifiers: dict[int, int | None]  # round id -> the verifier that ranks its trajectories
+    uses_lv: bool
+    config: dict[str, Any]
+    default_name: str
+    chain: str  # the ranking CTEs
 
 
-def _mv_dict(mv: m.ModelVersion) -> dict[str, Any]:
-    return {
-        "id": mv.id, "name": mv.name, "kind": mv.kind, "base_model": mv.base_model, "uri": mv.uri,
-        "parent_id": mv.parent_id, "round_id": mv.round_id, "training_set_id": mv.training_set_id,
-        "config": mv.config, "metrics": mv.metrics,
-    }
+def _kept_counts(s: Session, kept: str, ts_id: int, inserted: int | None) -> tuple[Any, Any]:
+    """Counts from the kept trajectories (k turns -> k examples), checked against the insert's row count."""
+    counts = s.execute(text(
+        f"WITH kept AS ({kept}) SELECT round_id, source, SUM(last_turn) AS n, COUNT(*) AS traj, "
+        "COUNT(DISTINCT problem_id) AS problems FROM kept GROUP BY round_id, source"
+    )).all()
+    totals = s.execute(text(
+        f"WITH kept AS ({kept}) SELECT SUM(last_turn), COUNT(DISTINCT problem_id), COUNT(*) FROM kept"
+    )).one()
+    if inserted is not None and inserted >= 0 and int(totals[0] or 0) != inserted:
+        # A trajectory with a missing turn row: count what was written instead.
+        counts = s.execute(text(_COUNTS_SQL), {"ts": ts_id}).all()
+        totals = s.execute(text(_TOTALS_SQL), {"ts": ts_id}).one()
+    return counts, totals
 
 
 def _fmt_verifiers(scope: list[dict[str, Any]], verifiers: dict[int, int | None]) -> str:

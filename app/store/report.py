@@ -150,7 +150,7 @@ class ReportMixin:
         e, c, p = m.Execution, m.Candidate, m.Problem
         pairs = (
             select(c.code_hash, m.Rollout.problem_id)
-            .join(m.Turn, m.Turn.id == c.turn_id).join(m.Rollout, m.Rollout.id == m.Turn.rollout_id)
+            .join(m.Turn, m.Turn.id == c.turn_id).join(m.Turn.rollout)
             .where(self._frame_rollouts_where(eid)).distinct().subquery()
         )  # fmt: skip
         cols = [e.id.label("execution_id"), pairs.c.problem_id, e.code_hash, e.suite_kind, e.suite_hash,

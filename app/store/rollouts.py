@@ -1,4 +1,4 @@
-"""Store queries: rollouts, turns and candidates; the state of a collection (issue 4).
+"""Store queries: rollouts, turns and candidates; the state of a collection.
 
 A *collection* is the set of rollouts of one owner: a round (training rollouts) or an evaluation (chains of
 a greedy/BoN evaluation, or a standalone ``mucode rollouts collect``). The pipeline (workers/collect.py)
@@ -155,15 +155,8 @@ class RolloutsMixin:
             return []
         with self.session() as s:
             rows = s.execute(
-                select(
-                    m.Rollout.id,
-                    m.Rollout.problem_id,
-                    m.Rollout.sample_index,
-                    m.Rollout.seed,
-                    m.Rollout.status,
-                    m.Rollout.num_turns,
-                    m.Rollout.generator_id,
-                ).where(m.Rollout.id.in_(ids))
+                select(m.Rollout.id, m.Rollout.problem_id, m.Rollout.sample_index, m.Rollout.seed, m.Rollout.status,
+                       m.Rollout.num_turns, m.Rollout.generator_id).where(m.Rollout.id.in_(ids))
             ).all()
             states = {
                 r.id: RolloutState(
@@ -245,8 +238,7 @@ class RolloutsMixin:
             return {}
         q = (
             select(m.Candidate.id, m.Execution.feedback, m.Execution.status, m.Execution.id.label("eid"))
-            .join(m.Turn, m.Turn.id == m.Candidate.turn_id)
-            .join(m.Rollout, m.Rollout.id == m.Turn.rollout_id)
+            .join(m.Candidate.turn).join(m.Turn.rollout)
             .join(m.Problem, m.Problem.id == m.Rollout.problem_id)
             .join(
                 m.Execution,
@@ -357,7 +349,7 @@ class RolloutsMixin:
             t = s.execute(
                 select(func.count())
                 .select_from(m.Turn)
-                .join(m.Rollout, m.Rollout.id == m.Turn.rollout_id)
+                .join(m.Turn.rollout)
                 .where(where)
             ).scalar_one()
             c = s.execute(
@@ -379,8 +371,7 @@ class RolloutsMixin:
                     func.coalesce(func.sum(m.Candidate.prompt_tokens), 0),
                 )
                 .select_from(m.Candidate)
-                .join(m.Turn, m.Turn.id == m.Candidate.turn_id)
-                .join(m.Rollout, m.Rollout.id == m.Turn.rollout_id)
+                .join(m.Candidate.turn).join(m.Turn.rollout)
                 .where(where)
             ).one()
         total, active = int(r[0] or 0), int(r[1] or 0)
@@ -412,14 +403,13 @@ class RolloutsMixin:
                 m.Candidate.sampling,
                 m.Candidate.completion_tokens,
             )
-            .join(m.Rollout, m.Rollout.id == m.Turn.rollout_id)
-            .join(m.Candidate, m.Candidate.turn_id == m.Turn.id)
+            .join(m.Turn.rollout).join(m.Turn.candidates)
             .where(owner.rollout_where())
             .order_by(m.Turn.index, m.Rollout.problem_id, m.Rollout.sample_index, m.Candidate.sample_index)
         )
         out: dict[int, dict[str, Any]] = {}
         with self.session() as s:
-            for tid, rid, idx, msgs, si, sampling, ntok in s.execute(q):
+            for tid, rid, idx, msgs, _sample_index, sampling, ntok in s.execute(q):
                 d = out.setdefault(
                     tid,
                     {

@@ -19,6 +19,7 @@ from sqlalchemy import and_, exists, func, or_, select, update
 
 from app.db import models as m
 from app.errors import MucodeError, NotFound
+from app.store.base import training_set_dict
 
 # Datasets whose train split may be trained on (MBPP+ inherits MBPP's split but is evaluation data).
 TRAINING_DATASETS: tuple[str, ...] = ("mbpp", "mbpp_sanitized")
@@ -190,7 +191,7 @@ class VerifierMixin:
             raise ValueError("round_ids is empty: name the rounds whose rollouts train the verifier")
         last = (  # the final turn of each finished rollout of these rounds
             select(m.Turn.rollout_id.label("rollout_id"), func.max(m.Turn.index).label("last_index"))
-            .join(m.Rollout, m.Rollout.id == m.Turn.rollout_id)
+            .join(m.Turn.rollout)
             .where(m.Rollout.round_id.in_(list(round_ids)), m.Rollout.status == "done")
             .group_by(m.Turn.rollout_id)
             .subquery()
@@ -210,8 +211,7 @@ class VerifierMixin:
         q = (
             select(*cols)
             .select_from(m.Candidate)
-            .join(m.Turn, m.Turn.id == m.Candidate.turn_id)
-            .join(m.Rollout, m.Rollout.id == m.Turn.rollout_id)
+            .join(m.Candidate.turn).join(m.Turn.rollout)
             .join(last, last.c.rollout_id == m.Rollout.id)
             .join(m.Round, m.Round.id == m.Rollout.round_id)
             .join(m.Problem, m.Problem.id == m.Rollout.problem_id)
@@ -266,7 +266,7 @@ class VerifierMixin:
             for chunk in _chunks(list(candidate_ids)):
                 rows = s.execute(
                     select(m.Candidate.id, prompt, m.Candidate.response)
-                    .join(m.Turn, m.Turn.id == m.Candidate.turn_id)
+                    .join(m.Candidate.turn)
                     .where(m.Candidate.id.in_(list(chunk)))
                 )
                 for cid, p, resp in rows:
@@ -296,17 +296,7 @@ class VerifierMixin:
             n_pairs = s.execute(
                 select(func.count()).select_from(m.VerifierPair).where(m.VerifierPair.training_set_id == ts.id)
             ).scalar_one()
-            return {
-                "id": ts.id,
-                "name": ts.name,
-                "kind": ts.kind,
-                "experiment_id": ts.experiment_id,
-                "round_id": ts.round_id,
-                "config": dict(ts.config or {}),
-                "stats": dict(ts.stats or {}),
-                "num_pairs": n_pairs,
-                "created_at": ts.created_at,
-            }
+            return training_set_dict(ts, num_pairs=n_pairs, created_at=ts.created_at)
 
     def create_verifier_training_set(
         self,
@@ -351,12 +341,8 @@ class VerifierMixin:
         """The stored pairs of a BT training set, in (problem, pair index) order."""
         with self.session() as s:
             rows = s.execute(
-                select(
-                    m.VerifierPair.problem_id,
-                    m.VerifierPair.pair_index,
-                    m.VerifierPair.chosen_candidate_id,
-                    m.VerifierPair.rejected_candidate_id,
-                )
+                select(m.VerifierPair.problem_id, m.VerifierPair.pair_index, m.VerifierPair.chosen_candidate_id,
+                       m.VerifierPair.rejected_candidate_id)
                 .where(m.VerifierPair.training_set_id == training_set_id)
                 .order_by(m.VerifierPair.problem_id, m.VerifierPair.pair_index)
             ).all()
@@ -377,8 +363,7 @@ class VerifierMixin:
                     q = (
                         select(col)
                         .join(m.Candidate, m.Candidate.id == col)
-                        .join(m.Turn, m.Turn.id == m.Candidate.turn_id)
-                        .join(m.Rollout, m.Rollout.id == m.Turn.rollout_id)
+                        .join(m.Candidate.turn).join(m.Turn.rollout)
                         .join(m.Problem, m.Problem.id == m.Rollout.problem_id)
                         .join(m.Dataset, m.Dataset.id == m.Problem.dataset_id)
                         .where(
@@ -398,8 +383,7 @@ class VerifierMixin:
                 ok = set(
                     s.execute(
                         select(m.Candidate.id)
-                        .join(m.Turn, m.Turn.id == m.Candidate.turn_id)
-                        .join(m.Rollout, m.Rollout.id == m.Turn.rollout_id)
+                        .join(m.Candidate.turn).join(m.Turn.rollout)
                         .join(m.Problem, m.Problem.id == m.Rollout.problem_id)
                         .join(m.Dataset, m.Dataset.id == m.Problem.dataset_id)
                         .where(
@@ -434,7 +418,7 @@ class VerifierMixin:
         )
         q = select(m.Candidate.id).where(~scored)
         if round_id is not None or evaluation_id is not None:
-            q = q.join(m.Turn, m.Turn.id == m.Candidate.turn_id).join(m.Rollout, m.Rollout.id == m.Turn.rollout_id)
+            q = q.join(m.Candidate.turn).join(m.Turn.rollout)
             if round_id is not None:
                 q = q.where(m.Rollout.round_id == round_id)
             if evaluation_id is not None:
@@ -471,10 +455,10 @@ class VerifierMixin:
         )
         with self.session() as s:
             if candidate_ids is None:
-                return {c: v for c, v in s.execute(q)}
+                return dict(s.execute(q).all())
             out: dict[int, float] = {}
             for chunk in _chunks(list(candidate_ids)):
-                out.update({c: v for c, v in s.execute(q.where(m.VerifierScore.candidate_id.in_(list(chunk))))})
+                out.update(s.execute(q.where(m.VerifierScore.candidate_id.in_(list(chunk)))).all())
             return out
 
     def count_verifier_scores(self, verifier_id: int) -> int:
@@ -507,8 +491,7 @@ class VerifierMixin:
         q = (
             select(*cols)
             .select_from(m.Candidate)
-            .join(m.Turn, m.Turn.id == m.Candidate.turn_id)
-            .join(m.Rollout, m.Rollout.id == m.Turn.rollout_id)
+            .join(m.Candidate.turn).join(m.Turn.rollout)
             .join(m.Problem, m.Problem.id == m.Rollout.problem_id)
             .join(m.Dataset, m.Dataset.id == m.Problem.dataset_id)
             .where(

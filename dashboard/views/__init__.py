@@ -1,1 +1,2 @@
-"""The dashboard's page scripts (run by Streamlit through st.navigation in dashboard/app.py, not imported)."""
+"""The dashboard's page scripts (run by Streamlit through st.navigation in dashboard/home.py, not
+imported)."""

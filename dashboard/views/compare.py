@@ -21,7 +21,7 @@ if not exps:
 
 names = [e["name"] for e in exps]
 wanted = [n for n in (st.query_params.get("experiments") or "").split(",") if n in names]
-if "cmp_experiments" not in st.session_state or wanted and st.session_state.get("_cmp_from_url") != wanted:
+if "cmp_experiments" not in st.session_state or (wanted and st.session_state.get("_cmp_from_url") != wanted):
     current = next((e["name"] for e in exps if e["id"] == c.current_experiment()), names[0])
     st.session_state["cmp_experiments"] = wanted or (names if len(names) <= 4 else [current])
     st.session_state["_cmp_from_url"] = wanted

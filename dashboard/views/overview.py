@@ -78,7 +78,8 @@ else:
     )
     st.altair_chart(chart)
     st.caption("True success at the last turn T (docs/method.md §7): a chain counts when the first pick that "
-               "passes the public tests also passes the private tests; averaged over problems × chains (greedy: one chain; "
+               "passes the public tests also passes the private tests; averaged over problems × chains (greedy: one "
+               "chain; "
                "Best-of-N: N candidates per turn picked by the evaluation's selector). **Pair**: the generator "
                "evaluated and the verifier that ranked its candidates (G1 · RM1: RM1 was trained on rollouts of "
                "G1, as in the paper; G1 · RM0: an experiment that pairs each generator with the previous verifier).")
@@ -114,7 +115,7 @@ else:
     frame = df(tt)
     # Fill turns at which no trajectory ended (cumulative values carry forward).
     filled = []
-    for rid, part in frame.groupby("round_id"):
+    for _rid, part in frame.groupby("round_id"):
         part = part.set_index("turn")
         last = {"solved_by": 0, "public_by": 0}
         for t in range(1, int(part.index.max()) + 1):
@@ -127,7 +128,8 @@ else:
                            "trajectories": total})
     tf = pd.DataFrame(filled)
     ch = (alt.Chart(tf).mark_line(point=True)
-          .encode(x=alt.X("turn:O", axis=alt.Axis(labelAngle=0)), y=alt.Y("solved by turn (%):Q", scale=alt.Scale(domain=[0, 100])),
+          .encode(x=alt.X("turn:O", axis=alt.Axis(labelAngle=0)),
+                  y=alt.Y("solved by turn (%):Q", scale=alt.Scale(domain=[0, 100])),
                   color="round:N", tooltip=list(tf.columns))
           .properties(height=220))
     st.altair_chart(ch)

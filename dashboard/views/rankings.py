@@ -51,7 +51,7 @@ else:
             r_off = c.pager("rank_page", n_scored, 50)
             ranking = q("dash_problem_ranking", problem["id"], vid, limit=50, offset=r_off)
             rf = df(ranking)
-            correct = rf[rf["private_passed"] == True]
+            correct = rf[rf["private_passed"].eq(True)]
             m = st.columns(4)
             m[0].metric("Scored candidates", n_scored)
             m[1].metric("Correct (oracle) on this page", len(correct))
@@ -254,15 +254,16 @@ if verifiers:
             cf = pd.DataFrame(roc_rows).drop(columns=["threshold"])
             st.altair_chart((diag + alt.Chart(cf).mark_line().encode(
                 x=alt.X("fpr:Q", title="false-positive rate"), y=alt.Y("tpr:Q", title="true-positive rate"),
-                order="order:Q", color=alt.Color("verifier:N", title="verifier (AUC)", scale=alt.Scale(scheme="category10")),
+                order="order:Q",
+                color=alt.Color("verifier:N", title="verifier (AUC)", scale=alt.Scale(scheme="category10")),
                 tooltip=["verifier", alt.Tooltip("fpr:Q", format=".3f"), alt.Tooltip("tpr:Q", format=".3f")]))
                 .properties(height=300))
         st.caption("Each round's verifier on the candidates it scored, against the oracle label (the private "
                    "tests). Reliability: candidates in ten equal-width bins of sigmoid(score), the mean predicted "
                    "probability against the observed pass rate (on the diagonal = calibrated); ECE is the "
                    "candidate-weighted mean gap. ROC: thresholds at 100 score quantiles; AUC is exact (the "
-                   "Mann-Whitney statistic over all candidates, ties half). The verifiers to pick from are those of the "
-                   "rounds in the sidebar's window; the three most recent are shown by default.")
+                   "Mann-Whitney statistic over all candidates, ties half). The verifiers to pick from are those of "
+                   "the rounds in the sidebar's window; the three most recent are shown by default.")
 else:
     st.info("No verifier trained yet.")
 

@@ -176,7 +176,8 @@ for turn in detail["turns"]:
     cands = turn["candidates"]
     chosen = next((x for x in cands if x["chosen"]), cands[0] if cands else None)
     head = (f"Turn {turn['turn']} · {len(cands)} candidate{'s' if len(cands) != 1 else ''} · chosen: "
-            f"public {c.mark(chosen and chosen['public_passed'])} · private {c.mark(chosen and chosen['private_passed'])}")
+            f"public {c.mark(chosen and chosen['public_passed'])} · "
+            f"private {c.mark(chosen and chosen['private_passed'])}")
     with st.expander(head, expanded=focus_turn in (None, turn["turn"])):
         if not cands:
             st.info("No candidates recorded for this turn.")
@@ -209,7 +210,10 @@ else:
     own = [x for x in choices if x[0] == detail["id"]]
     default_a = own[0] if own else choices[0]
     default_b = own[-1] if len(own) > 1 else next(x for x in choices if x != default_a)
-    fmt = lambda x: f"rollout #{x[0]} · turn {x[1]}"
+
+    def fmt(x):
+        return f"rollout #{x[0]} · turn {x[1]}"
+
     ca, cb = st.columns(2)
     a = ca.selectbox("Left", choices, index=choices.index(default_a), format_func=fmt, key="cmp_a")
     b = cb.selectbox("Right", choices, index=choices.index(default_b), format_func=fmt, key="cmp_b")

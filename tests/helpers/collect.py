@@ -88,12 +88,8 @@ def snapshot(store, owner: Owner) -> list[tuple[Any, ...]]:
     with store.session() as s:
         rows = s.execute(
             select(
-                m.Problem.external_id,
-                m.Rollout.sample_index,
-                m.Turn.index,
-                m.Candidate.sample_index,
-                m.Candidate.response,
-                m.Candidate.public_passed,
+                m.Problem.external_id, m.Rollout.sample_index, m.Turn.index, m.Candidate.sample_index,
+                m.Candidate.response, m.Candidate.public_passed,
                 m.Candidate.private_passed,
                 m.Candidate.chosen,
                 m.Turn.feedback,
@@ -117,7 +113,7 @@ def assert_collection_exact(
         rollouts = s.execute(select(m.Rollout).where(where)).scalars().all()
         assert len(rollouts) == P * M, f"{len(rollouts)} rollouts, expected {P} x {M}"
         assert len({(r.problem_id, r.sample_index) for r in rollouts}) == P * M
-        assert Counter(r.sample_index for r in rollouts) == {i: P for i in range(M)}
+        assert Counter(r.sample_index for r in rollouts) == dict.fromkeys(range(M), P)
         assert all(r.status == "done" for r in rollouts), Counter(r.status for r in rollouts)
         problems = {
             p.id: p

@@ -95,7 +95,6 @@ def seed_dashboard(store) -> dict[str, Any]:
         dataset = "humaneval" if ext.startswith("HumanEval") else "mbpp"
         split = "test" if ext in ("mbpp/11", "mbpp/12") or dataset == "humaneval" else "train"
         ids["problems"][ext] = add_problem(store, ext, dataset=dataset, split=split, prompt=prompt)
-    P = ids["problems"]
     g0 = add_model(store, "tiny-base", "generator")
     v0 = add_model(store, "exp-demo/r0/verifier", "verifier")
     g1 = add_model(store, "exp-demo/r0/generator", "generator")
@@ -104,8 +103,18 @@ def seed_dashboard(store) -> dict[str, Any]:
     r0 = add_round(store, "exp-demo", 0, generator_id=g0)
     r1 = add_round(store, "exp-demo", 1, generator_id=g1)
     ids.update(r0=r0, r1=r1)
+    _seed_training_rollouts(store, ids)
+    _seed_evaluations(store, ids)
+    _seed_executions(store)
+    with store.session() as s:
+        _seed_round_state(s, ids)
+        _seed_sft_examples(s, ids)
+        _seed_jobs(s, ids)
+    return ids
 
-    # -- training rollouts ------------------------------------------------------------------------
+
+def _seed_training_rollouts(store, ids: dict[str, Any]) -> None:
+    P, g0, v0, g1, v1, r0, r1 = (ids[k] for k in ("problems", "g0", "v0", "g1", "v1", "r0", "r1"))
     ro = ids["rollouts"] = {}
     ro["r0/601/0"] = add_rollout(store, problem_id=P["mbpp/601"], sample_index=0, round_id=r0, generator_id=g0,
                                  turns=[
@@ -147,7 +156,10 @@ def seed_dashboard(store) -> dict[str, Any]:
         _c("def f(x):\n    return bar", False, False, -2.0, v1, status="error",
            feedback="NameError: name 'bar' is not defined (line 2)")])
 
-    # -- evaluations ------------------------------------------------------------------------------
+
+def _seed_evaluations(store, ids: dict[str, Any]) -> None:
+    P, v0, g1, v1, r0, r1 = (ids[k] for k in ("problems", "v0", "g1", "v1", "r0", "r1"))
+    ro = ids["rollouts"]
     # (round, dataset, mode) -> {problem: [per chain: (first public turn or None, first solved turn or None)]}
     plans: dict[tuple[int, str, str], dict[str, list[tuple[int | None, int | None]]]] = {
         (0, "mbpp", "greedy"): {"mbpp/11": [(2, 2)], "mbpp/12": [(None, None)]},
@@ -193,87 +205,94 @@ def seed_dashboard(store) -> dict[str, Any]:
         _c("def remove_occ(s, ch):\n    i = s.find(ch)\n    j = s.rfind(ch)\n    return s[:i] + s[i+1:j] + s[j+1:]",
            True, True, 1.7, v1)], "chosen": 1}])
 
-    # -- executions: per-test outcomes ------------------------------------------------------------
+
+def _seed_executions(store) -> None:
     with store.session() as s:
         for e in s.query(m.Execution).all():
             e.tests = _tests_for(e.passed, e.status, e.feedback, e.suite_kind)
             e.duration_ms = 10000.0 if e.status == "timeout" else (250.0 if e.status == "memory" else 40.0)
 
-    # -- rounds: state, models, step records --------------------------------------------------------
-    with store.session() as s:
-        rd0, rd1 = s.get(m.Round, r0), s.get(m.Round, r1)
-        rd0.status, rd0.verifier_out_id, rd0.generator_out_id = "done", v0, g1
-        rd0.started_at, rd0.finished_at = T0, T0 + timedelta(hours=3)
-        steps0, t = {}, T0
-        for name, secs in (("collect", 3000), ("score", 120), ("train_verifier", 1800), ("relabel", 30),
-                           ("train_generator", 4200), ("evaluate", 1650)):
-            steps0[name] = {"state": "done", "started_at": t.isoformat(),
-                            "finished_at": (t + timedelta(seconds=secs)).isoformat(), "seconds": secs}
-            t += timedelta(seconds=secs)
-        rd0.steps = steps0
-        rd1.status, rd1.verifier_in_id, rd1.verifier_out_id = "running", v0, v1
-        rd1.started_at = T0 + timedelta(hours=3)
-        rd1.steps = {"collect": {"state": "done", "seconds": 2400},
-                     "score": {"state": "running", "started_at": (T0 + timedelta(hours=4)).isoformat()}}
-        calib = [{"lo": i / 5, "hi": (i + 1) / 5, "count": 10 + i, "mean_predicted": (i + 0.5) / 5,
-                  "observed": min(1.0, i / 4)} for i in range(5)]
-        # v0: what trainers/verifier/evaluate.py stores; v1: a flat, older layout (found by key name)
-        for mv, metrics in ((v0, {"eval": {
-                                "holdout": {"roc_auc": 0.81, "pair_accuracy": 0.77, "bon_accuracy": 0.6,
-                                            "bon_random_baseline": 0.4, "bon_oracle_rate": 0.8, "problems": 3,
-                                            "ece": 0.12, "calibration": calib},
-                                "mbpp_test": {"roc_auc": 0.79, "pair_accuracy": 0.74, "bon_accuracy": 0.5,
-                                              "bon_random_baseline": 0.35, "bon_oracle_rate": 0.7, "problems": 2},
-                                "seconds": 1.5}}),
-                            (v1, {"auc": 0.86, "pair_accuracy": 0.83})):
-            obj = s.get(m.ModelVersion, mv)
-            obj.metrics = metrics
-            obj.round_id = r0 if mv == v0 else r1
 
-        # -- relabeled SFT examples (round 0) ---------------------------------------------------------
-        ts = m.TrainingSet(name="exp-demo/r0/sft", kind="sft", experiment_id=exp_id, round_id=r0)
-        s.add(ts)
-        s.flush()
-        ids["training_set"] = ts.id
+def _seed_round_state(s, ids: dict[str, Any]) -> None:
+    v0, g1, v1, r0, r1 = (ids[k] for k in ("v0", "g1", "v1", "r0", "r1"))
+    rd0, rd1 = s.get(m.Round, r0), s.get(m.Round, r1)
+    rd0.status, rd0.verifier_out_id, rd0.generator_out_id = "done", v0, g1
+    rd0.started_at, rd0.finished_at = T0, T0 + timedelta(hours=3)
+    steps0, t = {}, T0
+    for name, secs in (("collect", 3000), ("score", 120), ("train_verifier", 1800), ("relabel", 30),
+                       ("train_generator", 4200), ("evaluate", 1650)):
+        steps0[name] = {"state": "done", "started_at": t.isoformat(),
+                        "finished_at": (t + timedelta(seconds=secs)).isoformat(), "seconds": secs}
+        t += timedelta(seconds=secs)
+    rd0.steps = steps0
+    rd1.status, rd1.verifier_in_id, rd1.verifier_out_id = "running", v0, v1
+    rd1.started_at = T0 + timedelta(hours=3)
+    rd1.steps = {"collect": {"state": "done", "seconds": 2400},
+                 "score": {"state": "running", "started_at": (T0 + timedelta(hours=4)).isoformat()}}
+    calib = [{"lo": i / 5, "hi": (i + 1) / 5, "count": 10 + i, "mean_predicted": (i + 0.5) / 5,
+              "observed": min(1.0, i / 4)} for i in range(5)]
+    # v0: what trainers/verifier/evaluate.py stores; v1: a flat, older layout (found by key name)
+    for mv, metrics in ((v0, {"eval": {
+                            "holdout": {"roc_auc": 0.81, "pair_accuracy": 0.77, "bon_accuracy": 0.6,
+                                        "bon_random_baseline": 0.4, "bon_oracle_rate": 0.8, "problems": 3,
+                                        "ece": 0.12, "calibration": calib},
+                            "mbpp_test": {"roc_auc": 0.79, "pair_accuracy": 0.74, "bon_accuracy": 0.5,
+                                          "bon_random_baseline": 0.35, "bon_oracle_rate": 0.7, "problems": 2},
+                            "seconds": 1.5}}),
+                        (v1, {"auc": 0.86, "pair_accuracy": 0.83})):
+        obj = s.get(m.ModelVersion, mv)
+        obj.metrics = metrics
+        obj.round_id = r0 if mv == v0 else r1
 
-        def chosen_cand(rollout_id: int, turn: int) -> int:
-            return (s.query(m.Candidate.id).join(m.Turn, m.Turn.id == m.Candidate.turn_id)
-                    .filter(m.Turn.rollout_id == rollout_id, m.Turn.index == turn, m.Candidate.chosen)
-                    .scalar())
 
-        target_602 = chosen_cand(ro["r0/602/1"], 1)
-        target_601 = chosen_cand(ro["r0/601/0"], 2)
-        ids["target_602"] = target_602
-        examples = [
-            (P["mbpp/602"], ro["r0/602/0"], 1, target_602, "relabeled"),
-            (P["mbpp/602"], ro["r0/602/0"], 2, target_602, "relabeled"),
-            (P["mbpp/602"], ro["r0/602/0"], 3, target_602, "relabeled"),
-            (P["mbpp/602"], ro["r0/602/1"], 1, target_602, "positive"),
-            (P["mbpp/601"], ro["r0/601/0"], 1, target_601, "positive"),
-            (P["mbpp/601"], ro["r0/601/0"], 2, target_601, "positive"),
-        ]
-        for pid, rid, turn, target, source in examples:
-            s.add(m.SftExample(training_set_id=ts.id, problem_id=pid, rollout_id=rid, turn_index=turn,
-                               target_candidate_id=target, source=source, verifier_id=v0))
+def _seed_sft_examples(s, ids: dict[str, Any]) -> None:
+    P, v0, r0 = ids["problems"], ids["v0"], ids["r0"]
+    ro = ids["rollouts"]
+    exp_id = s.query(m.Experiment).filter_by(name="exp-demo").one().id
+    ts = m.TrainingSet(name="exp-demo/r0/sft", kind="sft", experiment_id=exp_id, round_id=r0)
+    s.add(ts)
+    s.flush()
+    ids["training_set"] = ts.id
 
-        # -- jobs -----------------------------------------------------------------------------------
-        def job(key, kind, queue, state, rid, start, secs, error=None, attempts=1):
-            s.add(m.Job(key=key, kind=kind, queue=queue, state=state, round_id=rid, attempts=attempts,
-                        error=error, queued_at=T0 + timedelta(seconds=start - 5) if start is not None else T0,
-                        started_at=T0 + timedelta(seconds=start) if start is not None else None,
-                        finished_at=T0 + timedelta(seconds=start + secs) if secs is not None else None))
+    def chosen_cand(rollout_id: int, turn: int) -> int:
+        return (s.query(m.Candidate.id).join(m.Turn, m.Turn.id == m.Candidate.turn_id)
+                .filter(m.Turn.rollout_id == rollout_id, m.Turn.index == turn, m.Candidate.chosen)
+                .scalar())
 
-        job("r0/sample/0", "sample", "sample", "done", r0, 0, 1500)
-        job("r0/sample/1", "sample", "sample", "done", r0, 1500, 1400)
-        job("r0/execute/0", "execute", "execute", "done", r0, 100, 60)
-        job("r0/train_verifier", "train_verifier", "train", "done", r0, 3120, 1800)
-        job("r0/train_generator", "train_generator", "train", "failed", r0, 4950, 30,
-            error="RuntimeError: CUDA out of memory", attempts=3)
-        job("r0/train_generator/retry", "train_generator", "train", "done", r0, 4980, 4170)
-        job("r1/sample/0", "sample", "sample", "running", r1, 11000, None)
-        job("r1/execute/0", "execute", "execute", "queued", r1, None, None)
-        job("r1/execute/1", "execute", "execute", "queued", r1, None, None)
-    return ids
+    target_602 = chosen_cand(ro["r0/602/1"], 1)
+    target_601 = chosen_cand(ro["r0/601/0"], 2)
+    ids["target_602"] = target_602
+    examples = [
+        (P["mbpp/602"], ro["r0/602/0"], 1, target_602, "relabeled"),
+        (P["mbpp/602"], ro["r0/602/0"], 2, target_602, "relabeled"),
+        (P["mbpp/602"], ro["r0/602/0"], 3, target_602, "relabeled"),
+        (P["mbpp/602"], ro["r0/602/1"], 1, target_602, "positive"),
+        (P["mbpp/601"], ro["r0/601/0"], 1, target_601, "positive"),
+        (P["mbpp/601"], ro["r0/601/0"], 2, target_601, "positive"),
+    ]
+    for pid, rid, turn, target, source in examples:
+        s.add(m.SftExample(training_set_id=ts.id, problem_id=pid, rollout_id=rid, turn_index=turn,
+                           target_candidate_id=target, source=source, verifier_id=v0))
+
+
+def _seed_jobs(s, ids: dict[str, Any]) -> None:
+    r0, r1 = ids["r0"], ids["r1"]
+    def job(key, kind, queue, state, rid, start, secs, error=None, attempts=1):
+        s.add(m.Job(key=key, kind=kind, queue=queue, state=state, round_id=rid, attempts=attempts,
+                    error=error, queued_at=T0 + timedelta(seconds=start - 5) if start is not None else T0,
+                    started_at=T0 + timedelta(seconds=start) if start is not None else None,
+                    finished_at=T0 + timedelta(seconds=start + secs) if secs is not None else None))
+
+    job("r0/sample/0", "sample", "sample", "done", r0, 0, 1500)
+    job("r0/sample/1", "sample", "sample", "done", r0, 1500, 1400)
+    job("r0/execute/0", "execute", "execute", "done", r0, 100, 60)
+    job("r0/train_verifier", "train_verifier", "train", "done", r0, 3120, 1800)
+    job("r0/train_generator", "train_generator", "train", "failed", r0, 4950, 30,
+        error="RuntimeError: CUDA out of memory", attempts=3)
+    job("r0/train_generator/retry", "train_generator", "train", "done", r0, 4980, 4170)
+    job("r1/sample/0", "sample", "sample", "running", r1, 11000, None)
+    job("r1/execute/0", "execute", "execute", "queued", r1, None, None)
+    job("r1/execute/1", "execute", "execute", "queued", r1, None, None)
 
 
 # -- a second experiment for the comparison page ---------------------------------------------------------

@@ -125,17 +125,8 @@ def _add_candidate(s, turn: m.Turn, spec: dict[str, Any], sample_index: int, cho
     return cand
 
 
-def add_rollout(
-    store,
-    *,
-    problem_id: int,
-    sample_index: int,
-    turns: list[dict[str, Any]],
-    round_id: int | None = None,
-    evaluation_id: int | None = None,
-    generator_id: int | None = None,
-    done: bool = True,
-) -> int:
+def add_rollout(store, *, problem_id: int, sample_index: int, turns: list[dict[str, Any]], round_id: int | None = None,
+                evaluation_id: int | None = None, generator_id: int | None = None, done: bool = True) -> int:
     """A finished trajectory; its final label is the private verdict of the last turn's chosen candidate."""
     with store.session() as s:
         problem = s.get(m.Problem, problem_id)
@@ -175,3 +166,36 @@ def add_rollout(
             ro.final_label = bool(last[1]["private"])
             ro.public_passed = bool(last[1]["public"])
         return ro.id
+
+
+# -- a round to relabel and train a generator on ---------------------------------------------------------------
+PROMPT = "Write a Python function f that adds one."
+STATE = [
+    {"role": "user", "content": PROMPT},
+    {"role": "assistant", "content": "```python\ndef f(x):\n    return x\n```"},
+    {"role": "user", "content": "Feedback: AssertionError: assert f(1) == 2"},
+]
+TARGET = "```python\ndef f(x):\n    return x + 1\n```"
+
+
+def sft_round(store, experiment: str, n_problems: int = 2) -> tuple[int, int]:
+    """(round id, generator id) of a round with a verifier whose rollouts give a handful of SFT examples: per
+    problem a correct one-turn trajectory and a failed two-turn one to relabel."""
+    from sqlalchemy import update
+
+    v = add_model(store, "rm", kind="verifier")
+    g = add_model(store, "gen-base")
+    rnd = add_round(store, experiment, 0, generator_id=g)
+    with store.session() as s:
+        s.execute(update(m.Round).where(m.Round.id == rnd).values(verifier_out_id=v))
+    for i in range(n_problems):
+        p = add_problem(store, f"mbpp/{900 + i}", prompt=f"Write f{i} that returns x + {i}.")
+        good = f"```python\ndef f{i}(x):\n    return x + {i}\n```"
+        add_rollout(store, problem_id=p, sample_index=0, round_id=rnd, generator_id=g, turns=[
+            {"response": good, "public": True, "private": True, "scores": {v: 0.5}},
+        ])
+        add_rollout(store, problem_id=p, sample_index=1, round_id=rnd, generator_id=g, turns=[
+            {"response": f"def f{i}(x): return x", "public": False, "private": False, "scores": {v: 0.1}},
+            {"response": f"def f{i}(x): return {i}", "public": False, "private": False, "scores": {v: 0.2}},
+        ])
+    return rnd, g

@@ -10,19 +10,9 @@ import pytest
 pytest.importorskip("vllm")
 
 from app.tiny_model import build_tiny_model
+from tests.helpers.models import CONVS, conv
 from workers.backends import registry
 from workers.backends.base import SamplingParams, render_prompt, sample_seed
-
-
-def conv(text: str) -> list[dict]:
-    return [{"role": "user", "content": text}]
-
-
-CONVS = [
-    conv("Write a Python function implementation for the following prompt:\n\nadd one"),
-    conv("assert f(1) == 2"),
-    conv("Feedback: Code passed all tests " * 4),
-]
 
 
 @pytest.fixture(scope="module")
@@ -112,3 +102,33 @@ def test_stop_token_ends_the_response_and_counts(backend):
     assert s.text == backend.tokenizer.decode(gen[:k], skip_special_tokens=True)
     [[full]] = backend.generate([CONVS[0]], SamplingParams(1.0, 1.0, 16), [7])
     assert full.finish_reason == "length" and full.completion_tokens == 16
+
+
+def test_stop_after_code_gives_the_transformers_backends_samples(tmp_path_factory):
+    """vLLM samples on past the code block and the response is cut where the block closes: greedy, the same
+    samples as the transformers backend, which stops there; sampled, each response is the uncut one's prefix."""
+    from dataclasses import replace
+
+    from app.env.extract import code_block_closed, extract_code
+    from tests.helpers.models import RAMBLING, rambling_model_dir
+    from workers.backends.transformers_backend import TransformersBackend
+
+    path = rambling_model_dir(tmp_path_factory.mktemp("rambling") / "m", hidden_size=256, num_heads=4)
+    convs = [conv(p) for p in RAMBLING]
+    greedy = SamplingParams(temperature=0.0, max_tokens=48, stop_after_code=True)
+    want = TransformersBackend(str(path), device="cpu", dtype="float32").generate(convs, greedy, [1, 2])
+    be = registry.get_backend("vllm", str(path), dtype="float32", enforce_eager=True, max_model_len=1024)
+    try:
+        assert be.generate(convs, replace(greedy, stop_after_code=False), [1, 2]) != want  # it rambles on
+        assert be.generate(convs, greedy, [1, 2]) == want
+        sampled = SamplingParams(temperature=1.0, max_tokens=48)
+        seeds = [5, 6, 7, 8, 9, 10]
+        full = be.generate(convs * 3, sampled, seeds)
+        cut = be.generate(convs * 3, replace(sampled, stop_after_code=True), seeds)
+        for [f], [c] in zip(full, cut, strict=True):
+            assert f.text.startswith(c.text) and c.completion_tokens <= f.completion_tokens
+            if c.text != f.text:
+                assert code_block_closed(c.text) and extract_code(c.text) == extract_code(f.text)
+                assert c.finish_reason == "stop"
+    finally:
+        registry.release()

@@ -27,16 +27,20 @@ import dataclasses
 import logging
 import os
 import re
-import shutil
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.env.chat import render_chat
 from trainers import checkpoints
+from trainers.common import resolve_base_model, world_size
 from trainers.sft.config import GeneratorTrainConfig
+
+if TYPE_CHECKING:
+    from app.db.models import ModelVersion
+    from app.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -212,33 +216,6 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "generator"
 
 
-def _resolve_model(arg: str) -> str:
-    """A local path as is; otherwise the model registry's answer when it knows the name; else the hub name."""
-    if Path(arg).expanduser().exists():
-        return str(Path(arg).expanduser())
-    try:
-        from app.model_registry import resolve_model  # absent in a bare checkout
-    except Exception:  # noqa: BLE001
-        return arg
-    try:
-        out = resolve_model(arg)
-    except Exception:  # noqa: BLE001  unknown to the registry: a hub name
-        return arg
-    for attr in ("path", "uri"):
-        if hasattr(out, attr):
-            out = getattr(out, attr)
-    return str(out)
-
-
-def _world_size() -> int:
-    """Processes of this run, from the launcher's environment (torchrun / accelerate launch set WORLD_SIZE).
-
-    Read before the trainer exists: creating accelerate's shared state here would fix its device choice
-    (a CPU multi-process run needs ``use_cpu`` from the training arguments).
-    """
-    return max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
-
-
 def _losses(log_history: list[dict[str, Any]]) -> list[float]:
     return [float(h["loss"]) for h in log_history if "loss" in h and "train_loss" not in h]
 
@@ -288,60 +265,58 @@ def _run_identity(cfg: GeneratorTrainConfig, training_set_id: int, init_path: st
     }
 
 
-def train_generator(cfg: GeneratorTrainConfig, store=None) -> dict[str, Any]:
-    """Train a generator on an SFT training set and register it. Returns the model version (as a dict).
-
-    Runs the same under ``accelerate launch`` (every process trains; the main one saves and registers).
-    Idempotent: a registered version with the same name is returned as is unless ``cfg.overwrite``; a run that
-    was killed resumes from its last complete checkpoint (``trainers/checkpoints.py``).
-    """
-    from app.config import get_settings
+def _open_store(cfg: GeneratorTrainConfig, store: Store | None) -> Store:
+    """The given store, else the one ``cfg.database_url`` (or the settings) names, checked to be migrated."""
     from app.errors import MucodeError
-    from trainers.relabel import example_records
 
-    settings = get_settings()
-    if store is None:
-        from app.store import Store
+    if store is not None:
+        return store
+    from app.store import Store
 
-        store = Store(cfg.database_url) if cfg.database_url else Store.from_settings()
-        if not store.is_migrated():
-            raise MucodeError("the database is not migrated to the current schema: run `mucode db upgrade`")
-    if cfg.training_set is None:
-        raise MucodeError("--training-set is required")
-    ts = store.sft_training_set(cfg.training_set)
+    store = Store(cfg.database_url) if cfg.database_url else Store.from_settings()
+    if not store.is_migrated():
+        raise MucodeError("the database is not migrated to the current schema: run `mucode db upgrade`")
+    return store
+
+
+def version_dict(mv: ModelVersion) -> dict[str, Any]:
+    """A registered generator as ``train_generator`` returns it (plain JSON: it is also a job's result)."""
+    return {
+        "id": mv.id, "name": mv.name, "kind": mv.kind, "base_model": mv.base_model, "uri": mv.uri,
+        "parent_id": mv.parent_id, "round_id": mv.round_id, "training_set_id": mv.training_set_id,
+        "config": mv.config, "metrics": mv.metrics,
+    }
+
+
+def _starting_point(cfg: GeneratorTrainConfig, store: Store, ts: dict[str, Any]):
+    """(base model, parent generator or None, the model the run starts from) of a training set's run."""
+    from app.errors import MucodeError
+
     rnd, exp = ts["round"], ts["experiment"]
-    name = cfg.name or model_name_for(ts["name"])
-    if not cfg.overwrite:
-        existing = store.sft_model_version(name)
-        if existing is not None:
-            log.info("generator %s already registered (id %s): nothing to do", name, existing["id"])
-            return existing
-
     base_model = cfg.base_model or (exp or {}).get("base_model")
     if not base_model:
-        raise MucodeError("no base model: pass --base-model (the training set has no experiment to take it from)")
+        raise MucodeError(
+            "no base model: pass --base-model (the training set has no experiment to take it from)"
+        )
     parent = None
     if rnd is not None and rnd.get("generator_id"):
-        parent = store.sft_model_version_by_id(rnd["generator_id"])
+        parent = store.get_model_version(int(rnd["generator_id"]), required=False)
     if cfg.init_model:
         init_from = cfg.init_model
     elif cfg.init == "parent" and parent is not None:
-        init_from = parent["uri"]
+        init_from = parent.uri
     else:
         init_from = base_model
-    init_path = _resolve_model(init_from)
-    tracker = _tracking(cfg, exp)  # a missing tracker package fails here, before any loading
-    cfg = dataclasses.replace(cfg, tracking=tracker.backend, tracking_uri=tracker.uri)
+    return base_model, parent, init_from
 
-    records = list(example_records(store, ts["id"]))
-    if not records:
-        raise MucodeError(f"training set {ts['name']} has no examples")
 
+def _load_model(cfg: GeneratorTrainConfig, init_path: str, init_from: str):
+    """(tokenizer, causal LM in fp32, end-of-turn token ids) of the model the run starts from."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTTrainer
 
-    world_size = _world_size()
+    from app.errors import MucodeError
+
     tokenizer = AutoTokenizer.from_pretrained(init_path)
     if tokenizer.chat_template is None:
         raise MucodeError(f"the tokenizer of {init_from} has no chat template")
@@ -353,60 +328,57 @@ def train_generator(cfg: GeneratorTrainConfig, store=None) -> dict[str, Any]:
     model = AutoModelForCausalLM.from_pretrained(init_path, **load_kwargs)
     gen_eos = getattr(model.generation_config, "eos_token_id", None)
     extra_eot = gen_eos if isinstance(gen_eos, list) else [gen_eos]
-    eot = end_of_turn_ids(tokenizer, extra_eot)
-
-    num_proc = cfg.dataset_num_proc
-    if num_proc is None:  # auto: parallel tokenization for big sets, the CPUs shared among the processes
-        num_proc = max(1, min(8, (os.cpu_count() or 1) // world_size)) if len(records) >= 5000 else 1
-    dataset, tok_stats = tokenize_dataset(
-        tokenizer, records, max_length=cfg.max_length, eot_ids=eot, num_proc=num_proc
-    )
-    if tok_stats["kept"] == 0:
-        raise MucodeError(f"every example is longer than max_length={cfg.max_length}")
-
-    safe = _safe(name)
-    out_dir = Path(cfg.output_dir) if cfg.output_dir else Path(settings.artifacts_dir) / "models" / safe
-    ckpt_dir = checkpoints.checkpoints_dir(out_dir)
-    from app.tracking import environment as tracking_environment
+    return tokenizer, model, end_of_turn_ids(tokenizer, extra_eot)
 
 
+def _num_proc(cfg: GeneratorTrainConfig, examples: int, processes: int) -> int:
+    if cfg.dataset_num_proc is not None:
+        return cfg.dataset_num_proc
+    # auto: parallel tokenization for big sets, the CPUs shared among the processes
+    return max(1, min(8, (os.cpu_count() or 1) // processes)) if examples >= 5000 else 1
+
+
+def _tags(name: str, ts: dict[str, Any]) -> dict[str, Any]:
+    """The tracker tags of a generator run."""
     tags = {"model": name, "kind": "generator", "training_set": ts["name"]}
-    if exp is not None:
-        tags["experiment"] = exp["name"]
-    if rnd is not None:
-        tags["round"] = rnd.get("index")
-    # TRL's integrations read where to write from the environment, from creating the trainer to its end
-    with tracking_environment(tracker, name, tags):
-        args = cfg.to_sft_config(str(ckpt_dir), world_size=world_size, run_name=name)
-        peft_config = None
-        if cfg.use_lora:
-            from peft import LoraConfig
+    if ts["experiment"] is not None:
+        tags["experiment"] = ts["experiment"]["name"]
+    if ts["round"] is not None:
+        tags["round"] = ts["round"].get("index")
+    return tags
 
-            targets: Any = cfg.lora_target_modules
-            if targets != "all-linear":
-                targets = [x.strip() for x in targets.split(",") if x.strip()]
-            peft_config = LoraConfig(
-                task_type="CAUSAL_LM", r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                target_modules=targets,
-            )
-        trainer = SFTTrainer(
-            model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config,
-            callbacks=[checkpoints.callback()],
+
+def _sft_trainer(cfg: GeneratorTrainConfig, model, tokenizer, dataset, args):
+    """TRL's SFTTrainer on the tokenized set (LoRA-wrapped when asked), writing resumable checkpoints."""
+    from trl import SFTTrainer
+
+    peft_config = None
+    if cfg.use_lora:
+        from peft import LoraConfig
+
+        targets: Any = cfg.lora_target_modules
+        if targets != "all-linear":
+            targets = [x.strip() for x in targets.split(",") if x.strip()]
+        peft_config = LoraConfig(
+            task_type="CAUSAL_LM", r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+            target_modules=targets,
         )
-        resume = None
-        if cfg.checkpoint_steps > 0:
-            resume = checkpoints.prepare_resume(
-                trainer.accelerator, ckpt_dir, _run_identity(cfg, ts["id"], init_path, world_size, tok_stats)
-            )
-        t0 = time.perf_counter()
-        result = trainer.train(resume_from_checkpoint=resume)
-    seconds = time.perf_counter() - t0
-    losses = _losses(trainer.state.log_history)
+    return SFTTrainer(
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config,
+        callbacks=[checkpoints.callback()],
+    )
 
+
+def _metrics(trainer, result, resume: str | None, *, seconds: float, processes: int, examples: int,
+             tok_stats: dict[str, Any]) -> dict[str, Any]:
+    """The training metrics a generator version records."""
+    losses = _losses(trainer.state.log_history)
     train_loss = float(result.training_loss)
     if resume is not None:  # the Trainer's figure covers only the steps of this process's run
         train_loss = _logged_mean_loss(trainer.state.log_history, train_loss)
-    metrics = {
+    args = trainer.args
+    batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * processes
+    return {
         "train_loss": train_loss,
         "train_loss_first": losses[0] if losses else None,
         "train_loss_last": losses[-1] if losses else None,
@@ -417,53 +389,111 @@ def train_generator(cfg: GeneratorTrainConfig, store=None) -> dict[str, Any]:
         "train_seconds": round(seconds, 2),
         "world_size": trainer.accelerator.num_processes,
         "gradient_accumulation_steps": args.gradient_accumulation_steps,
-        "effective_batch_size": args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size,
-        "training_set_examples": len(records),
+        "effective_batch_size": batch,
+        "training_set_examples": examples,
         **{f"data_{k}": v for k, v in tok_stats.items()},
     }
+
+
+def _save(cfg: GeneratorTrainConfig, trainer, tokenizer, out_dir: Path) -> None:
+    """Write the trained model (merged LoRA, adapter only, or full) and its tokenizer to ``out_dir``,
+    whole."""
+    from trainers.common import save_atomically
+
+    acc = trainer.accelerator
+    merge = cfg.use_lora and cfg.merge_lora
+
+    def write_all(tmp: Path) -> None:
+        if not merge:
+            # every process (ZeRO-3/FSDP gather the weights); the main one writes
+            trainer.save_model(str(tmp))
+
+    def write_main(tmp: Path) -> None:
+        if merge:
+            acc.unwrap_model(trainer.model).merge_and_unload().save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+
+    save_atomically(out_dir, write_all=write_all, write_main=write_main, accelerator=acc)
+
+
+def train_generator(cfg: GeneratorTrainConfig, store: Store | None = None) -> dict[str, Any]:
+    """Train a generator on an SFT training set and register it. Returns the model version (as a dict).
+
+    Runs the same under ``accelerate launch`` (every process trains; the main one saves and registers).
+    Idempotent: a registered version with the same name is returned as is unless ``cfg.overwrite``; a run that
+    was killed resumes from its last complete checkpoint (``trainers/checkpoints.py``).
+    """
+    from app.config import get_settings
+    from app.errors import MucodeError
+    from app.tracking import environment as tracking_environment
+    from trainers.relabel import example_records
+
+    store = _open_store(cfg, store)
+    if cfg.training_set is None:
+        raise MucodeError("--training-set is required")
+    ts = store.sft_training_set(cfg.training_set)
+    name = cfg.name or model_name_for(ts["name"])
+    if not cfg.overwrite:
+        existing = store.get_model_version(name, required=False)
+        if existing is not None:
+            log.info("generator %s already registered (id %s): nothing to do", name, existing.id)
+            return version_dict(existing)
+
+    base_model, parent, init_from = _starting_point(cfg, store, ts)
+    init_path = resolve_base_model(init_from)  # a bad path or a model not pulled yet fails here, saying so
+    tracker = _tracking(cfg, ts["experiment"])  # a missing tracker package fails here, before any loading
+    cfg = dataclasses.replace(cfg, tracking=tracker.backend, tracking_uri=tracker.uri)
+    records = list(example_records(store, ts["id"]))
+    if not records:
+        raise MucodeError(f"training set {ts['name']} has no examples")
+
+    processes = world_size()
+    tokenizer, model, eot = _load_model(cfg, init_path, init_from)
+    dataset, tok_stats = tokenize_dataset(tokenizer, records, max_length=cfg.max_length, eot_ids=eot,
+                                          num_proc=_num_proc(cfg, len(records), processes))
+    if tok_stats["kept"] == 0:
+        raise MucodeError(f"every example is longer than max_length={cfg.max_length}")
+    out_dir = Path(cfg.output_dir or Path(get_settings().artifacts_dir) / "models" / _safe(name))
+    ckpt_dir = checkpoints.checkpoints_dir(out_dir)
+
+    # TRL's integrations read where to write from the environment, from creating the trainer to its end
+    with tracking_environment(tracker, name, _tags(name, ts)):
+        args = cfg.to_sft_config(str(ckpt_dir), world_size=processes, run_name=name)
+        trainer = _sft_trainer(cfg, model, tokenizer, dataset, args)
+        resume = None
+        if cfg.checkpoint_steps > 0:
+            resume = checkpoints.prepare_resume(
+                trainer.accelerator, ckpt_dir, _run_identity(cfg, ts["id"], init_path, processes, tok_stats)
+            )
+        t0 = time.perf_counter()
+        result = trainer.train(resume_from_checkpoint=resume)
+    metrics = _metrics(trainer, result, resume, seconds=time.perf_counter() - t0, processes=processes,
+                       examples=len(records), tok_stats=tok_stats)
+
+    _save(cfg, trainer, tokenizer, out_dir)
     acc = trainer.accelerator
     mv: dict[str, Any] = {"name": name, "uri": str(out_dir), "metrics": metrics}
-    tmp = out_dir.with_name(out_dir.name + ".partial")  # written whole, then renamed into place
     if acc.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-    acc.wait_for_everyone()
-    if cfg.use_lora and cfg.merge_lora:
-        if acc.is_main_process:
-            merged = acc.unwrap_model(trainer.model).merge_and_unload()
-            merged.save_pretrained(tmp, safe_serialization=True)
-    else:
-        trainer.save_model(str(tmp))  # every process (ZeRO-3/FSDP gather the weights); the main one writes
-    acc.wait_for_everyone()
-    if acc.is_main_process:
-        tokenizer.save_pretrained(tmp)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
-        config = {
-            **cfg.to_dict(),
-            "database_url": None,
-            "init_from": init_from,
-            "base_model": base_model,
-            "training_set_id": ts["id"],
-            "training_set_name": ts["name"],
-            "relabel": ts["config"],
-            "effective_batch_size_actual": metrics["effective_batch_size"],
-            "adapter_only": bool(cfg.use_lora and not cfg.merge_lora),
-        }
         if cfg.register:
+            config = {
+                **cfg.to_dict(),
+                "database_url": None,
+                "init_from": init_from,
+                "base_model": base_model,
+                "training_set_id": ts["id"],
+                "training_set_name": ts["name"],
+                "relabel": ts["config"],
+                "effective_batch_size_actual": metrics["effective_batch_size"],
+                "adapter_only": bool(cfg.use_lora and not cfg.merge_lora),
+            }
             mv_id = store.sft_register_generator(
-                name=name,
-                base_model=base_model,
-                uri=str(out_dir.resolve()),
-                parent_id=parent["id"] if parent else None,
-                round_id=ts["round_id"],
-                training_set_id=ts["id"],
-                config=config,
-                metrics=metrics,
+                name=name, base_model=base_model, uri=str(out_dir.resolve()),
+                parent_id=parent.id if parent else None, round_id=ts["round_id"], training_set_id=ts["id"],
+                config=config, metrics=metrics,
             )
             if cfg.set_round_output and ts["round_id"] is not None:
                 store.sft_set_round_generator(ts["round_id"], mv_id)
-            mv = store.sft_model_version_by_id(mv_id) or mv
+            mv = version_dict(store.get_model_version(mv_id))
         # Only now: a run killed before its version is registered trains again, from the last checkpoint.
         checkpoints.remove(ckpt_dir)
     acc.wait_for_everyone()

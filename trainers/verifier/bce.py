@@ -7,13 +7,12 @@ label, as rm_bce.py.
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from trainers.verifier.common import summarize, train_resumable, training_args_kwargs
+from trainers.verifier.common import fit, training_args_kwargs
 from trainers.verifier.config import VerifierTrainingConfig
 
 
@@ -70,42 +69,21 @@ def _trainer_class():
     return BCETrainer
 
 
-def train_bce(
-    model,
-    tokenizer,
-    rows: Sequence[dict[str, Any]],
-    config: VerifierTrainingConfig,
-    output_dir: str,
-    *,
-    dropped: int = 0,
-    progress: bool = True,
-    callbacks: list | None = None,
-    run: dict[str, Any] | None = None,
-) -> tuple[Any, dict[str, Any]]:
-    """Train on tokenized rows (``input_ids``, ``label``); returns (trainer, summary).
-
-    Checkpoints go to ``output_dir`` every ``config.checkpoint_steps`` steps, and training resumes from the
-    last complete one there when it belongs to the same ``run`` (``trainers/checkpoints.py``)."""
+def train_bce(model, tokenizer, rows: Sequence[dict[str, Any]], config: VerifierTrainingConfig,
+              output_dir: str, *, dropped: int = 0, progress: bool = True,
+              run: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
+    """Train on tokenized rows (``input_ids``, ``label``); returns (trainer, summary). Checkpoints and
+    resuming as ``train_bt``."""
     from transformers import TrainingArguments
 
     if not rows:
         raise ValueError("no training rows")
-    args = TrainingArguments(**training_args_kwargs(config, output_dir, progress=progress))
     dataset = [{"input_ids": list(r["input_ids"]), "label": float(r["label"])} for r in rows]
-    cls = _trainer_class()
-    trainer = cls(
+    trainer = _trainer_class()(
         model=model,
-        args=args,
+        args=TrainingArguments(**training_args_kwargs(config, output_dir, progress=progress)),
         train_dataset=dataset,
         data_collator=BCECollator(tokenizer.pad_token_id),
         processing_class=tokenizer,
-        callbacks=callbacks,
     )
-    if not progress:
-        from transformers.trainer_callback import PrinterCallback
-
-        trainer.remove_callback(PrinterCallback)
-    started, started_cpu = time.perf_counter(), time.process_time()
-    resumed = train_resumable(trainer, config, run)
-    return trainer, summarize(trainer, started=started, examples=len(rows), dropped=dropped, unit="rows",
-                            started_cpu=started_cpu, resumed_from_step=resumed)
+    return fit(trainer, config, examples=len(rows), dropped=dropped, unit="rows", progress=progress, run=run)

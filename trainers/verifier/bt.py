@@ -9,11 +9,10 @@ reference's — the rest (data collator, metrics, accelerate/DeepSpeed, bf16) is
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import Any
 
-from trainers.verifier.common import summarize, train_resumable, training_args_kwargs
+from trainers.verifier.common import fit, training_args_kwargs
 from trainers.verifier.config import VerifierTrainingConfig
 
 
@@ -50,18 +49,9 @@ def make_reward_config(config: VerifierTrainingConfig, output_dir: str, *, progr
     )
 
 
-def train_bt(
-    model,
-    tokenizer,
-    rows: Sequence[dict[str, Any]],
-    config: VerifierTrainingConfig,
-    output_dir: str,
-    *,
-    dropped: int = 0,
-    progress: bool = True,
-    callbacks: list | None = None,
-    run: dict[str, Any] | None = None,
-) -> tuple[Any, dict[str, Any]]:
+def train_bt(model, tokenizer, rows: Sequence[dict[str, Any]], config: VerifierTrainingConfig,
+             output_dir: str, *, dropped: int = 0, progress: bool = True,
+             run: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
     """Train on tokenized pairs (``chosen_ids``/``rejected_ids``); returns (trainer, summary).
 
     Checkpoints go to ``output_dir`` every ``config.checkpoint_steps`` steps, and training resumes from the
@@ -70,22 +60,11 @@ def train_bt(
 
     if not rows:
         raise ValueError("no training pairs")
-    dataset = Dataset.from_list([{"chosen_ids": r["chosen_ids"], "rejected_ids": r["rejected_ids"]} for r in rows])
-    args = make_reward_config(config, output_dir, progress=progress)
+    dataset = Dataset.from_list(
+        [{"chosen_ids": r["chosen_ids"], "rejected_ids": r["rejected_ids"]} for r in rows]
+    )
     cls = _trainer_class()
     cls.l2_form = config.l2_form
-    trainer = cls(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        callbacks=callbacks,
-    )
-    if not progress:
-        from transformers.trainer_callback import PrinterCallback
-
-        trainer.remove_callback(PrinterCallback)
-    started, started_cpu = time.perf_counter(), time.process_time()
-    resumed = train_resumable(trainer, config, run)
-    return trainer, summarize(trainer, started=started, examples=len(rows), dropped=dropped, unit="pairs",
-                            started_cpu=started_cpu, resumed_from_step=resumed)
+    trainer = cls(model=model, args=make_reward_config(config, output_dir, progress=progress),
+                  train_dataset=dataset, processing_class=tokenizer)
+    return fit(trainer, config, examples=len(rows), dropped=dropped, unit="pairs", progress=progress, run=run)

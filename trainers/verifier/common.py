@@ -1,16 +1,13 @@
-"""What the BT and BCE trainers share: TrainingArguments values, the precision rule, the run summary."""
+"""What the BT and BCE trainers share: TrainingArguments values, the precision rule, training a built trainer
+(resumable) and its run summary."""
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
+from trainers.common import world_size
 from trainers.verifier.config import VerifierTrainingConfig
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def use_bf16(config: VerifierTrainingConfig) -> bool:
@@ -109,3 +106,17 @@ def train_resumable(trainer, config: VerifierTrainingConfig, run: dict[str, Any]
         resume = checkpoints.prepare_resume(trainer.accelerator, trainer.args.output_dir, run or {})
     trainer.train(resume_from_checkpoint=resume)
     return checkpoints.checkpoint_step(resume)
+
+
+def fit(trainer, config: VerifierTrainingConfig, *, examples: int, dropped: int, unit: str, progress: bool,
+        run: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]:
+    """Train a built BT or BCE trainer (from its last complete checkpoint of the same ``run``, when there
+    is one) and return (trainer, summary); ``unit`` names what ``examples`` counts (pairs or rows)."""
+    if not progress:
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+    started, started_cpu = time.perf_counter(), time.process_time()
+    resumed = train_resumable(trainer, config, run)
+    return trainer, summarize(trainer, started=started, examples=examples, dropped=dropped, unit=unit,
+                              started_cpu=started_cpu, resumed_from_step=resumed)

@@ -23,6 +23,8 @@ from typing import Any, Literal
 from app.protocol import VerifierConfig
 
 _P = VerifierConfig()
+# How HfArgumentParser reads an optional boolean (train.py's command line): ``--bf16`` alone is true
+_FLAG = {"nargs": "?", "const": True}
 
 
 def frozen_protocol(stored: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -52,7 +54,7 @@ class VerifierTrainingConfig:
     effective_batch_size: int = _P.effective_batch_size  # pairs (BT) or rows (BCE) per optimizer step
     per_device_batch_size: int = _P.per_device_batch_size
     max_length: int = _P.max_length
-    use_lora: bool = _P.use_lora
+    use_lora: bool = field(default=_P.use_lora, metadata={"aliases": ["--lora"]})
     seed: int = _P.seed
     # -- optimizer, as the reference (AdamW eps 1e-5, torch's default weight decay, linear decay, no warmup) --
     adam_epsilon: float = 1e-5
@@ -70,8 +72,9 @@ class VerifierTrainingConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.0
     lora_target_modules: list[str] | str | None = "all-linear"
-    bf16: bool | None = None  # None: bf16 on a GPU that supports it, fp32 otherwise
-    gradient_checkpointing: bool | None = None  # None: on for GPU (paper), off on CPU
+    bf16: bool | None = field(default=None, metadata=_FLAG)  # None: bf16 on a GPU that supports it, else fp32
+    # None: on for GPU (paper), off on CPU
+    gradient_checkpointing: bool | None = field(default=None, metadata=_FLAG)
     optim: str | None = None  # transformers' optimizer name (None: its AdamW); adafactor: no second moment
     # -- run ---------------------------------------------------------------------------------------
     max_steps: int = -1  # > 0 overrides epochs (tests, smoke runs)

@@ -26,12 +26,15 @@ import random
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.env.chat import render_chat
 from app.errors import MucodeError
 from app.hashing import json_hash
 from trainers.verifier.config import VerifierTrainingConfig
+
+if TYPE_CHECKING:
+    from app.store import Store
 
 
 @dataclass(frozen=True)
@@ -148,7 +151,7 @@ def default_training_set_name(round_ids: Sequence[int], config: VerifierTraining
 
 # ---------------------------------------------------------------------------------------------- store side
 def build_training_set(
-    store,
+    store: Store,
     round_ids: Sequence[int],
     config: VerifierTrainingConfig | None = None,
     *,
@@ -226,7 +229,7 @@ def build_training_set(
     return ts_id
 
 
-def load_bt_examples(store, training_set_id: int) -> list[BTExample]:
+def load_bt_examples(store: Store, training_set_id: int) -> list[BTExample]:
     pairs = store.verifier_pairs(training_set_id)
     ids = {p["chosen_candidate_id"] for p in pairs} | {p["rejected_candidate_id"] for p in pairs}
     texts = store.verifier_candidate_texts(sorted(ids))
@@ -244,7 +247,7 @@ def load_bt_examples(store, training_set_id: int) -> list[BTExample]:
     return out
 
 
-def load_bce_examples(store, training_set_id: int) -> list[BCEExample]:
+def load_bce_examples(store: Store, training_set_id: int) -> list[BCEExample]:
     ts = store.get_verifier_training_set(training_set_id)
     rows = ts["config"].get("rows") or []
     texts = store.verifier_candidate_texts(sorted({int(c) for c, _ in rows}))

@@ -17,10 +17,13 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app import metrics as M
 from trainers.verifier.config import VerifierTrainingConfig
+
+if TYPE_CHECKING:
+    from app.store import Store
 
 
 def ranking_metrics(
@@ -78,7 +81,8 @@ def ranking_metrics(
     return out
 
 
-def _score_missing(store, verifier: dict[str, Any], rows: list[dict[str, Any]], scorer, progress: bool) -> int:
+def _score_missing(store: Store, verifier: dict[str, Any], rows: list[dict[str, Any]], scorer,
+                   progress: bool) -> int:
     missing = [r["candidate_id"] for r in rows if r.get("score") is None]
     if not missing:
         return 0
@@ -88,7 +92,7 @@ def _score_missing(store, verifier: dict[str, Any], rows: list[dict[str, Any]], 
 
 
 def evaluate_verifier(
-    store,
+    store: Store,
     verifier_ref: int | str,
     *,
     scorer=None,

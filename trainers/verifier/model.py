@@ -1,15 +1,13 @@
 """The verifier model: a one-output sequence-classification head on a base causal LM.
 
-- ``resolve_base_model``: a local directory, a pulled model name (``mucode models pull``) or a hub name; a
-  path that does not exist fails at once with a clear error, before anything is loaded.
 - ``load_tokenizer``: pad-token handling (a dedicated pad token when the vocabulary has one, else EOS; the
   score is read at the last non-pad token, which right padding never moves).
 - ``load_model_for_training``: ``AutoModelForSequenceClassification(num_labels=1)``, the score head re-drawn
   from N(0, 1/sqrt(hidden + 1)) and dropout disabled (rm_bt.py), optional LoRA (peft, SEQ_CLS: the head is
   trained in full).
-- ``save_verifier`` / ``load_verifier``: a trained verifier is a plain model folder (LoRA merged), written to a
-  temporary folder and renamed into place with a ``mucode_verifier.json`` marker, so a crash never leaves a
-  half-written model that looks finished.
+- ``save_verifier`` / ``load_verifier``: a trained verifier is a plain model folder (LoRA merged), written
+  to a temporary folder and renamed into place with a ``mucode_verifier.json`` marker
+  (``trainers.common.save_atomically``), so a crash never leaves a half-written model that looks finished.
 torch, transformers and peft are imported inside the functions.
 """
 
@@ -19,12 +17,11 @@ import json
 import logging
 import math
 import os
-import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from app.errors import ConfigError, MucodeError, NotFound
+from app.errors import MucodeError, NotFound
 
 MARKER = "mucode_verifier.json"
 # Dedicated padding tokens some vocabularies carry (Llama-3 reserves these; the reference used id 128002).
@@ -36,42 +33,8 @@ def _looks_like_path(arg: str) -> bool:
         arg.startswith(("/", ".", "~"))
         or arg.count("/") > 1
         or arg.endswith("/")
-        or os.sep != "/" and os.sep in arg
+        or (os.sep != "/" and os.sep in arg)
     )
-
-
-def _is_model_dir(p: Path) -> bool:
-    return p.is_dir() and (p / "config.json").is_file()
-
-
-def resolve_base_model(arg: str | os.PathLike) -> str:
-    """Where to load a base model from: an existing model folder, a pulled model, or a hub name.
-
-    Delegates to the model registry (``app.model_registry.resolve_model``); raises NotFound for a path that
-    does not exist or a folder that holds no model, saying what was tried, before anything is loaded.
-    """
-    arg = str(arg)
-    if not arg.strip():
-        raise ConfigError("no base model given")
-    try:
-        from app.model_registry import resolve_model
-    except ImportError:  # pragma: no cover - the registry is part of app; kept for partial checkouts
-        resolve_model = None
-    if resolve_model is not None:
-        return resolve_model(arg)
-    p = Path(arg).expanduser()
-    if p.exists():
-        if _is_model_dir(p):
-            return str(p.resolve())
-        raise NotFound(f"base model {arg!r}: the folder exists but holds no model (no config.json)")
-    if _looks_like_path(arg):
-        raise NotFound(f"base model {arg!r}: no such file or directory")
-    from app.config import get_settings
-
-    pulled = get_settings().model_cache_dir / arg
-    if _is_model_dir(pulled):
-        return str(pulled)
-    return arg  # a hub name: from_pretrained will fetch it (or say why it cannot)
 
 
 @contextmanager
@@ -206,20 +169,17 @@ def is_complete(path: str | Path) -> bool:
 
 def save_verifier(model, tokenizer, out_dir: str | Path, meta: dict[str, Any]) -> Path:
     """Write the verifier (merged, fp32 or its training dtype) to ``out_dir`` atomically."""
-    out = Path(out_dir)
-    tmp = out.with_name(out.name + ".partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
+    from trainers.common import save_atomically
+
     model = unwrap_peft(model)
     model.config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    (tmp / MARKER).write_text(json.dumps(meta, indent=2, default=str))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_marker(tmp, meta)
+
+    return save_atomically(out_dir, write_main=write)
 
 
 def write_marker(out_dir: str | Path, meta: dict[str, Any]) -> None:

@@ -25,12 +25,17 @@ import os
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.errors import MucodeError
+from trainers.common import resolve_base_model, world_size
 from trainers.verifier.config import VerifierTrainingConfig
+
+if TYPE_CHECKING:
+    from app.store import Store
 
 
 def _is_main() -> bool:
@@ -43,7 +48,7 @@ def _console():
     return Console(stderr=True, quiet=not _is_main())
 
 
-def default_verifier_name(store, ts: dict[str, Any], loss: str, round_id: int | None) -> str:
+def default_verifier_name(store: Store, ts: dict[str, Any], loss: str, round_id: int | None) -> str:
     rid = round_id if round_id is not None else ts.get("round_id")
     if rid is not None:
         info = store.verifier_round_info(rid)
@@ -51,8 +56,43 @@ def default_verifier_name(store, ts: dict[str, Any], loss: str, round_id: int | 
     return f"verifier-{loss}-ts{ts['id']}"
 
 
+def _checked_config(store: Store, ts: dict[str, Any],
+                    config: VerifierTrainingConfig | None) -> VerifierTrainingConfig:
+    """A copy of ``config`` with the data fields the set was built with; refuses a set of the wrong loss or
+    one that holds candidates of non-training problems."""
+    config = dataclasses.replace(config) if config is not None else VerifierTrainingConfig()
+    if ts["kind"] != config.loss:
+        raise MucodeError(
+            f"training set {ts['name']!r} holds {ts['kind']} data, but the loss is {config.loss}"
+        )
+    # the set decides the data fields: record what was actually used
+    for k in ("pairs_per_problem", "pair_sampling", "holdout_fraction", "seed"):
+        if k in ts["config"]:
+            setattr(config, k, ts["config"][k])
+    leaks = store.verifier_training_set_leaks(ts["id"])
+    if leaks:
+        raise MucodeError(
+            f"training set {ts['name']!r} holds {len(leaks)} candidate(s) of non-training problems "
+            f"(test/validation/HumanEval), e.g. {leaks[:5]}: refusing to train"
+        )
+    return config
+
+
+def _tokenized(store: Store, tokenizer, ts: dict[str, Any], config: VerifierTrainingConfig):
+    """(rows, dropped): the set's pairs (BT) or rows (BCE) tokenized, and how many were over max_length."""
+    from trainers.verifier import data as D
+
+    if config.loss == "bt":
+        rows, dropped = D.tokenize_bt(tokenizer, D.load_bt_examples(store, ts["id"]), config.max_length)
+    else:
+        rows, dropped = D.tokenize_bce(tokenizer, D.load_bce_examples(store, ts["id"]), config.max_length)
+    if not rows:
+        raise MucodeError(f"every example of {ts['name']!r} is longer than max_length={config.max_length}")
+    return rows, dropped
+
+
 def train_verifier(
-    store,
+    store: Store,
     *,
     training_set_id: int | str,
     base_model: str,
@@ -64,49 +104,27 @@ def train_verifier(
 ) -> int:
     """Train, save, register and evaluate a verifier; returns its model version id (idempotent by name)."""
     from app.config import get_settings
+    from app.tracking import environment as tracking_environment
     from trainers.checkpoints import checkpoints_dir
     from trainers.checkpoints import remove as remove_checkpoints
-    from trainers.verifier import data as D
-    from trainers.verifier.common import world_size
-    from trainers.verifier.model import is_complete, resolve_base_model
+    from trainers.verifier.model import is_complete, load_model_for_training, load_tokenizer
 
     console = _console()
-    config = dataclasses.replace(config) if config is not None else VerifierTrainingConfig()  # a copy: adjusted below
     ts = store.get_verifier_training_set(training_set_id)
-    if ts["kind"] != config.loss:
-        raise MucodeError(f"training set {ts['name']!r} holds {ts['kind']} data, but the loss is {config.loss}")
-    # the set decides the data fields: record what was actually used
-    for k in ("pairs_per_problem", "pair_sampling", "holdout_fraction", "seed"):
-        if k in ts["config"]:
-            setattr(config, k, ts["config"][k])
-    leaks = store.verifier_training_set_leaks(ts["id"])
-    if leaks:
-        raise MucodeError(
-            f"training set {ts['name']!r} holds {len(leaks)} candidate(s) of non-training problems "
-            f"(test/validation/HumanEval), e.g. {leaks[:5]}: refusing to train"
-        )
+    config = _checked_config(store, ts, config)
     name = name or default_verifier_name(store, ts, config.loss, round_id)
     existing = store.get_verifier(name, required=False)
     if existing is not None and is_complete(existing["uri"]):
         console.print(f"verifier [bold]{name}[/] is already trained ({existing['uri']}): nothing to do")
         return existing["id"]
     model_path = resolve_base_model(base_model)
-    tracker, tags = _tracking(store, config, ts, round_id, name)  # a missing tracker package fails here, not later
-    out_dir = Path(output_dir) if output_dir else get_settings().artifacts_dir / "models" / name
-    out_dir = out_dir.resolve()
-
-    from trainers.verifier.model import load_model_for_training, load_tokenizer
+    # a missing tracker package fails here, not after loading the model
+    tracker, tags = _tracking(store, config, ts, round_id, name)
+    out_dir = (Path(output_dir) if output_dir else get_settings().artifacts_dir / "models" / name).resolve()
 
     t0 = time.perf_counter()
     tokenizer = load_tokenizer(model_path)
-    if config.loss == "bt":
-        examples = D.load_bt_examples(store, ts["id"])
-        rows, dropped = D.tokenize_bt(tokenizer, examples, config.max_length)
-    else:
-        examples = D.load_bce_examples(store, ts["id"])
-        rows, dropped = D.tokenize_bce(tokenizer, examples, config.max_length)
-    if not rows:
-        raise MucodeError(f"every example of {ts['name']!r} is longer than max_length={config.max_length}")
+    rows, dropped = _tokenized(store, tokenizer, ts, config)
     console.print(
         f"[bold]{name}[/]: {config.loss} on {len(rows)} {'pairs' if config.loss == 'bt' else 'rows'} "
         f"of training set {ts['name']} (dropped {dropped} over {config.max_length} tokens), base {model_path}"
@@ -122,21 +140,14 @@ def train_verifier(
         "training_set_id": ts["id"], "base_model_path": model_path, "world_size": world_size(),
         "examples": len(rows),
     }
-    from app.tracking import environment as tracking_environment
-
     with tracking_environment(tracker, config.run_name or name, tags):
         trainer, summary = run(model, tokenizer, rows, config, str(ckpt_dir), dropped=dropped, progress=progress,
                                run=identity)
     summary["prepare_seconds"] = round(time.perf_counter() - t0 - summary["seconds"], 3)
 
     meta = {
-        "name": name,
-        "loss": config.loss,
-        "base_model": base_model,
-        "base_model_path": model_path,
-        "training_set_id": ts["id"],
-        "training_set": ts["name"],
-        "config": config.to_dict(),
+        "name": name, "loss": config.loss, "base_model": base_model, "base_model_path": model_path,
+        "training_set_id": ts["id"], "training_set": ts["name"], "config": config.to_dict(),
         "trained_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     scorer_model = _save(trainer, tokenizer, out_dir, meta, config)
@@ -157,22 +168,29 @@ def train_verifier(
         f"{summary['final_loss']} in {summary['steps']} steps, {summary['seconds']} s"
     )
     if config.evaluate:
-        from trainers.verifier.evaluate import evaluate_verifier
-        from trainers.verifier.scorer import VerifierScorer
-
-        scorer = None
-        if scorer_model is not None:
-            scorer = VerifierScorer(scorer_model, tokenizer, batch_size=config.score_batch_size,
-                                    max_length=config.max_length)
-        result = evaluate_verifier(store, vid, scorer=scorer, progress=progress)
-        for part in ("holdout", "mbpp_test"):
-            r = result.get(part)
-            if r:
-                console.print(
-                    f"{part}: ROC-AUC {_fmt(r['roc_auc'])}, pair accuracy {_fmt(r['pair_accuracy'])} "
-                    f"({r['pairs']} pairs), BoN@{r['bon_n']} {_fmt(r['bon_accuracy'])} ({r['bon_groups']} groups)"
-                )
+        _evaluate(store, vid, scorer_model, tokenizer, config, progress=progress, console=console)
     return vid
+
+
+def _evaluate(store: Store, vid: int, scorer_model, tokenizer, config: VerifierTrainingConfig, *,
+              progress: bool, console) -> None:
+    """Score the held-out and MBPP-test candidates with the new verifier (the model still in memory when
+    there is one) and print its metrics."""
+    from trainers.verifier.evaluate import evaluate_verifier
+    from trainers.verifier.scorer import VerifierScorer
+
+    scorer = None
+    if scorer_model is not None:
+        scorer = VerifierScorer(scorer_model, tokenizer, batch_size=config.score_batch_size,
+                                max_length=config.max_length)
+    result = evaluate_verifier(store, vid, scorer=scorer, progress=progress)
+    for part in ("holdout", "mbpp_test"):
+        r = result.get(part)
+        if r:
+            console.print(
+                f"{part}: ROC-AUC {_fmt(r['roc_auc'])}, pair accuracy {_fmt(r['pair_accuracy'])} "
+                f"({r['pairs']} pairs), BoN@{r['bon_n']} {_fmt(r['bon_accuracy'])} ({r['bon_groups']} groups)"
+            )
 
 
 # Settings that change nothing the optimizer sees: checkpoints written under other values stay resumable.
@@ -180,7 +198,8 @@ _NOT_IN_RUN = {"checkpoint_steps", "logging_steps", "score_batch_size", "bon_n",
                "evaluate", "extra", "tracking", "tracking_uri", "run_name"}
 
 
-def _tracking(store, config: VerifierTrainingConfig, ts: dict[str, Any], round_id: int | None, name: str):
+def _tracking(store: Store, config: VerifierTrainingConfig, ts: dict[str, Any], round_id: int | None,
+              name: str):
     """The run's tracker (its own setting, else its experiment's, else the environment's), written into
     ``config`` so that the stored config says where the curves went; and the tags of its run."""
     from app.tracking import require, resolve
@@ -205,11 +224,10 @@ def _fmt(x: float | None) -> str:
 
 def _save(trainer, tokenizer, out_dir: Path, meta: dict[str, Any], config: VerifierTrainingConfig):
     """Save the trained verifier; returns the in-memory model to score with (None when it must be reloaded)."""
-    import shutil
-
     import torch
 
-    from trainers.verifier.common import use_bf16, world_size
+    from trainers.common import save_atomically
+    from trainers.verifier.common import use_bf16
     from trainers.verifier.model import save_verifier, unwrap_peft, write_marker
 
     model = trainer.accelerator.unwrap_model(trainer.model)
@@ -221,72 +239,90 @@ def _save(trainer, tokenizer, out_dir: Path, meta: dict[str, Any], config: Verif
             merged = merged.to(torch.bfloat16)
         save_verifier(merged, tokenizer, out_dir, meta)
         return merged if world_size() == 1 else None
-    # several processes (DDP or DeepSpeed ZeRO-3): save_model gathers the shards; every rank must call it
-    tmp = out_dir.with_name(out_dir.name + ".partial")
-    if _is_main() and tmp.exists():
-        shutil.rmtree(tmp)
-    trainer.accelerator.wait_for_everyone()
-    trainer.save_model(str(tmp))
-    trainer.accelerator.wait_for_everyone()
-    if _is_main():
+
+    def finish(tmp: Path) -> None:
         tokenizer.save_pretrained(tmp)
         write_marker(tmp, meta)
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        tmp.rename(out_dir)
+
+    # several processes (DDP or DeepSpeed ZeRO-3): save_model gathers the shards; every rank must call it
+    save_atomically(out_dir, write_all=lambda tmp: trainer.save_model(str(tmp)), write_main=finish,
+                    accelerator=trainer.accelerator)
     trainer.accelerator.wait_for_everyone()
     return None
 
 
 # ---------------------------------------------------------------------------------------------- command line
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m trainers.verifier.train", description=__doc__.split("\n\n")[0])
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--training-set", help="id or name of a stored verifier training set")
-    src.add_argument("--rounds", help="comma-separated round ids: build (or reuse) their training set first")
-    src.add_argument("--experiment", help="experiment name: its rounds (up to --round-index) are the data")
-    p.add_argument("--round-index", type=int, default=None, help="with --experiment: rounds 0..N")
-    p.add_argument("--base-model", required=True, help="hub name, local path or pulled model name")
-    p.add_argument("--loss", choices=["bt", "bce"], default=None)
-    p.add_argument("--lora", action="store_true", default=None)
-    p.add_argument("--name", default=None, help="verifier name (default: derived from the round or set)")
-    p.add_argument("--round-id", type=int, default=None, help="the round this verifier belongs to")
-    p.add_argument("--output-dir", default=None)
-    p.add_argument("--database-url", default=None, help="overrides MUCODE_DATABASE_URL")
-    p.add_argument("--config-json", default=None, help="JSON object of VerifierTrainingConfig overrides")
-    for flag, typ in (("--learning-rate", float), ("--epochs", float), ("--max-steps", int),
-                      ("--per-device-batch-size", int), ("--effective-batch-size", int), ("--max-length", int),
-                      ("--pairs-per-problem", int), ("--holdout-fraction", float), ("--seed", int),
-                      ("--l2-coeff", float), ("--checkpoint-steps", int)):
-        p.add_argument(flag, type=typ, default=None)
-    p.add_argument("--pair-sampling", choices=["per_round", "pooled"], default=None)
-    p.add_argument("--tracking", choices=["none", "tensorboard", "mlflow", "wandb"], default=None,
-                   help="where the loss curve goes (default: the experiment's, else MUCODE_TRACKING)")
-    p.add_argument("--tracking-uri", default=None, help="TensorBoard folder, MLflow URI or W&B folder")
-    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None)
-    p.add_argument("--no-eval", action="store_true", help="skip scoring the held-out/test candidates")
-    p.add_argument("--no-progress", action="store_true")
+@dataclass
+class VerifierTrainArgs:
+    """What a command-line run trains on and where it goes; the training settings are the fields of
+    ``VerifierTrainingConfig``, read from the same command line."""
+
+    base_model: str = field(metadata={"help": "hub name, local path or pulled model name"})
+    training_set: str | None = field(
+        default=None, metadata={"help": "id or name of a stored verifier training set"}
+    )
+    rounds: str | None = field(
+        default=None, metadata={"help": "comma-separated round ids: build (or reuse) their training set"}
+    )
+    experiment: str | None = field(
+        default=None, metadata={"help": "experiment name: its rounds (up to --round-index) are the data"}
+    )
+    round_index: int | None = field(default=None, metadata={"help": "with --experiment: rounds 0..N"})
+    name: str | None = field(default=None, metadata={"help": "verifier name (default: from round or set)"})
+    round_id: int | None = field(default=None, metadata={"help": "the round this verifier belongs to"})
+    output_dir: str | None = field(default=None)
+    database_url: str | None = field(default=None, metadata={"help": "overrides MUCODE_DATABASE_URL"})
+    config_json: str | None = field(
+        default=None, metadata={"help": "JSON object of VerifierTrainingConfig overrides (flags win)"}
+    )
+    no_progress: bool = field(default=False)
+
+
+_SOURCES = ("training_set", "rounds", "experiment")
+
+
+def build_parser():
+    """The command line: ``VerifierTrainArgs`` and every ``VerifierTrainingConfig`` field (``--max-steps`` or
+    ``--max_steps``), plus the short forms callers already pass (``--lora``, ``--no-eval``, ``--no-bf16``)."""
+    from transformers import HfArgumentParser
+
+    p = HfArgumentParser((VerifierTrainArgs, VerifierTrainingConfig),
+                         prog="python -m trainers.verifier.train", description=__doc__.split("\n\n")[0])
+    p.add_argument("--no-eval", dest="evaluate", action="store_false",
+                   help="skip scoring the held-out/test candidates")
+    p.add_argument("--no-bf16", dest="bf16", action="store_false")
+    p.add_argument("--no-gradient-checkpointing", dest="gradient_checkpointing", action="store_false")
+    # A training setting left off stays None, so that an experiment's frozen protocol decides it.
+    p.set_defaults(**{f.name: None for f in dataclasses.fields(VerifierTrainingConfig)})
     return p
 
 
-def config_from_args(args: argparse.Namespace, protocol: dict[str, Any] | None = None) -> VerifierTrainingConfig:
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    given = [f"--{k.replace('_', '-')}" for k in _SOURCES if getattr(args, k)]
+    if len(given) != 1:
+        parser.error("give one of --training-set, --rounds, --experiment"
+                     + (f" (not {' and '.join(given)})" if given else ""))
+    try:
+        config_from_args(args)
+    except (ValueError, TypeError) as exc:  # a bad value: a usage error that names it, not a traceback
+        parser.error(str(exc))
+    return args
+
+
+def config_from_args(args: argparse.Namespace,
+                     protocol: dict[str, Any] | None = None) -> VerifierTrainingConfig:
+    """The run's settings: the protocol (an experiment's), then ``--config-json``, then the flags given."""
     overrides: dict[str, Any] = json.loads(args.config_json) if args.config_json else {}
-    for key in ("loss", "learning_rate", "epochs", "max_steps", "per_device_batch_size", "effective_batch_size",
-                "max_length", "pairs_per_problem", "pair_sampling", "holdout_fraction", "seed", "l2_coeff",
-                "bf16", "gradient_checkpointing", "checkpoint_steps", "tracking", "tracking_uri"):
-        val = getattr(args, key, None)
-        if val is not None:
-            overrides[key] = val
-    if args.lora:
-        overrides["use_lora"] = True
-    if args.no_eval:
-        overrides["evaluate"] = False
+    for f in dataclasses.fields(VerifierTrainingConfig):
+        if getattr(args, f.name, None) is not None:
+            overrides[f.name] = getattr(args, f.name)
     return VerifierTrainingConfig.from_protocol(protocol, **overrides)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     from app.store import Store
     from trainers.verifier.config import frozen_protocol
     from trainers.verifier.data import build_training_set

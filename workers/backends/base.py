@@ -10,7 +10,7 @@ prompt and seed give the same response whatever else is in the batch.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from app.env.chat import render_chat
@@ -25,7 +25,8 @@ class SamplingParams:
     top_p: float = 1.0
     max_tokens: int = 1000
     n: int = 1
-    # End a row where its first Python code block closes (``app.env.extract``); transformers backend only.
+    # End a row where its first Python code block closes (``app.env.extract``): the transformers backend stops
+    # the row there; vLLM and a vLLM server sample on and the response is cut there (``cut_after_code``).
     stop_after_code: bool = False
 
     def __post_init__(self) -> None:
@@ -99,6 +100,46 @@ def expand_requests(
     return [(i, j, sample_seed(seeds[i], j)) for i in range(len(conversations)) for j in range(params.n)]
 
 
+class CodeBlockWatch:
+    """``stop_after_code``: has a row's text closed its first Python code block? Only a token holding a
+    backtick can close one, so the text is decoded again only after such a token."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        from app.env.extract import code_block_closed
+
+        self.tokenizer, self.closed_text = tokenizer, code_block_closed
+        self.backtick: dict[int, bool] = {}
+
+    def closed(self, tokens: list[int]) -> bool:
+        last = tokens[-1]
+        if last not in self.backtick:
+            self.backtick[last] = "`" in self.tokenizer.decode([last])
+        return self.backtick[last] and self.closed_text(self.tokenizer.decode(tokens, skip_special_tokens=True))
+
+
+def cut_after_code(tokenizer: Any, token_ids: list[int], eos_ids: list[int]) -> tuple[str, int] | None:
+    """``stop_after_code`` after sampling, for an engine that cannot end a row on a parsed condition: the text
+    and the token count of the response up to the token that closes its first code block (None when no block
+    closes before its end). The transformers backend stops at that token, so for the same tokens both give the
+    same sample; sampling a token depends only on the tokens before it, so the cut changes no kept token."""
+    watch, kept, eos = CodeBlockWatch(tokenizer), [], set(eos_ids)
+    for t in token_ids:
+        if t in eos:
+            return None
+        kept.append(t)
+        if watch.closed(kept):
+            return tokenizer.decode(kept, skip_special_tokens=True), len(kept)
+    return None
+
+
+def stopped_after_code(sample: Sample, tokenizer: Any, token_ids: list[int], eos_ids: list[int]) -> Sample:
+    """``sample`` cut where its first code block closes (``cut_after_code``), or as it is."""
+    cut = cut_after_code(tokenizer, token_ids, eos_ids)
+    if cut is None:
+        return sample
+    return replace(sample, text=cut[0], completion_tokens=cut[1], finish_reason="stop")
+
+
 def group_samples(samples: list[Sample], n: int) -> list[list[Sample]]:
     return [samples[i : i + n] for i in range(0, len(samples), n)]
 
@@ -110,6 +151,21 @@ def render_prompt(tokenizer: Any, messages: list[dict]) -> list[int]:
     variables, no second BOS). Both backends use this, so they see identical tokens.
     """
     return render_chat(tokenizer, messages, add_generation_prompt=True, tokenize=True).input_ids
+
+
+class ChatBackend:
+    """What every backend shares: prompts are its tokenizer's chat template, rendered by ``render_prompt``."""
+
+    def sample_plan(self, conversations: list[list[dict]], params: SamplingParams,
+                    seeds: list[int]) -> tuple[list[tuple[int, int, int]], list[list[int]]]:
+        """The rows to sample (``expand_requests``) and each conversation's prompt token ids."""
+        rows = expand_requests(conversations, params, seeds)
+        return rows, [self.prompt_ids(c) for c in conversations] if rows else []
+
+    tokenizer: Any
+
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        return render_prompt(self.tokenizer, messages)
 
 
 def eos_token_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:

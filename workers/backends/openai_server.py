@@ -21,6 +21,9 @@ Servers differ in what a request may hold, so the first request of a backend pic
   config does not ask for sampling.
 - ``openai``: the plain OpenAI fields only (text prompt, temperature, top_p, max_tokens, seed).
 
+``stop_after_code`` (vllm dialect only): the request asks for the response's token ids and the response is cut
+after the token that closes its first code block (``base.cut_after_code``), as with the in-process vLLM backend.
+
 A text prompt is tokenized by the server: every response's reported prompt token count is checked against the
 local rendering, and a difference (a second BOS, say) is an error rather than samples of another prompt.
 
@@ -45,12 +48,13 @@ from typing import Any
 from app.env.chat import render_chat
 from app.errors import ConfigError, MucodeError
 from workers.backends.base import (
+    ChatBackend,
     Sample,
     SamplingParams,
     eos_token_ids,
     expand_requests,
     group_samples,
-    render_prompt,
+    stopped_after_code,
 )
 
 log = logging.getLogger("mucode.backends.server")
@@ -96,7 +100,7 @@ def base_url(url: str) -> str:
     return url
 
 
-class OpenAIServerBackend:
+class OpenAIServerBackend(ChatBackend):
     """``generate`` as in ``workers.backends.base.Backend``, each sample one ``/v1/completions`` request."""
 
     kind = "server"
@@ -178,9 +182,10 @@ class OpenAIServerBackend:
         raise AssertionError("unreachable")
 
     def _once(self, method: str, path: str, data: bytes | None, headers: dict[str, str]) -> dict:
-        request = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)
+        # S310: the URL was checked to be http:// or https:// (``_base_url``)
+        request = urllib.request.Request(self.url + path, data=data, headers=headers, method=method)  # noqa: S310
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # noqa: S310
                 raw = response.read()
         except urllib.error.HTTPError as exc:
             detail = _detail(exc.read())
@@ -256,6 +261,9 @@ class OpenAIServerBackend:
                 prompt=prompt.ids, top_k=-1, min_p=0.0, repetition_penalty=1.0, presence_penalty=0.0,
                 frequency_penalty=0.0, stop_token_ids=self.eos_ids, skip_special_tokens=True,
             )  # fmt: skip
+            if params.stop_after_code:
+                body["return_token_ids"] = True  # to cut the response where its code block closes
+
             return body
         body["prompt"] = prompt.text
         if dialect == "transformers":
@@ -299,16 +307,19 @@ class OpenAIServerBackend:
         completion_tokens = usage.get("completion_tokens")
         if completion_tokens is None:  # a server without usage: the text's tokens, plus the end-of-turn token
             completion_tokens = len(self.tokenizer(text, add_special_tokens=False).input_ids) + (reason == "stop")
-        return Sample(
+        sample = Sample(
             text=text,
             prompt_tokens=len(ids),
             completion_tokens=int(completion_tokens),
             finish_reason=reason,
             seed=seed,
         )
-
-    def prompt_ids(self, messages: list[dict]) -> list[int]:
-        return render_prompt(self.tokenizer, messages)
+        if params.stop_after_code:
+            if choice.get("token_ids") is None:
+                raise ServerError(f"the sampling server at {self.url} returned no token ids (return_token_ids), "
+                                  "which stop_after_code needs")
+            sample = stopped_after_code(sample, self.tokenizer, choice["token_ids"], self.eos_ids)
+        return sample
 
     def prompt(self, messages: list[dict]) -> _Prompt:
         """The rendered prompt: its token ids (``render_prompt``) and, for servers that take only text, the
@@ -316,11 +327,13 @@ class OpenAIServerBackend:
         return _Prompt(self.prompt_ids(messages), render_chat(self.tokenizer, messages, add_generation_prompt=True,
                                                               tokenize=False))
 
-    def generate(
-        self, conversations: list[list[dict]], params: SamplingParams, seeds: list[int]
-    ) -> list[list[Sample]]:
-        if params.stop_after_code:
-            raise ValueError("stop_after_code is implemented by the transformers backend only")
+    def generate(self, conversations: list[list[dict]], params: SamplingParams, seeds: list[int]) -> list[list[Sample]]:
+        if params.stop_after_code and self.dialect != "vllm":
+            raise ConfigError(
+                f"stop_after_code needs the response's token ids to cut it where its code block closes; the "
+                f"sampling server at {self.url} speaks the {self.dialect!r} dialect, which does not return them "
+                "(vLLM and SGLang do)"
+            )
         rows = expand_requests(conversations, params, seeds)
         if not rows:
             return []

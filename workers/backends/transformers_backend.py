@@ -41,12 +41,12 @@ import inspect
 from typing import Any
 
 from workers.backends.base import (
+    ChatBackend,
+    CodeBlockWatch,
     Sample,
     SamplingParams,
     eos_token_ids,
-    expand_requests,
     group_samples,
-    render_prompt,
 )
 
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -207,24 +207,31 @@ class _SeededPick:
             return seeded_pick(logits, keys, self.offsets, temperature)
 
 
-class _CodeBlockWatch:
-    """``stop_after_code``: has a row's text closed its first Python code block? Only a token holding a
-    backtick can close one, so the text is decoded again only after such a token."""
+def left_padded(prompts: list[list[int]], pad_id: int):
+    """(input ids, attention mask) of a batch of prompts, padded on the left to the longest."""
+    import torch
 
-    def __init__(self, tokenizer) -> None:
-        from app.env.extract import code_block_closed
-
-        self.tokenizer, self.closed_text = tokenizer, code_block_closed
-        self.backtick: dict[int, bool] = {}
-
-    def closed(self, tokens: list[int]) -> bool:
-        last = tokens[-1]
-        if last not in self.backtick:
-            self.backtick[last] = "`" in self.tokenizer.decode([last])
-        return self.backtick[last] and self.closed_text(self.tokenizer.decode(tokens, skip_special_tokens=True))
+    width = max(len(p) for p in prompts)
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+        attention[i, width - len(p) :] = 1
+    return input_ids, attention
 
 
-class TransformersBackend:
+def generated_rows(backend: TransformersBackend, sequences: list[list[int]]) -> list[tuple[str, int]]:
+    """(text, tokens counted as the backend counts them) of plain ``generate`` output rows (prompt cut off):
+    what the benchmarks compare the backend's samples with."""
+    eos, rows = set(backend.eos_ids), []
+    for toks in sequences:
+        end = next((k for k, t in enumerate(toks) if t in eos), None)
+        body = toks if end is None else toks[:end]
+        rows.append((backend.tokenizer.decode(body, skip_special_tokens=True), len(toks) if end is None else end + 1))
+    return rows
+
+
+class TransformersBackend(ChatBackend):
     """One model loaded with ``AutoModelForCausalLM``; ``generate`` as in ``workers.backends.base.Backend``."""
 
     kind = "transformers"
@@ -277,18 +284,11 @@ class TransformersBackend:
             pad_token_id=self.pad_id,
         )
 
-    # -- prompts -------------------------------------------------------------------------------------
-    def prompt_ids(self, messages: list[dict]) -> list[int]:
-        return render_prompt(self.tokenizer, messages)
-
     # -- generation ----------------------------------------------------------------------------------
-    def generate(
-        self, conversations: list[list[dict]], params: SamplingParams, seeds: list[int]
-    ) -> list[list[Sample]]:
-        rows = expand_requests(conversations, params, seeds)
+    def generate(self, conversations: list[list[dict]], params: SamplingParams, seeds: list[int]) -> list[list[Sample]]:
+        rows, prompts = self.sample_plan(conversations, params, seeds)
         if not rows:
             return []
-        prompts = [self.prompt_ids(c) for c in conversations]
         order = list(range(len(rows)))
         chunk = self.max_batch_rows or len(rows)
         if chunk < len(rows):
@@ -309,12 +309,7 @@ class TransformersBackend:
     ) -> list[Sample]:
         import torch
 
-        width = max(len(p) for p in prompts)
-        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            input_ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
-            attention[i, width - len(p) :] = 1
+        input_ids, attention = left_padded(prompts, self.pad_id)
         with torch.inference_mode():
             tokens, reasons = self._decode(input_ids.to(self.device), attention.to(self.device), seeds, params)
         return [
@@ -338,7 +333,7 @@ class TransformersBackend:
         tokens: list[list[int]] = [[] for _ in rows]
         reasons = ["length"] * len(rows)
         eos = set(self.eos_ids)
-        watch = _CodeBlockWatch(self.tokenizer) if params.stop_after_code else None
+        watch = CodeBlockWatch(self.tokenizer) if params.stop_after_code else None
         keys = pick = None
         if not params.greedy:
             keys = torch.from_numpy(step_keys(seeds, params.max_tokens).view("int32")).to(self.device)

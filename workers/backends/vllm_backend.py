@@ -5,6 +5,13 @@ transformers backend uses) and sent as token ids through ``LLM.generate``, so bo
 same tokens; this is ``LLM.chat`` minus vLLM's own template rendering. Each sample is its own request with
 ``n=1`` and its own seed (``base.sample_seed``), so a sample depends on its prompt and seed only: vLLM keeps a
 generator per seeded request. ``temperature == 0`` is greedy.
+
+``stop_after_code``: vLLM ends a request on a token or a literal string, not on a parsed condition, so the
+request samples on and its response is cut after the token that closes its first code block
+(``base.cut_after_code``): the same text and token count as the transformers backend, which stops there, for
+the same tokens; the tokens sampled past the block cost time but are not kept. (A custom logits processor could
+end the request in flight; vLLM's interface for one differs between its two model runners and is still
+changing.)
 """
 
 from __future__ import annotations
@@ -12,17 +19,10 @@ from __future__ import annotations
 import gc
 from typing import Any
 
-from workers.backends.base import (
-    Sample,
-    SamplingParams,
-    eos_token_ids,
-    expand_requests,
-    group_samples,
-    render_prompt,
-)
+from workers.backends.base import ChatBackend, Sample, SamplingParams, eos_token_ids, group_samples, stopped_after_code
 
 
-class VLLMBackend:
+class VLLMBackend(ChatBackend):
     kind = "vllm"
 
     def __init__(
@@ -67,20 +67,12 @@ class VLLMBackend:
             gen_config = None
         self.eos_ids = eos_token_ids(self.tokenizer, gen_config)
 
-    def prompt_ids(self, messages: list[dict]) -> list[int]:
-        return render_prompt(self.tokenizer, messages)
-
-    def generate(
-        self, conversations: list[list[dict]], params: SamplingParams, seeds: list[int]
-    ) -> list[list[Sample]]:
+    def generate(self, conversations: list[list[dict]], params: SamplingParams, seeds: list[int]) -> list[list[Sample]]:
         from vllm import SamplingParams as VSamplingParams
 
-        if params.stop_after_code:
-            raise ValueError("stop_after_code is implemented by the transformers backend only")
-        rows = expand_requests(conversations, params, seeds)
+        rows, prompts = self.sample_plan(conversations, params, seeds)
         if not rows:
             return []
-        prompts = [self.prompt_ids(c) for c in conversations]
         requests = [{"prompt_token_ids": prompts[i]} for i, _, _ in rows]
         sampling = [
             VSamplingParams(
@@ -100,16 +92,16 @@ class VLLMBackend:
             comp = out.outputs[0]
             if comp.finish_reason not in ("stop", "length"):
                 raise RuntimeError(f"vLLM ended a request with finish_reason={comp.finish_reason!r}")
-            reason = comp.finish_reason
-            samples.append(
-                Sample(
-                    text=comp.text,
-                    prompt_tokens=len(out.prompt_token_ids),
-                    completion_tokens=len(comp.token_ids),
-                    finish_reason=reason,
-                    seed=None if params.greedy else seed,
-                )
+            sample = Sample(
+                text=comp.text,
+                prompt_tokens=len(out.prompt_token_ids),
+                completion_tokens=len(comp.token_ids),
+                finish_reason=comp.finish_reason,
+                seed=None if params.greedy else seed,
             )
+            if params.stop_after_code:
+                sample = stopped_after_code(sample, self.tokenizer, list(comp.token_ids), self.eos_ids)
+            samples.append(sample)
         return group_samples(samples, params.n)
 
     def close(self) -> None:

@@ -17,30 +17,22 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.sandbox.types import InfraError
 from workers.celery_app import celery_app
 from workers.healing import ride_out_outages
+from workers.stores import worker_store
+
+if TYPE_CHECKING:
+    from app.store import Store
 
 log = logging.getLogger("mucode.execute")
-_STORE: dict[str, Any] = {}
 KINDS = ("public", "private")
 
 
-def _worker_store():
-    from app.config import get_settings
-    from app.store import Store
-
-    url = get_settings().database_url
-    store = _STORE.get(url)
-    if store is None:
-        store = _STORE[url] = Store(url)
-    return store
-
-
-def execute_candidates(store, candidate_ids: Sequence[int], *, sandbox=None, stats: dict[str, Any] | None = None,
-                       harness: Any = None) -> dict[int, dict[str, Any]]:
+def execute_candidates(store: Store, candidate_ids: Sequence[int], *, sandbox=None,
+                       stats: dict[str, Any] | None = None, harness: Any = None) -> dict[int, dict[str, Any]]:
     """Execute the public and private suites of each candidate (cached per code and suite) and record the
     verdicts. Returns ``{candidate_id: {"public": Execution, "private": Execution}}`` (stored ORM rows).
 
@@ -116,7 +108,7 @@ def execute(self, candidate_ids: list[int], then: dict | None = None, harness: d
     from app.harness import Harness
     from workers.collect import chained_job
 
-    store = _worker_store()
+    store = worker_store()
     stats: dict[str, Any] = {}
     with chained_job(store, job_key,
                      retried=lambda exc: isinstance(exc, InfraError) and self.request.retries < self.max_retries):

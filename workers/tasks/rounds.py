@@ -27,7 +27,7 @@ import contextlib
 import logging
 import time
 import traceback
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app import liveness
 from app import rounds as R
@@ -35,12 +35,16 @@ from app.errors import MucodeError, NotFound, clip, first_line, is_transient
 from workers.celery_app import celery_app
 from workers.healing import ride_out_outages, worker_name
 
+if TYPE_CHECKING:
+    from app.store import Store
+    from app.store.rollouts import Owner
+
 log = logging.getLogger("mucode.rounds")
 MAX_ITERATIONS = 64
 
 
-def _store():
-    from workers.tasks.sample import worker_store
+def _store() -> Store:
+    from workers.stores import worker_store
 
     return worker_store()
 
@@ -51,7 +55,7 @@ def _short(exc: BaseException) -> str:
 
 
 # -- facts -----------------------------------------------------------------------------------------------
-def load_facts(store, round_id: int) -> R.RoundFacts:
+def load_facts(store: Store, round_id: int) -> R.RoundFacts:
     from app.protocol import ExperimentConfig
 
     rnd = store.get_round(int(round_id))
@@ -80,7 +84,7 @@ def _then(round_id: int) -> dict[str, Any]:
 
 
 # -- the state machine's driver ------------------------------------------------------------------------------
-def advance(store, round_id: int) -> dict[str, Any]:
+def advance(store: Store, round_id: int) -> dict[str, Any]:
     """Do every action that can be done now for the round; returns where it stopped."""
     for _ in range(MAX_ITERATIONS):
         facts = load_facts(store, round_id)
@@ -115,7 +119,7 @@ def advance(store, round_id: int) -> dict[str, Any]:
     raise MucodeError(f"round {round_id}: no progress after {MAX_ITERATIONS} actions")
 
 
-def _track_round(store, round_id: int) -> None:
+def _track_round(store: Store, round_id: int) -> None:
     """The finished round's results to its experiment's tracker; a tracker that fails never fails the round."""
     from app import tracking
 
@@ -134,7 +138,8 @@ def _now():
     return datetime.now(UTC)
 
 
-def _fail(store, round_id: int, step: str, attempt: int | None, error: str, *, seconds: float | None = None) -> None:
+def _fail(store: Store, round_id: int, step: str, attempt: int | None, error: str, *,
+          seconds: float | None = None) -> None:
     fields: dict[str, Any] = {"state": "failed", "error": clip(error, 4000), "finished_at": R.utcnow_iso()}
     if seconds is not None:
         fields["seconds"] = round(seconds, 3)
@@ -143,7 +148,7 @@ def _fail(store, round_id: int, step: str, attempt: int | None, error: str, *, s
                     finished_at=_now())
 
 
-def _done(store, round_id: int, step: str, attempt: int | None, result: dict[str, Any]) -> bool:
+def _done(store: Store, round_id: int, step: str, attempt: int | None, result: dict[str, Any]) -> bool:
     rec = store.update_round_step(round_id, step, expect=("running",), expect_attempt=attempt, state="done",
                                   result=result, error=None, finished_at=R.utcnow_iso())
     if rec is not None:
@@ -153,14 +158,14 @@ def _done(store, round_id: int, step: str, attempt: int | None, result: dict[str
     return rec is not None
 
 
-def _start(store, facts: R.RoundFacts, step: str) -> bool:
+def _start(store: Store, facts: R.RoundFacts, step: str) -> bool:
     """Start ``step`` (pending -> running). Returns True when it finished inline (continue the loop)."""
     rid = facts.round_id
     rec = store.update_round_step(rid, step, expect=("pending",), bump_attempt=True, state="running",
                                   started_at=R.utcnow_iso(), finished_at=None, error=None, seconds=None)
     if rec is None:  # another round_step started it first
         return False
-    attempt = int(rec["attempt"])
+    attempt = rec.attempt
     from workers.dispatch import in_process
 
     if in_process():  # one process runs every step: let go of the models this step does not use
@@ -193,10 +198,10 @@ def _start(store, facts: R.RoundFacts, step: str) -> bool:
         return True  # the loop sees the failure and stops
 
 
-def _check(store, facts: R.RoundFacts, step: str) -> bool:
+def _check(store: Store, facts: R.RoundFacts, step: str) -> bool:
     """A running step: are its outputs complete? (True: marked done, continue.)"""
     rid = facts.round_id
-    attempt = int(facts.record(step)["attempt"])
+    attempt = facts.record(step).attempt
     if step == "collect":
         from app.store.rollouts import Owner
         from workers import collect
@@ -236,7 +241,7 @@ def _verifier_complete(uri: str) -> bool:
 
 
 # -- collect ---------------------------------------------------------------------------------------------------
-def _problem_ids(store, datasets, limit) -> list[int]:
+def _problem_ids(store: Store, datasets, limit) -> list[int]:
     from workers.collect import dataset_problem_ids
 
     ids: list[int] = []
@@ -245,7 +250,7 @@ def _problem_ids(store, datasets, limit) -> list[int]:
     return ids
 
 
-def _start_collect(store, facts: R.RoundFacts, attempt: int) -> None:
+def _start_collect(store: Store, facts: R.RoundFacts, attempt: int) -> None:
     from app.store.rollouts import Owner
     from workers import collect
 
@@ -260,7 +265,7 @@ def _start_collect(store, facts: R.RoundFacts, attempt: int) -> None:
 
 
 # -- score and train: wrapper jobs on the GPU queues ------------------------------------------------------------
-def _queue_job(store, facts: R.RoundFacts, step: str, attempt: int) -> None:
+def _queue_job(store: Store, facts: R.RoundFacts, step: str, attempt: int) -> None:
     from workers.celery_app import TASK_QUEUES
     from workers.dispatch import in_process, submit
 
@@ -277,17 +282,17 @@ def _queue_job(store, facts: R.RoundFacts, step: str, attempt: int) -> None:
         raise
 
 
-def run_round_job(store, round_id: int, step: str, attempt: int) -> dict[str, Any]:
+def run_round_job(store: Store, round_id: int, step: str, attempt: int) -> dict[str, Any]:
     """The body of ``mucode.round_score`` / ``mucode.round_train``: run one attempt of a GPU step."""
     from workers.celery_app import TASK_QUEUES
     from workers.dispatch import submit
 
     facts = load_facts(store, round_id)
     rec = facts.record(step)
-    if rec["state"] != "running" or int(rec["attempt"]) != int(attempt):
+    if rec.state != "running" or rec.attempt != int(attempt):
         log.info("round %s step %s attempt %s superseded (now %s, attempt %s)", round_id, step, attempt,
-                 rec["state"], rec["attempt"])
-        return {"superseded": True, "state": rec["state"], "attempt": rec["attempt"]}
+                 rec.state, rec.attempt)
+        return {"superseded": True, "state": rec.state, "attempt": rec.attempt}
     key = R.job_key(round_id, step, attempt)
     store.job_started(key, worker=worker_name(), kind=step, queue=TASK_QUEUES[R.JOB_TASKS[step]],
                       round_id=round_id, payload={"round_id": round_id, "step": step, "attempt": attempt})
@@ -310,7 +315,7 @@ def run_round_job(store, round_id: int, step: str, attempt: int) -> dict[str, An
 
 
 def _run_score(step: str):
-    def run(store, facts: R.RoundFacts) -> dict[str, Any]:
+    def run(store: Store, facts: R.RoundFacts) -> dict[str, Any]:
         from workers.tasks.score import score_candidates
 
         vid = R.score_inputs(step, facts)
@@ -326,7 +331,7 @@ def _run_score(step: str):
     return run
 
 
-def _run_train_verifier(store, facts: R.RoundFacts) -> dict[str, Any]:
+def _run_train_verifier(store: Store, facts: R.RoundFacts) -> dict[str, Any]:
     from workers.tasks.train_verifier import run_train_verifier
 
     inp = R.verifier_inputs(facts)
@@ -342,10 +347,10 @@ def _run_train_verifier(store, facts: R.RoundFacts) -> dict[str, Any]:
             "pairs": train.get("examples") or train.get("pairs"), "final_loss": train.get("final_loss")}
 
 
-def _run_train_generator(store, facts: R.RoundFacts) -> dict[str, Any]:
+def _run_train_generator(store: Store, facts: R.RoundFacts) -> dict[str, Any]:
     from workers.tasks.train_generator import run_train_generator
 
-    ts_id = (facts.record("relabel").get("result") or {}).get("training_set_id")
+    ts_id = facts.record("relabel").result.get("training_set_id")
     if ts_id is None:
         raise MucodeError("the relabel step recorded no training set")
     inp = R.generator_inputs(facts, int(ts_id))
@@ -355,8 +360,8 @@ def _run_train_generator(store, facts: R.RoundFacts) -> dict[str, Any]:
     if gid is None:
         raise MucodeError(f"generator training registered no model version ({out.get('name')})")
     store.set_round(facts.round_id, generator_out_id=int(gid))
-    mv = store.sft_model_version_by_id(int(gid)) or {}
-    metrics = mv.get("metrics") or {}
+    mv = store.get_model_version(int(gid), required=False)
+    metrics = dict(mv.metrics or {}) if mv is not None else {}
     return {"generator_id": int(gid), "name": out.get("name"), "training_set_id": out.get("training_set_id"),
             "train_loss": metrics.get("train_loss"), "steps": metrics.get("global_steps")}
 
@@ -370,7 +375,7 @@ _RUNNERS = {
 
 
 # -- relabel (inline) -----------------------------------------------------------------------------------------
-def _run_relabel(store, facts: R.RoundFacts, attempt: int) -> dict[str, Any]:
+def _run_relabel(store: Store, facts: R.RoundFacts, attempt: int) -> dict[str, Any]:
     from trainers.relabel import build_training_set
 
     key = R.job_key(facts.round_id, "relabel", attempt)
@@ -390,8 +395,8 @@ def _run_relabel(store, facts: R.RoundFacts, attempt: int) -> dict[str, Any]:
 
 
 # -- evaluate -------------------------------------------------------------------------------------------------
-def create_evaluation(store, spec: R.EvalSpec, *, then: dict[str, Any] | str | None, experiment_id: int | None,
-                      round_id: int | None) -> int:
+def create_evaluation(store: Store, spec: R.EvalSpec, *, then: dict[str, Any] | str | None,
+                      experiment_id: int | None, round_id: int | None) -> int:
     """Create (idempotently) the evaluation and its collection (C chains per problem). ``then="self"``: when
     the chains are done, ``round_step(evaluation_id=...)`` writes the results (a standalone evaluation)."""
     from app.store.rollouts import Owner
@@ -407,7 +412,7 @@ def create_evaluation(store, spec: R.EvalSpec, *, then: dict[str, Any] | str | N
     return ev_id
 
 
-def start_evaluation(store, evaluation_id: int, *, restart: bool = True) -> bool:
+def start_evaluation(store: Store, evaluation_id: int, *, restart: bool = True) -> bool:
     """Queue the missing work of an unfinished evaluation: its first start (pending -> running, once even when
     two orchestrators race), or with ``restart`` also a running one (a resume: a new generation)."""
     from app.store.rollouts import Owner
@@ -420,7 +425,7 @@ def start_evaluation(store, evaluation_id: int, *, restart: bool = True) -> bool
     return True
 
 
-def finalize_evaluation(store, evaluation_id: int) -> dict[str, Any] | None:
+def finalize_evaluation(store: Store, evaluation_id: int) -> dict[str, Any] | None:
     """When every chain is done: write ``evaluation_results`` and the metrics (idempotent). None otherwise."""
     from app import evaluation as E
     from app.store.rollouts import Owner
@@ -448,7 +453,7 @@ def finalize_evaluation(store, evaluation_id: int) -> dict[str, Any] | None:
     return metrics
 
 
-def _start_evaluate(store, facts: R.RoundFacts, attempt: int) -> None:
+def _start_evaluate(store: Store, facts: R.RoundFacts, attempt: int) -> None:
     specs = R.eval_plan(facts)
     ids = []
     for spec in specs:
@@ -458,7 +463,7 @@ def _start_evaluate(store, facts: R.RoundFacts, attempt: int) -> None:
     _advance_eval_groups(store, ids, restart=True)
 
 
-def _advance_eval_groups(store, ids: list[int], *, restart: bool) -> bool:
+def _advance_eval_groups(store: Store, ids: list[int], *, restart: bool) -> bool:
     """Evaluations run one generator at a time (a sampling worker keeps one model loaded: interleaving G0's
     and G1's chains would swap models at every batch). Finalize the finished ones; start the first group with
     unfinished evaluations (``restart``: also those already running, after a crash). True when all are done."""
@@ -476,11 +481,11 @@ def _advance_eval_groups(store, ids: list[int], *, restart: bool) -> bool:
     return True
 
 
-def _check_evaluate(store, facts: R.RoundFacts, attempt: int) -> bool:
+def _check_evaluate(store: Store, facts: R.RoundFacts, attempt: int) -> bool:
     from app.store.rollouts import Owner
     from workers import collect
 
-    ids = (facts.record("evaluate").get("result") or {}).get("evaluations") or []
+    ids = facts.record("evaluate").result.get("evaluations") or []
     if not ids:
         return False
     for ev_id in ids:
@@ -489,7 +494,8 @@ def _check_evaluate(store, facts: R.RoundFacts, attempt: int) -> bool:
         st = collect.status(store, Owner(evaluation_id=ev_id))
         if st["failed_jobs"]:
             f = st["failed_jobs"][0]
-            _fail(store, facts.round_id, "evaluate", attempt, f"evaluation {ev_id}: job {f['key']} failed: {f['error']}")
+            _fail(store, facts.round_id, "evaluate", attempt,
+                  f"evaluation {ev_id}: job {f['key']} failed: {f['error']}")
             return True
     if not _advance_eval_groups(store, ids, restart=False):
         return False
@@ -501,7 +507,7 @@ def _check_evaluate(store, facts: R.RoundFacts, attempt: int) -> bool:
 
 
 # -- new rounds and resume (called by the CLI) -------------------------------------------------------------------
-def base_generator_id(store, base_model: str) -> int:
+def base_generator_id(store: Store, base_model: str) -> int:
     """The model version of the experiment's base model (a local folder is named by its absolute path)."""
     from app.model_registry import provenance, resolve_model, version_name
 
@@ -510,7 +516,7 @@ def base_generator_id(store, base_model: str) -> int:
                                       config=provenance(uri))
 
 
-def preflight(store, config) -> None:
+def preflight(store: Store, config) -> None:
     """Clear errors before anything is queued: the base model resolves and every dataset is loaded."""
     from pathlib import Path
 
@@ -524,7 +530,7 @@ def preflight(store, config) -> None:
         _problem_ids(store, [(ds, split)], 1)
 
 
-def create_round(store, experiment_name: str, *, final: bool = False) -> int:
+def create_round(store: Store, experiment_name: str, *, final: bool = False) -> int:
     """Create the experiment's next round (not queued yet) with its input models; returns its id. ``final``: the
     experiment's last round (evaluates its generator G_k with RM_k, trains no generator, none follows it)."""
     from app.protocol import ExperimentConfig
@@ -548,7 +554,7 @@ def queue_round(round_id: int) -> None:
     submit("mucode.round_step", round_id=int(round_id))
 
 
-def resume_round(store, round_id: int) -> dict[str, Any]:
+def resume_round(store: Store, round_id: int) -> dict[str, Any]:
     """Put the first unfinished step back to pending (failed, or stuck after a crash) and queue the round.
     Finished steps are kept; a collection resumes as a new generation (its finished rollouts are kept)."""
     facts = load_facts(store, round_id)
@@ -564,7 +570,7 @@ def resume_round(store, round_id: int) -> dict[str, Any]:
 
         rec = facts.record(step)
         if step in R.JOB_TASKS or step in R.INLINE_STEPS:  # the lost attempt's job row: no longer running
-            old = store.get_job(R.job_key(round_id, step, int(rec["attempt"])))
+            old = store.get_job(R.job_key(round_id, step, rec.attempt))
             if old is not None:
                 store.supersede_job(old.key, "the round was resumed")
         # The collections' failed jobs go to the new generation: no view may read them as the retry's state.
@@ -572,7 +578,7 @@ def resume_round(store, round_id: int) -> dict[str, Any]:
         if step == "collect":
             owners = [Owner(round_id=round_id)]
         elif step == "evaluate":
-            owners = [Owner(evaluation_id=i) for i in (rec.get("result") or {}).get("evaluations") or []]
+            owners = [Owner(evaluation_id=i) for i in rec.result.get("evaluations") or []]
         for owner in owners:
             collect.supersede_failed(store, owner, "the round was resumed")
         store.update_round_step(round_id, step, expect=("running", "failed"), state="pending", retried=True)
@@ -605,7 +611,7 @@ def queue_depths(timeout: float = 2.0) -> dict[str, Any] | None:
     return out
 
 
-def _model_name(store, mid: int | None) -> str | None:
+def _model_name(store: Store, mid: int | None) -> str | None:
     if mid is None:
         return None
     try:
@@ -614,101 +620,119 @@ def _model_name(store, mid: int | None) -> str | None:
         return f"#{mid}"
 
 
-def round_status(store, round_id: int, *, queues: bool = False) -> dict[str, Any]:
+def _collection_status(store: Store, row: dict[str, Any], rec: R.StepRecord, owner: Owner,
+                       failed_jobs: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A collection's status for a step's row (None when it is not created yet). A running step whose
+    collection has a job failed for good shows failed, with that job's error; its failed jobs join
+    ``failed_jobs``."""
+    from workers import collect
+
+    try:
+        st = collect.status(store, owner)
+    except Exception:  # noqa: BLE001 -- not created yet
+        return None
+    if rec.state == "running" and st["failed_jobs"]:
+        row["state"] = "failed"
+        row["error"] = f"job {st['failed_jobs'][0]['key']}: {st['failed_jobs'][0]['error']}"
+    failed_jobs += st["failed_jobs"]
+    return st
+
+
+def _step_row(store: Store, facts: R.RoundFacts, round_id: int, step: str, shown: str,
+              failed_jobs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One step of `mucode round status`: state, attempt, timing, error, progress and a line of detail."""
+    from app.store.rollouts import Owner
+
+    rec = facts.record(step)
+    row: dict[str, Any] = {
+        "step": step, "state": shown, "attempt": rec.attempt, "queue": R.STEP_QUEUES[step],
+        "started_at": rec.started_at, "finished_at": rec.finished_at,
+        "seconds": rec.seconds if rec.seconds is not None else R.step_seconds(rec),
+        "error": rec.error, "reason": rec.reason or (R.skip_reason(step, facts) if shown == "skipped" else None),
+        "result": dict(rec.result), "progress": None, "info": "",
+    }
+    res = rec.result
+    if step == "collect" and rec.state != "pending":
+        st = _collection_status(store, row, rec, Owner(round_id=round_id), failed_jobs)
+        if st is not None:
+            c = st["counts"]
+            row["progress"] = {"done": c["done"], "total": c["rollouts"], "unit": "rollouts"}
+            row["info"] = (f"{c['candidates']} candidates ({c['executed']} executed), solved "
+                           f"{c['solved']}/{c['done']}, {c['completion_tokens']} tokens")
+            row["counts"] = c
+    elif step in ("score_old", "score_new") and shown not in ("skipped", "pending"):
+        vid = facts.verifier_in_id if step == "score_old" else facts.verifier_out_id
+        total = store.round_candidate_count(round_id)
+        done = store.round_scored_count(round_id, vid) if vid is not None else 0
+        row["progress"] = {"done": done, "total": total, "unit": "candidates"}
+        row["info"] = f"verifier {_model_name(store, vid)}" if vid is not None else ""
+    elif step in ("train_verifier", "train_generator") and rec.state != "pending":
+        if step == "train_verifier" and res:
+            row["info"] = f"{res.get('name')} (loss {_num(res.get('final_loss'))})"
+        elif res:
+            row["info"] = f"{res.get('name')} (loss {_num(res.get('train_loss'))}, {res.get('steps')} steps)"
+        elif rec.job:
+            job = store.get_job(rec.job)
+            if job is not None:
+                row["info"] = f"job {job.state}" + (f" on {job.worker}" if job.worker else "")
+    elif step == "relabel" and res:
+        row["info"] = f"{res.get('examples')} examples from {res.get('problems')} problems"
+    elif step == "evaluate" and rec.state != "pending":
+        ids = res.get("evaluations") or []
+        done = total = 0
+        for ev_id in ids:
+            owner = Owner(evaluation_id=ev_id)
+            c = store.collection_counts(owner)
+            done += c["done"]
+            total += c["rollouts"]
+            _collection_status(store, row, rec, owner, failed_jobs)
+        row["progress"] = {"done": done, "total": total, "unit": "chains"}
+        row["info"] = f"{len(ids)} evaluations" + _pairs_text(store.evaluation_pairs(ids).values())
+    elif step == "evaluate" and shown == "pending":
+        pairs = (f"G{j} with RM{facts.index}" for j, _ in R.eval_generators(facts))
+        row["info"] = "will search " + ", ".join(pairs)
+    return row
+
+
+def _failed_step_jobs(store: Store, facts: R.RoundFacts, round_id: int,
+                      known: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The failed wrapper jobs of the round's steps (``round/...``) not already in ``known``, for the latest
+    attempt of a step that is failed."""
+    out = []
+    for j in store.list_jobs(round_id=round_id, states=("failed",)):
+        if j.key.startswith("round/") and not any(f["key"] == j.key for f in known):
+            latest = facts.record(j.key.split("/")[2])
+            if f"a{latest.attempt}" == j.key.rsplit("/", 1)[-1] and latest.state == "failed":
+                out.append({"key": j.key, "error": first_line(j.error)})
+    return out
+
+
+def _elapsed(rnd) -> float | None:
+    """Seconds from the round's start to its end (or now); None before it starts."""
+    from datetime import UTC
+
+    if rnd.started_at is None:
+        return None
+    end = rnd.finished_at or _now()
+    start = rnd.started_at if rnd.started_at.tzinfo else rnd.started_at.replace(tzinfo=UTC)
+    end = end if end.tzinfo else end.replace(tzinfo=UTC)
+    return max(0.0, (end - start).total_seconds())
+
+
+def round_status(store: Store, round_id: int, *, queues: bool = False) -> dict[str, Any]:
     """Everything `mucode round status` shows: each step (state, attempt, timing, error, progress), models,
     job counts, failed jobs, queue depths and the round's evaluations."""
-    from app.store.rollouts import Owner
-    from workers import collect
     from workers.dispatch import in_process
 
     facts = load_facts(store, round_id)
     rnd = store.get_round(round_id)
-    steps = []
     failed_jobs: list[dict[str, Any]] = []
-    failed_step = None
-    for step, shown in R.progress(facts):
-        rec = facts.record(step)
-        row: dict[str, Any] = {
-            "step": step, "state": shown, "attempt": rec.get("attempt") or 0, "queue": R.STEP_QUEUES[step],
-            "started_at": rec.get("started_at"), "finished_at": rec.get("finished_at"),
-            "seconds": rec.get("seconds") if rec.get("seconds") is not None else R.step_seconds(rec),
-            "error": rec.get("error"), "reason": rec.get("reason") or (
-                R.skip_reason(step, facts) if shown == "skipped" else None),
-            "result": rec.get("result") or {}, "progress": None, "info": "",
-        }
-        if step == "collect" and rec["state"] != "pending":
-            try:
-                st = collect.status(store, Owner(round_id=round_id))
-            except Exception:  # noqa: BLE001 -- not created yet
-                st = None
-            if st is not None:
-                c = st["counts"]
-                row["progress"] = {"done": c["done"], "total": c["rollouts"], "unit": "rollouts"}
-                row["info"] = (f"{c['candidates']} candidates ({c['executed']} executed), solved "
-                               f"{c['solved']}/{c['done']}, {c['completion_tokens']} tokens")
-                row["counts"] = c
-                if rec["state"] == "running" and st["failed_jobs"]:
-                    row["state"] = "failed"
-                    row["error"] = f"job {st['failed_jobs'][0]['key']}: {st['failed_jobs'][0]['error']}"
-                failed_jobs += st["failed_jobs"]
-        elif step in ("score_old", "score_new") and shown not in ("skipped", "pending"):
-            vid = facts.verifier_in_id if step == "score_old" else facts.verifier_out_id
-            total = store.round_candidate_count(round_id)
-            done = store.round_scored_count(round_id, vid) if vid is not None else 0
-            row["progress"] = {"done": done, "total": total, "unit": "candidates"}
-            row["info"] = f"verifier {_model_name(store, vid)}" if vid is not None else ""
-        elif step in ("train_verifier", "train_generator") and rec["state"] != "pending":
-            res = rec.get("result") or {}
-            if step == "train_verifier" and res:
-                row["info"] = f"{res.get('name')} (loss {_num(res.get('final_loss'))})"
-            elif res:
-                row["info"] = f"{res.get('name')} (loss {_num(res.get('train_loss'))}, {res.get('steps')} steps)"
-            elif rec.get("job"):
-                job = store.get_job(rec["job"])
-                if job is not None:
-                    row["info"] = f"job {job.state}" + (f" on {job.worker}" if job.worker else "")
-        elif step == "relabel" and rec.get("result"):
-            res = rec["result"]
-            row["info"] = f"{res.get('examples')} examples from {res.get('problems')} problems"
-        elif step == "evaluate" and rec["state"] != "pending":
-            ids = (rec.get("result") or {}).get("evaluations") or []
-            done = total = 0
-            for ev_id in ids:
-                owner = Owner(evaluation_id=ev_id)
-                c = store.collection_counts(owner)
-                done += c["done"]
-                total += c["rollouts"]
-                try:
-                    st = collect.status(store, owner)
-                except Exception:  # noqa: BLE001, S112 -- its collection is not created yet
-                    continue
-                if rec["state"] == "running" and st["failed_jobs"]:
-                    row["state"] = "failed"
-                    row["error"] = f"job {st['failed_jobs'][0]['key']}: {st['failed_jobs'][0]['error']}"
-                failed_jobs += st["failed_jobs"]
-            row["progress"] = {"done": done, "total": total, "unit": "chains"}
-            row["info"] = f"{len(ids)} evaluations" + _pairs_text(store.evaluation_pairs(ids).values())
-        elif step == "evaluate" and shown == "pending":
-            row["info"] = "will search " + ", ".join(f"G{j} with RM{facts.index}" for j, _ in R.eval_generators(facts))
-        if row["state"] == "failed" and failed_step is None:
-            failed_step = step
-        steps.append(row)
-    for j in store.list_jobs(round_id=round_id, states=("failed",)):
-        if j.key.startswith("round/") and not any(f["key"] == j.key for f in failed_jobs):
-            latest = facts.record(j.key.split("/")[2])
-            if f"a{latest.get('attempt')}" == j.key.rsplit("/", 1)[-1] and latest.get("state") == "failed":
-                failed_jobs.append({"key": j.key, "error": first_line(j.error)})
+    steps = [_step_row(store, facts, round_id, step, shown, failed_jobs) for step, shown in R.progress(facts)]
+    failed_step = next((row["step"] for row in steps if row["state"] == "failed"), None)
+    failed_jobs += _failed_step_jobs(store, facts, round_id, failed_jobs)
     status = rnd.status
     if status == "running" and failed_step is not None:
         status = "failed"
-    secs = None
-    if rnd.started_at is not None:
-        from datetime import UTC
-
-        end = rnd.finished_at or _now()
-        start = rnd.started_at if rnd.started_at.tzinfo else rnd.started_at.replace(tzinfo=UTC)
-        end = end if end.tzinfo else end.replace(tzinfo=UTC)
-        secs = max(0.0, (end - start).total_seconds())
     stalled = _stalled(store, round_id) if status == "running" and queues and not in_process() else None
     evaluations = store.round_evaluations(round_id)
     pairs = store.evaluation_pairs([e.id for e in evaluations])
@@ -727,7 +751,7 @@ def round_status(store, round_id: int, *, queues: bool = False) -> dict[str, Any
         "failed_step": failed_step,
         "started_at": rnd.started_at,
         "finished_at": rnd.finished_at,
-        "seconds": secs,
+        "seconds": _elapsed(rnd),
         "models": {
             "generator": _model_name(store, facts.generator_id),
             "verifier_in": _model_name(store, facts.verifier_in_id),
@@ -748,7 +772,7 @@ def round_status(store, round_id: int, *, queues: bool = False) -> dict[str, Any
     }
 
 
-def _stalled(store, round_id: int) -> str | None:
+def _stalled(store: Store, round_id: int) -> str | None:
     """Why the round cannot move on by itself (work lost with a worker or a broker), as the healer sees it now;
     None when it can, or when the broker cannot tell."""
     from app.config import get_settings

@@ -12,20 +12,7 @@ from typing import Any
 
 from workers.celery_app import celery_app
 from workers.healing import ride_out_outages
-
-_STORE: dict[str, Any] = {}
-
-
-def worker_store():
-    """The store of this process's configured database (one engine per process, reused between jobs)."""
-    from app.config import get_settings
-    from app.store import Store
-
-    url = get_settings().database_url
-    store = _STORE.get(url)
-    if store is None:
-        store = _STORE[url] = Store(url)
-    return store
+from workers.stores import worker_store
 
 
 def release_models() -> None:

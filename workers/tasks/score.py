@@ -12,24 +12,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workers.celery_app import celery_app
 from workers.healing import ride_out_outages
+from workers.stores import worker_store
 
-log = logging.getLogger("mucode.score")
-_STORE: dict[str, Any] = {}
-
-
-def _worker_store():
-    from app.config import get_settings
+if TYPE_CHECKING:
     from app.store import Store
 
-    url = get_settings().database_url
-    store = _STORE.get(url)
-    if store is None:
-        store = _STORE[url] = Store(url)
-    return store
+log = logging.getLogger("mucode.score")
 
 
 def release_models() -> None:
@@ -42,7 +34,7 @@ def release_models() -> None:
 
 
 def score_candidates(
-    store,
+    store: Store,
     verifier_id: int,
     candidate_ids: Sequence[int] | None = None,
     *,
@@ -154,7 +146,7 @@ def score(
 ) -> dict[str, Any]:
     from workers.collect import chained_job
 
-    store = _worker_store()
+    store = worker_store()
     stats: dict[str, Any] = {}
     with chained_job(store, job_key):
         written = score_candidates(

@@ -14,10 +14,13 @@ import logging
 import os
 import subprocess
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workers.celery_app import celery_app
 from workers.healing import ride_out_outages
+
+if TYPE_CHECKING:
+    from app.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +38,7 @@ def config_argv(cfg) -> list[str]:
 
 
 def launch_distributed(
-    cfg, *, num_processes: int, accelerate_config: str | None = None, store=None
+    cfg, *, num_processes: int, accelerate_config: str | None = None, store: Store | None = None
 ) -> dict[str, Any]:
     """Run ``accelerate launch -m trainers.sft.train`` with ``num_processes`` and return the registered version."""
     from app.errors import MucodeError
@@ -59,10 +62,12 @@ def launch_distributed(
     proc = subprocess.run(cmd, env=env, check=False)
     if proc.returncode != 0:
         raise MucodeError(f"generator training failed (exit code {proc.returncode}): {' '.join(cmd)}")
-    mv = store.sft_model_version(name)
+    mv = store.get_model_version(name, required=False)
     if mv is None:
         raise MucodeError(f"generator training finished but no model version {name!r} was registered")
-    return mv
+    from trainers.sft.trainer import version_dict
+
+    return version_dict(mv)
 
 
 def run_train_generator(
@@ -74,14 +79,16 @@ def run_train_generator(
     accelerate_config: str | None = None,
     set_round_output: bool = True,
     config: dict[str, Any] | None = None,
-    store=None,
+    store: Store | None = None,
 ) -> dict[str, Any]:
     """The task's body, callable in-process. Give ``training_set``, or ``round_ref`` to relabel first.
 
     ``config`` overrides fields of ``GeneratorTrainConfig``; unset ones come from the experiment's frozen
     ``generator`` settings, then the paper defaults.
     """
-    from app.errors import MucodeError
+    from pydantic import ValidationError
+
+    from app.errors import ConfigError, MucodeError
     from app.protocol import GeneratorConfig
     from app.store import Store
     from trainers.sft.config import GeneratorTrainConfig
@@ -95,11 +102,12 @@ def run_train_generator(
 
         training_set = build_training_set(store, round_ref, method=method)["id"]
     ts = store.sft_training_set(training_set)
-    exp_cfg = (ts.get("experiment") or {}).get("config") or {}
+    exp = ts.get("experiment") or {}
     try:
-        gen = GeneratorConfig(**(exp_cfg.get("generator") or {}))
-    except Exception:  # noqa: BLE001  an older config: the defaults
-        gen = GeneratorConfig()
+        gen = GeneratorConfig(**((exp.get("config") or {}).get("generator") or {}))
+    except ValidationError as exc:  # training with the defaults instead would be a silent protocol change
+        why = "; ".join(f"generator.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"experiment {exp.get('name')!r}: its generator settings are not valid: {why}") from exc
     cfg = GeneratorTrainConfig.from_protocol(gen, **(config or {}))
     cfg.training_set = str(ts["id"])
     cfg.set_round_output = set_round_output
@@ -114,16 +122,8 @@ def run_train_generator(
 
 @celery_app.task(name="mucode.train_generator", acks_late=True)
 @ride_out_outages
-def train_generator(
-    training_set: int | str | None = None,
-    round_ref: int | str | None = None,
-    method: str | None = None,
-    num_processes: int = 1,
-    accelerate_config: str | None = None,
-    set_round_output: bool = True,
-    config: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    return run_train_generator(
-        training_set=training_set, round_ref=round_ref, method=method, num_processes=num_processes,
-        accelerate_config=accelerate_config, set_round_output=set_round_output, config=config,
-    )
+def train_generator(**options: Any) -> dict[str, Any]:
+    """``run_train_generator`` on this worker's store (``options``: its keyword arguments)."""
+    from workers.stores import worker_store
+
+    return run_train_generator(store=worker_store(), **options)

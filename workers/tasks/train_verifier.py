@@ -13,16 +13,20 @@ import json
 import os
 import subprocess
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.errors import MucodeError
 from workers.celery_app import celery_app
 from workers.healing import ride_out_outages
-from workers.tasks.score import _worker_store, follow
+from workers.stores import worker_store
+from workers.tasks.score import follow
+
+if TYPE_CHECKING:
+    from app.store import Store
 
 
 def run_train_verifier(
-    store,
+    store: Store,
     *,
     base_model: str,
     training_set_id: int | str | None = None,
@@ -60,7 +64,7 @@ def run_train_verifier(
 
 
 def launch_distributed(
-    store,
+    store: Store,
     *,
     training_set_id: int | str,
     base_model: str,
@@ -96,31 +100,9 @@ def launch_distributed(
 
 @celery_app.task(name="mucode.train_verifier")
 @ride_out_outages
-def train_verifier(
-    base_model: str,
-    training_set_id: int | str | None = None,
-    round_ids: list[int] | None = None,
-    config: dict[str, Any] | None = None,
-    protocol: dict[str, Any] | None = None,
-    name: str | None = None,
-    round_id: int | None = None,
-    experiment_id: int | None = None,
-    num_gpus: int = 1,
-    accelerate_config: str | None = None,
-    then: dict[str, Any] | list[dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    vid = run_train_verifier(
-        _worker_store(),
-        base_model=base_model,
-        training_set_id=training_set_id,
-        round_ids=round_ids,
-        config=config,
-        protocol=protocol,
-        name=name,
-        round_id=round_id,
-        experiment_id=experiment_id,
-        num_gpus=num_gpus,
-        accelerate_config=accelerate_config,
-    )
+def train_verifier(base_model: str, then: dict[str, Any] | list[dict[str, Any]] | None = None,
+                   **options: Any) -> dict[str, Any]:
+    """``run_train_verifier`` on this worker's store (``options``: its keyword arguments), then ``then``."""
+    vid = run_train_verifier(worker_store(), base_model=base_model, **options)
     follow(then, verifier_id=vid)
     return {"verifier_id": vid}
