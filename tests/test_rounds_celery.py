@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from contextlib import contextmanager
+from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import func, select
@@ -116,9 +117,12 @@ def test_killed_worker_mid_round_then_resume_gives_exact_rows(pg_store, tmp_path
         gpu.kill()  # SIGKILL: its running job is lost with it
         middle = counts()
         assert middle["active"] > 0, "the collection finished before the kill: make it bigger"
-        workers.start(GPU)
+        # The resume comes before a new GPU worker: with one already running, the sample jobs still queued
+        # could finish the collection first (the killed worker may have been between jobs), and the resume
+        # would then retry a later step instead.
         r = _mucode(["round", "resume", "c2", "--json"], env)
         assert json.loads(r.stdout)["status"] in ("running", "done")
+        workers.start(GPU)
         (rnd,) = pg_store.experiment_rounds(exp.id)
         wait_for(lambda: pg_store.get_round(rnd.id).status in ("done", "failed"), 900, "the round to finish", workers)
         rnd = pg_store.get_round(rnd.id)
@@ -159,6 +163,15 @@ def test_killed_worker_mid_round_heals_without_a_resume(pg_store, tmp_path, know
             return _collect_counts(pg_store, exp.id)
 
         wait_for(lambda: (c := counts()) and c["candidates"] >= 2, 240, "the first candidates", workers)
+        first_in = datetime.now(UTC)
+
+        def sampling_anew() -> bool:
+            """A sample job started after the first candidates were written: killed now, its work is lost (a
+            kill between jobs, or at the end of the job that wrote them, would lose nothing to heal)."""
+            return any(j.started_at is not None and j.started_at.replace(tzinfo=j.started_at.tzinfo or UTC)
+                       > first_in for j in pg_store.list_jobs(kinds=["sample"], states=["running"]))
+
+        wait_for(sampling_anew, 240, "a sample job started after the first candidates", workers, every=0.05)
         gpu.kill()
         assert counts()["active"] > 0, "the collection finished before the kill: make it bigger"
         killed_at = time.monotonic()

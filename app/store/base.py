@@ -27,6 +27,16 @@ def chunked(rows: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
         yield rows[i : i + size]
 
 
+def id_or_name(id_column: Any, name_column: Any, ref: int | str) -> Any:
+    """The WHERE clause of a lookup by id or by name: a number (or a string of digits) matches either column,
+    anything else the name only. Callers order by id, so an id wins over a name made of the same digits."""
+    from sqlalchemy import or_
+
+    if isinstance(ref, int) or str(ref).isdigit():
+        return or_(id_column == int(ref), name_column == str(ref))
+    return name_column == str(ref)
+
+
 def training_set_dict(ts: Any, **extra: Any) -> dict[str, Any]:
     """A ``TrainingSet`` row as the store returns one (with ``extra`` keys: counts, whether it was created)."""
     return {"id": ts.id, "name": ts.name, "kind": ts.kind, "experiment_id": ts.experiment_id,

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 
 from app.db import models as m
 from app.errors import MucodeError, NotFound
-from app.store.base import training_set_dict
+from app.store.base import id_or_name, training_set_dict
 
 SFT_METHODS = ("mucode", "multi_rft", "rft", "rft_lv")
 EXPERT_VARIANTS = ("both", "oracle", "learned")
@@ -231,12 +231,9 @@ class RelabelMixin:
     def sft_training_set(self, ref: int | str) -> dict[str, Any]:
         """A SFT training set by id or name, with its experiment and round."""
         with self.session() as s:
-            q = select(m.TrainingSet).where(m.TrainingSet.kind == "sft")
-            ts = None
-            if str(ref).isdigit():
-                ts = s.scalars(q.where(m.TrainingSet.id == int(ref))).one_or_none()
-            if ts is None:
-                ts = s.scalars(q.where(m.TrainingSet.name == str(ref))).one_or_none()
+            ts = s.scalars(select(m.TrainingSet).where(m.TrainingSet.kind == "sft",
+                                                       id_or_name(m.TrainingSet.id, m.TrainingSet.name, ref))
+                           .order_by(m.TrainingSet.id)).first()
             if ts is None:
                 raise NotFound(f"no SFT training set {ref!r} (give its id or name; `mucode relabel` builds one)")
             out = training_set_dict(ts, created=False)

@@ -19,7 +19,7 @@ from sqlalchemy import and_, exists, func, or_, select, update
 
 from app.db import models as m
 from app.errors import MucodeError, NotFound
-from app.store.base import training_set_dict
+from app.store.base import id_or_name, training_set_dict
 
 # Datasets whose train split may be trained on (MBPP+ inherits MBPP's split but is evaluation data).
 TRAINING_DATASETS: tuple[str, ...] = ("mbpp", "mbpp_sanitized")
@@ -82,11 +82,8 @@ class VerifierMixin:
     def get_verifier(self, ref: int | str, *, required: bool = True) -> dict[str, Any] | None:
         """A verifier model version by id or name, as a dict; NotFound (or None) when there is none."""
         with self.session() as s:
-            q = select(m.ModelVersion).where(m.ModelVersion.kind == "verifier")
-            if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
-                q = q.where(or_(m.ModelVersion.id == int(ref), m.ModelVersion.name == str(ref)))
-            else:
-                q = q.where(m.ModelVersion.name == ref)
+            q = select(m.ModelVersion).where(m.ModelVersion.kind == "verifier",
+                                             id_or_name(m.ModelVersion.id, m.ModelVersion.name, ref))
             mv = s.execute(q.order_by(m.ModelVersion.id)).scalars().first()
             if mv is None:
                 if required:
@@ -283,11 +280,7 @@ class VerifierMixin:
     # ------------------------------------------------------------------ training sets and pairs
     def get_verifier_training_set(self, ref: int | str, *, required: bool = True) -> dict[str, Any] | None:
         with self.session() as s:
-            q = select(m.TrainingSet)
-            if isinstance(ref, int) or (isinstance(ref, str) and ref.isdigit()):
-                q = q.where(or_(m.TrainingSet.id == int(ref), m.TrainingSet.name == str(ref)))
-            else:
-                q = q.where(m.TrainingSet.name == ref)
+            q = select(m.TrainingSet).where(id_or_name(m.TrainingSet.id, m.TrainingSet.name, ref))
             ts = s.execute(q.order_by(m.TrainingSet.id)).scalars().first()
             if ts is None or ts.kind not in ("bt", "bce"):
                 if required:
