@@ -5,14 +5,13 @@ pipeline on Postgres with real Celery workers."""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 
 import pytest
 from sqlalchemy import func, select
 
 from app.db import models as m
+from tests.helpers.cli import run_mucode
 from tests.helpers.collect import (
     SINGLE_THREAD_ENV,
     assert_collection_exact,
@@ -211,15 +210,7 @@ def test_best_of_n_with_verifier_scores(sqlite_store, tiny_model, embedded):
 
 # -- CLI -------------------------------------------------------------------------------------------------
 def _mucode(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
-    full = {**os.environ, **SINGLE_THREAD_ENV, **env}
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli.main", *args],
-        check=False,
-        env=full,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return run_mucode(args, {**SINGLE_THREAD_ENV, **env}, timeout=timeout)
 
 
 def test_cli_collect_status_resume_embedded(sqlite_store, tiny_model):

@@ -6,7 +6,6 @@ experiments stored before these checks still load."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -16,13 +15,13 @@ import pytest
 
 from app.errors import ConfigError, MucodeError, NotFound
 from app.protocol import LEGACY_DEFAULTS, ExperimentConfig, dataset_splits
+from tests.helpers.cli import run_mucode
 
 KNOWN = "known datasets: mbpp, mbpp_sanitized, humaneval, humaneval_plus, mbpp_plus"
 
 
 def _mucode(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "app.cli.main", *args], capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=300, check=False)
+    return run_mucode(list(args), env)
 
 
 def _said(r: subprocess.CompletedProcess) -> str:

@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers.cli import run_mucode
+
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
@@ -34,15 +36,7 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def _mucode(*args: str, env: dict[str, str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "app.cli.main", *args],
-        env={**env, "PYTHONPATH": str(ROOT)},
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+    return run_mucode(list(args), {**env, "PYTHONPATH": str(ROOT)}, cwd=cwd, timeout=timeout, inherit=False)
 
 
 # -- the compose file ----------------------------------------------------------------------------------------

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,7 @@ import pytest
 from app import presets
 from app.errors import ConfigError
 from app.protocol import LEGACY_DEFAULTS, ExperimentConfig
+from tests.helpers.cli import run_mucode
 
 
 def _build(preset, overrides=None, method=None):
@@ -84,8 +84,7 @@ def test_a_legacy_experiment_shows_what_it_ran_with():
 
 # -- the CLI -----------------------------------------------------------------------------------------------------
 def _mucode(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "app.cli.main", *args], capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=300, check=False)
+    return run_mucode(list(args), env)
 
 
 def test_experiment_create_and_show_with_a_preset(tmp_path: Path, tiny_model_dir):
